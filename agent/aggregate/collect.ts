@@ -1,0 +1,142 @@
+// Maps -> metrics, driven by each family's MapExport declarations and the object's BTF:
+// keys and values are decoded by field name, so the C structs are the one source of truth.
+import type { Btf, StructLayout } from '../../bpf/btf.js';
+import type { LoadedFamily } from '../loader.js';
+import type { MapExport } from '../probes/model.js';
+import type { MetricDef } from '../catalog.js';
+import { M } from '../catalog.js';
+import { foldLog2, mergeFolded } from './histogram.js';
+import type { MetricStore, Series } from '../export/store.js';
+import type { LabelBudget } from './budget.js';
+import { OVERFLOW_VALUE } from './budget.js';
+import type { CgroupResolver, MemoryHierarchy } from '../cgroups.js';
+
+export interface CollectContext {
+  store: MetricStore;
+  budget: LabelBudget;
+  cgroups?: { resolver: CgroupResolver; hierarchy: MemoryHierarchy };
+  now: number;
+  /** Check whether labelled objects still exist (throttled: it costs a stat per cgroup). */
+  gc: boolean;
+}
+
+/** A decoded key label, or null when the object behind the key is gone (drop the entry). */
+export type Decoder = (raw: bigint, ctx: CollectContext) => string | null;
+
+export const UNKNOWN_CGROUP = 'unknown';
+
+export const decoders: Record<string, Decoder> = {
+  cgroup(raw, ctx) {
+    const r = ctx.cgroups?.resolver;
+    if (!r) return UNKNOWN_CGROUP;
+    const before = r.stats.unresolved;
+    const path = r.resolve(raw);
+    if (r.stats.unresolved > before) ctx.store.inc(M.cgroupUnresolved);
+    if (path === undefined) return UNKNOWN_CGROUP;
+    if (ctx.gc && !r.isAlive(raw)) {
+      // The cgroup was removed: drop its map entry and series, free its budget slot.
+      ctx.budget.release('cgroup', path);
+      return null;
+    }
+    return ctx.budget.admit('cgroup', path);
+  },
+  number(raw) {
+    return raw.toString();
+  },
+};
+
+function readField(buf: Buffer, layout: StructLayout, name: string): { f: StructLayout['fields'][number] } {
+  const f = layout.fields.find((x) => x.name === name);
+  if (!f) throw new Error(`struct ${layout.name} has no field ${name}`);
+  if (f.offset + f.size > buf.length) throw new Error(`struct ${layout.name}.${name} beyond value of ${buf.length} bytes`);
+  return { f };
+}
+
+function u64(buf: Buffer, off: number, size: number): bigint {
+  switch (size) {
+    case 8: return buf.readBigUInt64LE(off);
+    case 4: return BigInt(buf.readUInt32LE(off));
+    case 2: return BigInt(buf.readUInt16LE(off));
+    case 1: return BigInt(buf.readUInt8(off));
+    default: throw new Error(`unsupported field size ${size}`);
+  }
+}
+
+interface Decoded {
+  key: StructLayout;
+  value: StructLayout;
+}
+
+function layouts(btf: Btf, fam: LoadedFamily, e: MapExport): Decoded {
+  const ids = fam.typeIds.get(e.map);
+  if (!ids) throw new Error(`family ${fam.spec.name} has no map ${e.map}`);
+  const key = btf.structLayout(btf.typeById(ids.key).name);
+  const value = btf.structLayout(btf.typeById(ids.value).name);
+  if (!key || !value) throw new Error(`map ${e.map}: key/value are not named structs in the object's BTF`);
+  return { key, value };
+}
+
+const layoutCache = new WeakMap<MapExport, Decoded>();
+
+export function collectMap(fam: LoadedFamily, e: MapExport, ctx: CollectContext): void {
+  const map = fam.maps.get(e.map);
+  if (!map) return;
+  let lay = layoutCache.get(e);
+  if (!lay) layoutCache.set(e, (lay = layouts(fam.btf, fam, e)));
+  const out = new Map<MetricDef, Map<string, Series>>();
+  const add = (metric: MetricDef, labels: Record<string, string>, value: number, hist?: Series['hist']): void => {
+    let fam2 = out.get(metric);
+    if (!fam2) out.set(metric, (fam2 = new Map()));
+    const k = metric.labels.map((l) => labels[l]).join('\u0000');
+    const prev = fam2.get(k);
+    if (!prev) fam2.set(k, { labels, value, hist });
+    else {
+      prev.value += value; // two raw keys folded into one label set ("_other", "unknown")
+      if (prev.hist && hist) prev.hist = mergeFolded(prev.hist, hist);
+    }
+  };
+
+  let entries = 0;
+  for (const [k, v] of map.entries()) {
+    entries++;
+    const labels: Record<string, string> = {};
+    let gone = false;
+    for (const kl of e.labels) {
+      const { f } = readField(k, lay.key, kl.field);
+      const decoded = (decoders[kl.decoder] ?? decoders.number!)(u64(k, f.offset, f.size), ctx);
+      if (decoded === null) { gone = true; break; }
+      labels[kl.label] = decoded;
+    }
+    if (gone) {
+      map.delete(k);
+      continue;
+    }
+    const scalars: Record<string, number> = {};
+    for (const fx of e.fields) {
+      const { f } = readField(v, lay.value, fx.field);
+      if ('log2' in fx) {
+        const n = f.nelems ?? 0;
+        const slots = new Array<number>(n);
+        for (let i = 0; i < n; i++) slots[i] = Number(v.readBigUInt64LE(f.offset + i * 8));
+        let rawSum: number | undefined;
+        if (fx.sumField) {
+          const sf = readField(v, lay.value, fx.sumField).f;
+          rawSum = Number(u64(v, sf.offset, sf.size));
+        }
+        const h = foldLog2(slots, fx.log2, rawSum);
+        add(fx.metric, labels, h.count, h);
+      } else {
+        const val = Number(u64(v, f.offset, f.size));
+        scalars[fx.field] = val;
+        add(fx.metric, labels, val);
+      }
+    }
+    for (const d of e.derived ?? []) add(d.metric, labels, d.compute(scalars));
+  }
+  for (const fx of e.fields) ctx.store.replace(fx.metric, out.get(fx.metric)?.values() ?? []);
+  for (const d of e.derived ?? []) ctx.store.replace(d.metric, out.get(d.metric)?.values() ?? []);
+  ctx.store.set(M.mapEntries, { family: fam.spec.name, map: e.map }, entries);
+  ctx.store.set(M.mapCapacity, { family: fam.spec.name, map: e.map }, map.maxEntries);
+}
+
+export { OVERFLOW_VALUE };

@@ -1,0 +1,346 @@
+// Memory-cgroup discovery and cgroup-id -> path resolution.
+//
+// BPF programs report a memory cgroup as `cgroup_id(memcg->css.cgroup)`: the
+// kernfs node id of the cgroup's directory in the hierarchy the memory
+// controller is attached to. On 64-bit kernels that id equals the directory's
+// inode number (st_ino), and the root cgroup's id is 1. We therefore resolve
+// ids by walking the memory hierarchy and mapping st_ino -> path.
+//
+// Works with cgroup v1 (memory controller on its own `cgroup` mount, e.g.
+// /sys/fs/cgroup/memory) and cgroup v2 (`cgroup2` mount whose root
+// cgroup.controllers lists `memory`), including hybrid hosts where a cgroup2
+// mount exists without the memory controller.
+
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+
+export interface MemoryHierarchy {
+  version: 1 | 2;
+  /** Where the hierarchy is mounted, e.g. /sys/fs/cgroup/memory or /sys/fs/cgroup. */
+  mountPoint: string;
+}
+
+export interface MountinfoEntry {
+  mountPoint: string;
+  fsType: string;
+  superOptions: string[];
+  /** Root of the mount within its filesystem ('/' unless a subtree is bind-mounted). */
+  root: string;
+}
+
+/** Decode the octal escapes (\040 space, \011 tab, \012 newline, \134 backslash) the kernel uses in mountinfo. */
+function unescapeMountinfo(s: string): string {
+  return s.replace(/\\([0-7]{3})/g, (_m, oct: string) => String.fromCharCode(parseInt(oct, 8)));
+}
+
+/**
+ * Parse /proc/<pid>/mountinfo text. Format (proc(5)):
+ *   id parent major:minor root mount-point mount-options [optional-fields...] - fstype source super-options
+ * Malformed lines are skipped.
+ */
+export function parseMountinfo(text: string): MountinfoEntry[] {
+  const out: MountinfoEntry[] = [];
+  for (const line of text.split('\n')) {
+    if (line.trim() === '') continue;
+    const fields = line.split(' ');
+    const sep = fields.indexOf('-', 6);
+    if (sep < 0 || fields.length < sep + 3) continue;
+    const root = fields[3];
+    const mountPoint = fields[4];
+    const fsType = fields[sep + 1];
+    const superOpts = fields[sep + 3] ?? '';
+    if (root === undefined || mountPoint === undefined || fsType === undefined) continue;
+    out.push({
+      mountPoint: unescapeMountinfo(mountPoint),
+      fsType: unescapeMountinfo(fsType),
+      superOptions: superOpts === '' ? [] : superOpts.split(',').map(unescapeMountinfo),
+      root: unescapeMountinfo(root),
+    });
+  }
+  return out;
+}
+
+/** Default v2 check: does the hierarchy's root cgroup.controllers list `memory`? */
+export function hasMemoryControllerV2(mountPoint: string): boolean {
+  try {
+    const text = fs.readFileSync(path.join(mountPoint, 'cgroup.controllers'), 'utf8');
+    return text.split(/\s+/).includes('memory');
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Find the hierarchy the memory controller is attached to.
+ * @param mountinfo mountinfo text; defaults to reading /proc/self/mountinfo.
+ * @param hasMemoryController predicate for cgroup2 mounts (default reads <mountPoint>/cgroup.controllers).
+ * Prefers cgroup v2 when a cgroup2 mount has the memory controller; otherwise the
+ * cgroup v1 mount whose super options contain `memory`. Among several mounts of the
+ * same hierarchy, one mounting the hierarchy root ('/') wins; otherwise the first.
+ */
+export function findMemoryHierarchy(
+  mountinfo?: string,
+  hasMemoryController: (mountPoint: string) => boolean = hasMemoryControllerV2,
+): MemoryHierarchy | undefined {
+  const text = mountinfo ?? fs.readFileSync('/proc/self/mountinfo', 'utf8');
+  const entries = parseMountinfo(text);
+  const pick = (cands: MountinfoEntry[]): MountinfoEntry | undefined =>
+    cands.find((e) => e.root === '/') ?? cands[0];
+
+  const v2 = pick(entries.filter((e) => e.fsType === 'cgroup2' && hasMemoryController(e.mountPoint)));
+  if (v2) return { version: 2, mountPoint: v2.mountPoint };
+  const v1 = pick(entries.filter((e) => e.fsType === 'cgroup' && e.superOptions.includes('memory')));
+  if (v1) return { version: 1, mountPoint: v1.mountPoint };
+  return undefined;
+}
+
+/** Absolute directory of a cgroup path ('/' or '/a/b') in a hierarchy ('..' cannot climb above the mount point). */
+export function cgroupDir(h: MemoryHierarchy, cgPath: string): string {
+  const norm = path.posix.normalize('/' + cgPath); // absolute: leading '..' segments are dropped
+  return norm === '/' ? h.mountPoint : h.mountPoint.replace(/\/+$/, '') + norm;
+}
+
+export interface WalkResult {
+  /** st_ino (== cgroup id on 64-bit kernels) -> cgroup path relative to the hierarchy root. */
+  byId: Map<bigint, string>;
+  durationMs: number;
+}
+
+function errCode(e: unknown): string | undefined {
+  return typeof e === 'object' && e !== null && 'code' in e ? String((e as { code: unknown }).code) : undefined;
+}
+
+/**
+ * Walk a cgroup hierarchy iteratively (explicit stack, no recursion), visiting
+ * directories only (one stat per cgroup, one readdir per non-leaf cgroup). Directories vanishing mid-walk (ENOENT/ENOTDIR) are skipped;
+ * unreadable ones (e.g. EACCES) are skipped as well.
+ */
+export function walkHierarchy(h: MemoryHierarchy): WalkResult {
+  const t0 = performance.now();
+  const byId = new Map<bigint, string>();
+  const base = h.mountPoint.replace(/\/+$/, '') || '/';
+  // Stack of [absolute dir, cgroup path].
+  const stack: [string, string][] = [[base, '/']];
+  while (stack.length > 0) {
+    const [abs, rel] = stack.pop()!;
+    let st: fs.BigIntStats | undefined;
+    try {
+      st = fs.statSync(abs, { bigint: true, throwIfNoEntry: false });
+    } catch {
+      st = undefined; // ENOTDIR etc.: vanished/replaced
+    }
+    if (!st || !st.isDirectory()) continue;
+    byId.set(st.ino, rel);
+    // kernfs reports nlink = 2 + number of subdirectories, so nlink == 2 is a leaf
+    // cgroup: skip its readdir (most cgroups are leaves, and readdir of a v1
+    // memcg's ~30 control files is the dominant cost of a walk).
+    if (st.nlink === 2n) continue;
+    let ents: fs.Dirent[];
+    try {
+      ents = fs.readdirSync(abs, { withFileTypes: true });
+    } catch (e) {
+      const c = errCode(e);
+      if (c === 'ENOENT' || c === 'ENOTDIR' || c === 'EACCES' || c === 'EPERM' || c === 'ENODEV') continue;
+      throw e;
+    }
+    for (const d of ents) {
+      // kernfs fills d_type, so this filters out the (many) control files without a stat.
+      if (!d.isDirectory()) continue;
+      const childAbs = abs === '/' ? '/' + d.name : abs + '/' + d.name;
+      stack.push([childAbs, rel === '/' ? '/' + d.name : rel + '/' + d.name]);
+    }
+  }
+  return { byId, durationMs: performance.now() - t0 };
+}
+
+export interface CgroupResolverOptions {
+  /** Minimum time between two tree walks triggered by cache misses (default 2000 ms). */
+  rescanIntervalMs?: number;
+  /** How long an id not found by a walk is remembered as unknown (default 10000 ms). */
+  negativeTtlMs?: number;
+  /** Clock, for tests (default Date.now). */
+  now?: () => number;
+  /** Upper bound on remembered unknown ids (default 65536). */
+  maxNegativeEntries?: number;
+}
+
+export interface CgroupResolverStats {
+  /** Lookups answered from the cache. */
+  hits: number;
+  /** Lookups not in the cache (resolved by a walk, or unresolved). */
+  misses: number;
+  /** Lookups that ended unresolved (caller labels them 'unknown'). */
+  unresolved: number;
+  /** Tree walks performed. */
+  rescans: number;
+}
+
+/**
+ * Resolves BPF memory-cgroup ids to paths relative to the hierarchy root ('/' for
+ * the root, '/a/b' otherwise). Positive results are cached; a miss triggers a full
+ * tree walk at most once per rescanIntervalMs, and ids a walk did not find are
+ * remembered for negativeTtlMs, so a flood of unknown ids (e.g. pages still
+ * charged to deleted, "dying" memcgs) costs no extra walks.
+ */
+export class CgroupResolver {
+  readonly hierarchy: MemoryHierarchy;
+  private readonly rescanIntervalMs: number;
+  private readonly negativeTtlMs: number;
+  private readonly now: () => number;
+  private readonly maxNegative: number;
+  private byId = new Map<bigint, string>();
+  /** id -> expiry time of its negative entry. */
+  private readonly negative = new Map<bigint, number>();
+  private lastRescanAt = -Infinity;
+  private _lastWalk: { durationMs: number; cgroups: number } | undefined;
+  private readonly _stats: CgroupResolverStats = { hits: 0, misses: 0, unresolved: 0, rescans: 0 };
+
+  constructor(h: MemoryHierarchy, opts: CgroupResolverOptions = {}) {
+    this.hierarchy = h;
+    this.rescanIntervalMs = opts.rescanIntervalMs ?? 2000;
+    this.negativeTtlMs = opts.negativeTtlMs ?? 10000;
+    this.now = opts.now ?? Date.now;
+    this.maxNegative = opts.maxNegativeEntries ?? 65536;
+  }
+
+  resolve(id: bigint): string | undefined {
+    const cached = this.byId.get(id);
+    if (cached !== undefined) {
+      this._stats.hits++;
+      return cached;
+    }
+    this._stats.misses++;
+    const now = this.now();
+    const negUntil = this.negative.get(id);
+    if (negUntil !== undefined) {
+      if (now < negUntil) {
+        this._stats.unresolved++;
+        return undefined;
+      }
+      this.negative.delete(id);
+    }
+    if (now - this.lastRescanAt < this.rescanIntervalMs) {
+      // Rate-limited: not confirmed absent by a walk, so no negative entry; a
+      // later lookup retries once the interval has passed.
+      this._stats.unresolved++;
+      return undefined;
+    }
+    this.rescan();
+    const found = this.byId.get(id);
+    if (found !== undefined) return found;
+    this.rememberUnknown(id, now);
+    this._stats.unresolved++;
+    return undefined;
+  }
+
+  /** Cached path of an id, without walking or touching the stats. */
+  pathOf(id: bigint): string | undefined {
+    return this.byId.get(id);
+  }
+
+  /** Absolute directory of a resolved id (for reading its control files). */
+  dirOf(id: bigint): string | undefined {
+    const p = this.byId.get(id);
+    return p === undefined ? undefined : cgroupDir(this.hierarchy, p);
+  }
+
+  /**
+   * True while the id's directory exists. Checks the cached path with one stat
+   * (inode must still equal the id, so a re-created cgroup with the same name is
+   * a different, new id); ids that are not known (never resolved, or dropped by
+   * a walk) are not alive. A dead id is evicted from the cache.
+   */
+  isAlive(id: bigint): boolean {
+    const p = this.byId.get(id);
+    if (p === undefined) return false;
+    let st: fs.BigIntStats | undefined;
+    try {
+      st = fs.statSync(cgroupDir(this.hierarchy, p), { bigint: true, throwIfNoEntry: false });
+    } catch {
+      st = undefined;
+    }
+    if (st && st.isDirectory() && st.ino === id) return true;
+    this.byId.delete(id);
+    return false;
+  }
+
+  /** Walk the tree now (ignoring the rate limit) and replace the cache with its result. */
+  rescan(): void {
+    const now = this.now();
+    const { byId, durationMs } = walkHierarchy(this.hierarchy);
+    this.byId = byId;
+    this.lastRescanAt = now;
+    this._stats.rescans++;
+    this._lastWalk = { durationMs, cgroups: byId.size };
+    for (const [id, until] of this.negative) {
+      if (until <= now || byId.has(id)) this.negative.delete(id);
+    }
+  }
+
+  get stats(): CgroupResolverStats {
+    return { ...this._stats };
+  }
+
+  /** Duration and size of the last walk (undefined before the first one). */
+  get lastWalk(): { durationMs: number; cgroups: number } | undefined {
+    return this._lastWalk;
+  }
+
+  /** Number of cgroups currently known. */
+  get size(): number {
+    return this.byId.size;
+  }
+
+  private rememberUnknown(id: bigint, now: number): void {
+    if (this.negativeTtlMs <= 0) return;
+    this.negative.set(id, now + this.negativeTtlMs);
+    // Bound memory under a flood of distinct ids: drop the oldest entries.
+    while (this.negative.size > this.maxNegative) {
+      const oldest = this.negative.keys().next();
+      if (oldest.done) break;
+      this.negative.delete(oldest.value);
+    }
+  }
+}
+
+export interface MemoryStat {
+  dirtyBytes: number;
+  writebackBytes: number;
+}
+
+/**
+ * Parse memory.stat. v1: 'dirty'/'writeback' (this cgroup only, not the
+ * hierarchical total_* keys); v2: 'file_dirty'/'file_writeback'. Values are bytes;
+ * missing keys read as 0.
+ */
+export function parseMemoryStat(text: string, version: 1 | 2): MemoryStat {
+  const dirtyKey = version === 1 ? 'dirty' : 'file_dirty';
+  const wbKey = version === 1 ? 'writeback' : 'file_writeback';
+  let dirtyBytes = 0;
+  let writebackBytes = 0;
+  for (const line of text.split('\n')) {
+    const sp = line.indexOf(' ');
+    if (sp <= 0) continue;
+    const key = line.slice(0, sp);
+    if (key !== dirtyKey && key !== wbKey) continue;
+    const v = Number(line.slice(sp + 1).trim());
+    if (!Number.isFinite(v)) continue;
+    if (key === dirtyKey) dirtyBytes = v;
+    else writebackBytes = v;
+  }
+  return { dirtyBytes, writebackBytes };
+}
+
+/** Read <cgroup>/memory.stat; undefined if the cgroup (or the file) is gone. */
+export function readMemoryStat(h: MemoryHierarchy, cgPath: string): MemoryStat | undefined {
+  let text: string;
+  try {
+    text = fs.readFileSync(path.join(cgroupDir(h, cgPath), 'memory.stat'), 'utf8');
+  } catch (e) {
+    const c = errCode(e);
+    // ENODEV: file was open/being read while the cgroup was removed.
+    if (c === 'ENOENT' || c === 'ENOTDIR' || c === 'ENODEV') return undefined;
+    throw e;
+  }
+  return parseMemoryStat(text, h.version);
+}

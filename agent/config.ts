@@ -1,0 +1,93 @@
+// Configuration: a YAML file checked by a zod schema, then command-line flags on top.
+// A bad file is one line naming the file, the key and the problem (exit 2).
+import * as fs from 'node:fs';
+import { parse as parseYaml, YAMLParseError } from 'yaml';
+import { z } from 'zod';
+
+const attachKinds = ['fentry', 'fexit', 'kprobe', 'kretprobe', 'tp_btf', 'tracepoint', 'raw_tracepoint'] as const;
+
+const listenSchema = z.string().regex(/^(\[[0-9a-fA-F:.]+\]|[\w.-]*):\d{1,5}$/, 'expected host:port, :port or [v6]:port');
+
+export const configSchema = z.object({
+  listen: listenSchema.default(':9477'),
+  probes: z.object({
+    /** Probe names not to attach. */
+    disable: z.array(z.string()).default([]),
+    /** Hot probes to opt into (their cost is in bench/RESULTS.md), or ["all"]. */
+    hot: z.array(z.string()).default([]),
+    /** Per-probe candidate override: restrict tiers or retarget a renamed symbol. */
+    attach: z.record(z.string(), z.array(z.object({
+      attach: z.enum(attachKinds),
+      target: z.string().min(1),
+    }).strict()).min(1)).default({}),
+  }).strict().default({}),
+  cardinality: z.object({
+    cgroups: z.number().int().positive().max(100000).default(2000),
+    vms: z.number().int().positive().max(100000).default(256),
+  }).strict().default({}),
+  bpf: z.object({
+    /** Account BPF run time (BPF_ENABLE_STATS) while the agent runs. */
+    stats: z.boolean().default(false),
+    /** Entries of each per-cgroup/per-VM stats map. */
+    mapEntries: z.number().int().min(64).max(1 << 20).default(10240),
+    /** External BTF for kernels without /sys/kernel/btf/vmlinux (e.g. from BTFHub). */
+    btfPath: z.string().optional(),
+  }).strict().default({}),
+  cgroups: z.object({
+    /** Mount point of the memory cgroup hierarchy; detected from mountinfo when unset. */
+    root: z.string().optional(),
+  }).strict().default({}),
+  logLevel: z.enum(['debug', 'info', 'warn', 'error']).default('info'),
+}).strict();
+
+export type Config = z.infer<typeof configSchema>;
+
+export class ConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConfigError';
+  }
+}
+
+function keyPath(path: (string | number)[]): string {
+  return path.length ? path.join('.') : '(top level)';
+}
+
+export function parseConfig(text: string, file: string): Config {
+  let raw: unknown;
+  try {
+    raw = parseYaml(text, { prettyErrors: false }) ?? {};
+  } catch (e) {
+    const where = e instanceof YAMLParseError && e.linePos ? ` line ${e.linePos[0].line}` : '';
+    throw new ConfigError(`${file}:${where} invalid YAML: ${(e as Error).message.split('\n')[0]}`);
+  }
+  const r = configSchema.safeParse(raw);
+  if (!r.success) {
+    const issue = r.error.issues[0]!;
+    const key = issue.code === 'unrecognized_keys' ? [...issue.path, issue.keys.join(',')] : issue.path;
+    throw new ConfigError(`${file}: key ${keyPath(key)}: ${issue.message}`);
+  }
+  return r.data;
+}
+
+export function loadConfig(file: string | undefined): Config {
+  if (!file) return configSchema.parse({});
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new ConfigError(`${file}: cannot read: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+  return parseConfig(text, file);
+}
+
+/** "host:port" / ":port" / "[v6]:port" -> listen arguments. */
+export function parseListen(listen: string): { host: string | undefined; port: number } {
+  const r = listenSchema.safeParse(listen);
+  if (!r.success) throw new ConfigError(`listen address ${JSON.stringify(listen)}: ${r.error.issues[0]!.message}`);
+  const i = listen.lastIndexOf(':');
+  const host = listen.slice(0, i).replace(/^\[|\]$/g, '');
+  const port = Number(listen.slice(i + 1));
+  if (port > 65535) throw new ConfigError(`listen address ${listen}: port out of range`);
+  return { host: host || undefined, port };
+}

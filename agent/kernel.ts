@@ -1,0 +1,98 @@
+// What this kernel offers, asked before any load so a candidate that cannot work is
+// skipped with a precise reason instead of a generic load error.
+import * as fs from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { Btf } from '../bpf/btf.js';
+import type { Candidate } from './probes/model.js';
+
+export const TRACEFS_CANDIDATES = ['/sys/kernel/tracing', '/sys/kernel/debug/tracing'];
+
+export function tracefsRoot(): string | undefined {
+  return TRACEFS_CANDIDATES.find((p) => fs.existsSync(`${p}/events`));
+}
+
+/** libbpf resolves tracepoint ids through tracefs; mount it when the host has not. */
+export function ensureTracefs(): string | undefined {
+  const have = tracefsRoot();
+  if (have) return have;
+  try {
+    execFileSync('mount', ['-t', 'tracefs', 'nodev', '/sys/kernel/tracing'], { stdio: 'ignore' });
+  } catch {
+    return undefined;
+  }
+  return tracefsRoot();
+}
+
+let kallsyms: Set<string> | undefined;
+function kallsymsHas(sym: string): boolean {
+  if (!kallsyms) {
+    kallsyms = new Set();
+    try {
+      for (const line of fs.readFileSync('/proc/kallsyms', 'utf8').split('\n')) {
+        const name = line.split(' ')[2];
+        if (name) kallsyms.add(name.split('\t')[0]!);
+      }
+    } catch { /* unreadable: the attach itself will say why */ }
+  }
+  return kallsyms.has(sym);
+}
+
+function kprobesAvailable(): boolean {
+  const root = tracefsRoot();
+  return fs.existsSync('/sys/bus/event_source/devices/kprobe') || (root !== undefined && fs.existsSync(`${root}/kprobe_events`));
+}
+
+let vmlinuxPath = '/sys/kernel/btf/vmlinux';
+/** Point prechecks at an external BTF (config bpf.btfPath) on kernels without their own. */
+export function useVmlinuxBtf(path: string): void {
+  vmlinuxPath = path;
+}
+
+/** Kernel BTF: vmlinux plus every loaded module's split BTF (kvm, kvm_amd, ...). */
+function btfHasFunc(name: string): boolean {
+  if (Btf.vmlinux(vmlinuxPath).hasFunc(name)) return true;
+  return loadedModulesWithBtf().some((m) => Btf.module(m)?.hasFunc(name));
+}
+
+function btfHasTracepoint(name: string): boolean {
+  const t = `btf_trace_${name}`;
+  if (Btf.vmlinux(vmlinuxPath).find(t, 'typedef')) return true;
+  return loadedModulesWithBtf().some((m) => Btf.module(m)?.find(t, 'typedef'));
+}
+
+function loadedModulesWithBtf(): string[] {
+  try {
+    return fs.readdirSync('/sys/kernel/btf').filter((n) => n !== 'vmlinux');
+  } catch {
+    return [];
+  }
+}
+
+/** undefined if the candidate may work; otherwise why it cannot. */
+export function precheck(c: Candidate): string | undefined {
+  switch (c.attach) {
+    case 'fentry':
+    case 'fexit':
+      return btfHasFunc(c.target) ? undefined : `function ${c.target} not in kernel BTF`;
+    case 'kprobe':
+    case 'kretprobe':
+      if (!kprobesAvailable()) return 'kernel has no kprobes (CONFIG_KPROBES off)';
+      return kallsymsHas(c.target) ? undefined : `symbol ${c.target} not in /proc/kallsyms`;
+    case 'tp_btf':
+    case 'raw_tracepoint':
+      return btfHasTracepoint(c.target) ? undefined : `tracepoint ${c.target} not in kernel BTF (no btf_trace_${c.target})`;
+    case 'tracepoint': {
+      const root = tracefsRoot();
+      if (!root) return 'tracefs is not mounted and could not be mounted';
+      return fs.existsSync(`${root}/events/${c.target}`) ? undefined : `tracepoint ${c.target} not found in ${root}/events`;
+    }
+  }
+}
+
+export function kernelRelease(): string {
+  try {
+    return fs.readFileSync('/proc/sys/kernel/osrelease', 'utf8').trim();
+  } catch {
+    return 'unknown';
+  }
+}

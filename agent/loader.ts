@@ -1,0 +1,207 @@
+// Loads families and attaches probes: for each probe, the first candidate that passes the
+// precheck, loads and attaches wins. A probe that cannot attach never stops the others.
+// Each candidate is its own object instance sharing the family's maps (bpf_map__reuse_fd),
+// because libbpf loads an object all-or-nothing: one failing program would sink the rest.
+import { fileURLToPath } from 'node:url';
+import { BpfError, BpfObject, type BpfLink, type BpfProgram, type MapFd } from '../bpf/libbpf.js';
+import { Btf } from '../bpf/btf.js';
+import { precheck } from './kernel.js';
+import { log } from './log.js';
+import type { Candidate, FamilySpec, ProbeSpec } from './probes/model.js';
+
+export const BPF_BUILD_DIR = fileURLToPath(new URL('../../bpf/build/', import.meta.url));
+
+export interface CandidateResult {
+  attach: string;
+  target: string;
+  ok: boolean;
+  error?: string;
+  /** The verifier's (or libbpf's) last lines, when a load failed. */
+  log?: string[];
+}
+
+export interface ProbeStatus {
+  name: string;
+  family: string;
+  description: string;
+  enabled: boolean;
+  /** Why a probe is not enabled (hot and not opted in, disabled by config). */
+  skipped?: string;
+  hot?: string;
+  candidates: CandidateResult[];
+  chosen: { attach: string; target: string } | null;
+}
+
+export interface LoadOptions {
+  enabled: (p: ProbeSpec) => { on: true } | { on: false; why: string };
+  candidates?: (p: ProbeSpec) => Candidate[];
+  mapEntries?: number;
+  btfCustomPath?: string;
+}
+
+interface AttachedProgram {
+  probe: string;
+  program: BpfProgram;
+}
+
+function isSharedMap(name: string): boolean {
+  return !name.includes('.'); // .rodata/.bss/.data are per-instance
+}
+
+export class LoadedFamily {
+  readonly maps = new Map<string, MapFd>();
+  /** BTF type ids of each shared map's key and value, in the object's BTF. */
+  readonly typeIds = new Map<string, { key: number; value: number }>();
+  readonly programs: AttachedProgram[] = [];
+  readonly btf: Btf;
+  private readonly instances: BpfObject[] = [];
+  private readonly links: BpfLink[] = [];
+  private testInstance: BpfObject | undefined;
+
+  constructor(readonly spec: FamilySpec, private readonly owner: BpfObject, private readonly opts: LoadOptions) {
+    for (const m of owner.maps()) {
+      if (!isSharedMap(m.name)) continue;
+      this.maps.set(m.name, m.handleForFd());
+      this.typeIds.set(m.name, { key: m.btfKeyTypeId, value: m.btfValueTypeId });
+    }
+    this.btf = Btf.parse(owner.rawBtf());
+  }
+
+  get path(): string {
+    return this.owner.path;
+  }
+
+  private openInstance(programs: string[], setup?: (p: BpfProgram) => void): BpfObject {
+    const inst = BpfObject.open(this.owner.path, { btfCustomPath: this.opts.btfCustomPath });
+    try {
+      for (const p of inst.programs()) {
+        const on = programs.includes(p.name);
+        p.setAutoload(on);
+        if (on) setup?.(p);
+      }
+      for (const m of inst.maps()) {
+        const shared = this.maps.get(m.name);
+        if (shared) m.reuseFd(shared.fd);
+      }
+      inst.load();
+      return inst;
+    } catch (e) {
+      inst.close();
+      throw e;
+    }
+  }
+
+  tryCandidate(probe: ProbeSpec, c: Candidate): CandidateResult {
+    const res: CandidateResult = { attach: c.attach, target: c.target, ok: false };
+    if (c.programs.length === 0) return { ...res, error: `probe ${probe.name} has no program for the ${c.attach} tier` };
+    const why = precheck(c);
+    if (why) return { ...res, error: why };
+    let inst: BpfObject | undefined;
+    const links: BpfLink[] = [];
+    try {
+      inst = this.openInstance(c.programs, (p) => {
+        const sectionTarget = p.section.split('/').slice(1).join('/');
+        if (['fentry', 'fexit', 'tp_btf'].includes(c.attach) && sectionTarget !== c.target) p.setAttachTarget(c.target);
+      });
+      for (const name of c.programs) {
+        const p = inst.program(name);
+        const kind = p.section.startsWith('kretprobe') ? 'kretprobe' : p.section.startsWith('fexit') ? 'fexit' : c.attach;
+        links.push(p.attach(kind, c.target));
+      }
+      this.instances.push(inst);
+      this.links.push(...links);
+      for (const name of c.programs) this.programs.push({ probe: probe.name, program: inst.program(name) });
+      return { ...res, ok: true };
+    } catch (e) {
+      for (const l of links) l.destroy();
+      inst?.close();
+      const err = e instanceof BpfError ? e : new BpfError(String(e), 0);
+      return { ...res, error: err.message, log: err.verifierTail() };
+    }
+  }
+
+  /** A SEC("syscall") program sharing this family's maps, for BPF_PROG_TEST_RUN. */
+  testProgram(name: string): BpfProgram {
+    if (!this.testInstance) {
+      const names = this.owner.programs().filter((p) => p.section === 'syscall').map((p) => p.name);
+      this.testInstance = this.openInstance(names);
+    }
+    return this.testInstance.program(name);
+  }
+
+  destroy(): void {
+    for (const l of this.links.splice(0)) l.destroy();
+    for (const i of this.instances.splice(0)) i.close();
+    this.testInstance?.close();
+    this.testInstance = undefined;
+    this.owner.close();
+  }
+}
+
+export class Loader {
+  readonly families: LoadedFamily[] = [];
+  readonly status: ProbeStatus[] = [];
+  readonly familyErrors: { family: string; error: string }[] = [];
+
+  constructor(private readonly opts: LoadOptions) {}
+
+  loadFamily(spec: FamilySpec): LoadedFamily | undefined {
+    let owner: BpfObject | undefined;
+    try {
+      owner = BpfObject.open(`${BPF_BUILD_DIR}${spec.object}`, { btfCustomPath: this.opts.btfCustomPath });
+      for (const p of owner.programs()) p.setAutoload(false);
+      if (this.opts.mapEntries) {
+        for (const e of spec.maps) owner.map(e.map).setMaxEntries(this.opts.mapEntries);
+      }
+      owner.load(); // creates the maps only: every program is off
+    } catch (e) {
+      owner?.close();
+      const msg = e instanceof Error ? e.message : String(e);
+      this.familyErrors.push({ family: spec.name, error: msg });
+      log('error', 'probe family failed to load; its probes are off', { family: spec.name, error: msg });
+      for (const p of spec.probes) this.status.push(this.probeStatus(p, true, `family ${spec.name} failed: ${msg}`));
+      return undefined;
+    }
+    const fam = new LoadedFamily(spec, owner, this.opts);
+    this.families.push(fam);
+    for (const p of spec.probes) this.attachProbe(fam, p);
+    return fam;
+  }
+
+  private probeStatus(p: ProbeSpec, enabled: boolean, skipped?: string): ProbeStatus {
+    return {
+      name: p.name, family: p.family, description: p.description, enabled, skipped, hot: p.hot,
+      candidates: [], chosen: null,
+    };
+  }
+
+  private attachProbe(fam: LoadedFamily, p: ProbeSpec): void {
+    const en = this.opts.enabled(p);
+    if (!en.on) {
+      this.status.push(this.probeStatus(p, false, en.why));
+      return;
+    }
+    const st = this.probeStatus(p, true);
+    this.status.push(st);
+    for (const c of this.opts.candidates?.(p) ?? p.candidates) {
+      const r = fam.tryCandidate(p, c);
+      st.candidates.push(r);
+      if (r.ok) {
+        st.chosen = { attach: c.attach, target: c.target };
+        break;
+      }
+    }
+    if (st.chosen) {
+      log('info', 'probe attached', { probe: p.name, attach: st.chosen.attach, target: st.chosen.target });
+    } else {
+      log('warn', 'probe did not attach', {
+        probe: p.name,
+        reasons: st.candidates.map((c) => `${c.attach}:${c.target}: ${c.error}`).join('; '),
+      });
+    }
+  }
+
+  destroy(): void {
+    for (const f of this.families.splice(0)) f.destroy();
+  }
+}

@@ -1,0 +1,86 @@
+// memcg family: writeback and uncharge per memory cgroup (seed 002). Tracepoint tiers work
+// on this kernel; the function-level tiers (fentry/kprobe on __folio_end_writeback, the
+// uncharge functions) are declared here and carry the race indicators (bpf/src/memcg.bpf.c).
+import { M } from '../catalog.js';
+import { readMemoryStat } from '../cgroups.js';
+import type { FamilySpec, ProbeSpec } from './model.js';
+import type { Series } from '../export/store.js';
+
+const family = 'memcg';
+
+/* Hot-hook cost, measured by `npm run bench` (bench/RESULTS.md): memcg tracepoints fire on
+ * every page fault (mod_memcg_lruvec_state ~4x, count_memcg_events 1x). */
+const HOT_LRUVEC = 'memcg:mod_memcg_lruvec_state fires ~4x per page fault; see bench/RESULTS.md for the measured cost';
+const HOT_EVENTS = 'memcg:count_memcg_events fires on every page fault (PGFAULT); see bench/RESULTS.md for the measured cost';
+
+const probes: ProbeSpec[] = [
+  {
+    name: 'memcg_writeback', family, hot: HOT_LRUVEC,
+    description: 'Writeback pages started/completed and in flight per memcg (NR_WRITEBACK deltas)',
+    candidates: [
+      { attach: 'tp_btf', target: 'mod_memcg_lruvec_state', programs: ['btf_memcg_lruvec_state'] },
+      { attach: 'tracepoint', target: 'memcg/mod_memcg_lruvec_state', programs: ['tp_memcg_lruvec_state'] },
+    ],
+  },
+  {
+    name: 'memcg_uncharge', family, hot: HOT_EVENTS,
+    description: 'Uncharge batches and pages per memcg (PGPGOUT; cgroup v1 accounting)',
+    candidates: [
+      { attach: 'tp_btf', target: 'count_memcg_events', programs: ['btf_count_memcg_events'] },
+      { attach: 'tracepoint', target: 'memcg/count_memcg_events', programs: ['tp_count_memcg_events'] },
+    ],
+  },
+  {
+    name: 'memcg_writeback_wait', family,
+    description: 'Tasks waiting on folio writeback, per memcg of the waiting task',
+    candidates: [
+      { attach: 'tp_btf', target: 'folio_wait_writeback', programs: ['btf_folio_wait_writeback'] },
+      { attach: 'tracepoint', target: 'writeback/folio_wait_writeback', programs: ['tp_folio_wait_writeback'] },
+    ],
+  },
+];
+
+const LOG2_PAGES = { minSlot: 0, maxSlot: 12, scale: 1 }; // 1 .. 8191 pages per batch
+
+export const memcgFamily: FamilySpec = {
+  name: family,
+  object: 'memcg.bpf.o',
+  probes,
+  maps: [
+    {
+      map: 'memcg_stats',
+      labels: [{ label: 'cgroup', field: 'cgroup_id', decoder: 'cgroup' }],
+      fields: [
+        { field: 'wb_started_pages', metric: M.memcgWbStarted },
+        { field: 'wb_completed_pages', metric: M.memcgWbCompleted },
+        { field: 'wb_waits', metric: M.memcgWbWaits },
+        { field: 'uncharge_batches', metric: M.memcgUnchargeBatches },
+        { field: 'uncharged_pages', metric: M.memcgUnchargedPages },
+        { field: 'uncharge_batch_slots', metric: M.memcgUnchargeBatchPages, log2: LOG2_PAGES, sumField: 'uncharged_pages' },
+      ],
+      derived: [
+        // Writeback that began before attach completes after it: clamp rather than go negative.
+        { metric: M.memcgWbInflight, compute: (v) => Math.max(0, (v.wb_started_pages ?? 0) - (v.wb_completed_pages ?? 0)) },
+      ],
+    },
+  ],
+  // memory.stat for every cgroup the BPF side has seen (bounded by the cgroup budget).
+  collect(ctx, store) {
+    const cg = ctx.cgroups;
+    if (!cg) return;
+    const dirty: Series[] = [];
+    const wb: Series[] = [];
+    const seen = new Set<string>();
+    for (const s of store.all(M.memcgWbStarted).concat(store.all(M.memcgWbWaits))) {
+      const path = s.labels.cgroup!;
+      if (!path.startsWith('/') || seen.has(path)) continue; // skip "unknown" and "_other"
+      seen.add(path);
+      const st = readMemoryStat(cg.hierarchy, path);
+      if (!st) continue;
+      dirty.push({ labels: { cgroup: path }, value: st.dirtyBytes });
+      wb.push({ labels: { cgroup: path }, value: st.writebackBytes });
+    }
+    store.replace(M.memcgStatDirty, dirty);
+    store.replace(M.memcgStatWriteback, wb);
+  },
+};
