@@ -8,7 +8,7 @@ import { ConfigError, loadConfig, parseListen, type Config } from './config.js';
 import { btfProblem, missingCapability } from './preflight.js';
 import { buildApp, listen } from './export/server.js';
 import { log, setLogLevel } from './log.js';
-import { allProbeNames } from './probes/index.js';
+import { allProbeNames, FAMILIES } from './probes/index.js';
 import { formatProbeReport } from './report.js';
 
 const USAGE = `usage: hvwatch [run|probes|version] [options]
@@ -66,6 +66,14 @@ function parse(argv: string[]): { cmd: string; cfg: Config; json: boolean; stric
   }
   for (const n of [...cfg.probes.hot, ...cfg.probes.disable, ...Object.keys(cfg.probes.attach)]) {
     if (n !== 'all' && !known.has(n)) throw new ConfigError(`${v.config}: key probes: unknown probe ${n} (known: ${[...known].join(', ')})`);
+  }
+  for (const [name, cands] of Object.entries(cfg.probes.attach)) {
+    const spec = FAMILIES.flatMap((f) => f.probes).find((p) => p.name === name)!;
+    cands.forEach((c, i) => {
+      if (!spec.candidates.some((d) => d.attach === c.attach)) {
+        throw new ConfigError(`${v.config}: key probes.attach.${name}.${i}.attach: probe ${name} has no ${c.attach} tier (it has ${[...new Set(spec.candidates.map((d) => d.attach))].join(', ')})`);
+      }
+    });
   }
   cfg.probes.hot.push(...(v.hot ?? []));
   cfg.probes.disable.push(...(v.disable ?? []));

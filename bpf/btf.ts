@@ -47,8 +47,15 @@ const KINDS: readonly (BtfKind | undefined)[] = [undefined, 'int', 'ptr', 'array
 const MODIFIERS = new Set<BtfKind>(['typedef', 'const', 'volatile', 'restrict', 'type_tag']);
 const LAYOUT_KINDS = new Set<string>(['int', 'array', 'struct', 'union', 'ptr', 'enum', 'float']);
 const HDR_LEN = 24;
-// Corrupt input can contain reference cycles (a typedef of itself); every walk is bounded by this.
+// Corrupt input can make the type graph cyclic (a typedef of itself) or exponentially
+// shared (a prototype whose thousands of params point back at it), so recursive walks are
+// bounded in depth, and those that branch also share one step budget per public call.
 const MAX_DEPTH = 64;
+const MAX_STEPS = 100_000;
+interface Walk { steps: number }
+function step(walk: Walk, id: number): void {
+  if (++walk.steps > MAX_STEPS) fail(`walking type id ${id} takes over ${MAX_STEPS} steps; the type graph is cyclic or corrupt`);
+}
 const utf8 = new TextDecoder();
 
 // Only the kind and vlen decide how many bytes follow the 12-byte btf_type, so the
@@ -81,7 +88,7 @@ export class Btf {
     private readonly strStart: number,
     private readonly strLen: number,
     private readonly strBase: number, // split BTF continues the base's string offsets
-    readonly base?: Btf,
+    private readonly base?: Btf,
   ) {}
 
   static parse(buf: Uint8Array, base?: Btf): Btf {
@@ -240,12 +247,14 @@ export class Btf {
     return t;
   }
 
-  sizeOf(id: number, depth = 0): number {
+  sizeOf(id: number): number { return this.sizeAt(id, 0); }
+
+  private sizeAt(id: number, depth: number): number {
     if (depth > MAX_DEPTH) fail(`array nesting from type id ${id} is too deep or cyclic`);
     const t = this.resolve(id);
     switch (t.kind) {
       case 'ptr': return 8; // the agent only targets 64-bit kernels
-      case 'array': return t.array!.nelems * this.sizeOf(t.array!.type, depth + 1);
+      case 'array': return t.array!.nelems * this.sizeAt(t.array!.type, depth + 1);
       case 'int': case 'struct': case 'union': case 'enum': case 'enum64': case 'float': case 'datasec': return t.size!;
       default: return fail(`type id ${id} (${t.kind} '${t.name}') has no size`);
     }
@@ -255,7 +264,7 @@ export class Btf {
     const t = this.find(name, 'struct') ?? this.find(name, 'union');
     if (!t) return undefined;
     const fields: FieldLayout[] = [];
-    this.flatten(t, 0, fields, 0);
+    this.flatten(t, 0, fields, { steps: 0 }, 0);
     return { name, size: t.size!, fields };
   }
 
@@ -280,7 +289,8 @@ export class Btf {
     const fn = this.find(`__probestub_${tpName}`, 'func') ?? this.find(`__traceiter_${tpName}`, 'func');
     const named = fn?.type ? this.resolve(fn.type).params : undefined;
     const same = named?.length === params.length && named.every((q, i) => q.type === params[i]!.type);
-    return params.slice(1).map((p, i) => ({ name: p.name || (same ? named![i + 1]!.name : ''), typeName: this.typeName(p.type) }));
+    const walk = { steps: 0 };
+    return params.slice(1).map((p, i) => ({ name: p.name || (same ? named![i + 1]!.name : ''), typeName: this.typeName(p.type, walk) }));
   }
 
   private str(off: number): string {
@@ -339,13 +349,14 @@ export class Btf {
     return this.enumIndex;
   }
 
-  private flatten(t: BtfType, byteBase: number, out: FieldLayout[], depth: number): void {
+  private flatten(t: BtfType, byteBase: number, out: FieldLayout[], walk: Walk, depth: number): void {
     if (depth > MAX_DEPTH) fail(`anonymous member nesting in type id ${t.id} is too deep or cyclic`);
     for (const m of t.members!) {
+      step(walk, t.id);
       const r = this.resolve(m.type);
       const offset = byteBase + Math.floor(m.bitOffset / 8);
       if (!m.name && (r.kind === 'struct' || r.kind === 'union')) {
-        this.flatten(r, offset, out, depth + 1);
+        this.flatten(r, offset, out, walk, depth + 1);
         continue;
       }
       const kind = r.kind === 'enum64' ? 'enum' : r.kind;
@@ -356,7 +367,7 @@ export class Btf {
       const f: FieldLayout = {
         name: m.name, offset, size: 0, kind: kind as FieldLayout['kind'],
         signed: r.intInfo?.signed ?? (r.kind.startsWith('enum') && r.kindFlag),
-        typeName: this.typeName(m.type),
+        typeName: this.typeName(m.type, walk),
       };
       if (bitSize || m.bitOffset % 8) {
         f.bitOffset = byteBase * 8 + m.bitOffset + (r.intInfo?.bitOffset ?? 0);
@@ -373,11 +384,12 @@ export class Btf {
   }
 
   // A C-ish spelling for humans and error messages, not a full C declarator printer.
-  private typeName(id: number, depth = 0): string {
+  private typeName(id: number, walk: Walk, depth = 0): string {
     if (id === 0) return 'void';
     if (depth > MAX_DEPTH) fail(`type id ${id} nests too deeply or is cyclic`);
+    step(walk, id);
     const t = this.typeById(id);
-    const sub = (tid: number) => this.typeName(tid, depth + 1);
+    const sub = (tid: number) => this.typeName(tid, walk, depth + 1);
     const proto = (p: BtfType, inner: string) =>
       `${sub(p.type!)} ${inner}(${p.params!.map((q) => (q.type ? sub(q.type) : '...')).join(', ') || 'void'})`;
     switch (t.kind) {

@@ -64,3 +64,5 @@ if (!rb) {
 }
 koffi.unregister(cb);
 parentPort!.postMessage({ type: 'stopped' });
+// koffi keeps the worker's loop alive; in a worker, process.exit ends only this thread.
+process.exit(0);

@@ -56,6 +56,7 @@ export class RingBufferReader {
 
   async stop(): Promise<void> {
     Atomics.store(new Int32Array(this.stopFlag), 0, 1);
+    this.worker?.ref(); // the caller awaits the drain: keep the process up until it ends
     await this.stopped;
   }
 }

@@ -23,7 +23,8 @@ export interface FoldedHistogram {
 
 export function log2Bounds(r: Log2Range): number[] {
   const out: number[] = [];
-  for (let i = r.minSlot; i <= r.maxSlot; i++) out.push((2 ** (i + 1) - 1) * r.scale);
+  // toPrecision keeps le labels clean (4095e-9, not 4.095000000000001e-6).
+  for (let i = r.minSlot; i <= r.maxSlot; i++) out.push(Number(((2 ** (i + 1) - 1) * r.scale).toPrecision(12)));
   return out;
 }
 

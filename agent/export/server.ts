@@ -21,7 +21,8 @@ export function buildApp(agent: Agent): express.Express {
     try {
       await agent.collect();
       const reg = pickRegistry(agent.registries, req.get('accept'));
-      res.type(reg.contentType).send(await reg.metrics());
+      // res.end, not res.send: express would re-serialize the content type's parameters.
+      res.status(200).set('Content-Type', reg.contentType).end(await reg.metrics());
     } catch (e) {
       log('error', 'scrape failed', { error: (e as Error).message });
       res.status(500).type('text/plain').send(`scrape failed: ${(e as Error).message}\n`);

@@ -57,4 +57,9 @@ static __always_inline void *lookup_or_init(void *map, const void *key, const vo
 	return bpf_map_lookup_elem(map, key);
 }
 
+/* Event structs reach user space as raw bytes; the agent decodes them by the layout in the
+ * object's BTF. clang emits BTF only for types something references, so each event struct
+ * gets a pointer in .bss through this macro. */
+#define EXPORT_BTF_TYPE(type, name) type *__btf_export_##name __attribute__((unused))
+
 #endif

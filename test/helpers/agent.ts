@@ -1,0 +1,127 @@
+// Runs the real agent (bin/hvwatch) as a child process and scrapes it over HTTP.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createServer } from 'node:net';
+import { writeFileSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
+export const HVWATCH = join(ROOT, 'bin/hvwatch');
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.listen(0, '127.0.0.1', () => {
+      const a = s.address();
+      s.close(() => (a && typeof a === 'object' ? resolve(a.port) : reject(new Error('no port'))));
+    });
+  });
+}
+
+export function writeConfig(yaml: string): string {
+  const dir = mkdtempSync(join(tmpdir(), 'hvwatch-test-'));
+  const f = join(dir, 'config.yaml');
+  writeFileSync(f, yaml);
+  return f;
+}
+
+export interface Sample {
+  name: string;
+  labels: Record<string, string>;
+  value: number;
+}
+
+/** Minimal text-format parser: enough to assert on our own exposition. */
+export function parseExposition(text: string): Sample[] {
+  const out: Sample[] = [];
+  for (const line of text.split('\n')) {
+    if (!line || line.startsWith('#')) continue;
+    const m = /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
+    if (!m) throw new Error(`unparseable exposition line: ${line}`);
+    const labels: Record<string, string> = {};
+    for (const l of (m[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)) labels[l[1]!] = l[2]!.replace(/\\(.)/g, '$1');
+    out.push({ name: m[1]!, labels, value: Number(m[3]) });
+  }
+  return out;
+}
+
+export function pick(samples: Sample[], name: string, labels: Record<string, string> = {}): Sample[] {
+  return samples.filter((s) => s.name === name && Object.entries(labels).every(([k, v]) => s.labels[k] === v));
+}
+
+export function value(samples: Sample[], name: string, labels: Record<string, string> = {}): number | undefined {
+  const p = pick(samples, name, labels);
+  return p.length ? p.reduce((a, s) => a + s.value, 0) : undefined;
+}
+
+export class AgentProcess {
+  stderr = '';
+  private exited: Promise<number | null>;
+  constructor(readonly proc: ChildProcess, readonly port: number) {
+    proc.stderr?.on('data', (d: Buffer) => (this.stderr += d.toString()));
+    this.exited = new Promise((resolve) => proc.on('exit', (code) => resolve(code)));
+  }
+
+  get url(): string {
+    return `http://127.0.0.1:${this.port}`;
+  }
+
+  static async start(args: string[] = [], timeoutMs = 20_000): Promise<AgentProcess> {
+    const port = await freePort();
+    const proc = spawn(HVWATCH, ['run', '--listen', `127.0.0.1:${port}`, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const a = new AgentProcess(proc, port);
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      if (proc.exitCode !== null) throw new Error(`agent exited ${proc.exitCode}: ${a.stderr}`);
+      try {
+        const r = await fetch(`${a.url}/readyz`);
+        if (r.status === 200) return a;
+      } catch { /* not listening yet */ }
+      if (Date.now() > deadline) {
+        await a.stop();
+        throw new Error(`agent not ready in ${timeoutMs} ms: ${a.stderr}`);
+      }
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+
+  async scrape(accept?: string): Promise<Sample[]> {
+    return parseExposition(await this.scrapeText(accept));
+  }
+
+  async scrapeText(accept?: string): Promise<string> {
+    const r = await fetch(`${this.url}/metrics`, accept ? { headers: { accept } } : {});
+    if (r.status !== 200) throw new Error(`/metrics ${r.status}`);
+    return r.text();
+  }
+
+  async stop(signal: NodeJS.Signals = 'SIGTERM'): Promise<number | null> {
+    if (this.proc.exitCode === null) this.proc.kill(signal);
+    return this.exited;
+  }
+}
+
+/** Runs the CLI to completion (for exit-status tests). */
+export function runCli(args: string[], opts: { wrap?: string[] } = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const cmd = opts.wrap ? opts.wrap[0]! : HVWATCH;
+    const argv = opts.wrap ? [...opts.wrap.slice(1), HVWATCH, ...args] : args;
+    const p = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    p.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    p.on('exit', (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+export async function until<T>(fn: () => Promise<T | undefined>, timeoutMs: number, what: string): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn();
+    if (v !== undefined) return v;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}

@@ -1,0 +1,137 @@
+// memcg family, end to end on the real kernel: probes attach, a real fsync'd write in a
+// memory cgroup we create shows up under that cgroup's path in a scrape over HTTP.
+import test from 'ava';
+import { AgentProcess, pick, until, value, writeConfig } from './helpers/agent.js';
+import { createCgroup, fsyncWriteInCgroup } from './helpers/memcg.js';
+import { Agent } from '../agent/agent.js';
+import { configSchema } from '../agent/config.js';
+import { M } from '../agent/catalog.js';
+
+test('memcg tracepoint probes count a 50 MiB fsync\'d write under its cgroup path; in-flight returns to 0', async (t) => {
+  const agent = await AgentProcess.start(['--hot', 'memcg_writeback', '--hot', 'memcg_uncharge']);
+  t.teardown(() => agent.stop());
+  const cg = createCgroup(`hvwatch-wb-${process.pid}`);
+  t.teardown(() => cg.remove());
+
+  const pages = fsyncWriteInCgroup(cg, 50);
+  t.is(pages, 12800);
+  const labels = { cgroup: cg.path };
+  const s = await until(async () => {
+    const s = await agent.scrape();
+    return (value(s, M.memcgWbCompleted.name, labels) ?? 0) >= pages ? s : undefined;
+  }, 15_000, `${pages} completed writeback pages for ${cg.path}`);
+  t.true(value(s, M.memcgWbStarted.name, labels)! >= pages);
+  t.is(value(s, M.probeAttached.name, { probe: 'memcg_writeback' }), 1);
+  t.is(pick(s, M.probeInfo.name, { probe: 'memcg_writeback' })[0]?.labels.attach, 'tp_btf');
+
+  const inflight = await until(async () => {
+    const v = value(await agent.scrape(), M.memcgWbInflight.name, labels);
+    return v === 0 ? v : undefined;
+  }, 15_000, 'in-flight writeback pages back to 0');
+  t.is(inflight, 0);
+});
+
+test('a probe whose every candidate targets a missing symbol reports attached 0 with reasons; the others keep serving', async (t) => {
+  const cfg = writeConfig(`
+probes:
+  hot: [memcg_writeback]
+  attach:
+    memcg_writeback_wait:
+      - { attach: tp_btf, target: hvwatch_no_such_tracepoint }
+      - { attach: tracepoint, target: writeback/hvwatch_no_such_tracepoint }
+`);
+  const agent = await AgentProcess.start(['--config', cfg]);
+  t.teardown(() => agent.stop());
+  const cg = createCgroup(`hvwatch-miss-${process.pid}`);
+  t.teardown(() => cg.remove());
+
+  const status = (await (await fetch(`${agent.url}/api/probes`)).json()) as { name: string; chosen: unknown; candidates: { ok: boolean; error: string }[] }[];
+  const wait = status.find((p) => p.name === 'memcg_writeback_wait')!;
+  t.is(wait.chosen, null);
+  t.is(wait.candidates.length, 2);
+  for (const c of wait.candidates) {
+    t.false(c.ok);
+    t.regex(c.error, /hvwatch_no_such_tracepoint/);
+  }
+  t.regex(agent.stderr, /probe did not attach.*memcg_writeback_wait/);
+
+  const pages = fsyncWriteInCgroup(cg, 8);
+  const s = await until(async () => {
+    const s = await agent.scrape();
+    return (value(s, M.memcgWbCompleted.name, { cgroup: cg.path }) ?? 0) >= pages ? s : undefined;
+  }, 15_000, 'the other probe still counting');
+  t.is(value(s, M.probeAttached.name, { probe: 'memcg_writeback_wait' }), 0);
+  t.is(value(s, M.probeAttachFailures.name, { probe: 'memcg_writeback_wait' }), 2);
+  t.is(value(s, M.probeAttached.name, { probe: 'memcg_writeback' }), 1);
+});
+
+// ---- handler logic through BPF_PROG_TEST_RUN (the same functions the hooks call) ----
+
+function args(op: number, item: number, val: number, cgroupId: bigint): Buffer {
+  const b = Buffer.alloc(24);
+  b.writeUInt32LE(op, 0);
+  b.writeInt32LE(item, 4);
+  b.writeBigInt64LE(BigInt(val), 8);
+  b.writeBigUInt64LE(cgroupId, 16);
+  return b;
+}
+
+test('memcg handlers via BPF_PROG_TEST_RUN (logic, not attach): NR_WRITEBACK deltas, PGPGOUT log2 batches, other items ignored', async (t) => {
+  // A cgroup that exists so the decoder resolves it; nothing attaches (all probes disabled).
+  const cg = createCgroup(`hvwatch-logic-${process.pid}`);
+  t.teardown(() => cg.remove());
+  const agent = new Agent(configSchema.parse({ probes: { disable: ['memcg_writeback', 'memcg_uncharge', 'memcg_writeback_wait'] } }));
+  agent.start();
+  t.teardown(() => agent.stop());
+  const fam = agent.family('memcg')!;
+  const enums = Buffer.alloc(16);
+  fam.testProgram('test_memcg_enums').testRun(enums);
+  const NR_WRITEBACK = Number(enums.readBigUInt64LE(0));
+  const PGPGOUT = Number(enums.readBigUInt64LE(8));
+  const run = (op: number, item: number, val: number): void => {
+    t.is(fam.testProgram('test_memcg_handler').testRun(args(op, item, val, cg.id)).retval, 0);
+  };
+  run(0, NR_WRITEBACK, 16);
+  run(0, NR_WRITEBACK, 4);
+  run(0, NR_WRITEBACK, -12);
+  run(0, NR_WRITEBACK + 1, 1000); // another node_stat_item: ignored
+  run(1, PGPGOUT, 1);
+  run(1, PGPGOUT, 3);
+  run(1, PGPGOUT, 100);
+  run(1, PGPGOUT + 1, 7); // another vm_event_item: ignored
+  run(2, 0, 0);
+  await agent.collect();
+  const l = { cgroup: cg.path };
+  t.is(agent.store.get(M.memcgWbStarted, l)?.value, 20);
+  t.is(agent.store.get(M.memcgWbCompleted, l)?.value, 12);
+  t.is(agent.store.get(M.memcgWbInflight, l)?.value, 8);
+  t.is(agent.store.get(M.memcgWbWaits, l)?.value, 1);
+  t.is(agent.store.get(M.memcgUnchargeBatches, l)?.value, 3);
+  t.is(agent.store.get(M.memcgUnchargedPages, l)?.value, 104);
+  const h = agent.store.get(M.memcgUnchargeBatchPages, l)!.hist!;
+  // le=1 holds the 1-page batch, le=3 adds the 3-page one, le=127 adds the 100-page one.
+  t.is(h.cumulative[h.bounds.indexOf(1)], 1);
+  t.is(h.cumulative[h.bounds.indexOf(3)], 2);
+  t.is(h.cumulative[h.bounds.indexOf(63)], 2);
+  t.is(h.cumulative[h.bounds.indexOf(127)], 3);
+  t.is(h.sum, 104);
+  t.is(h.count, 3);
+  t.is(agent.store.get(M.mapFull, { family: 'memcg' })?.value, 0);
+});
+
+test('a deleted cgroup\'s entries and series are dropped at the next scrape after it vanishes', async (t) => {
+  const cg = createCgroup(`hvwatch-gone-${process.pid}`);
+  t.teardown(() => cg.remove());
+  const agent = new Agent(configSchema.parse({ probes: { disable: ['memcg_writeback', 'memcg_uncharge', 'memcg_writeback_wait'] } }));
+  agent.start();
+  t.teardown(() => agent.stop());
+  const fam = agent.family('memcg')!;
+  fam.testProgram('test_memcg_handler').testRun(args(2, 0, 0, cg.id));
+  await agent.collect();
+  t.is(agent.store.get(M.memcgWbWaits, { cgroup: cg.path })?.value, 1);
+  cg.remove();
+  await new Promise((r) => setTimeout(r, 10_100)); // the liveness check runs every 10 s
+  await agent.collect();
+  t.is(agent.store.get(M.memcgWbWaits, { cgroup: cg.path }), undefined);
+  t.is(fam.maps.get('memcg_stats')!.count(), 0);
+});
