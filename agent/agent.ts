@@ -2,6 +2,8 @@
 // owns every kernel resource it created so that stop() leaves nothing attached.
 import { readFileSync } from 'node:fs';
 import { enableRunTimeStats, libbpfVersion, MapFd } from '../bpf/libbpf.js';
+import { RingBufferReader } from '../bpf/ringbuf.js';
+import { decodeStruct } from './aggregate/events.js';
 import { M, ALL_METRICS } from './catalog.js';
 import { MetricStore } from './export/store.js';
 import { buildRegistries, type Registries } from './export/registry.js';
@@ -47,6 +49,7 @@ export class Agent {
   readonly budget: LabelBudget;
   readonly cgroups: { resolver: CgroupResolver; hierarchy: MemoryHierarchy } | undefined;
   private stats: { close(): void } | undefined;
+  private readonly readers: RingBufferReader[] = [];
   private lastGc = 0;
   private collecting: Promise<void> | undefined;
   ready = false;
@@ -76,10 +79,30 @@ export class Agent {
         log('warn', 'could not enable BPF run-time stats', { error: (e as Error).message });
       }
     }
-    for (const f of this.families) this.loader.loadFamily(f);
+    for (const f of this.families) {
+      const fam = this.loader.loadFamily(f);
+      if (fam && f.events) this.startEvents(fam, f.events);
+    }
     this.publishProbeStatus();
     this.store.set(M.buildInfo, { version: VERSION, kernel: kernelRelease(), libbpf: libbpfVersion }, 1);
     this.ready = true;
+  }
+
+  private startEvents(fam: LoadedFamily, ev: NonNullable<FamilySpec['events']>): void {
+    const layout = fam.btf.structLayout(ev.struct);
+    const map = fam.maps.get(ev.map);
+    if (!layout || !map) {
+      log('error', 'event ring buffer not usable; events of this family are lost', { family: fam.spec.name, map: ev.map, struct: ev.struct });
+      return;
+    }
+    const labels = { family: fam.spec.name };
+    this.store.inc(M.ringbufEvents, labels, 0);
+    const reader = new RingBufferReader(map.fd, (records) => {
+      this.store.inc(M.ringbufEvents, labels, records.length);
+      ev.onEvents(records.map((r) => decodeStruct(layout, r)), this.store);
+    });
+    reader.start();
+    this.readers.push(reader);
   }
 
   get status(): ProbeStatus[] {
@@ -164,6 +187,7 @@ export class Agent {
 
   async stop(): Promise<void> {
     this.ready = false;
+    await Promise.all(this.readers.splice(0).map((r) => r.stop()));
     this.loader.destroy();
     this.stats?.close();
     this.stats = undefined;

@@ -56,7 +56,7 @@ export class LoadedFamily {
   readonly btf: Btf;
   private readonly instances: BpfObject[] = [];
   private readonly links: BpfLink[] = [];
-  private testInstance: BpfObject | undefined;
+  private readonly testInstances = new Map<string, BpfObject>();
 
   constructor(readonly spec: FamilySpec, private readonly owner: BpfObject, private readonly opts: LoadOptions) {
     for (const m of owner.maps()) {
@@ -122,18 +122,16 @@ export class LoadedFamily {
 
   /** A SEC("syscall") program sharing this family's maps, for BPF_PROG_TEST_RUN. */
   testProgram(name: string): BpfProgram {
-    if (!this.testInstance) {
-      const names = this.owner.programs().filter((p) => p.section === 'syscall').map((p) => p.name);
-      this.testInstance = this.openInstance(names);
-    }
-    return this.testInstance.program(name);
+    let inst = this.testInstances.get(name);
+    if (!inst) this.testInstances.set(name, (inst = this.openInstance([name])));
+    return inst.program(name);
   }
 
   destroy(): void {
     for (const l of this.links.splice(0)) l.destroy();
     for (const i of this.instances.splice(0)) i.close();
-    this.testInstance?.close();
-    this.testInstance = undefined;
+    for (const i of this.testInstances.values()) i.close();
+    this.testInstances.clear();
     this.owner.close();
   }
 }

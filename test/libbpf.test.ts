@@ -133,3 +133,22 @@ test('ring buffer: records the kernel cannot reserve are counted, none vanish un
   t.true(dropped > 0, 'the overflow must be counted');
   t.is(got + dropped, 2000);
 });
+
+test('a family\'s ring buffer feeds the agent: events counted per family and decoded by BTF', async (t) => {
+  const { Agent } = await import('../agent/agent.js');
+  const { configSchema } = await import('../agent/config.js');
+  const { M } = await import('../agent/catalog.js');
+  const got: Record<string, unknown>[] = [];
+  const agent = new Agent(configSchema.parse({}), [{
+    name: 'selftest', object: 'selftest.bpf.o', probes: [], maps: [],
+    events: { map: 'events', struct: 'selftest_event', onEvents: (evs) => void got.push(...evs) },
+  }]);
+  agent.start();
+  t.teardown(() => agent.stop());
+  agent.family('selftest')!.testProgram('selftest_emit').testRun(emitArgs(25, 100));
+  const deadline = Date.now() + 5000;
+  while (got.length < 25 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  t.is(agent.store.get(M.ringbufEvents, { family: 'selftest' })?.value, 25);
+  t.deepEqual(got[0], { seq: 100, cpu: got[0]!.cpu as number, magic: 0x68767774, tag: 'selftes' });
+  t.is(got[24]!.seq, 124);
+});

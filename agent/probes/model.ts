@@ -7,6 +7,7 @@ import type { MetricDef } from '../catalog.js';
 import type { Log2Range } from '../aggregate/histogram.js';
 import type { MetricStore } from '../export/store.js';
 import type { CollectContext } from '../aggregate/collect.js';
+import type { DecodedEvent } from '../aggregate/events.js';
 
 export type { AttachKind };
 
@@ -56,6 +57,12 @@ export interface FamilySpec {
   object: string;
   probes: ProbeSpec[];
   maps: MapExport[];
+  /** Rare events (races, failures) from a BPF ring buffer, decoded by the struct's BTF. */
+  events?: {
+    map: string;
+    struct: string;
+    onEvents: (events: DecodedEvent[], store: MetricStore) => void;
+  };
   /** Extra scrape-time work that reads outside BPF (cgroupfs, procfs). */
   collect?: (ctx: CollectContext, store: MetricStore) => void;
 }
