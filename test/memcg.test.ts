@@ -1,7 +1,7 @@
 // memcg family, end to end on the real kernel: probes attach, a real fsync'd write in a
 // memory cgroup we create shows up under that cgroup's path in a scrape over HTTP.
 import test from 'ava';
-import { AgentProcess, pick, until, value, writeConfig } from './helpers/agent.js';
+import { AgentProcess, pick, runCli, until, value, writeConfig } from './helpers/agent.js';
 import { createCgroup, fsyncWriteInCgroup } from './helpers/memcg.js';
 import { Agent } from '../agent/agent.js';
 import { configSchema } from '../agent/config.js';
@@ -134,4 +134,22 @@ test('a deleted cgroup\'s entries and series are dropped at the next scrape afte
   await agent.collect();
   t.is(agent.store.get(M.memcgWbWaits, { cgroup: cg.path }), undefined);
   t.is(fam.maps.get('memcg_stats')!.count(), 0);
+});
+
+test('hvwatch probes --json --strict: exit 1 and the documented shape when a probe attached nothing', async (t) => {
+  const cfg = writeConfig(`
+probes:
+  attach:
+    memcg_writeback_wait: [{ attach: tracepoint, target: writeback/hvwatch_absent }]
+`);
+  const r = await runCli(['probes', '--json', '--strict', '--config', cfg]);
+  t.is(r.code, 1, r.stderr);
+  const report = JSON.parse(r.stdout) as { name: string; family: string; candidates: { attach: string; target: string; ok: boolean; error: string | null }[]; chosen: unknown }[];
+  const w = report.find((p) => p.name === 'memcg_writeback_wait')!;
+  t.deepEqual(w.candidates, [{ attach: 'tracepoint', target: 'writeback/hvwatch_absent', ok: false, error: w.candidates[0]!.error }]);
+  t.regex(w.candidates[0]!.error!, /not found/);
+  t.is(w.chosen, null);
+  t.is(w.family, 'memcg');
+  const ok = await runCli(['probes', '--strict']);
+  t.is(ok.code, 0, ok.stderr);
 });
