@@ -8,11 +8,12 @@ import { M, ALL_METRICS } from './catalog.js';
 import { MetricStore } from './export/store.js';
 import { buildRegistries, type Registries } from './export/registry.js';
 import { LabelBudget } from './aggregate/budget.js';
-import { collectMap, type CollectContext } from './aggregate/collect.js';
+import { collectMap, UNKNOWN_CGROUP, type CollectContext } from './aggregate/collect.js';
+import { decodeStack } from './symbols.js';
 import { CgroupResolver, findMemoryHierarchy, type MemoryHierarchy } from './cgroups.js';
 import { Loader, type LoadedFamily, type ProbeStatus } from './loader.js';
 import { FAMILIES } from './probes/index.js';
-import type { FamilySpec, ProbeSpec } from './probes/model.js';
+import type { EventContext, FamilySpec, ProbeSpec } from './probes/model.js';
 import type { Config } from './config.js';
 import { ensureTracefs, kernelRelease, useVmlinuxBtf } from './kernel.js';
 import { log } from './log.js';
@@ -20,6 +21,8 @@ import { log } from './log.js';
 export const VERSION: string = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
 const GC_INTERVAL_MS = 10_000;
+/** How many race events the bounded log keeps (GET /api/races). */
+const RACE_LOG_SIZE = 256;
 // hv_errors indices (bpf/src/hvwatch.h enum hv_error).
 const HV_ERR_MAP_FULL = 0;
 const HV_ERR_RINGBUF_FULL = 1;
@@ -38,7 +41,7 @@ function candidatesFor(cfg: Config, p: ProbeSpec): ProbeSpec['candidates'] {
   // An override keeps the declared programs of the same tier and swaps the target.
   return o.map((c) => {
     const decl = p.candidates.find((d) => d.attach === c.attach);
-    return { attach: c.attach, target: c.target, programs: decl?.programs ?? [] };
+    return { attach: c.attach, target: c.target, programs: decl?.programs ?? [], targets: decl?.targets };
   });
 }
 
@@ -50,6 +53,8 @@ export class Agent {
   readonly cgroups: { resolver: CgroupResolver; hierarchy: MemoryHierarchy } | undefined;
   private stats: { close(): void } | undefined;
   private readonly readers: RingBufferReader[] = [];
+  /** The latest race events, newest last (GET /api/races). */
+  readonly races: Record<string, unknown>[] = [];
   private lastGc = 0;
   private collecting: Promise<void> | undefined;
   ready = false;
@@ -61,7 +66,7 @@ export class Agent {
     this.loader = new Loader({
       enabled: (p) => probeEnabled(config, p),
       candidates: (p) => candidatesFor(config, p),
-      mapEntries: config.bpf.mapEntries,
+      mapSizes: { perObject: config.bpf.mapEntries, perFolio: config.bpf.raceStateEntries },
       btfCustomPath: config.bpf.btfPath,
     });
     const h = config.cgroups.root ? { version: findMemoryHierarchy()?.version ?? 2, mountPoint: config.cgroups.root } : findMemoryHierarchy();
@@ -97,9 +102,25 @@ export class Agent {
     }
     const labels = { family: fam.spec.name };
     this.store.inc(M.ringbufEvents, labels, 0);
+    const stacks = fam.maps.get('stacks');
+    const ctx: EventContext = {
+      store: this.store,
+      resolveCgroup: (id) => this.cgroups?.resolver.resolve(BigInt(id)) ?? UNKNOWN_CGROUP,
+      stack: (id) => {
+        const k = Buffer.alloc(4);
+        k.writeUInt32LE(id);
+        const raw = stacks?.lookupRaw(k);
+        return raw ? decodeStack(raw) : [];
+      },
+      logRace: (record) => {
+        this.races.push(record);
+        if (this.races.length > RACE_LOG_SIZE) this.races.shift();
+        log('warn', 'race indicator', { family: fam.spec.name, ...record, stack: (record.stack as string[] | undefined)?.slice(0, 8).join(' < ') });
+      },
+    };
     const reader = new RingBufferReader(map.fd, (records) => {
       this.store.inc(M.ringbufEvents, labels, records.length);
-      ev.onEvents(records.map((r) => decodeStruct(layout, r)), this.store);
+      ev.onEvents(records.map((r) => decodeStruct(layout, r)), ctx);
     });
     reader.start();
     this.readers.push(reader);
@@ -145,7 +166,13 @@ export class Agent {
           log('error', 'collecting map failed', { family: fam.spec.name, map: e.map, error: (err as Error).message });
         }
       }
-      fam.spec.collect?.(ctx, this.store);
+      fam.spec.collect?.(ctx, this.store, fam);
+      for (const name of fam.spec.watchMaps ?? []) {
+        const m = fam.maps.get(name);
+        if (!m) continue;
+        this.store.set(M.mapEntries, { family: fam.spec.name, map: name }, m.count());
+        this.store.set(M.mapCapacity, { family: fam.spec.name, map: name }, m.maxEntries);
+      }
       this.collectErrors(fam);
     }
     this.collectProgramStats();

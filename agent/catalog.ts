@@ -74,6 +74,24 @@ export const M = {
     'Dirty page cache of the cgroup, from memory.stat at scrape time.', 'bytes'),
   memcgStatWriteback: def('memcg', 'hvwatch_memcg_stat_writeback_bytes', 'gauge', CG,
     'Page cache under writeback in the cgroup, from memory.stat at scrape time.', 'bytes'),
+
+  // ---- memcg family, function tiers (fentry/kprobe) and race indicators ----
+  memcgWbLatency: def('memcg_fn', 'hvwatch_memcg_writeback_latency_seconds', 'histogram', CG,
+    'Time from a folio\'s writeback start to its writeback end, per memory cgroup (at start).', 'seconds'),
+  memcgWbEndDuration: def('memcg_fn', 'hvwatch_memcg_writeback_end_duration_seconds', 'histogram', CG,
+    'Time spent inside writeback end (__folio_end_writeback), per memory cgroup.', 'seconds'),
+  memcgUnchargeDuration: def('memcg_fn', 'hvwatch_memcg_uncharge_duration_seconds', 'histogram', CG,
+    'Time spent inside one uncharge call (__mem_cgroup_uncharge[_folios]), per memory cgroup of its first folio.', 'seconds'),
+  memcgUnchargedFolios: def('memcg_fn', 'hvwatch_memcg_uncharged_folios_total', 'counter', CG,
+    'Folios uncharged (uncharge_folio), per memory cgroup.'),
+  memcgRaceEvents: def('memcg_fn', 'hvwatch_memcg_race_events_total', 'counter', ['kind'],
+    'memcg writeback/uncharge race indicators by kind (README "Race indicators"); any increase deserves a look.'),
+  memcgRaceStateEvictions: def('memcg_fn', 'hvwatch_memcg_race_state_evictions_total', 'counter', [],
+    'Per-folio race-tracking entries evicted by the LRU bound before their writeback ended.'),
+  memcgRaceStateReaped: def('memcg_fn', 'hvwatch_memcg_race_state_reaped_total', 'counter', [],
+    'Writeback-end markers older than 1 s (their exit was never seen) that were cleared instead of trusted.'),
+  memcgWbUnpairedEnds: def('memcg_fn', 'hvwatch_memcg_writeback_unpaired_ends_total', 'counter', [],
+    'Writeback ends with no recorded start (started before attach, or evicted): no latency for them.'),
 } as const satisfies Record<string, MetricDef>;
 
 export type MetricKey = keyof typeof M;

@@ -147,7 +147,11 @@ async function main(): Promise<void> {
     return;
   }
   preflight(args.cfg);
-  if (args.cmd === 'probes') process.exit(await probes(args.cfg, args.json, args.strict));
+  if (args.cmd === 'probes') {
+    // exitCode, not exit(): a large report on a pipe must drain before the process ends.
+    process.exitCode = await probes(args.cfg, args.json, args.strict);
+    return;
+  }
   await run(args.cfg);
 }
 

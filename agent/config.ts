@@ -30,6 +30,8 @@ export const configSchema = z.object({
     stats: z.boolean().default(false),
     /** Entries of each per-cgroup/per-VM stats map. */
     mapEntries: z.number().int().min(64).max(1 << 20).default(10240),
+    /** Folios under writeback tracked by the race indicators (LRU: evictions are counted). */
+    raceStateEntries: z.number().int().min(1024).max(1 << 24).default(65536),
     /** External BTF for kernels without /sys/kernel/btf/vmlinux (e.g. from BTFHub). */
     btfPath: z.string().optional(),
   }).strict().default({}),

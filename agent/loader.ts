@@ -35,7 +35,7 @@ export interface ProbeStatus {
 export interface LoadOptions {
   enabled: (p: ProbeSpec) => { on: true } | { on: false; why: string };
   candidates?: (p: ProbeSpec) => Candidate[];
-  mapEntries?: number;
+  mapSizes?: { perObject: number; perFolio: number };
   btfCustomPath?: string;
 }
 
@@ -94,19 +94,22 @@ export class LoadedFamily {
   tryCandidate(probe: ProbeSpec, c: Candidate): CandidateResult {
     const res: CandidateResult = { attach: c.attach, target: c.target, ok: false };
     if (c.programs.length === 0) return { ...res, error: `probe ${probe.name} has no program for the ${c.attach} tier` };
-    const why = precheck(c);
-    if (why) return { ...res, error: why };
+    const targetOf = (prog: string): string => c.targets?.[prog] ?? c.target;
+    for (const t of new Set(c.programs.map(targetOf))) {
+      const why = precheck({ ...c, target: t });
+      if (why) return { ...res, error: why };
+    }
     let inst: BpfObject | undefined;
     const links: BpfLink[] = [];
     try {
       inst = this.openInstance(c.programs, (p) => {
         const sectionTarget = p.section.split('/').slice(1).join('/');
-        if (['fentry', 'fexit', 'tp_btf'].includes(c.attach) && sectionTarget !== c.target) p.setAttachTarget(c.target);
+        if (['fentry', 'fexit', 'tp_btf'].includes(c.attach) && sectionTarget !== targetOf(p.name)) p.setAttachTarget(targetOf(p.name));
       });
       for (const name of c.programs) {
         const p = inst.program(name);
         const kind = p.section.startsWith('kretprobe') ? 'kretprobe' : p.section.startsWith('fexit') ? 'fexit' : c.attach;
-        links.push(p.attach(kind, c.target));
+        links.push(p.attach(kind, targetOf(name)));
       }
       this.instances.push(inst);
       this.links.push(...links);
@@ -148,8 +151,9 @@ export class Loader {
     try {
       owner = BpfObject.open(`${BPF_BUILD_DIR}${spec.object}`, { btfCustomPath: this.opts.btfCustomPath });
       for (const p of owner.programs()) p.setAutoload(false);
-      if (this.opts.mapEntries) {
-        for (const e of spec.maps) owner.map(e.map).setMaxEntries(this.opts.mapEntries);
+      for (const [map, kind] of Object.entries(spec.sizes ?? {})) {
+        const n = this.opts.mapSizes?.[kind];
+        if (n) owner.map(map).setMaxEntries(n);
       }
       owner.load(); // creates the maps only: every program is off
     } catch (e) {

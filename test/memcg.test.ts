@@ -150,6 +150,9 @@ probes:
   t.regex(w.candidates[0]!.error!, /not found/);
   t.is(w.chosen, null);
   t.is(w.family, 'memcg');
-  const ok = await runCli(['probes', '--strict']);
+  // The function tiers cannot attach on these hosts (no kprobes, fentry refused): --strict
+  // passes once only probes that can attach are enabled.
+  const fn = ['memcg_writeback_start_fn', 'memcg_writeback_end_fn', 'memcg_uncharge_folio_fn', 'memcg_uncharge_fn'];
+  const ok = await runCli(['probes', '--strict', ...fn.flatMap((p) => ['--disable', p])]);
   t.is(ok.code, 0, ok.stderr);
 });

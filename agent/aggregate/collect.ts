@@ -67,13 +67,25 @@ interface Decoded {
   value: StructLayout;
 }
 
+// A named struct is decoded field by field; a plain integer (an array map's u32 index, a
+// u64 counter) is one field called "key" or "value".
+function layoutOf(btf: Btf, id: number, scalarName: string, map: string): StructLayout {
+  const t = btf.resolve(id);
+  if ((t.kind === 'struct' || t.kind === 'union') && t.name) {
+    const l = btf.structLayout(t.name);
+    if (l) return l;
+  }
+  if (t.kind === 'int') {
+    const size = btf.sizeOf(id);
+    return { name: t.name, size, fields: [{ name: scalarName, offset: 0, size, kind: 'int', signed: !!t.intInfo?.signed, typeName: t.name }] };
+  }
+  throw new Error(`map ${map}: ${scalarName} type is neither a named struct nor an integer in the object's BTF`);
+}
+
 function layouts(btf: Btf, fam: LoadedFamily, e: MapExport): Decoded {
   const ids = fam.typeIds.get(e.map);
   if (!ids) throw new Error(`family ${fam.spec.name} has no map ${e.map}`);
-  const key = btf.structLayout(btf.typeById(ids.key).name);
-  const value = btf.structLayout(btf.typeById(ids.value).name);
-  if (!key || !value) throw new Error(`map ${e.map}: key/value are not named structs in the object's BTF`);
-  return { key, value };
+  return { key: layoutOf(btf, ids.key, 'key', e.map), value: layoutOf(btf, ids.value, 'value', e.map) };
 }
 
 const layoutCache = new WeakMap<MapExport, Decoded>();
@@ -103,7 +115,8 @@ export function collectMap(fam: LoadedFamily, e: MapExport, ctx: CollectContext)
     let gone = false;
     for (const kl of e.labels) {
       const { f } = readField(k, lay.key, kl.field);
-      const decoded = (decoders[kl.decoder] ?? decoders.number!)(u64(k, f.offset, f.size), ctx);
+      const decode = typeof kl.decoder === 'function' ? kl.decoder : decoders[kl.decoder] ?? decoders.number!;
+      const decoded = decode(u64(k, f.offset, f.size), ctx);
       if (decoded === null) { gone = true; break; }
       labels[kl.label] = decoded;
     }

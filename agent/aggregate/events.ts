@@ -2,7 +2,8 @@
 // (the C struct is the single source of truth; nothing here repeats its offsets).
 import type { StructLayout } from '../../bpf/btf.js';
 
-export type EventValue = number | string;
+/** 64-bit values that do not fit a double exactly (kernel pointers) stay bigint. */
+export type EventValue = number | bigint | string;
 export type DecodedEvent = Record<string, EventValue>;
 
 export function decodeStruct(layout: StructLayout, buf: Buffer): DecodedEvent {
@@ -20,13 +21,15 @@ export function decodeStruct(layout: StructLayout, buf: Buffer): DecodedEvent {
   return out;
 }
 
-function readInt(buf: Buffer, off: number, size: number, signed: boolean): number {
+function readInt(buf: Buffer, off: number, size: number, signed: boolean): number | bigint {
   switch (size) {
     case 1: return signed ? buf.readInt8(off) : buf.readUInt8(off);
     case 2: return signed ? buf.readInt16LE(off) : buf.readUInt16LE(off);
     case 4: return signed ? buf.readInt32LE(off) : buf.readUInt32LE(off);
-    // Above 2^53 precision is lost; ids and nanosecond deltas stay far below that.
-    case 8: return Number(signed ? buf.readBigInt64LE(off) : buf.readBigUInt64LE(off));
+    case 8: {
+      const v = signed ? buf.readBigInt64LE(off) : buf.readBigUInt64LE(off);
+      return v <= BigInt(Number.MAX_SAFE_INTEGER) && v >= BigInt(Number.MIN_SAFE_INTEGER) ? Number(v) : v;
+    }
     default: return NaN;
   }
 }

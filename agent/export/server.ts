@@ -34,6 +34,7 @@ export function buildApp(agent: Agent): express.Express {
     else res.status(503).type('text/plain').send('not ready\n');
   });
   app.get('/api/probes', (_req, res) => void res.json(agent.status));
+  app.get('/api/races', (_req, res) => void res.json(agent.races));
   app.use((_req, res) => void res.status(404).type('text/plain').send('not found\n'));
   return app;
 }

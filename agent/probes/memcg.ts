@@ -46,6 +46,7 @@ export const memcgFamily: FamilySpec = {
   name: family,
   object: 'memcg.bpf.o',
   probes,
+  sizes: { memcg_stats: 'perObject' },
   maps: [
     {
       map: 'memcg_stats',

@@ -6,8 +6,9 @@ import type { AttachKind } from '../../bpf/libbpf.js';
 import type { MetricDef } from '../catalog.js';
 import type { Log2Range } from '../aggregate/histogram.js';
 import type { MetricStore } from '../export/store.js';
-import type { CollectContext } from '../aggregate/collect.js';
+import type { CollectContext, Decoder } from '../aggregate/collect.js';
 import type { DecodedEvent } from '../aggregate/events.js';
+import type { LoadedFamily } from '../loader.js';
 
 export type { AttachKind };
 
@@ -18,6 +19,8 @@ export interface Candidate {
   target: string;
   /** Programs attached together (an fentry/fexit pair is one candidate). */
   programs: string[];
+  /** Programs of this candidate that attach to another function than `target`. */
+  targets?: Readonly<Record<string, string>>;
 }
 
 export interface ProbeSpec {
@@ -39,8 +42,8 @@ export type FieldExport =
 export interface KeyLabel {
   label: string;
   field: string;
-  /** Name of a label decoder (agent/aggregate/decoders.ts). */
-  decoder: string;
+  /** A shared decoder by name (agent/aggregate/collect.ts `decoders`) or the family's own. */
+  decoder: string | Decoder;
 }
 
 export interface MapExport {
@@ -49,6 +52,15 @@ export interface MapExport {
   fields: FieldExport[];
   /** Metrics computed from one folded value (e.g. in-flight = started - completed). */
   derived?: { metric: MetricDef; compute: (v: Readonly<Record<string, number>>) => number }[];
+}
+
+export interface EventContext {
+  store: MetricStore;
+  resolveCgroup: (id: number) => string;
+  /** Kernel stack of a stack id from the family's `stacks` map, symbolized. */
+  stack: (id: number) => string[];
+  /** Append to the agent's bounded log of recent race events (GET /api/races). */
+  logRace: (record: Record<string, unknown>) => void;
 }
 
 export interface FamilySpec {
@@ -61,8 +73,12 @@ export interface FamilySpec {
   events?: {
     map: string;
     struct: string;
-    onEvents: (events: DecodedEvent[], store: MetricStore) => void;
+    onEvents: (events: DecodedEvent[], ctx: EventContext) => void;
   };
+  /** Maps sized from config: per cgroup/VM (bpf.mapEntries) or per folio in flight (bpf.raceStateEntries). */
+  sizes?: Readonly<Record<string, 'perObject' | 'perFolio'>>;
+  /** Maps whose fill level is exported (hvwatch_bpf_map_entries) besides the MapExport ones. */
+  watchMaps?: string[];
   /** Extra scrape-time work that reads outside BPF (cgroupfs, procfs). */
-  collect?: (ctx: CollectContext, store: MetricStore) => void;
+  collect?: (ctx: CollectContext, store: MetricStore, fam: LoadedFamily) => void;
 }

@@ -1,0 +1,132 @@
+// memcg family, function tiers (seed 002): fentry then kprobe on the writeback and
+// uncharge functions, across kernel generations, with four in-kernel race indicators
+// (bpf/src/memcg_fn.bpf.c). On kernels that refuse fentry and lack kprobes (our CI hosts)
+// the logic is exercised through BPF_PROG_TEST_RUN; in VMs it attaches for real.
+import { M } from '../catalog.js';
+import type { FamilySpec, ProbeSpec } from './model.js';
+import type { Decoder } from '../aggregate/collect.js';
+import type { MapFd } from '../../bpf/libbpf.js';
+
+const family = 'memcg_fn';
+
+/** enum race_kind in bpf/src/memcg_fn.bpf.c, in order. How to read each: README "Race indicators". */
+export const RACE_KINDS = [
+  'uncharge_during_writeback_end',
+  'uncharge_under_writeback',
+  'memcg_cleared_under_writeback',
+  'writeback_end_zero_refcount',
+] as const;
+
+const raceKind: Decoder = (raw) => RACE_KINDS[Number(raw)] ?? `kind_${raw}`;
+
+// Symbols by kernel generation (mm/page-writeback.c, mm/memcontrol.c):
+//   __folio_start_writeback / __folio_end_writeback: v5.17+ (folio conversion, 5.16/5.17);
+//   __test_set_page_writeback / test_clear_page_writeback: before;
+//   __mem_cgroup_uncharge(folio): v5.17+ (page before); __mem_cgroup_uncharge_folios: v6.9+
+//   (__mem_cgroup_uncharge_list v5.15-v6.8, not attached: its list walk is left out);
+//   uncharge_folio: static, used only where BTF/kallsyms list it (often inlined).
+const probes: ProbeSpec[] = [
+  {
+    name: 'memcg_writeback_start_fn', family,
+    description: 'Writeback start per folio: opens the latency and race state for the folio',
+    candidates: [
+      { attach: 'fentry', target: '__folio_start_writeback', programs: ['fentry_wb_start'] },
+      { attach: 'fentry', target: '__test_set_page_writeback', programs: ['fentry_wb_start'] },
+      { attach: 'kprobe', target: '__folio_start_writeback', programs: ['kprobe_wb_start'] },
+      { attach: 'kprobe', target: '__test_set_page_writeback', programs: ['kprobe_wb_start'] },
+    ],
+  },
+  {
+    name: 'memcg_writeback_end_fn', family,
+    description: 'Writeback end per folio: latency since start, time inside, memcg-cleared and zero-refcount races',
+    candidates: [
+      { attach: 'fentry', target: '__folio_end_writeback', programs: ['fentry_wb_end', 'fexit_wb_end'] },
+      { attach: 'fentry', target: 'test_clear_page_writeback', programs: ['fentry_wb_end', 'fexit_wb_end'] },
+      { attach: 'kprobe', target: '__folio_end_writeback', programs: ['kprobe_wb_end', 'kretprobe_wb_end'] },
+      { attach: 'kprobe', target: 'test_clear_page_writeback', programs: ['kprobe_wb_end', 'kretprobe_wb_end'] },
+    ],
+  },
+  {
+    name: 'memcg_uncharge_folio_fn', family,
+    description: 'Each folio uncharged: uncharge-during-writeback-end and uncharge-under-writeback races',
+    candidates: [
+      { attach: 'fentry', target: 'uncharge_folio', programs: ['fentry_uncharge_folio'] },
+      { attach: 'kprobe', target: 'uncharge_folio', programs: ['kprobe_uncharge_folio'] },
+    ],
+  },
+  {
+    name: 'memcg_uncharge_fn', family,
+    description: 'Time inside each uncharge call, single folio and batch',
+    candidates: [
+      {
+        attach: 'fentry', target: '__mem_cgroup_uncharge',
+        programs: ['fentry_uncharge', 'fexit_uncharge', 'fentry_uncharge_folios', 'fexit_uncharge_folios'],
+        targets: { fentry_uncharge_folios: '__mem_cgroup_uncharge_folios', fexit_uncharge_folios: '__mem_cgroup_uncharge_folios' },
+      },
+      { attach: 'fentry', target: '__mem_cgroup_uncharge', programs: ['fentry_uncharge', 'fexit_uncharge'] },
+      { attach: 'kprobe', target: '__mem_cgroup_uncharge', programs: ['kprobe_uncharge', 'kretprobe_uncharge'] },
+    ],
+  },
+];
+
+const NS = (minSlot: number, maxSlot: number) => ({ minSlot, maxSlot, scale: 1e-9 });
+
+// state_counters indices (enum state_counter).
+const ST = { inserts: 0, removes: 1, reaped: 2, unpaired: 3 } as const;
+
+function readCounter(m: MapFd, i: number): number {
+  const k = Buffer.alloc(4);
+  k.writeUInt32LE(i);
+  return Number(m.lookup(k)?.readBigUInt64LE(0) ?? 0n);
+}
+
+export const memcgFnFamily: FamilySpec = {
+  name: family,
+  object: 'memcg_fn.bpf.o',
+  probes,
+  sizes: { memcg_fn_stats: 'perObject', wb_folios: 'perFolio' },
+  maps: [
+    {
+      map: 'memcg_fn_stats',
+      labels: [{ label: 'cgroup', field: 'cgroup_id', decoder: 'cgroup' }],
+      fields: [
+        { field: 'wb_latency_slots', metric: M.memcgWbLatency, log2: NS(10, 36), sumField: 'wb_latency_sum_ns' },
+        { field: 'wb_end_slots', metric: M.memcgWbEndDuration, log2: NS(6, 30), sumField: 'wb_end_sum_ns' },
+        { field: 'uncharge_slots', metric: M.memcgUnchargeDuration, log2: NS(6, 30), sumField: 'uncharge_sum_ns' },
+        { field: 'uncharged_folios', metric: M.memcgUnchargedFolios },
+      ],
+    },
+    { map: 'race_counts', labels: [{ label: 'kind', field: 'key', decoder: raceKind }], fields: [{ field: 'value', metric: M.memcgRaceEvents }] },
+  ],
+  watchMaps: ['wb_folios'],
+  collect(_ctx, store, fam) {
+    const st = fam.maps.get('state_counters');
+    const folios = fam.maps.get('wb_folios');
+    if (!st || !folios) return;
+    const inserts = readCounter(st, ST.inserts);
+    const removes = readCounter(st, ST.removes);
+    // The LRU map evicts silently: what was inserted, not removed and is not there, was evicted.
+    store.set(M.memcgRaceStateEvictions, {}, Math.max(0, inserts - removes - folios.count()));
+    store.set(M.memcgRaceStateReaped, {}, readCounter(st, ST.reaped));
+    store.set(M.memcgWbUnpairedEnds, {}, readCounter(st, ST.unpaired));
+  },
+  events: {
+    map: 'events',
+    struct: 'memcg_race_event',
+    onEvents(events, ctx) {
+      for (const e of events) {
+        const record = {
+          kind: RACE_KINDS[e.kind as number] ?? `kind_${e.kind}`,
+          time: new Date().toISOString(),
+          cgroup: e.memcg_id ? ctx.resolveCgroup(Number(e.memcg_id)) : null,
+          start_cgroup: e.start_memcg_id ? ctx.resolveCgroup(Number(e.start_memcg_id)) : null,
+          since_paired_ns: Number(e.delta_ns),
+          folio: `0x${BigInt(e.folio ?? 0).toString(16)}`,
+          pid: e.pid, comm: e.comm, cpu: e.cpu, other_cpu: e.other_cpu,
+          stack: Number(e.stack_id) >= 0 ? ctx.stack(Number(e.stack_id)) : [],
+        };
+        ctx.logRace(record);
+      }
+    },
+  },
+};
