@@ -126,7 +126,7 @@ async function probes(cfg: Config, json: boolean, strict: boolean): Promise<numb
   await agent.stop();
   process.stdout.write(json ? `${JSON.stringify(st.map((s) => ({
     name: s.name, family: s.family, enabled: s.enabled, skipped: s.skipped ?? null,
-    candidates: s.candidates.map((c) => ({ attach: c.attach, target: c.target, ok: c.ok, error: c.error ?? null })),
+    candidates: s.candidates.map((c) => ({ attach: c.attach, target: c.target, ok: c.ok, error: c.error ?? null, log: c.log ?? [] })),
     chosen: s.chosen,
   })), null, 2)}\n` : formatProbeReport(st));
   return strict && st.some((s) => s.enabled && !s.chosen) ? 1 : 0;

@@ -144,9 +144,9 @@ probes:
 `);
   const r = await runCli(['probes', '--json', '--strict', '--config', cfg]);
   t.is(r.code, 1, r.stderr);
-  const report = JSON.parse(r.stdout) as { name: string; family: string; candidates: { attach: string; target: string; ok: boolean; error: string | null }[]; chosen: unknown }[];
+  const report = JSON.parse(r.stdout) as { name: string; family: string; candidates: { attach: string; target: string; ok: boolean; error: string | null; log: string[] }[]; chosen: unknown }[];
   const w = report.find((p) => p.name === 'memcg_writeback_wait')!;
-  t.deepEqual(w.candidates, [{ attach: 'tracepoint', target: 'writeback/hvwatch_absent', ok: false, error: w.candidates[0]!.error }]);
+  t.deepEqual(w.candidates, [{ attach: 'tracepoint', target: 'writeback/hvwatch_absent', ok: false, error: w.candidates[0]!.error, log: [] }]);
   t.regex(w.candidates[0]!.error!, /not found/);
   t.is(w.chosen, null);
   t.is(w.family, 'memcg');

@@ -180,11 +180,18 @@ static __always_inline u64 page_memcg_id(struct page *page)
 	return BPF_CORE_READ(memcg, css.cgroup, kn, id);
 }
 
+/* page->flags became memdesc_flags_t, a struct around the same unsigned long, in v6.18
+ * (include/linux/mm_types.h); before it is a plain unsigned long. CO-RE refuses to relocate
+ * one as the other, so each generation gets its own read and the dead one is dropped. */
+struct page___flags_ulong {
+	unsigned long flags;
+} __attribute__((preserve_access_index));
+
 static __always_inline u64 page_flags(struct page *page)
 {
-	u64 flags = 0;
-	bpf_core_read(&flags, sizeof(flags), &page->flags);
-	return flags;
+	if (bpf_core_type_exists(memdesc_flags_t))
+		return BPF_CORE_READ(page, flags.f);
+	return BPF_CORE_READ((struct page___flags_ulong *)page, flags);
 }
 
 static __always_inline s32 page_refcount(struct page *page)

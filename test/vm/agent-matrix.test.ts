@@ -1,0 +1,294 @@
+// The agent itself across kernels, real (no mocks): in one QEMU guest per kernel of kernelMatrix(),
+// and on the host, run `bin/hvwatch probes --json --hot all` and, as an independent oracle, ask
+// the kernel which hooks exist (tracefs events, `btf_trace_*` typedefs / FUNCs in its BTF via
+// bpftool, /proc/kallsyms). Every probe must take the first candidate whose hook exists, and a
+// probe without any hook must say which tracepoint/function is missing. The last test rewrites
+// the README "Kernel matrix" section (between its markers) from this run's results.
+// Skips, with the reason in the title, when QEMU/tools/kernel packages/root are unavailable.
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import test from 'ava';
+import { FAMILIES } from '../../agent/probes/index.js';
+import type { Candidate, ProbeSpec } from '../../agent/probes/model.js';
+import { describeRun, kernelMatrix, prepareKernel, runInGuest, vmUnavailableReason, type GuestResult, type KernelEntry } from './harness.js';
+
+const ROOT = fileURLToPath(new URL('../../../', import.meta.url)); // dist/test/vm/ -> repo root
+const HVWATCH = path.join(ROOT, 'bin/hvwatch');
+const README = path.join(ROOT, 'README.md');
+const START = '<!-- kernel-matrix:start -->';
+const END = '<!-- kernel-matrix:end -->';
+const GUEST_TIMEOUT_MS = 150_000;
+const PROBES: ProbeSpec[] = FAMILIES.flatMap((f) => f.probes);
+
+// ---- decided at module load: a missing tool, kernel package, build or privilege skips, never passes ----
+function which(cmd: string): boolean {
+  return [...(process.env['PATH'] ?? '').split(':'), '/usr/sbin', '/sbin'].some((d) => {
+    try { fs.accessSync(path.join(d || '.', cmd), fs.constants.X_OK); return true; } catch { return false; }
+  });
+}
+const commonReason = !fs.existsSync(path.join(ROOT, 'dist/agent/cli.js')) ? `agent not built in ${ROOT}dist (run npm run setup)`
+  : !which('bpftool') ? 'bpftool not installed (the oracle needs it; apt-get install bpftool)'
+  : undefined;
+const hostReason = commonReason ?? (process.getuid?.() !== 0 ? 'hvwatch probes needs root (CAP_BPF/CAP_PERFMON)' : undefined);
+const vmReason = commonReason ?? vmUnavailableReason();
+const kernels: [KernelEntry, string | undefined][] = [];
+if (!vmReason) {
+  for (const k of kernelMatrix()) {
+    const p = await prepareKernel(k);
+    kernels.push([k, 'skip' in p ? p.skip : undefined]);
+  }
+}
+
+// ---- the script: the agent, then the oracle (after the agent, which mounts tracefs on a host that has not) ----
+const q = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
+const hooks = (kinds: string[]): string[] =>
+  [...new Set(PROBES.flatMap((p) => p.candidates.filter((c) => kinds.includes(c.attach)).map((c) => c.target)))];
+const TRACEPOINTS = hooks(['tracepoint']);
+const BTF_TYPEDEFS = hooks(['tp_btf', 'raw_tracepoint']).map((t) => `btf_trace_${t}`);
+const BTF_FUNCS = hooks(['fentry', 'fexit']);
+const KSYMS = hooks(['kprobe', 'kretprobe']);
+const alt = (names: string[]): string => names.length ? names.join('|') : 'x^'; // 'x^' matches nothing
+
+const SCRIPT = `
+tmp=$(mktemp -d)
+read a0 _ < /proc/uptime
+${q(HVWATCH)} probes --json --hot all > "$tmp/json" 2> "$tmp/err"
+st=$?
+read a1 _ < /proc/uptime
+echo "agent_status=$st"
+echo "agent_seconds=$(awk -v a="$a0" -v b="$a1" 'BEGIN { printf "%.2f", b - a }')"
+echo "release=$(uname -r)"
+echo '<<<probes-json'; cat "$tmp/json"; echo 'probes-json>>>'
+echo '<<<agent-stderr'; cat "$tmp/err"; echo 'agent-stderr>>>'
+T=/sys/kernel/tracing; [ -d $T/events ] || T=/sys/kernel/debug/tracing
+[ -d $T/events ] && echo "tracefs=$T" || echo "tracefs=none"
+for tp in ${TRACEPOINTS.map(q).join(' ')}; do [ -e "$T/events/$tp" ] && echo "hook tracepoint $tp yes" || echo "hook tracepoint $tp no"; done
+bpftool btf dump file /sys/kernel/btf/vmlinux > "$tmp/btf"; echo "bpftool_status=$?"
+grep -oE "^\\[[0-9]+\\] (TYPEDEF '(${alt(BTF_TYPEDEFS)})'|FUNC '(${alt(BTF_FUNCS)})')" "$tmp/btf" | sed -E "s/^\\[[0-9]+\\] (\\w+) '(.*)'/hook \\1 \\2 yes/"
+awk -v l=${q(BTF_FUNCS.join(' '))} 'BEGIN { n = split(l, a, " "); for (i = 1; i <= n; i++) w[a[i]] = 1 }
+  ($1 in w) { print "hook ftrace " $1 " yes"; delete w[$1] }' $T/available_filter_functions 2>/dev/null; echo "ftrace_status=$?"
+{ [ -e /sys/bus/event_source/devices/kprobe ] || [ -e $T/kprobe_events ]; } && echo "kprobes=yes" || echo "kprobes=no"
+for s in ${KSYMS.map(q).join(' ')}; do awk -v s="$s" '$3 == s { f = 1 } END { exit !f }' /proc/kallsyms && echo "hook ksym $s yes" || echo "hook ksym $s no"; done
+rm -rf "$tmp"
+`;
+
+// ---- parsing and the verdict (pure: the same function decides the assertions and the README's pass/fail) ----
+interface ReportCandidate { attach: string; target: string; ok: boolean; error: string | null }
+interface ReportProbe { name: string; family: string; enabled: boolean; skipped: string | null; candidates: ReportCandidate[]; chosen: { attach: string; target: string } | null }
+interface Run {
+  label: string; // README row label
+  status: number | null; // agent exit status
+  agentSeconds: number | null;
+  release: string;
+  report: ReportProbe[] | null;
+  agentStderr: string;
+  facts: Map<string, boolean>; // "tracepoint memcg/x", "TYPEDEF btf_trace_x", "FUNC f", "ksym s" -> exists
+  oracleOk: string | undefined; // why the oracle could not answer
+  problems: string[];
+}
+
+const between = (s: string, tag: string): string | undefined => {
+  const m = new RegExp(`^<<<${tag}\\n([\\s\\S]*?)^${tag}>>>$`, 'm').exec(s);
+  return m?.[1];
+};
+
+function parseRun(label: string, stdout: string): Run {
+  const kv = Object.fromEntries(stdout.split('\n').flatMap((l) => { const m = /^(\w+)=(.*)$/.exec(l); return m ? [[m[1]!, m[2]!]] : []; }));
+  const facts = new Map<string, boolean>();
+  for (const name of TRACEPOINTS) facts.set(`tracepoint ${name}`, false);
+  for (const name of BTF_TYPEDEFS) facts.set(`TYPEDEF ${name}`, false);
+  for (const name of BTF_FUNCS) { facts.set(`FUNC ${name}`, false); facts.set(`ftrace ${name}`, false); }
+  for (const name of KSYMS) facts.set(`ksym ${name}`, false);
+  for (const l of stdout.split('\n')) {
+    const m = /^hook (\S+) (\S+) (yes|no)$/.exec(l);
+    if (m) facts.set(`${m[1]} ${m[2]}`, m[3] === 'yes');
+  }
+  facts.set('kprobes', kv['kprobes'] === 'yes');
+  let report: ReportProbe[] | null = null;
+  const json = between(stdout, 'probes-json');
+  try { report = json ? JSON.parse(json) as ReportProbe[] : null; } catch { report = null; }
+  const oracleOk = kv['bpftool_status'] !== '0' ? `bpftool btf dump failed (status ${kv['bpftool_status'] ?? 'none'})`
+    : kv['tracefs'] === 'none' || !kv['tracefs'] ? 'tracefs not mounted' : undefined;
+  const run: Run = {
+    label, status: kv['agent_status'] !== undefined ? Number(kv['agent_status']) : null,
+    agentSeconds: kv['agent_seconds'] !== undefined ? Number(kv['agent_seconds']) : null, release: kv['release'] ?? '?',
+    report, agentStderr: between(stdout, 'agent-stderr') ?? '', facts, oracleOk, problems: [],
+  };
+  run.problems = verdict(run);
+  return run;
+}
+
+/** Does the kernel offer this candidate's hook, per the oracle? */
+function hookExists(r: Run, c: Candidate | ReportCandidate): boolean {
+  switch (c.attach) {
+    case 'tracepoint': return r.facts.get(`tracepoint ${c.target}`) ?? false;
+    case 'tp_btf': case 'raw_tracepoint': return r.facts.get(`TYPEDEF btf_trace_${c.target}`) ?? false;
+    // A trampoline needs the function in BTF and ftrace-able (a kernel that hides
+    // available_filter_functions, as a restricted host does, refuses fentry too).
+    case 'fentry': case 'fexit': return !!r.facts.get(`FUNC ${c.target}`) && !!r.facts.get(`ftrace ${c.target}`);
+    case 'kprobe': case 'kretprobe': return !!r.facts.get('kprobes') && !!r.facts.get(`ksym ${c.target}`);
+    default: return false;
+  }
+}
+
+// A candidate the kernel cannot have is refused by the agent's precheck with one of these (agent/kernel.ts).
+const MISSING_HOOK = /not in kernel BTF|not found in \S+\/events|not in \/proc\/kallsyms|kernel has no kprobes/;
+// Any other failure must at least be a libbpf/kernel error carrying its errno; anything else is a crash.
+const EXPLAINED = new RegExp(`${MISSING_HOOK.source}|\\(errno \\d+\\)`);
+
+/** Whether a candidate whose hook is missing must name it: a missing tracepoint or BTF function must;
+ * a kernel without kprobes, or one refusing trampolines, fails the whole tier (explained, not named). */
+function mustName(r: Run, c: ReportCandidate): boolean {
+  if (c.attach === 'fentry' || c.attach === 'fexit') return !r.facts.get(`FUNC ${c.target}`);
+  if (c.attach === 'kprobe' || c.attach === 'kretprobe') return !!r.facts.get('kprobes');
+  return true;
+}
+
+function verdict(r: Run): string[] {
+  const p: string[] = [];
+  if (r.status !== 0) p.push(`agent exit status ${r.status}`);
+  if (r.oracleOk) p.push(`oracle: ${r.oracleOk}`);
+  if (!r.report) return [...p, 'no parseable JSON from hvwatch probes --json'];
+  const names = r.report.map((x) => x.name);
+  if (names.join() !== PROBES.map((x) => x.name).join()) p.push(`probes reported ${names.join(',')}, expected ${PROBES.map((x) => x.name).join(',')}`);
+  for (const spec of PROBES) {
+    const got = r.report.find((x) => x.name === spec.name);
+    if (!got) continue;
+    if (!got.enabled || got.skipped !== null) { p.push(`${spec.name}: not enabled with --hot all (skipped: ${got.skipped})`); continue; }
+    for (const c of got.candidates) {
+      if (!c.ok && !EXPLAINED.test(c.error ?? '')) p.push(`${spec.name} ${c.attach}:${c.target}: unexplained error: ${c.error}`);
+    }
+    const want = spec.candidates.find((c) => hookExists(r, c));
+    const chosen = got.chosen ? `${got.chosen.attach}:${got.chosen.target}` : 'nothing';
+    if (want) {
+      if (chosen !== `${want.attach}:${want.target}`) {
+        const tried = got.candidates.find((c) => c.attach === want.attach && c.target === want.target);
+        p.push(`${spec.name}: hook ${want.attach}:${want.target} exists but the agent chose ${chosen}${tried?.error ? ` (${tried.error})` : ''}`);
+      }
+    } else if (got.chosen) {
+      p.push(`${spec.name}: oracle found no hook for any candidate, yet the agent attached ${chosen}`);
+    }
+    // Candidates tried before the chosen one (all of them when nothing attached) lacked their hook:
+    // each must say so, naming the missing tracepoint/function.
+    const refused = got.chosen ? got.candidates.slice(0, -1) : got.candidates;
+    const last = got.candidates.at(-1);
+    if (got.chosen && !(last?.ok && last.attach === got.chosen.attach && last.target === got.chosen.target)) {
+      p.push(`${spec.name}: chosen ${chosen} is not the last candidate tried`);
+    }
+    if (!got.chosen && refused.length !== spec.candidates.length) p.push(`${spec.name}: ${refused.length} of ${spec.candidates.length} candidates reported`);
+    for (const c of refused) {
+      if (c.ok) p.push(`${spec.name} ${c.attach}:${c.target}: ok but not chosen`);
+      else if (!hookExists(r, c) && mustName(r, c) && !(MISSING_HOOK.test(c.error ?? '') && (c.error ?? '').includes(c.target))) {
+        p.push(`${spec.name} ${c.attach}:${c.target}: hook missing, but the error does not name it: ${c.error}`);
+      }
+    }
+  }
+  for (const line of r.agentStderr.split('\n').filter(Boolean)) {
+    if (!/^ts=\S+ level=(info|warn|debug) /.test(line)) p.push(`agent stderr: ${line}`);
+  }
+  return p;
+}
+
+// ---- README section ----
+function cell(r: Run, name: string): string {
+  const got = r.report?.find((x) => x.name === name);
+  if (!got) return '?';
+  if (got.chosen) return `\`${got.chosen.attach}\``;
+  if (!got.enabled) return '— off';
+  const reasons = [...new Set(got.candidates.map((c) => {
+    const e = c.error ?? '';
+    if (/no btf_trace_|not found in \S+\/events/.test(e)) return 'no tracepoint';
+    if (/^function .* not in kernel BTF/.test(e)) return 'no function';
+    if ((c.attach === 'fentry' || c.attach === 'fexit') && /Operation not permitted/.test(e)) return 'fentry refused';
+    if (/not in \/proc\/kallsyms/.test(e)) return 'no symbol';
+    if (/no kprobes/.test(e)) return 'no kprobes';
+    return 'attach failed';
+  }))];
+  return `— ${reasons.join(', ')}`;
+}
+
+function renderSection(runs: Run[]): string {
+  const probes = PROBES.map((p) => p.name);
+  return [
+    START,
+    'Which attach tier each probe takes (`hvwatch probes --json --hot all`) on each kernel we test, checked against',
+    'what that kernel offers: its tracefs events, the `btf_trace_*` typedefs and functions in its BTF (read with',
+    'bpftool), its ftrace-able functions and its kallsyms.',
+    'Guests are Debian kernels booted under QEMU (`test/vm/harness.ts`); "host" is the machine that ran the tests.',
+    '`—` is a probe that attached nothing, with the reason. `npm test` regenerates this table via',
+    '`test/vm/agent-matrix.test.ts`; "pass" means the agent exited 0, took the first candidate whose hook exists,',
+    'and named the missing hook for every candidate it could not use.',
+    '',
+    `| kernel | ${probes.map((n) => `\`${n}\``).join(' | ')} | checks |`,
+    `|---|${probes.map(() => '---|').join('')}---|`,
+    ...runs.map((r) => `| ${r.label} | ${probes.map((n) => cell(r, n)).join(' | ')} | ${r.problems.length ? 'fail' : 'pass'} |`),
+    END,
+  ].join('\n');
+}
+
+function writeReadme(section: string): 'unchanged' | 'rewritten' {
+  const text = fs.readFileSync(README, 'utf8');
+  let next: string;
+  const s = text.indexOf(START), e = text.indexOf(END);
+  if (s >= 0 && e > s) next = text.slice(0, s) + section + text.slice(e + END.length);
+  else {
+    const cost = text.search(/^## Cost$/m);
+    if (cost < 0) throw new Error('README has neither kernel-matrix markers nor a "## Cost" heading to put them before');
+    next = `${text.slice(0, cost)}## Kernel matrix\n\n${section}\n\n${text.slice(cost)}`;
+  }
+  if (next === text) return 'unchanged';
+  fs.writeFileSync(README, next);
+  return 'rewritten';
+}
+
+// ---- tests ----
+const runs = new Map<string, Run>(); // label -> run, in test order
+
+function check(t: import('ava').ExecutionContext, r: Run, extra: () => string): void {
+  t.log(`${r.label}: agent ${r.agentSeconds}s, status ${r.status}; ${PROBES.map((p) => `${p.name}=${cell(r, p.name)}`).join(' ')}`);
+  t.deepEqual(r.problems, [], `${r.label}:\n${r.problems.join('\n')}\n${extra()}`);
+}
+
+for (const [k, skip] of kernels.length ? kernels : [[{ name: '6.1', package: '-', release: '-' } as KernelEntry, vmReason] as const]) {
+  const reason = vmReason ?? skip;
+  (reason ? test.skip : test.serial)(`${k.name} guest: every probe takes the first tier whose hook exists${reason ? ` (skipped: ${reason})` : ''}`, async (t) => {
+    const label = `\`${k.release}\` (Debian, QEMU)`;
+    let g: GuestResult;
+    try {
+      g = await runInGuest(k, SCRIPT, { timeoutMs: GUEST_TIMEOUT_MS });
+    } catch (e) {
+      runs.set(label, { ...parseRun(label, ''), problems: [`guest run threw: ${(e as Error).message}`] });
+      throw e;
+    }
+    const r = parseRun(label, g.stdout);
+    if (g.status !== 0) r.problems.unshift(`guest script status ${g.status} (timedOut=${g.timedOut})`);
+    if (r.release !== k.release) r.problems.unshift(`guest runs ${r.release}, expected ${k.release}`);
+    t.log(`${k.package}: attempts=${g.attempts} wall=${g.seconds}s boot=${g.bootSeconds}s script=${g.scriptSeconds}s agent=${r.agentSeconds}s`);
+    runs.set(label, r);
+    check(t, r, () => describeRun(g));
+  });
+}
+
+(hostReason ? test.skip : test.serial)(`host kernel: every probe takes the first tier whose hook exists${hostReason ? ` (skipped: ${hostReason})` : ''}`, (t) => {
+  const h = spawnSync('bash', ['-c', SCRIPT], { encoding: 'utf8', timeout: 60_000, maxBuffer: 64 << 20 });
+  const r = parseRun('', h.stdout ?? '');
+  r.label = `\`${r.release}\` (host)`;
+  if (h.status !== 0) r.problems.unshift(`host script status ${h.status} ${h.error?.message ?? ''}`.trim());
+  runs.set(r.label, r);
+  check(t, r, () => `--- stderr ---\n${h.stderr}`);
+});
+
+const readmeReason = vmReason ?? hostReason ?? kernels.find(([, s]) => s)?.[1];
+(readmeReason ? test.skip : test.serial)(`README kernel-matrix section is regenerated from this run${readmeReason ? ` (skipped, README left as is: ${readmeReason})` : ''}`, (t) => {
+  const expected = kernels.length + 1;
+  t.is(runs.size, expected, `only ${runs.size} of ${expected} runs produced results (run the whole file to regenerate the README)`);
+  if (runs.size !== expected) return;
+  const section = renderSection([...runs.values()]);
+  t.log(`README ${writeReadme(section)}:\n${section}`);
+  const text = fs.readFileSync(README, 'utf8');
+  t.true(text.includes(section));
+  t.is(text.split(START).length, 2, 'exactly one kernel-matrix section');
+  t.true(text.indexOf('## Kernel matrix') < text.indexOf(START) && text.indexOf(END) < text.indexOf('## Cost'));
+});
