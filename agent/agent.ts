@@ -1,7 +1,7 @@
 // The agent: loads the probe families, keeps the MetricStore current on each scrape, and
 // owns every kernel resource it created so that stop() leaves nothing attached.
 import { readFileSync } from 'node:fs';
-import { enableRunTimeStats, libbpfVersion, MapFd } from '../bpf/libbpf.js';
+import { enableRunTimeStats, libbpfVersion } from '../bpf/libbpf.js';
 import { RingBufferReader } from '../bpf/ringbuf.js';
 import { decodeStruct } from './aggregate/events.js';
 import { M, ALL_METRICS } from './catalog.js';
@@ -181,15 +181,10 @@ export class Agent {
   }
 
   private collectErrors(fam: LoadedFamily): void {
-    const errs: MapFd | undefined = fam.maps.get('hv_errors');
+    const errs = fam.maps.get('hv_errors');
     if (!errs) return;
-    const read = (i: number): number => {
-      const k = Buffer.alloc(4);
-      k.writeUInt32LE(i);
-      return Number(errs.lookup(k)?.readBigUInt64LE(0) ?? 0n);
-    };
-    this.store.set(M.mapFull, { family: fam.spec.name }, read(HV_ERR_MAP_FULL));
-    this.store.set(M.ringbufDropped, { family: fam.spec.name }, read(HV_ERR_RINGBUF_FULL));
+    this.store.set(M.mapFull, { family: fam.spec.name }, errs.counter(HV_ERR_MAP_FULL));
+    this.store.set(M.ringbufDropped, { family: fam.spec.name }, errs.counter(HV_ERR_RINGBUF_FULL));
   }
 
   private collectProgramStats(): void {

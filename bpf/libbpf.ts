@@ -392,6 +392,13 @@ export class MapFd {
   count(): number {
     return this.keys().length;
   }
+
+  /** Entry i of an array of u64 counters (per-CPU ones summed); 0 when absent. */
+  counter(i: number): number {
+    const k = Buffer.alloc(4);
+    k.writeUInt32LE(i);
+    return Number(this.lookup(k)?.readBigUInt64LE(0) ?? 0n);
+  }
 }
 
 export function foldPerCpuU64(raw: Buffer, valueSize: number, cpus: number): Buffer {

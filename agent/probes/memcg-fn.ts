@@ -5,7 +5,6 @@
 import { M } from '../catalog.js';
 import type { FamilySpec, ProbeSpec } from './model.js';
 import type { Decoder } from '../aggregate/collect.js';
-import type { MapFd } from '../../bpf/libbpf.js';
 
 const family = 'memcg_fn';
 
@@ -74,12 +73,6 @@ const NS = (minSlot: number, maxSlot: number) => ({ minSlot, maxSlot, scale: 1e-
 // state_counters indices (enum state_counter).
 const ST = { inserts: 0, removes: 1, reaped: 2, unpaired: 3 } as const;
 
-function readCounter(m: MapFd, i: number): number {
-  const k = Buffer.alloc(4);
-  k.writeUInt32LE(i);
-  return Number(m.lookup(k)?.readBigUInt64LE(0) ?? 0n);
-}
-
 export const memcgFnFamily: FamilySpec = {
   name: family,
   object: 'memcg_fn.bpf.o',
@@ -103,12 +96,12 @@ export const memcgFnFamily: FamilySpec = {
     const st = fam.maps.get('state_counters');
     const folios = fam.maps.get('wb_folios');
     if (!st || !folios) return;
-    const inserts = readCounter(st, ST.inserts);
-    const removes = readCounter(st, ST.removes);
+    const inserts = st.counter(ST.inserts);
+    const removes = st.counter(ST.removes);
     // The LRU map evicts silently: what was inserted, not removed and is not there, was evicted.
     store.set(M.memcgRaceStateEvictions, {}, Math.max(0, inserts - removes - folios.count()));
-    store.set(M.memcgRaceStateReaped, {}, readCounter(st, ST.reaped));
-    store.set(M.memcgWbUnpairedEnds, {}, readCounter(st, ST.unpaired));
+    store.set(M.memcgRaceStateReaped, {}, st.counter(ST.reaped));
+    store.set(M.memcgWbUnpairedEnds, {}, st.counter(ST.unpaired));
   },
   events: {
     map: 'events',

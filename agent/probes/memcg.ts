@@ -8,10 +8,11 @@ import type { Series } from '../export/store.js';
 
 const family = 'memcg';
 
-/* Hot-hook cost, measured by `npm run bench` (bench/RESULTS.md): memcg tracepoints fire on
- * every page fault (mod_memcg_lruvec_state ~4x, count_memcg_events 1x). */
-const HOT_LRUVEC = 'memcg:mod_memcg_lruvec_state fires ~4x per page fault; see bench/RESULTS.md for the measured cost';
-const HOT_EVENTS = 'memcg:count_memcg_events fires on every page fault (PGFAULT); see bench/RESULTS.md for the measured cost';
+/* Hot-hook cost, measured by `npm run bench` (bench/RESULTS.md, 6.18): mod_memcg_lruvec_state
+ * fires 4.0x and count_memcg_events 2.0x per page fault; both together cost +16.9 % on a
+ * page-fault loop, nearly all of it the dispatch of any program there (empty: +19.5 %). */
+const HOT_LRUVEC = 'memcg:mod_memcg_lruvec_state fires ~4x per page fault; with memcg_uncharge +17% on a page-fault loop (bench/RESULTS.md)';
+const HOT_EVENTS = 'memcg:count_memcg_events fires ~2x per page fault; with memcg_writeback +17% on a page-fault loop (bench/RESULTS.md)';
 
 const probes: ProbeSpec[] = [
   {
