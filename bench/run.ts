@@ -8,6 +8,7 @@ import { setLogLevel } from '../agent/log.js';
 import { BENCH_DIR, machine, progress, Scratch, type Machine } from './common.js';
 import { emptyObjectPresent, kernelCost, type CostRow, type KernelCostResult } from './kernel-cost.js';
 import { workloadSlowdown, type SlowdownResult, type SlowdownRow } from './workload.js';
+import { raceCost, raceCostMarkdown, type RaceCostResult } from './race-cost.js';
 
 const TARGET = {
   vsEmpty: 2, // each program <= 2x the empty floor
@@ -157,7 +158,7 @@ function slowdownTable(k: KernelCostResult, s: SlowdownResult): string {
   return lines.join('\n');
 }
 
-function markdown(m: Machine, k: KernelCostResult, s: SlowdownResult, d: Decision, elapsedS: number, quick: boolean, dataDir: string): string {
+function markdown(m: Machine, k: KernelCostResult, s: SlowdownResult, rc: RaceCostResult, d: Decision, elapsedS: number, quick: boolean, dataDir: string): string {
   const notes = [...k.notes, ...s.notes];
   for (const r of k.rows) if (r.runCountMismatch) notes.push(`${r.hook} ${r.tier} ${r.load}: ${r.runCountMismatch}`);
   return `# hvwatch benchmark results
@@ -187,6 +188,7 @@ ${k.bpftrace.available ? `bpftrace programs (same aggregates as bpf/src/memcg.bp
 ${Object.values(k.bpftrace.scripts).map((sc) => `    ${sc}`).join('\n')}
 ` : `bpftrace: not available (${k.bpftrace.why}).
 `}
+${raceCostMarkdown(rc)}
 ## Workload slowdown
 
 ${s.rounds} rounds after one discarded warm-up, each round running no agent, the default
@@ -251,16 +253,18 @@ async function main(): Promise<void> {
   process.once('SIGTERM', onSignal);
   let k: KernelCostResult;
   let s: SlowdownResult;
+  let rc: RaceCostResult;
   const dataDir = scratch.data.description;
   try {
     k = await kernelCost(scratch, quick);
     s = await workloadSlowdown(scratch, quick);
+    rc = await raceCost(quick);
   } finally {
     scratch.cleanup();
   }
   const elapsedS = (Date.now() - t0) / 1000;
   const d = decide(k, s);
-  const md = markdown(m, k, s, d, elapsedS, quick, dataDir);
+  const md = markdown(m, k, s, rc, d, elapsedS, quick, dataDir);
   if (quick) {
     progress('--quick: bench/RESULTS.md left as it is');
   } else {
@@ -275,7 +279,7 @@ async function main(): Promise<void> {
     });
     process.stdout.write(JSON.stringify({
       machine: m, quick, elapsedS, dataDir, targets: TARGET, decision: d,
-      kernelCost: { ...k, rows: kernel }, slowdown: { ...s, rows: slowdown },
+      kernelCost: { ...k, rows: kernel }, slowdown: { ...s, rows: slowdown }, raceCost: rc,
     }, null, 2) + '\n');
   } else {
     process.stdout.write(md);

@@ -216,6 +216,18 @@ export class BpfProgram {
     return { retval: opts.retval | 0, ctx };
   }
 
+  /** BPF_PROG_TEST_RUN with `repeat` on a packet program: the kernel's mean ns per run. */
+  benchRun(repeat: number, packet: Buffer = Buffer.alloc(64)): { retval: number; nsPerRun: number } {
+    const opts = {
+      sz: koffi.sizeof(TestRunOpts), data_in: packet, data_out: null, data_size_in: packet.length, data_size_out: 0,
+      ctx_in: null, ctx_out: null, ctx_size_in: 0, ctx_size_out: 0,
+      retval: 0, repeat, duration: 0, flags: 0, cpu: 0, batch_size: 0,
+    };
+    const r = f.testRun(this.fd, opts);
+    if (r < 0) fail(`test run ${this.name}`, r, logMark());
+    return { retval: opts.retval | 0, nsPerRun: opts.duration };
+  }
+
   stats(): ProgStats {
     return progStats(this.fd);
   }

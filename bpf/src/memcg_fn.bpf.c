@@ -592,3 +592,31 @@ int test_memcg_fn_enums(u64 *out)
 	out[0] = writeback_flag();
 	return 0;
 }
+
+/* ---- cost of the state machines, through BPF_PROG_TEST_RUN with repeat (bench/) ----
+ * fentry/kprobe cannot attach on our CI hosts and syscall programs take no `repeat`, so
+ * the handlers run inside SEC("tc") programs, whose test run repeats in the kernel and
+ * reports the mean time per run; an empty SEC("tc") program on the same path is the floor.
+ * One run = one folio's whole clean life: writeback start, end enter, end exit, uncharge
+ * (four hook events); folios rotate over 4096 pointers so the LRU map stays warm. */
+u64 bench_iter;
+
+SEC("tc")
+int bench_race_cycle(struct __sk_buff *skb)
+{
+	struct hits hits = {};
+	u64 i = bench_iter++;
+	u64 folio = 0xffff888000000000ULL + (i & 4095) * 64;
+	u64 now = 1000000 + i * 1000;
+	handle_wb_start(folio, now, 1);
+	handle_wb_end_enter(folio, now + 100, 0, 1, 1, &hits);
+	handle_wb_end_exit(folio, now + 100, now + 200, 1);
+	handle_uncharge_folio(folio, now + 300, 0, 1, 0, &hits);
+	return hits.n;
+}
+
+SEC("tc")
+int bench_empty(struct __sk_buff *skb)
+{
+	return 0;
+}
