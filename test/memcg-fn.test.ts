@@ -79,7 +79,7 @@ test('logic via test run: start -> end -> uncharge gives no race, one latency sa
   t.teardown(() => h.stop());
   t.is(h.run({ op: OP.start, folio: F, now: 1000n * MS }), 0);
   t.is(h.run({ op: OP.endEnter, folio: F, now: 1003n * MS, cpu: 1 }), 0);
-  t.is(h.run({ op: OP.endExit, folio: F, now: 1003n * MS + 5000n, enter: 1003n * MS }), 0);
+  t.is(h.run({ op: OP.endExit, folio: F, now: 1003n * MS + 5000n }), 0);
   t.is(h.run({ op: OP.uncharge, folio: F, now: 1004n * MS, cpu: 0 }), 0);
   t.deepEqual(await h.races(), none);
   const lat = h.agent.store.get(M.memcgWbLatency, { cgroup: h.cg.path })!.hist!;
@@ -88,7 +88,9 @@ test('logic via test run: start -> end -> uncharge gives no race, one latency sa
   // 3 ms falls in the slot [2^21, 2^22) ns; its le bound is (2^22 - 1) ns.
   t.is(lat.cumulative[lat.bounds.indexOf(Number(((2 ** 22 - 1) * 1e-9).toPrecision(12)))], 1);
   t.is(lat.cumulative[lat.bounds.indexOf(Number(((2 ** 21 - 1) * 1e-9).toPrecision(12)))], 0);
-  t.is(h.agent.store.get(M.memcgWbEndDuration, { cgroup: h.cg.path })?.hist?.count, 1);
+  const inside = h.agent.store.get(M.memcgWbEndDuration, { cgroup: h.cg.path })!.hist!;
+  t.is(inside.count, 1);
+  t.true(Math.abs(inside.sum - 5e-6) < 1e-15, `time inside ${inside.sum}`);
   t.is(h.agent.store.get(M.memcgUnchargedFolios, { cgroup: h.cg.path })?.value, 1);
   t.is(h.agent.store.get(M.mapEntries, { family: 'memcg_fn', map: 'wb_folios' })?.value, 0, 'end exit removes the entry');
 });
@@ -151,6 +153,14 @@ test('logic via test run: a reused folio pointer with a new start timestamp does
   // The latency is measured from the new start, not the old one.
   const lat = h.agent.store.get(M.memcgWbLatency, { cgroup: h.cg.path })!.hist!;
   t.true(Math.abs(lat.sum - (0.001 + 0.003)) < 1e-12, `sum ${lat.sum}`);
+});
+
+test('logic via test run: a folio without a memcg is not counted as uncharged (uncharge_folio returns early for it)', async (t) => {
+  const h = new Harness('nomemcg');
+  t.teardown(() => h.stop());
+  t.is(h.run({ op: OP.uncharge, folio: F, now: 1000n * MS, cpu: 0, memcg: 0n, flags: h.pgWriteback }), 0);
+  t.deepEqual(await h.races(), none);
+  t.deepEqual(h.agent.store.all(M.memcgUnchargedFolios), []);
 });
 
 test('logic via test run: a writeback-end marker older than 1 s is reaped and counted, not trusted', async (t) => {

@@ -90,7 +90,9 @@ struct {
 	__type(value, u64);
 } state_counters SEC(".maps");
 
-/* Entry time of a call in progress, per thread: fexit/kretprobe read it back. */
+/* A call in progress, for the exit hook to read back. Keyed by thread id and CPU: writeback
+ * end often runs in interrupt context, where the "thread" is whatever was interrupted (the
+ * idle task is pid 0 on every CPU), and an interrupt handler never migrates. */
 struct call_enter {
 	u64 ns;
 	u64 folio;
@@ -100,14 +102,14 @@ struct call_enter {
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 4096);
-	__type(key, u32); /* tid */
+	__type(key, u64); /* call_key() */
 	__type(value, struct call_enter);
-} wb_end_calls SEC(".maps");
+} wb_end_calls SEC(".maps"); /* kretprobe tier only: fexit has the folio argument */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 4096);
-	__type(key, u32); /* tid */
+	__type(key, u64); /* call_key() */
 	__type(value, struct call_enter);
 } uncharge_calls SEC(".maps");
 
@@ -282,15 +284,22 @@ static __always_inline void handle_wb_end_enter(u64 folio, u64 now, u32 cpu, u64
 	}
 }
 
-static __always_inline void handle_wb_end_exit(u64 folio, u64 enter_ns, u64 now, u64 memcg_id)
+/* The folio's own entry says when its writeback end began, so the exit needs only the
+ * folio: fexit has it as an argument, kretprobe gets it from the entry's call record. */
+static __always_inline void handle_wb_end_exit(u64 folio, u64 now)
 {
-	struct memcg_fn_stats *s = fn_stats(memcg_id);
-	if (s && now > enter_ns) {
-		u64 d = now - enter_ns;
-		u32 slot = log2_slot(d);
-		if (slot < HIST_SLOTS)
-			s->wb_end_slots[slot]++;
-		s->wb_end_sum_ns += d;
+	struct folio_state *st = bpf_map_lookup_elem(&wb_folios, &folio);
+	if (!st)
+		return;
+	if (st->end_enter_ns && now > st->end_enter_ns) {
+		struct memcg_fn_stats *s = st->memcg_id ? fn_stats(st->memcg_id) : 0;
+		if (s) {
+			u64 d = now - st->end_enter_ns;
+			u32 slot = log2_slot(d);
+			if (slot < HIST_SLOTS)
+				s->wb_end_slots[slot]++;
+			s->wb_end_sum_ns += d;
+		}
 	}
 	if (bpf_map_delete_elem(&wb_folios, &folio) == 0)
 		count_state(ST_REMOVES);
@@ -298,6 +307,10 @@ static __always_inline void handle_wb_end_exit(u64 folio, u64 enter_ns, u64 now,
 
 static __always_inline void handle_uncharge_folio(u64 folio, u64 now, u32 cpu, u64 memcg_id, u64 flags, struct hits *hits)
 {
+	/* uncharge_folio returns at once for a folio without a memcg (mm/memcontrol.c v6.18):
+	 * nothing is uncharged, so there is nothing to count or to race with. */
+	if (!memcg_id)
+		return;
 	struct folio_state *st = bpf_map_lookup_elem(&wb_folios, &folio);
 	if (st && st->end_enter_ns) {
 		if (now > st->end_enter_ns && now - st->end_enter_ns > END_MARKER_STALE_NS) {
@@ -318,8 +331,10 @@ static __always_inline void handle_uncharge_folio(u64 folio, u64 now, u32 cpu, u
 
 static __always_inline void handle_uncharge_exit(u64 enter_ns, u64 now, u64 memcg_id)
 {
+	if (!memcg_id || now <= enter_ns)
+		return;
 	struct memcg_fn_stats *s = fn_stats(memcg_id);
-	if (!s || now <= enter_ns)
+	if (!s)
 		return;
 	u64 d = now - enter_ns;
 	u32 slot = log2_slot(d);
@@ -362,9 +377,9 @@ static __always_inline void emit_hits(struct hits *hits, u64 folio, u64 now, u32
 
 /* ---- attach wrappers ---- */
 
-static __always_inline u32 tid(void)
+static __always_inline u64 call_key(void)
 {
-	return (u32)bpf_get_current_pid_tgid();
+	return (u64)(u32)bpf_get_current_pid_tgid() | ((u64)bpf_get_smp_processor_id() << 32);
 }
 
 static __always_inline void on_wb_start(struct page *page)
@@ -379,21 +394,25 @@ static __always_inline void on_wb_end_enter(void *ctx, struct page *page)
 	u32 cpu = bpf_get_smp_processor_id();
 	u64 memcg_id = page_memcg_id(page);
 	handle_wb_end_enter((u64)page, now, cpu, memcg_id, page_refcount(page), &hits);
-	struct call_enter c = { .ns = now, .folio = (u64)page, .memcg_id = memcg_id };
-	u32 t = tid();
-	bpf_map_update_elem(&wb_end_calls, &t, &c, BPF_ANY);
 	if (hits.n)
 		emit_hits(&hits, (u64)page, now, cpu, memcg_id, bpf_get_stackid(ctx, &stacks, 0));
 }
 
-static __always_inline void on_wb_end_exit(void)
+static __always_inline void remember_wb_end(struct page *page)
 {
-	u32 t = tid();
-	struct call_enter *c = bpf_map_lookup_elem(&wb_end_calls, &t);
+	struct call_enter c = { .folio = (u64)page };
+	u64 k = call_key();
+	bpf_map_update_elem(&wb_end_calls, &k, &c, BPF_ANY);
+}
+
+static __always_inline void on_wb_end_kretprobe(void)
+{
+	u64 k = call_key();
+	struct call_enter *c = bpf_map_lookup_elem(&wb_end_calls, &k);
 	if (!c)
 		return;
-	handle_wb_end_exit(c->folio, c->ns, bpf_ktime_get_ns(), c->memcg_id);
-	bpf_map_delete_elem(&wb_end_calls, &t);
+	handle_wb_end_exit(c->folio, bpf_ktime_get_ns());
+	bpf_map_delete_elem(&wb_end_calls, &k);
 }
 
 static __always_inline void on_uncharge_folio(void *ctx, struct page *page)
@@ -410,18 +429,18 @@ static __always_inline void on_uncharge_folio(void *ctx, struct page *page)
 static __always_inline void on_uncharge_enter(struct page *first)
 {
 	struct call_enter c = { .ns = bpf_ktime_get_ns(), .memcg_id = first ? page_memcg_id(first) : 0 };
-	u32 t = tid();
-	bpf_map_update_elem(&uncharge_calls, &t, &c, BPF_ANY);
+	u64 k = call_key();
+	bpf_map_update_elem(&uncharge_calls, &k, &c, BPF_ANY);
 }
 
 static __always_inline void on_uncharge_exit(void)
 {
-	u32 t = tid();
-	struct call_enter *c = bpf_map_lookup_elem(&uncharge_calls, &t);
+	u64 k = call_key();
+	struct call_enter *c = bpf_map_lookup_elem(&uncharge_calls, &k);
 	if (!c)
 		return;
 	handle_uncharge_exit(c->ns, bpf_ktime_get_ns(), c->memcg_id);
-	bpf_map_delete_elem(&uncharge_calls, &t);
+	bpf_map_delete_elem(&uncharge_calls, &k);
 }
 
 static __always_inline struct page *batch_first(struct folio_batch *fb)
@@ -457,9 +476,9 @@ int BPF_PROG(fentry_wb_end, struct folio *folio)
 }
 
 SEC("fexit/__folio_end_writeback")
-int BPF_PROG(fexit_wb_end)
+int BPF_PROG(fexit_wb_end, struct folio *folio)
 {
-	on_wb_end_exit();
+	handle_wb_end_exit((u64)folio, bpf_ktime_get_ns());
 	return 0;
 }
 
@@ -467,13 +486,14 @@ SEC("kprobe/__folio_end_writeback")
 int BPF_KPROBE(kprobe_wb_end, void *folio)
 {
 	on_wb_end_enter(ctx, folio);
+	remember_wb_end(folio);
 	return 0;
 }
 
 SEC("kretprobe/__folio_end_writeback")
 int BPF_KRETPROBE(kretprobe_wb_end)
 {
-	on_wb_end_exit();
+	on_wb_end_kretprobe();
 	return 0;
 }
 
@@ -574,7 +594,7 @@ int test_memcg_fn(struct memcg_fn_test_args *ctx)
 	switch (a.op) {
 	case OP_WB_START: handle_wb_start(a.folio, a.now, a.memcg_id); break;
 	case OP_WB_END_ENTER: handle_wb_end_enter(a.folio, a.now, a.cpu, a.memcg_id, a.refcount, &hits); break;
-	case OP_WB_END_EXIT: handle_wb_end_exit(a.folio, a.enter_ns, a.now, a.memcg_id); break;
+	case OP_WB_END_EXIT: handle_wb_end_exit(a.folio, a.now); break;
 	case OP_UNCHARGE_FOLIO: handle_uncharge_folio(a.folio, a.now, a.cpu, a.memcg_id, a.flags, &hits); break;
 	case OP_UNCHARGE_EXIT: handle_uncharge_exit(a.enter_ns, a.now, a.memcg_id); break;
 	case OP_FILL: bpf_loop(a.count, fill_one, &a, 0); break;
@@ -610,7 +630,7 @@ int bench_race_cycle(struct __sk_buff *skb)
 	u64 now = 1000000 + i * 1000;
 	handle_wb_start(folio, now, 1);
 	handle_wb_end_enter(folio, now + 100, 0, 1, 1, &hits);
-	handle_wb_end_exit(folio, now + 100, now + 200, 1);
+	handle_wb_end_exit(folio, now + 200);
 	handle_uncharge_folio(folio, now + 300, 0, 1, 0, &hits);
 	return hits.n;
 }
