@@ -2,13 +2,12 @@
 // synthetic sequences in the real kernel (fentry/kprobes cannot attach on these hosts;
 // test/vm runs the attach itself in other kernels). Test names say "logic via test run".
 import test from 'ava';
-import { Agent } from '../agent/agent.js';
-import { configSchema } from '../agent/config.js';
+import type { Agent } from '../agent/agent.js';
+import { mapsOnlyAgent } from './helpers/agent.js';
 import { M } from '../agent/catalog.js';
 import { RACE_KINDS } from '../agent/probes/memcg-fn.js';
 import { createCgroup, type TestCgroup } from './helpers/memcg.js';
 import type { BpfProgram } from '../bpf/libbpf.js';
-import { allProbeNames } from '../agent/probes/index.js';
 import { setLogLevel } from '../agent/log.js';
 
 setLogLevel('error'); // race events are logged at warn: expected here, noise in the test log
@@ -28,16 +27,15 @@ interface Step {
 }
 
 class Harness {
-  readonly agent: Agent;
   readonly prog: BpfProgram;
-  readonly cg: TestCgroup;
   readonly pgWriteback: bigint;
 
-  constructor(name: string, raceStateEntries?: number) {
-    this.cg = createCgroup(`hvwatch-fn-${name}-${process.pid}`);
-    // Nothing attaches: only the maps and the test programs are needed.
-    this.agent = new Agent(configSchema.parse({ probes: { disable: allProbeNames() }, ...(raceStateEntries ? { bpf: { raceStateEntries } } : {}) }));
-    this.agent.start();
+  static async create(name: string, raceStateEntries?: number): Promise<Harness> {
+    const cg = createCgroup(`hvwatch-fn-${name}-${process.pid}`);
+    return new Harness(cg, await mapsOnlyAgent(raceStateEntries ? { raceStateEntries } : {}));
+  }
+
+  private constructor(readonly cg: TestCgroup, readonly agent: Agent) {
     const fam = this.agent.family('memcg_fn')!;
     this.prog = fam.testProgram('test_memcg_fn');
     const out = Buffer.alloc(8);
@@ -75,7 +73,7 @@ const MS = 1_000_000n;
 const none = Object.fromEntries(RACE_KINDS.map((k) => [k, 0]));
 
 test('logic via test run: start -> end -> uncharge gives no race, one latency sample and one time-inside sample', async (t) => {
-  const h = new Harness('clean');
+  const h = await Harness.create('clean');
   t.teardown(() => h.stop());
   t.is(h.run({ op: OP.start, folio: F, now: 1000n * MS }), 0);
   t.is(h.run({ op: OP.endEnter, folio: F, now: 1003n * MS, cpu: 1 }), 0);
@@ -96,7 +94,7 @@ test('logic via test run: start -> end -> uncharge gives no race, one latency sa
 });
 
 test('logic via test run: uncharge on another CPU while writeback end runs fires only uncharge_during_writeback_end', async (t) => {
-  const h = new Harness('during');
+  const h = await Harness.create('during');
   t.teardown(() => h.stop());
   h.run({ op: OP.start, folio: F, now: 1000n * MS });
   h.run({ op: OP.endEnter, folio: F, now: 1002n * MS, cpu: 1 });
@@ -107,7 +105,7 @@ test('logic via test run: uncharge on another CPU while writeback end runs fires
 });
 
 test('logic via test run: uncharge of a folio with PG_writeback set fires only uncharge_under_writeback', async (t) => {
-  const h = new Harness('under');
+  const h = await Harness.create('under');
   t.teardown(() => h.stop());
   h.run({ op: OP.start, folio: F, now: 1000n * MS });
   t.is(h.run({ op: OP.uncharge, folio: F, now: 1001n * MS, cpu: 0, flags: h.pgWriteback }), 1);
@@ -115,7 +113,7 @@ test('logic via test run: uncharge of a folio with PG_writeback set fires only u
 });
 
 test('logic via test run: memcg gone at writeback end fires only memcg_cleared_under_writeback, and it reaches /api/races data', async (t) => {
-  const h = new Harness('cleared');
+  const h = await Harness.create('cleared');
   t.teardown(() => h.stop());
   h.run({ op: OP.start, folio: F, now: 1000n * MS });
   t.is(h.run({ op: OP.endEnter, folio: F, now: 1001n * MS, cpu: 1, memcg: 0n }), 1);
@@ -132,7 +130,7 @@ test('logic via test run: memcg gone at writeback end fires only memcg_cleared_u
 });
 
 test('logic via test run: writeback end on a zero-refcount folio fires only writeback_end_zero_refcount', async (t) => {
-  const h = new Harness('zeroref');
+  const h = await Harness.create('zeroref');
   t.teardown(() => h.stop());
   h.run({ op: OP.start, folio: F, now: 1000n * MS });
   t.is(h.run({ op: OP.endEnter, folio: F, now: 1001n * MS, cpu: 0, refcount: 0 }), 1);
@@ -140,7 +138,7 @@ test('logic via test run: writeback end on a zero-refcount folio fires only writ
 });
 
 test('logic via test run: a reused folio pointer with a new start timestamp does not fire', async (t) => {
-  const h = new Harness('reuse');
+  const h = await Harness.create('reuse');
   t.teardown(() => h.stop());
   // The old folio's writeback end entered on CPU 1 and its exit was never seen...
   h.run({ op: OP.start, folio: F, now: 1000n * MS });
@@ -156,7 +154,7 @@ test('logic via test run: a reused folio pointer with a new start timestamp does
 });
 
 test('logic via test run: a folio without a memcg is not counted as uncharged (uncharge_folio returns early for it)', async (t) => {
-  const h = new Harness('nomemcg');
+  const h = await Harness.create('nomemcg');
   t.teardown(() => h.stop());
   t.is(h.run({ op: OP.uncharge, folio: F, now: 1000n * MS, cpu: 0, memcg: 0n, flags: h.pgWriteback }), 0);
   t.deepEqual(await h.races(), none);
@@ -164,7 +162,7 @@ test('logic via test run: a folio without a memcg is not counted as uncharged (u
 });
 
 test('logic via test run: a writeback-end marker older than 1 s is reaped and counted, not trusted', async (t) => {
-  const h = new Harness('stale');
+  const h = await Harness.create('stale');
   t.teardown(() => h.stop());
   h.run({ op: OP.start, folio: F, now: 1000n * MS });
   h.run({ op: OP.endEnter, folio: F, now: 1001n * MS, cpu: 1 });
@@ -174,7 +172,7 @@ test('logic via test run: a writeback-end marker older than 1 s is reaped and co
 });
 
 test('logic via test run: the LRU bound holds under 1,000,000 distinct folios and evictions are counted', async (t) => {
-  const h = new Harness('lru', 32768);
+  const h = await Harness.create('lru', 32768);
   t.teardown(() => h.stop());
   h.run({ op: OP.fill, folio: F, now: 1n, count: 1_000_000 });
   await h.races();

@@ -1,10 +1,8 @@
 // memcg family, end to end on the real kernel: probes attach, a real fsync'd write in a
 // memory cgroup we create shows up under that cgroup's path in a scrape over HTTP.
 import test from 'ava';
-import { AgentProcess, pick, runCli, until, value, writeConfig } from './helpers/agent.js';
+import { AgentProcess, mapsOnlyAgent, pick, runCli, until, value, writeConfig } from './helpers/agent.js';
 import { createCgroup, fsyncWriteInCgroup } from './helpers/memcg.js';
-import { Agent } from '../agent/agent.js';
-import { configSchema } from '../agent/config.js';
 import { M } from '../agent/catalog.js';
 
 test('memcg tracepoint probes count a 50 MiB fsync\'d write under its cgroup path; in-flight returns to 0', async (t) => {
@@ -80,8 +78,7 @@ test('memcg handlers via BPF_PROG_TEST_RUN (logic, not attach): NR_WRITEBACK del
   // A cgroup that exists so the decoder resolves it; nothing attaches (all probes disabled).
   const cg = createCgroup(`hvwatch-logic-${process.pid}`);
   t.teardown(() => cg.remove());
-  const agent = new Agent(configSchema.parse({ probes: { disable: ['memcg_writeback', 'memcg_uncharge', 'memcg_writeback_wait'] } }));
-  agent.start();
+  const agent = await mapsOnlyAgent();
   t.teardown(() => agent.stop());
   const fam = agent.family('memcg')!;
   const enums = Buffer.alloc(16);
@@ -122,8 +119,7 @@ test('memcg handlers via BPF_PROG_TEST_RUN (logic, not attach): NR_WRITEBACK del
 test('a deleted cgroup\'s entries and series are dropped at the next scrape after it vanishes', async (t) => {
   const cg = createCgroup(`hvwatch-gone-${process.pid}`);
   t.teardown(() => cg.remove());
-  const agent = new Agent(configSchema.parse({ probes: { disable: ['memcg_writeback', 'memcg_uncharge', 'memcg_writeback_wait'] } }));
-  agent.start();
+  const agent = await mapsOnlyAgent();
   t.teardown(() => agent.stop());
   const fam = agent.family('memcg')!;
   fam.testProgram('test_memcg_handler').testRun(args(2, 0, 0, cg.id));

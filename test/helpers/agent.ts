@@ -125,3 +125,14 @@ export async function until<T>(fn: () => Promise<T | undefined>, timeoutMs: numb
     await new Promise((r) => setTimeout(r, 200));
   }
 }
+
+/** An in-process agent with every family's maps and test programs loaded and nothing
+ * attached: for driving handler logic through BPF_PROG_TEST_RUN. */
+export async function mapsOnlyAgent(bpf: Record<string, number> = {}): Promise<import('../../agent/agent.js').Agent> {
+  const { Agent } = await import('../../agent/agent.js');
+  const { configSchema } = await import('../../agent/config.js');
+  const { allProbeNames } = await import('../../agent/probes/index.js');
+  const a = new Agent(configSchema.parse({ probes: { disable: allProbeNames() }, bpf }));
+  a.start();
+  return a;
+}
