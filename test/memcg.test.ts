@@ -139,7 +139,7 @@ probes:
     memcg_writeback_wait: [{ attach: tracepoint, target: writeback/hvwatch_absent }]
 `);
   const r = await runCli(['probes', '--json', '--strict', '--config', cfg]);
-  t.is(r.code, 1, r.stderr);
+  if (r.code !== 1) return t.fail(`exit ${r.code}, stderr: ${r.stderr}`);
   const report = JSON.parse(r.stdout) as { name: string; family: string; candidates: { attach: string; target: string; ok: boolean; error: string | null; log: string[] }[]; chosen: unknown }[];
   const w = report.find((p) => p.name === 'memcg_writeback_wait')!;
   t.deepEqual(w.candidates, [{ attach: 'tracepoint', target: 'writeback/hvwatch_absent', ok: false, error: w.candidates[0]!.error, log: [] }]);
