@@ -121,7 +121,7 @@ export class Agent {
     const reader = new RingBufferReader(map.fd, (records) => {
       this.store.inc(M.ringbufEvents, labels, records.length);
       ev.onEvents(records.map((r) => decodeStruct(layout, r)), ctx);
-    });
+    }, { onError: (message) => log('error', 'ring buffer reader failed; this family\'s events are no longer read', { family: fam.spec.name, error: message }) });
     reader.start();
     this.readers.push(reader);
   }

@@ -4,6 +4,8 @@
 import { Worker } from 'node:worker_threads';
 
 export interface RingBufferOptions {
+  /** Poll errors and a dead worker: events after it are lost, so the caller must hear of it. */
+  onError?: (message: string) => void;
   batchMs?: number;
   maxBatch?: number;
   pollMs?: number;
@@ -34,12 +36,17 @@ export class RingBufferReader {
     this.stopped = new Promise((resolve) => {
       worker.on('message', (m: { type: string; count?: number; data?: ArrayBuffer; message?: string }) => {
         if (m.type === 'batch' && m.data) this.deliver(Buffer.from(m.data));
-        else if (m.type === 'error' && m.message) this.errors.push(m.message);
+        else if (m.type === 'error' && m.message) this.fail(m.message);
       });
-      worker.on('error', (e) => this.errors.push(String(e)));
+      worker.on('error', (e) => this.fail(String(e)));
       worker.on('exit', () => resolve());
     });
     worker.unref();
+  }
+
+  private fail(message: string): void {
+    this.errors.push(message);
+    this.opts.onError?.(message);
   }
 
   private deliver(buf: Buffer): void {
