@@ -20,6 +20,16 @@ static __always_inline u32 log2_slot(u64 v)
 	return r < HIST_SLOTS ? r : HIST_SLOTS - 1;
 }
 
+/* One observation into a log2 histogram and its exact sum. The bound check is for the
+ * verifier: log2_slot already clamps. */
+static __always_inline void hist_add(u64 *slots, u64 *sum, u64 v)
+{
+	u32 slot = log2_slot(v);
+	if (slot < HIST_SLOTS)
+		slots[slot]++;
+	*sum += v;
+}
+
 /* Counters of things the BPF side could not do (map full, ring buffer full). The agent
  * exports them, so nothing is lost silently. Index = enum hv_error. */
 enum hv_error {

@@ -67,10 +67,7 @@ static __always_inline void handle_memcg_events(u64 cgroup_id, int item, u64 val
 	if (!s)
 		return;
 	s->uncharge_batches++;
-	s->uncharged_pages += val;
-	u32 slot = log2_slot(val);
-	if (slot < HIST_SLOTS)
-		s->uncharge_batch_slots[slot]++;
+	hist_add(s->uncharge_batch_slots, &s->uncharged_pages, val);
 }
 
 static __always_inline void handle_wait_writeback(u64 cgroup_id)

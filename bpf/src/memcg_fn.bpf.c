@@ -267,12 +267,8 @@ static __always_inline void handle_wb_end_enter(u64 folio, u64 now, u32 cpu, u64
 	if (st) {
 		if (since) {
 			struct memcg_fn_stats *s = fn_stats(start_memcg ? start_memcg : memcg_id);
-			if (s) {
-				u32 slot = log2_slot(since);
-				if (slot < HIST_SLOTS)
-					s->wb_latency_slots[slot]++;
-				s->wb_latency_sum_ns += since;
-			}
+			if (s)
+				hist_add(s->wb_latency_slots, &s->wb_latency_sum_ns, since);
 		}
 		st->end_enter_ns = now;
 		st->end_cpu = cpu;
@@ -293,13 +289,8 @@ static __always_inline void handle_wb_end_exit(u64 folio, u64 now)
 		return;
 	if (st->end_enter_ns && now > st->end_enter_ns) {
 		struct memcg_fn_stats *s = st->memcg_id ? fn_stats(st->memcg_id) : 0;
-		if (s) {
-			u64 d = now - st->end_enter_ns;
-			u32 slot = log2_slot(d);
-			if (slot < HIST_SLOTS)
-				s->wb_end_slots[slot]++;
-			s->wb_end_sum_ns += d;
-		}
+		if (s)
+			hist_add(s->wb_end_slots, &s->wb_end_sum_ns, now - st->end_enter_ns);
 	}
 	if (bpf_map_delete_elem(&wb_folios, &folio) == 0)
 		count_state(ST_REMOVES);
@@ -334,13 +325,8 @@ static __always_inline void handle_uncharge_exit(u64 enter_ns, u64 now, u64 memc
 	if (!memcg_id || now <= enter_ns)
 		return;
 	struct memcg_fn_stats *s = fn_stats(memcg_id);
-	if (!s)
-		return;
-	u64 d = now - enter_ns;
-	u32 slot = log2_slot(d);
-	if (slot < HIST_SLOTS)
-		s->uncharge_slots[slot]++;
-	s->uncharge_sum_ns += d;
+	if (s)
+		hist_add(s->uncharge_slots, &s->uncharge_sum_ns, now - enter_ns);
 }
 
 /* Race hits become counts by kind (authoritative, never dropped) and ring-buffer events
