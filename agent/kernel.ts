@@ -4,6 +4,7 @@ import * as fs from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { Btf } from '../bpf/btf.js';
 import type { Candidate } from './probes/model.js';
+import { hasKernelSymbol } from './symbols.js';
 
 export const TRACEFS_CANDIDATES = ['/sys/kernel/tracing', '/sys/kernel/debug/tracing'];
 
@@ -21,20 +22,6 @@ export function ensureTracefs(): string | undefined {
     return undefined;
   }
   return tracefsRoot();
-}
-
-let kallsyms: Set<string> | undefined;
-function kallsymsHas(sym: string): boolean {
-  if (!kallsyms) {
-    kallsyms = new Set();
-    try {
-      for (const line of fs.readFileSync('/proc/kallsyms', 'utf8').split('\n')) {
-        const name = line.split(' ')[2];
-        if (name) kallsyms.add(name.split('\t')[0]!);
-      }
-    } catch { /* unreadable: the attach itself will say why */ }
-  }
-  return kallsyms.has(sym);
 }
 
 function kprobesAvailable(): boolean {
@@ -77,7 +64,7 @@ export function precheck(c: Candidate): string | undefined {
     case 'kprobe':
     case 'kretprobe':
       if (!kprobesAvailable()) return 'kernel has no kprobes (CONFIG_KPROBES off)';
-      return kallsymsHas(c.target) ? undefined : `symbol ${c.target} not in /proc/kallsyms`;
+      return hasKernelSymbol(c.target) ? undefined : `symbol ${c.target} not in /proc/kallsyms`;
     case 'tp_btf':
     case 'raw_tracepoint':
       return btfHasTracepoint(c.target) ? undefined : `tracepoint ${c.target} not in kernel BTF (no btf_trace_${c.target})`;

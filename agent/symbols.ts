@@ -4,6 +4,7 @@ import { readFileSync } from 'node:fs';
 
 let addrs: BigUint64Array | undefined;
 let names: string[] = [];
+const textSymbols = new Set<string>();
 
 function load(): void {
   if (addrs) return;
@@ -12,6 +13,7 @@ function load(): void {
     for (const line of readFileSync('/proc/kallsyms', 'utf8').split('\n')) {
       const [a, type, name] = line.split(/\s+/);
       if (!a || !name || !type || !/^[tTwW]$/.test(type)) continue;
+      textSymbols.add(name);
       const v = BigInt(`0x${a}`);
       if (v !== 0n) rows.push([v, name]);
     }
@@ -19,6 +21,12 @@ function load(): void {
   rows.sort((x, y) => (x[0] < y[0] ? -1 : x[0] > y[0] ? 1 : 0));
   addrs = BigUint64Array.from(rows.map((r) => r[0]));
   names = rows.map((r) => r[1]);
+}
+
+/** A function the kernel lists in kallsyms (a kprobe target), whatever the caller's view of addresses. */
+export function hasKernelSymbol(name: string): boolean {
+  load();
+  return textSymbols.has(name);
 }
 
 export function symbolize(ip: bigint): string {
