@@ -2,13 +2,13 @@
 // keys and values are decoded by field name, so the C structs are the one source of truth.
 import type { Btf, StructLayout } from '../../bpf/btf.js';
 import type { LoadedFamily } from '../loader.js';
-import type { MapExport } from '../probes/model.js';
+import type { FieldExport, MapExport } from '../probes/model.js';
+import type { MapFd } from '../../bpf/libbpf.js';
 import type { MetricDef } from '../catalog.js';
 import { M } from '../catalog.js';
 import { foldLog2, mergeFolded } from './histogram.js';
 import type { MetricStore, Series } from '../export/store.js';
 import type { LabelBudget } from './budget.js';
-import { OVERFLOW_VALUE } from './budget.js';
 import type { CgroupResolver, MemoryHierarchy } from '../cgroups.js';
 
 export interface CollectContext {
@@ -45,13 +45,6 @@ export const decoders: Record<string, Decoder> = {
   },
 };
 
-function readField(buf: Buffer, layout: StructLayout, name: string): { f: StructLayout['fields'][number] } {
-  const f = layout.fields.find((x) => x.name === name);
-  if (!f) throw new Error(`struct ${layout.name} has no field ${name}`);
-  if (f.offset + f.size > buf.length) throw new Error(`struct ${layout.name}.${name} beyond value of ${buf.length} bytes`);
-  return { f };
-}
-
 function u64(buf: Buffer, off: number, size: number): bigint {
   switch (size) {
     case 8: return buf.readBigUInt64LE(off);
@@ -62,9 +55,19 @@ function u64(buf: Buffer, off: number, size: number): bigint {
   }
 }
 
+type Field = StructLayout['fields'][number];
+
+// Field layouts resolved once per map export, not per entry at every scrape.
 interface Decoded {
-  key: StructLayout;
-  value: StructLayout;
+  labels: { label: string; field: Field; decode: Decoder }[];
+  values: { fx: FieldExport; field: Field; sum?: Field }[];
+}
+
+function fieldOf(layout: StructLayout, name: string, bytes: number): Field {
+  const f = layout.fields.find((x) => x.name === name);
+  if (!f) throw new Error(`struct ${layout.name} has no field ${name}`);
+  if (f.offset + f.size > bytes) throw new Error(`struct ${layout.name}.${name} beyond the map's ${bytes}-byte entries`);
+  return f;
 }
 
 // A named struct is decoded field by field; a plain integer (an array map's u32 index, a
@@ -82,10 +85,23 @@ function layoutOf(btf: Btf, id: number, scalarName: string, map: string): Struct
   throw new Error(`map ${map}: ${scalarName} type is neither a named struct nor an integer in the object's BTF`);
 }
 
-function layouts(btf: Btf, fam: LoadedFamily, e: MapExport): Decoded {
+function resolve(fam: LoadedFamily, e: MapExport, map: MapFd): Decoded {
   const ids = fam.typeIds.get(e.map);
   if (!ids) throw new Error(`family ${fam.spec.name} has no map ${e.map}`);
-  return { key: layoutOf(btf, ids.key, 'key', e.map), value: layoutOf(btf, ids.value, 'value', e.map) };
+  const key = layoutOf(fam.btf, ids.key, 'key', e.map);
+  const value = layoutOf(fam.btf, ids.value, 'value', e.map);
+  return {
+    labels: e.labels.map((kl) => ({
+      label: kl.label,
+      field: fieldOf(key, kl.field, map.keySize),
+      decode: typeof kl.decoder === 'function' ? kl.decoder : decoders[kl.decoder] ?? decoders.number!,
+    })),
+    values: e.fields.map((fx) => ({
+      fx,
+      field: fieldOf(value, fx.field, map.valueSize),
+      sum: 'log2' in fx && fx.sumField ? fieldOf(value, fx.sumField, map.valueSize) : undefined,
+    })),
+  };
 }
 
 const layoutCache = new WeakMap<MapExport, Decoded>();
@@ -94,7 +110,7 @@ export function collectMap(fam: LoadedFamily, e: MapExport, ctx: CollectContext)
   const map = fam.maps.get(e.map);
   if (!map) return;
   let lay = layoutCache.get(e);
-  if (!lay) layoutCache.set(e, (lay = layouts(fam.btf, fam, e)));
+  if (!lay) layoutCache.set(e, (lay = resolve(fam, e, map)));
   const out = new Map<MetricDef, Map<string, Series>>();
   const add = (metric: MetricDef, labels: Record<string, string>, value: number, hist?: Series['hist']): void => {
     let fam2 = out.get(metric);
@@ -113,30 +129,22 @@ export function collectMap(fam: LoadedFamily, e: MapExport, ctx: CollectContext)
     entries++;
     const labels: Record<string, string> = {};
     let gone = false;
-    for (const kl of e.labels) {
-      const { f } = readField(k, lay.key, kl.field);
-      const decode = typeof kl.decoder === 'function' ? kl.decoder : decoders[kl.decoder] ?? decoders.number!;
-      const decoded = decode(u64(k, f.offset, f.size), ctx);
+    for (const l of lay.labels) {
+      const decoded = l.decode(u64(k, l.field.offset, l.field.size), ctx);
       if (decoded === null) { gone = true; break; }
-      labels[kl.label] = decoded;
+      labels[l.label] = decoded;
     }
     if (gone) {
       map.delete(k);
       continue;
     }
     const scalars: Record<string, number> = {};
-    for (const fx of e.fields) {
-      const { f } = readField(v, lay.value, fx.field);
+    for (const { fx, field: f, sum } of lay.values) {
       if ('log2' in fx) {
         const n = f.nelems ?? 0;
         const slots = new Array<number>(n);
         for (let i = 0; i < n; i++) slots[i] = Number(v.readBigUInt64LE(f.offset + i * 8));
-        let rawSum: number | undefined;
-        if (fx.sumField) {
-          const sf = readField(v, lay.value, fx.sumField).f;
-          rawSum = Number(u64(v, sf.offset, sf.size));
-        }
-        const h = foldLog2(slots, fx.log2, rawSum);
+        const h = foldLog2(slots, fx.log2, sum ? Number(u64(v, sum.offset, sum.size)) : undefined);
         add(fx.metric, labels, h.count, h);
       } else {
         const val = Number(u64(v, f.offset, f.size));
@@ -151,5 +159,3 @@ export function collectMap(fam: LoadedFamily, e: MapExport, ctx: CollectContext)
   ctx.store.set(M.mapEntries, { family: fam.spec.name, map: e.map }, entries);
   ctx.store.set(M.mapCapacity, { family: fam.spec.name, map: e.map }, map.maxEntries);
 }
-
-export { OVERFLOW_VALUE };
