@@ -27,9 +27,13 @@ const RACE_LOG_SIZE = 256;
 const HV_ERR_MAP_FULL = 0;
 const HV_ERR_RINGBUF_FULL = 1;
 
+function hotOptedIn(cfg: Config, p: ProbeSpec): boolean {
+  return cfg.probes.hot.includes(p.name) || cfg.probes.hot.includes('all');
+}
+
 export function probeEnabled(cfg: Config, p: ProbeSpec): { on: true } | { on: false; why: string } {
   if (cfg.probes.disable.includes(p.name)) return { on: false, why: 'disabled by config (probes.disable)' };
-  if (p.hot && !cfg.probes.hot.includes(p.name) && !cfg.probes.hot.includes('all')) {
+  if (p.hot && !hotOptedIn(cfg, p)) {
     return { on: false, why: `hot probe, opt in with probes.hot or --hot ${p.name}: ${p.hot}` };
   }
   return { on: true };
@@ -40,8 +44,8 @@ function candidatesFor(cfg: Config, p: ProbeSpec): ProbeSpec['candidates'] {
   if (!o) return p.candidates;
   // An override keeps the declared programs of the same tier and swaps the target.
   return o.map((c) => {
-    const decl = p.candidates.find((d) => d.attach === c.attach);
-    return { attach: c.attach, target: c.target, programs: decl?.programs ?? [], targets: decl?.targets };
+    const decl = p.candidates.find((d) => d.attach === c.attach && !d.hot) ?? p.candidates.find((d) => d.attach === c.attach);
+    return { attach: c.attach, target: c.target, programs: decl?.programs ?? [], targets: decl?.targets, hot: decl?.hot };
   });
 }
 
@@ -66,6 +70,7 @@ export class Agent {
     this.loader = new Loader({
       enabled: (p) => probeEnabled(config, p),
       candidates: (p) => candidatesFor(config, p),
+      hotAllowed: (p) => hotOptedIn(config, p),
       mapSizes: { perObject: config.bpf.mapEntries, perFolio: config.bpf.raceStateEntries },
       btfCustomPath: config.bpf.btfPath,
     });

@@ -35,6 +35,8 @@ export interface ProbeStatus {
 export interface LoadOptions {
   enabled: (p: ProbeSpec) => { on: true } | { on: false; why: string };
   candidates?: (p: ProbeSpec) => Candidate[];
+  /** Whether a probe's hot candidates may be tried (the probe is opted in). */
+  hotAllowed?: (p: ProbeSpec) => boolean;
   mapSizes?: { perObject: number; perFolio: number };
   btfCustomPath?: string;
 }
@@ -186,15 +188,23 @@ export class Loader {
     const st = this.probeStatus(p, true);
     this.status.push(st);
     for (const c of this.opts.candidates?.(p) ?? p.candidates) {
-      const r = fam.tryCandidate(p, c);
+      const r = c.hot && !this.opts.hotAllowed?.(p)
+        ? { attach: c.attach, target: c.target, ok: false, error: `hot, not opted in (--hot ${p.name}): ${c.hot}` }
+        : fam.tryCandidate(p, c);
       st.candidates.push(r);
       if (r.ok) {
         st.chosen = { attach: c.attach, target: c.target };
         break;
       }
     }
+    const hotSkipped = st.candidates.find((r) => r.error?.startsWith('hot, not opted in'));
     if (st.chosen) {
       log('info', 'probe attached', { probe: p.name, attach: st.chosen.attach, target: st.chosen.target });
+    } else if (hotSkipped) {
+      // Only hot hooks would work here: that is the operator's choice, not a failure.
+      st.enabled = false;
+      st.skipped = `only hot candidates attach on this kernel; ${hotSkipped.error}`;
+      log('info', 'probe off: only hot candidates left', { probe: p.name, hot: hotSkipped.error });
     } else {
       log('warn', 'probe did not attach', {
         probe: p.name,

@@ -65,12 +65,18 @@ probes:
 
 // ---- handler logic through BPF_PROG_TEST_RUN (the same functions the hooks call) ----
 
-function args(op: number, item: number, val: number, cgroupId: bigint): Buffer {
-  const b = Buffer.alloc(24);
+// struct memcg_test_args in bpf/src/memcg.bpf.c.
+function args(op: number, item: number, val: number, cgroupId: bigint, w: { tid?: number; preempt?: boolean; now?: number; folio?: bigint; underWb?: boolean } = {}): Buffer {
+  const b = Buffer.alloc(56);
   b.writeUInt32LE(op, 0);
   b.writeInt32LE(item, 4);
   b.writeBigInt64LE(BigInt(val), 8);
   b.writeBigUInt64LE(cgroupId, 16);
+  b.writeUInt32LE(w.tid ?? 0, 24);
+  b.writeUInt32LE(w.preempt ? 1 : 0, 28);
+  b.writeBigUInt64LE(BigInt(w.now ?? 0), 32);
+  b.writeBigUInt64LE(w.folio ?? 0n, 40);
+  b.writeUInt32LE(w.underWb ? 1 : 0, 48);
   return b;
 }
 
@@ -114,6 +120,80 @@ test('memcg handlers via BPF_PROG_TEST_RUN (logic, not attach): NR_WRITEBACK del
   t.is(h.sum, 104);
   t.is(h.count, 3);
   t.is(agent.store.get(M.mapFull, { family: 'memcg' })?.value, 0);
+});
+
+test('writeback-wait pairing via BPF_PROG_TEST_RUN (logic, not attach): fexit end, sched_switch sleep/wake, no-sleep waits, loop iterations', async (t) => {
+  const cg = createCgroup(`hvwatch-wait-${process.pid}`);
+  t.teardown(() => cg.remove());
+  const agent = await mapsOnlyAgent();
+  t.teardown(() => agent.stop());
+  const fam = agent.family('memcg')!;
+  const op = (code: number, w: Parameters<typeof args>[4]): number => fam.testProgram('test_memcg_handler').testRun(args(code, 0, 0, cg.id, w)).retval;
+  const [BEGIN, END, OUT, IN] = [4, 5, 6, 7];
+  const A = 0xffff888000100000n;
+  // Thread 1 sleeps on folio A: a preemption before the sleep does not count as sleeping,
+  // a second loop iteration keeps the first start, and the switch-in ends the wait.
+  op(BEGIN, { tid: 1, now: 1_000, folio: A });
+  op(BEGIN, { tid: 1, now: 5_000, folio: A });
+  op(OUT, { tid: 1, preempt: true, underWb: true });
+  op(IN, { tid: 1, now: 500_000 }); // runnable again after a preemption: not the wait's end
+  op(OUT, { tid: 1, preempt: false, underWb: true });
+  op(IN, { tid: 1, now: 1_001_000 });
+  // Thread 2's folio was already clear at its next switch-out: a zero-length wait.
+  op(BEGIN, { tid: 2, now: 7_000, folio: A + 64n });
+  op(OUT, { tid: 2, preempt: false, underWb: false });
+  // Thread 3 through the fentry/fexit pairing: exact.
+  op(BEGIN, { tid: 3, now: 10_000, folio: A + 128n });
+  op(END, { tid: 3, now: 12_000 });
+  // A switch-out of a thread with no wait, and an end with no begin, change nothing.
+  t.is(op(OUT, { tid: 4, preempt: false, underWb: true }), 1);
+  op(END, { tid: 5, now: 99_999 });
+  await agent.collect();
+  const h = agent.store.get(M.memcgWbWaitTime, { cgroup: cg.path })!.hist!;
+  t.is(h.count, 3);
+  t.is(Math.round(h.sum * 1e9), 1_000_000 + 0 + 2_000);
+  t.is(fam.maps.get('wb_waits')!.count(), 0, 'every finished wait leaves the per-thread map');
+});
+
+test('uncharge_batch handler via BPF_PROG_TEST_RUN (logic, not attach): pages per batch, empty batches ignored', async (t) => {
+  const cg = createCgroup(`hvwatch-batch-${process.pid}`);
+  t.teardown(() => cg.remove());
+  const agent = await mapsOnlyAgent();
+  t.teardown(() => agent.stop());
+  const fam = agent.family('memcg')!;
+  for (const pages of [32, 1, 0]) fam.testProgram('test_memcg_handler').testRun(args(3, 0, pages, cg.id));
+  await agent.collect();
+  const l = { cgroup: cg.path };
+  t.is(agent.store.get(M.memcgUnchargeBatches, l)?.value, 2);
+  t.is(agent.store.get(M.memcgUnchargedPages, l)?.value, 33);
+  const h = agent.store.get(M.memcgUnchargeBatchPages, l)!.hist!;
+  t.is(h.cumulative[h.bounds.indexOf(1)], 1);
+  t.is(h.cumulative[h.bounds.indexOf(63)], 2);
+});
+
+test('writeback-wait latency for real (tracepoint + sched_switch tier, opted in): an fsync\'d write waits under its cgroup', async (t) => {
+  const agent = await AgentProcess.start(['--hot', 'memcg_writeback_wait']);
+  t.teardown(() => agent.stop());
+  const cg = createCgroup(`hvwatch-waitlat-${process.pid}`);
+  t.teardown(() => cg.remove());
+  const status = (await (await fetch(`${agent.url}/api/probes`)).json()) as { name: string; chosen: { attach: string } | null; candidates: { ok: boolean }[] }[];
+  const w = status.find((p) => p.name === 'memcg_writeback_wait')!;
+  // fentry is refused and there are no kprobes on CI hosts: the hot pairing is the one here.
+  t.is(w.chosen?.attach, 'tp_btf');
+  const labels = { cgroup: cg.path };
+  let s: Awaited<ReturnType<typeof agent.scrape>> | undefined;
+  for (let i = 0; i < 5 && !s; i++) {
+    fsyncWriteInCgroup(cg, 32);
+    s = await until(async () => {
+      const s = await agent.scrape();
+      return (value(s, `${M.memcgWbWaitTime.name}_count`, labels) ?? 0) > 0 ? s : undefined;
+    }, 3_000, 'a timed writeback wait').catch(() => undefined);
+  }
+  if (!s) return t.fail('no writeback wait was timed after five fsync\'d writes');
+  const waits = value(s, M.memcgWbWaits.name, labels)!;
+  const timed = value(s, `${M.memcgWbWaitTime.name}_count`, labels)!;
+  t.true(waits >= timed, `tracepoint hits (${waits}) count every loop iteration, timed waits (${timed}) one per wait`);
+  t.true(value(s, `${M.memcgWbWaitTime.name}_sum`, labels)! > 0, 'some wait slept on its folio');
 });
 
 test('a deleted cgroup\'s entries and series are dropped at the next scrape after it vanishes', async (t) => {

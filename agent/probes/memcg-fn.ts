@@ -21,8 +21,8 @@ const raceKind: Decoder = (raw) => RACE_KINDS[Number(raw)] ?? `kind_${raw}`;
 // Symbols by kernel generation (mm/page-writeback.c, mm/memcontrol.c):
 //   __folio_start_writeback / __folio_end_writeback: v5.17+ (folio conversion, 5.16/5.17);
 //   __test_set_page_writeback / test_clear_page_writeback: before;
-//   __mem_cgroup_uncharge(folio): v5.17+ (page before); __mem_cgroup_uncharge_folios: v6.9+
-//   (__mem_cgroup_uncharge_list v5.15-v6.8, not attached: its list walk is left out);
+//   __mem_cgroup_uncharge(folio): v5.17+ (page before); __mem_cgroup_uncharge_folios: v6.9+;
+//   __mem_cgroup_uncharge_list: v5.15-v6.8 (timed, labelled by the list's first folio);
 //   uncharge_folio: static, used only where BTF/kallsyms list it (often inlined).
 const probes: ProbeSpec[] = [
   {
@@ -61,6 +61,11 @@ const probes: ProbeSpec[] = [
         attach: 'fentry', target: '__mem_cgroup_uncharge',
         programs: ['fentry_uncharge', 'fexit_uncharge', 'fentry_uncharge_folios', 'fexit_uncharge_folios'],
         targets: { fentry_uncharge_folios: '__mem_cgroup_uncharge_folios', fexit_uncharge_folios: '__mem_cgroup_uncharge_folios' },
+      },
+      {
+        attach: 'fentry', target: '__mem_cgroup_uncharge',
+        programs: ['fentry_uncharge', 'fexit_uncharge', 'fentry_uncharge_list', 'fexit_uncharge_list'],
+        targets: { fentry_uncharge_list: '__mem_cgroup_uncharge_list', fexit_uncharge_list: '__mem_cgroup_uncharge_list' },
       },
       { attach: 'fentry', target: '__mem_cgroup_uncharge', programs: ['fentry_uncharge', 'fexit_uncharge'] },
       { attach: 'kprobe', target: '__mem_cgroup_uncharge', programs: ['kprobe_uncharge', 'kretprobe_uncharge'] },

@@ -14,6 +14,9 @@ const family = 'memcg';
 const HOT_LRUVEC = 'memcg:mod_memcg_lruvec_state fires ~4x per page fault; with memcg_uncharge +17% on a page-fault loop (bench/RESULTS.md)';
 const HOT_EVENTS = 'memcg:count_memcg_events fires ~2x per page fault; with memcg_writeback +17% on a page-fault loop (bench/RESULTS.md)';
 
+const HOT_SWITCH = 'sched_switch fires on every context switch; opt in for wait latency where fexit/kretprobe cannot attach';
+
+// Function tiers first where they exist: they fire once per batch or wait, not per page.
 const probes: ProbeSpec[] = [
   {
     name: 'memcg_writeback', family, hot: HOT_LRUVEC,
@@ -24,17 +27,26 @@ const probes: ProbeSpec[] = [
     ],
   },
   {
-    name: 'memcg_uncharge', family, hot: HOT_EVENTS,
-    description: 'Uncharge batches and pages per memcg (PGPGOUT; cgroup v1 accounting)',
+    name: 'memcg_uncharge', family,
+    description: 'Uncharge batches and pages per batch per memcg (uncharge_batch; PGPGOUT on cgroup v1)',
     candidates: [
-      { attach: 'tp_btf', target: 'count_memcg_events', programs: ['btf_count_memcg_events'] },
-      { attach: 'tracepoint', target: 'memcg/count_memcg_events', programs: ['tp_count_memcg_events'] },
+      { attach: 'fentry', target: 'uncharge_batch', programs: ['fentry_uncharge_batch'] },
+      { attach: 'kprobe', target: 'uncharge_batch', programs: ['kprobe_uncharge_batch'] },
+      { attach: 'tp_btf', target: 'count_memcg_events', programs: ['btf_count_memcg_events'], hot: HOT_EVENTS },
+      { attach: 'tracepoint', target: 'memcg/count_memcg_events', programs: ['tp_count_memcg_events'], hot: HOT_EVENTS },
     ],
   },
   {
     name: 'memcg_writeback_wait', family,
-    description: 'Tasks waiting on folio writeback, per memcg of the waiting task',
+    description: 'Tasks waiting on folio writeback and how long, per memcg of the waiting task',
     candidates: [
+      { attach: 'fentry', target: 'folio_wait_writeback', programs: ['fentry_wait_writeback', 'fexit_wait_writeback'] },
+      { attach: 'kprobe', target: 'folio_wait_writeback', programs: ['kprobe_wait_writeback', 'kretprobe_wait_writeback'] },
+      {
+        attach: 'tp_btf', target: 'folio_wait_writeback', hot: HOT_SWITCH,
+        programs: ['btf_wait_writeback_begin', 'btf_wait_sched_switch'], targets: { btf_wait_sched_switch: 'sched_switch' },
+      },
+      // Counts only: no latency without a pairing.
       { attach: 'tp_btf', target: 'folio_wait_writeback', programs: ['btf_folio_wait_writeback'] },
       { attach: 'tracepoint', target: 'writeback/folio_wait_writeback', programs: ['tp_folio_wait_writeback'] },
     ],
@@ -59,6 +71,7 @@ export const memcgFamily: FamilySpec = {
         { field: 'uncharge_batches', metric: M.memcgUnchargeBatches },
         { field: 'uncharged_pages', metric: M.memcgUnchargedPages },
         { field: 'uncharge_batch_slots', metric: M.memcgUnchargeBatchPages, log2: LOG2_PAGES, sumField: 'uncharged_pages' },
+        { field: 'wb_wait_slots', metric: M.memcgWbWaitTime, log2: { minSlot: 8, maxSlot: 34, scale: 1e-9 }, sumField: 'wb_wait_sum_ns' },
       ],
       derived: [
         // Writeback that began before attach completes after it: clamp rather than go negative.

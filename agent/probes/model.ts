@@ -21,6 +21,8 @@ export interface Candidate {
   programs: string[];
   /** Programs of this candidate that attach to another function than `target`. */
   targets?: Readonly<Record<string, string>>;
+  /** A hot hook: tried only when the probe is opted in (probes.hot), like a hot probe. */
+  hot?: string;
 }
 
 export interface ProbeSpec {

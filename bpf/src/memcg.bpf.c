@@ -8,6 +8,7 @@
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_tracing.h>
 #include "hvwatch.h"
+#include "mm.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -22,6 +23,8 @@ struct memcg_stats {
 	u64 uncharge_batches;
 	u64 uncharged_pages;
 	u64 uncharge_batch_slots[HIST_SLOTS]; /* log2(pages per uncharge batch) */
+	u64 wb_wait_slots[HIST_SLOTS];        /* log2 ns a task waited for one folio's writeback */
+	u64 wb_wait_sum_ns;
 };
 
 struct {
@@ -30,6 +33,22 @@ struct {
 	__type(key, struct memcg_key);
 	__type(value, struct memcg_stats);
 } memcg_stats SEC(".maps");
+
+/* A writeback wait in progress, per thread. */
+struct wb_wait {
+	u64 start_ns;
+	u64 folio;
+	u64 cgroup_id;
+	u32 slept; /* tracepoint tier: the task switched out asleep while the folio was under writeback */
+	u32 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH); /* a lost end (task killed mid-wait) ages out */
+	__uint(max_entries, 8192);
+	__type(key, u32); /* thread id */
+	__type(value, struct wb_wait);
+} wb_waits SEC(".maps");
 
 DEFINE_ERROR_MAP();
 
@@ -57,17 +76,21 @@ static __always_inline void handle_lruvec_state(u64 cgroup_id, int item, int val
 		s->wb_completed_pages += -(s64)val;
 }
 
+static __always_inline void handle_uncharge_batch(u64 cgroup_id, u64 pages)
+{
+	struct memcg_stats *s;
+	if (!pages || !(s = stats_for(cgroup_id)))
+		return;
+	s->uncharge_batches++;
+	hist_add(s->uncharge_batch_slots, &s->uncharged_pages, pages);
+}
+
 /* One PGPGOUT event per uncharge batch with the batch's page count
  * (mm/memcontrol-v1.c, v6.18: memcg1_uncharge_batch -> count_memcg_events(PGPGOUT)). */
 static __always_inline void handle_memcg_events(u64 cgroup_id, int item, u64 val)
 {
-	if (item != bpf_core_enum_value(enum vm_event_item, PGPGOUT) || val == 0)
-		return;
-	struct memcg_stats *s = stats_for(cgroup_id);
-	if (!s)
-		return;
-	s->uncharge_batches++;
-	hist_add(s->uncharge_batch_slots, &s->uncharged_pages, val);
+	if (item == bpf_core_enum_value(enum vm_event_item, PGPGOUT))
+		handle_uncharge_batch(cgroup_id, val);
 }
 
 static __always_inline void handle_wait_writeback(u64 cgroup_id)
@@ -75,6 +98,64 @@ static __always_inline void handle_wait_writeback(u64 cgroup_id)
 	struct memcg_stats *s = stats_for(cgroup_id);
 	if (s)
 		s->wb_waits++;
+}
+
+/* Writeback-wait latency. folio_wait_writeback() loops "while under writeback: trace
+ * folio_wait_writeback; folio_wait_bit(PG_writeback)" (mm/page-writeback.c, v6.18), so the
+ * tracepoint marks a wait's start and nothing marks its return. Two pairings:
+ *  - fentry/fexit on folio_wait_writeback: exact, one observation per call;
+ *  - tracepoint + sched_switch (hot): the waiter sleeps in folio_wait_bit and runs again when
+ *    the bit clears, so its next switch-in after a sleep ends the wait. A wait whose task
+ *    switches out voluntarily while the folio is still under writeback slept on it; one
+ *    whose folio is already clear at the task's next switch-out returned without sleeping
+ *    and counts as a zero-length wait (the histogram's lowest bucket). */
+static __always_inline void handle_wait_begin(u32 tid, u64 now, u64 folio, u64 cgroup_id)
+{
+	struct wb_wait *w = bpf_map_lookup_elem(&wb_waits, &tid);
+	if (w && w->folio == folio && !w->slept)
+		return; /* the next loop iteration of the same wait */
+	struct wb_wait n = { .start_ns = now, .folio = folio, .cgroup_id = cgroup_id };
+	if (bpf_map_update_elem(&wb_waits, &tid, &n, BPF_ANY))
+		count_error(&hv_errors, HV_ERR_MAP_FULL);
+}
+
+static __always_inline void observe_wait(struct wb_wait *w, u64 ns)
+{
+	struct memcg_stats *s = stats_for(w->cgroup_id);
+	if (s)
+		hist_add(s->wb_wait_slots, &s->wb_wait_sum_ns, ns);
+}
+
+static __always_inline void handle_wait_end(u32 tid, u64 now)
+{
+	struct wb_wait *w = bpf_map_lookup_elem(&wb_waits, &tid);
+	if (!w)
+		return;
+	if (now > w->start_ns)
+		observe_wait(w, now - w->start_ns);
+	bpf_map_delete_elem(&wb_waits, &tid);
+}
+
+/* sched_switch, outgoing side: `preempt` means still runnable (not waiting yet). */
+static __always_inline void handle_wait_switch_out(u32 tid, struct wb_wait *w, bool preempt, bool under_wb)
+{
+	if (w->slept)
+		return;
+	if (under_wb) {
+		if (!preempt)
+			w->slept = 1;
+		return;
+	}
+	observe_wait(w, 0);
+	bpf_map_delete_elem(&wb_waits, &tid);
+}
+
+/* sched_switch, incoming side: running again after sleeping on the folio ends the wait. */
+static __always_inline void handle_wait_switch_in(u32 tid, u64 now)
+{
+	struct wb_wait *w = bpf_map_lookup_elem(&wb_waits, &tid);
+	if (w && w->slept)
+		handle_wait_end(tid, now);
 }
 
 /* The waiting task's memory cgroup: task->cgroups->subsys[memory_cgrp_id]->cgroup->kn->id.
@@ -102,11 +183,6 @@ static __always_inline u64 task_memcg_id_btf(struct task_struct *task)
 	if (!css)
 		return 0;
 	return css->cgroup->kn->id;
-}
-
-static __always_inline u64 memcg_cgroup_id(struct mem_cgroup *memcg)
-{
-	return BPF_CORE_READ(memcg, css.cgroup, kn, id);
 }
 
 /* ---- attach points: tp_btf (no copy, cheapest) then classic tracepoint ---- */
@@ -158,13 +234,104 @@ int tp_folio_wait_writeback(void *ctx)
 	return 0;
 }
 
+/* Pages per uncharge batch at function level: uncharge_batch() is static in mm/memcontrol.c
+ * (v5.x-v6.18) and used only where BTF/kallsyms list it. It runs once per batch on v1 and
+ * v2 alike, so unlike PGPGOUT (v1 only) it is not a hot hook. struct uncharge_gather counted
+ * pages in nr_pages before v5.16 and in nr_memory since. */
+struct uncharge_gather___old {
+	unsigned long nr_pages;
+} __attribute__((preserve_access_index));
+
+static __always_inline void on_uncharge_batch(const struct uncharge_gather *ug)
+{
+	u64 pages = bpf_core_field_exists(ug->nr_memory) ? BPF_CORE_READ(ug, nr_memory)
+		: BPF_CORE_READ((struct uncharge_gather___old *)ug, nr_pages);
+	handle_uncharge_batch(memcg_cgroup_id(BPF_CORE_READ(ug, memcg)), pages);
+}
+
+SEC("fentry/uncharge_batch")
+int BPF_PROG(fentry_uncharge_batch, const struct uncharge_gather *ug)
+{
+	on_uncharge_batch(ug);
+	return 0;
+}
+
+SEC("kprobe/uncharge_batch")
+int BPF_KPROBE(kprobe_uncharge_batch, const struct uncharge_gather *ug)
+{
+	on_uncharge_batch(ug);
+	return 0;
+}
+
+/* Writeback waits with their latency, exact: folio_wait_writeback(folio) in
+ * mm/page-writeback.c (v5.16+; wait_on_page_writeback before). */
+SEC("fentry/folio_wait_writeback")
+int BPF_PROG(fentry_wait_writeback, struct folio *folio)
+{
+	u64 cg = task_memcg_id_btf(bpf_get_current_task_btf());
+	handle_wait_writeback(cg);
+	handle_wait_begin((u32)bpf_get_current_pid_tgid(), bpf_ktime_get_ns(), (u64)folio, cg);
+	return 0;
+}
+
+SEC("fexit/folio_wait_writeback")
+int BPF_PROG(fexit_wait_writeback)
+{
+	handle_wait_end((u32)bpf_get_current_pid_tgid(), bpf_ktime_get_ns());
+	return 0;
+}
+
+SEC("kprobe/folio_wait_writeback")
+int BPF_KPROBE(kprobe_wait_writeback, void *folio)
+{
+	u64 cg = task_memcg_id((struct task_struct *)bpf_get_current_task());
+	handle_wait_writeback(cg);
+	handle_wait_begin((u32)bpf_get_current_pid_tgid(), bpf_ktime_get_ns(), (u64)folio, cg);
+	return 0;
+}
+
+SEC("kretprobe/folio_wait_writeback")
+int BPF_KRETPROBE(kretprobe_wait_writeback)
+{
+	handle_wait_end((u32)bpf_get_current_pid_tgid(), bpf_ktime_get_ns());
+	return 0;
+}
+
+/* The tracepoint tier with latency: the wait's start, and sched_switch for its end. */
+SEC("tp_btf/folio_wait_writeback")
+int BPF_PROG(btf_wait_writeback_begin, struct folio *folio, struct address_space *mapping)
+{
+	u64 cg = task_memcg_id_btf(bpf_get_current_task_btf());
+	handle_wait_writeback(cg);
+	handle_wait_begin((u32)bpf_get_current_pid_tgid(), bpf_ktime_get_ns(), (u64)folio, cg);
+	return 0;
+}
+
+SEC("tp_btf/sched_switch")
+int BPF_PROG(btf_wait_sched_switch, bool preempt, struct task_struct *prev, struct task_struct *next)
+{
+	u32 ptid = prev->pid;
+	struct wb_wait *w = bpf_map_lookup_elem(&wb_waits, &ptid);
+	if (w)
+		handle_wait_switch_out(ptid, w, preempt, page_flags((struct page *)w->folio) & writeback_flag());
+	handle_wait_switch_in(next->pid, bpf_ktime_get_ns());
+	return 0;
+}
+
 /* ---- BPF_PROG_TEST_RUN entry points: same handlers, synthetic arguments ---- */
 
 struct memcg_test_args {
-	u32 op; /* 0 lruvec_state, 1 memcg_events, 2 wait_writeback */
+	u32 op; /* 0 lruvec_state, 1 memcg_events, 2 wait_writeback, 3 uncharge_batch,
+		 * 4 wait begin, 5 wait end, 6 switch out, 7 switch in */
 	s32 item;
 	s64 val;
 	u64 cgroup_id;
+	u32 tid;
+	u32 preempt;
+	u64 now;
+	u64 folio;
+	u32 under_wb;
+	u32 _pad;
 };
 
 SEC("syscall")
@@ -174,6 +341,18 @@ int test_memcg_handler(struct memcg_test_args *a)
 	case 0: handle_lruvec_state(a->cgroup_id, a->item, a->val); break;
 	case 1: handle_memcg_events(a->cgroup_id, a->item, a->val); break;
 	case 2: handle_wait_writeback(a->cgroup_id); break;
+	case 3: handle_uncharge_batch(a->cgroup_id, a->val); break;
+	case 4: handle_wait_begin(a->tid, a->now, a->folio, a->cgroup_id); break;
+	case 5: handle_wait_end(a->tid, a->now); break;
+	case 6: {
+		u32 tid = a->tid;
+		struct wb_wait *w = bpf_map_lookup_elem(&wb_waits, &tid);
+		if (!w)
+			return 1;
+		handle_wait_switch_out(tid, w, a->preempt, a->under_wb);
+		break;
+	}
+	case 7: handle_wait_switch_in(a->tid, a->now); break;
 	default: return -1;
 	}
 	return 0;

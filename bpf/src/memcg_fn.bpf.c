@@ -15,6 +15,7 @@
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_tracing.h>
 #include "hvwatch.h"
+#include "mm.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -145,66 +146,6 @@ DEFINE_ERROR_MAP();
 static const struct memcg_fn_stats zero_fn_stats;
 
 /* ---- facts read from the kernel (attach wrappers only) ---- */
-
-/* The kernel before v5.11 kept page->mem_cgroup instead of memcg_data. */
-struct page___pre511 {
-	struct mem_cgroup *mem_cgroup;
-};
-
-/* page->memcg_data -> memcg, as page_memcg()/folio_memcg() do (include/linux/memcontrol.h,
- * v6.18): the low bits are flags (__NR_MEMCG_DATA_FLAGS - 1); OBJEXTS (OBJCGS before v6.10)
- * marks a slab page with no memcg; KMEM points to an obj_cgroup whose memcg we follow.
- * folio and page share these fields at the same offsets (FOLIO_MATCH in mm_types.h). */
-static __always_inline u64 page_memcg_id(struct page *page)
-{
-	struct mem_cgroup *memcg = 0;
-	if (bpf_core_field_exists(page->memcg_data)) {
-		unsigned long data = BPF_CORE_READ(page, memcg_data);
-		unsigned long mask = 3;
-		unsigned long slab = 1;
-		if (bpf_core_enum_value_exists(enum page_memcg_data_flags, __NR_MEMCG_DATA_FLAGS))
-			mask = bpf_core_enum_value(enum page_memcg_data_flags, __NR_MEMCG_DATA_FLAGS) - 1;
-		if (bpf_core_enum_value_exists(enum page_memcg_data_flags, MEMCG_DATA_OBJEXTS))
-			slab = bpf_core_enum_value(enum page_memcg_data_flags, MEMCG_DATA_OBJEXTS);
-		if (!data || (data & slab))
-			return 0;
-		if (data & bpf_core_enum_value(enum page_memcg_data_flags, MEMCG_DATA_KMEM)) {
-			struct obj_cgroup *objcg = (void *)(data & ~mask);
-			memcg = BPF_CORE_READ(objcg, memcg);
-		} else {
-			memcg = (void *)(data & ~mask);
-		}
-	} else {
-		memcg = BPF_CORE_READ((struct page___pre511 *)page, mem_cgroup);
-	}
-	if (!memcg)
-		return 0;
-	return BPF_CORE_READ(memcg, css.cgroup, kn, id);
-}
-
-/* page->flags became memdesc_flags_t, a struct around the same unsigned long, in v6.18
- * (include/linux/mm_types.h); before it is a plain unsigned long. CO-RE refuses to relocate
- * one as the other, so each generation gets its own read and the dead one is dropped. */
-struct page___flags_ulong {
-	unsigned long flags;
-} __attribute__((preserve_access_index));
-
-static __always_inline u64 page_flags(struct page *page)
-{
-	if (bpf_core_type_exists(memdesc_flags_t))
-		return BPF_CORE_READ(page, flags.f);
-	return BPF_CORE_READ((struct page___flags_ulong *)page, flags);
-}
-
-static __always_inline s32 page_refcount(struct page *page)
-{
-	return BPF_CORE_READ(page, _refcount.counter);
-}
-
-static __always_inline u64 writeback_flag(void)
-{
-	return 1ULL << bpf_core_enum_value(enum pageflags, PG_writeback);
-}
 
 /* ---- the logic: plain values in, map updates and race hits out ---- */
 
@@ -524,6 +465,30 @@ int BPF_PROG(fentry_uncharge_folios, struct folio_batch *fb)
 
 SEC("fexit/__mem_cgroup_uncharge_folios")
 int BPF_PROG(fexit_uncharge_folios)
+{
+	on_uncharge_exit();
+	return 0;
+}
+
+/* __mem_cgroup_uncharge_list(struct list_head *page_list) (v5.15-v6.8): the batch is a list
+ * linked through folio->lru (page->lru before v5.16; same offset, FOLIO_MATCH). */
+static __always_inline struct page *list_first(struct list_head *head)
+{
+	struct list_head *first = BPF_CORE_READ(head, next);
+	if (!first || first == head)
+		return 0;
+	return (struct page *)((void *)first - bpf_core_field_offset(struct page, lru));
+}
+
+SEC("fentry/__mem_cgroup_uncharge_list")
+int BPF_PROG(fentry_uncharge_list, struct list_head *page_list)
+{
+	on_uncharge_enter(list_first(page_list));
+	return 0;
+}
+
+SEC("fexit/__mem_cgroup_uncharge_list")
+int BPF_PROG(fexit_uncharge_list)
 {
 	on_uncharge_exit();
 	return 0;
