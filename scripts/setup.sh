@@ -27,6 +27,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
 fi
 
 make -s -C bpf
+make -s -C test/helpers # the /dev/kvm test guest (tests and benchmarks)
 npx --no-install tsc -p .
 
 # libbpf finds tracepoints through tracefs; some hosts (and containers) do not mount it.
