@@ -91,6 +91,13 @@ export class Agent {
     }
     for (const f of this.families) {
       const fam = this.loader.loadFamily(f);
+      if (fam) {
+        try {
+          f.setup?.(fam, this.config);
+        } catch (e) {
+          log('error', 'family setup failed; it runs with defaults', { family: f.name, error: (e as Error).message });
+        }
+      }
       if (fam && f.events) this.startEvents(fam, f.events);
     }
     this.publishProbeStatus();
@@ -164,6 +171,11 @@ export class Agent {
     if (gc) this.lastGc = now;
     const ctx: CollectContext = { store: this.store, budget: this.budget, cgroups: this.cgroups, now, gc };
     for (const fam of this.loader.families) {
+      try {
+        fam.spec.prepare?.(ctx, fam);
+      } catch (err) {
+        log('error', 'preparing a family\'s collection failed', { family: fam.spec.name, error: (err as Error).message });
+      }
       for (const e of fam.spec.maps) {
         try {
           collectMap(fam, e, ctx);

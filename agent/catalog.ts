@@ -118,7 +118,7 @@ export const M = {
     'VM-exits of an L2 guest per VM and reason; handler="l0" when the host handled it, "l1" when it was reflected to the L1 hypervisor.'),
   kvmNestedL1Handling: def('kvm', 'hvwatch_kvm_nested_l1_handling_seconds', 'histogram', ['vm', 'isa', 'reason'],
     'Time the L1 hypervisor took to handle a reflected exit: from kvm_nested_vmexit_inject to that vCPU\'s next kvm_nested_vmenter.', 'seconds'),
-  kvmNestedVmenters: def('kvm', 'hvwatch_kvm_nested_vmenters_total', 'counter', ['vm', 'isa'],
+  kvmNestedVmenters: def('kvm', 'hvwatch_kvm_nested_vmenters_total', 'counter', ['vm'],
     'Nested VM-entries (VMRUN/VMLAUNCH/VMRESUME by L1 emulated by KVM, kvm:kvm_nested_vmenter) per VM.'),
   kvmNestedVmenterFailures: def('kvm', 'hvwatch_kvm_nested_vmenter_failures_total', 'counter', ['vm', 'message'],
     'Failed nested VM-entry consistency checks (kvm:kvm_nested_vmenter_failed) per VM and kernel message.'),

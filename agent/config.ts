@@ -39,6 +39,10 @@ export const configSchema = z.object({
     /** Mount point of the memory cgroup hierarchy; detected from mountinfo when unset. */
     root: z.string().optional(),
   }).strict().default({}),
+  kvm: z.object({
+    /** Also count exits per vCPU (hvwatch_kvm_vcpu_exits_total): one series per vCPU. */
+    vcpuLabel: z.boolean().default(false),
+  }).strict().default({}),
   logLevel: z.enum(['debug', 'info', 'warn', 'error']).default('info'),
 }).strict();
 

@@ -47,6 +47,24 @@ function btfHasTracepoint(name: string): boolean {
   return loadedModulesWithBtf().some((m) => Btf.module(m)?.find(t, 'typedef'));
 }
 
+/** Parameter names of a raw tracepoint, from vmlinux or the module that defines it (kvm). */
+export function tracepointParams(name: string): string[] | undefined {
+  for (const btf of [Btf.vmlinux(vmlinuxPath), ...loadedModulesWithBtf().map((m) => Btf.module(m))]) {
+    const p = btf?.tracepointParams(name);
+    if (p) return p.map((x) => x.name);
+  }
+  return undefined;
+}
+
+function paramsMismatch(tp: string, want: readonly string[]): string | undefined {
+  const have = tracepointParams(tp);
+  if (!have) return undefined; // absent: the existence check says so
+  // Unnamed parameters (no __probestub_ in BTF) cannot be checked: let the load decide.
+  if (have.every((n) => n === '')) return undefined;
+  const ok = want.every((n, i) => have[i] === n);
+  return ok ? undefined : `tracepoint ${tp} has parameters (${have.join(', ')}); this program expects (${want.join(', ')}, ...)`;
+}
+
 function loadedModulesWithBtf(): string[] {
   try {
     return fs.readdirSync('/sys/kernel/btf').filter((n) => n !== 'vmlinux');
@@ -66,8 +84,11 @@ export function precheck(c: Candidate): string | undefined {
       if (!kprobesAvailable()) return 'kernel has no kprobes (CONFIG_KPROBES off)';
       return hasKernelSymbol(c.target) ? undefined : `symbol ${c.target} not in /proc/kallsyms`;
     case 'tp_btf':
-    case 'raw_tracepoint':
-      return btfHasTracepoint(c.target) ? undefined : `tracepoint ${c.target} not in kernel BTF (no btf_trace_${c.target})`;
+    case 'raw_tracepoint': {
+      if (!btfHasTracepoint(c.target)) return `tracepoint ${c.target} not in kernel BTF (no btf_trace_${c.target})`;
+      const want = c.params?.[c.target];
+      return want ? paramsMismatch(c.target, want) : undefined;
+    }
     case 'tracepoint': {
       const root = tracefsRoot();
       if (!root) return 'tracefs is not mounted and could not be mounted';

@@ -3,7 +3,9 @@
 // Each candidate is its own object instance sharing the family's maps (bpf_map__reuse_fd),
 // because libbpf loads an object all-or-nothing: one failing program would sink the rest.
 import { fileURLToPath } from 'node:url';
-import { BpfError, BpfObject, type BpfLink, type BpfProgram, type MapFd } from '../bpf/libbpf.js';
+import { BpfError, BpfObject, type AttachKind, type BpfLink, type BpfProgram, type MapFd } from '../bpf/libbpf.js';
+
+const ATTACH_KINDS = ['fentry', 'fexit', 'kprobe', 'kretprobe', 'tp_btf', 'tracepoint', 'raw_tracepoint'] as const;
 import { Btf } from '../bpf/btf.js';
 import { precheck } from './kernel.js';
 import { log } from './log.js';
@@ -59,6 +61,7 @@ export class LoadedFamily {
   private readonly instances: BpfObject[] = [];
   private readonly links: BpfLink[] = [];
   private readonly testInstances = new Map<string, BpfObject>();
+  private readonly sections = new Map<string, string>();
 
   constructor(readonly spec: FamilySpec, private readonly owner: BpfObject, private readonly opts: LoadOptions) {
     for (const m of owner.maps()) {
@@ -67,6 +70,7 @@ export class LoadedFamily {
       this.typeIds.set(m.name, { key: m.btfKeyTypeId, value: m.btfValueTypeId });
     }
     this.btf = Btf.parse(owner.rawBtf());
+    for (const p of owner.programs()) this.sections.set(p.name, p.section);
   }
 
   get path(): string {
@@ -97,8 +101,8 @@ export class LoadedFamily {
     const res: CandidateResult = { attach: c.attach, target: c.target, ok: false };
     if (c.programs.length === 0) return { ...res, error: `probe ${probe.name} has no program for the ${c.attach} tier` };
     const targetOf = (prog: string): string => c.targets?.[prog] ?? c.target;
-    for (const t of new Set(c.programs.map(targetOf))) {
-      const why = precheck({ ...c, target: t });
+    for (const name of c.programs) {
+      const why = precheck({ ...c, attach: this.kindOf(name, c.attach), target: targetOf(name) });
       if (why) return { ...res, error: why };
     }
     let inst: BpfObject | undefined;
@@ -106,13 +110,9 @@ export class LoadedFamily {
     try {
       inst = this.openInstance(c.programs, (p) => {
         const sectionTarget = p.section.split('/').slice(1).join('/');
-        if (['fentry', 'fexit', 'tp_btf'].includes(c.attach) && sectionTarget !== targetOf(p.name)) p.setAttachTarget(targetOf(p.name));
+        if (['fentry', 'fexit', 'tp_btf'].includes(this.kindOf(p.name, c.attach)) && sectionTarget !== targetOf(p.name)) p.setAttachTarget(targetOf(p.name));
       });
-      for (const name of c.programs) {
-        const p = inst.program(name);
-        const kind = p.section.startsWith('kretprobe') ? 'kretprobe' : p.section.startsWith('fexit') ? 'fexit' : c.attach;
-        links.push(p.attach(kind, targetOf(name)));
-      }
+      for (const name of c.programs) links.push(inst.program(name).attach(this.kindOf(name, c.attach), targetOf(name)));
       this.instances.push(inst);
       this.links.push(...links);
       for (const name of c.programs) this.programs.push({ probe: probe.name, program: inst.program(name) });
@@ -123,6 +123,14 @@ export class LoadedFamily {
       const err = e instanceof BpfError ? e : new BpfError(String(e), 0);
       return { ...res, error: err.message, log: err.verifierTail() };
     }
+  }
+
+  /** A program's attach kind is its section's (a candidate may pair a classic tracepoint
+   * with a tp_btf one, or fentry with fexit); sections that carry no kind (a kprobe program
+   * retargeted) take the candidate's. */
+  private kindOf(program: string, fallback: AttachKind): AttachKind {
+    const sec = this.sections.get(program)?.split('/')[0];
+    return sec && (ATTACH_KINDS as readonly string[]).includes(sec) ? (sec as AttachKind) : fallback;
   }
 
   /** A SEC("syscall") program sharing this family's maps, for BPF_PROG_TEST_RUN. */

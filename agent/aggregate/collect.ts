@@ -20,8 +20,9 @@ export interface CollectContext {
   gc: boolean;
 }
 
-/** A decoded key label, or null when the object behind the key is gone (drop the entry). */
-export type Decoder = (raw: bigint, ctx: CollectContext) => string | null;
+/** A decoded key label, or null when the object behind the key is gone (drop the entry).
+ * `field` reads another field of the same key (an exit reason's name depends on its ISA). */
+export type Decoder = (raw: bigint, ctx: CollectContext, field: (name: string) => bigint) => string | null;
 
 export const UNKNOWN_CGROUP = 'unknown';
 
@@ -59,6 +60,7 @@ type Field = StructLayout['fields'][number];
 
 // Field layouts resolved once per map export, not per entry at every scrape.
 interface Decoded {
+  keyFields: readonly Field[];
   labels: { label: string; field: Field; decode: Decoder }[];
   values: { fx: FieldExport; field: Field; sum?: Field }[];
 }
@@ -91,6 +93,7 @@ function resolve(fam: LoadedFamily, e: MapExport, map: MapFd): Decoded {
   const key = layoutOf(fam.btf, ids.key, 'key', e.map);
   const value = layoutOf(fam.btf, ids.value, 'value', e.map);
   return {
+    keyFields: key.fields,
     labels: e.labels.map((kl) => ({
       label: kl.label,
       field: fieldOf(key, kl.field, map.keySize),
@@ -112,7 +115,8 @@ export function collectMap(fam: LoadedFamily, e: MapExport, ctx: CollectContext)
   let lay = layoutCache.get(e);
   if (!lay) layoutCache.set(e, (lay = resolve(fam, e, map)));
   const out = new Map<MetricDef, Map<string, Series>>();
-  const add = (metric: MetricDef, labels: Record<string, string>, value: number, hist?: Series['hist']): void => {
+  const add = (metric: MetricDef, keyLabels: Record<string, string>, value: number, hist?: Series['hist'], extra?: Readonly<Record<string, string>>): void => {
+    const labels = extra ? { ...keyLabels, ...extra } : keyLabels;
     let fam2 = out.get(metric);
     if (!fam2) out.set(metric, (fam2 = new Map()));
     const k = metric.labels.map((l) => labels[l]).join('\u0000');
@@ -129,8 +133,13 @@ export function collectMap(fam: LoadedFamily, e: MapExport, ctx: CollectContext)
     entries++;
     const labels: Record<string, string> = {};
     let gone = false;
+    const field = (name: string): bigint => {
+      const f = lay.keyFields.find((x) => x.name === name);
+      if (!f) throw new Error(`map ${e.map}: key has no field ${name}`);
+      return u64(k, f.offset, f.size);
+    };
     for (const l of lay.labels) {
-      const decoded = l.decode(u64(k, l.field.offset, l.field.size), ctx);
+      const decoded = l.decode(u64(k, l.field.offset, l.field.size), ctx, field);
       if (decoded === null) { gone = true; break; }
       labels[l.label] = decoded;
     }
@@ -145,16 +154,16 @@ export function collectMap(fam: LoadedFamily, e: MapExport, ctx: CollectContext)
         const slots = new Array<number>(n);
         for (let i = 0; i < n; i++) slots[i] = Number(v.readBigUInt64LE(f.offset + i * 8));
         const h = foldLog2(slots, fx.log2, sum ? Number(u64(v, sum.offset, sum.size)) : undefined);
-        add(fx.metric, labels, h.count, h);
+        add(fx.metric, labels, h.count, h, fx.labels);
       } else {
         const val = Number(u64(v, f.offset, f.size));
         scalars[fx.field] = val;
-        add(fx.metric, labels, val);
+        add(fx.metric, labels, val, undefined, fx.labels);
       }
     }
     for (const d of e.derived ?? []) add(d.metric, labels, d.compute(scalars));
   }
-  for (const fx of e.fields) ctx.store.replace(fx.metric, out.get(fx.metric)?.values() ?? []);
+  for (const metric of new Set(e.fields.map((fx) => fx.metric))) ctx.store.replace(metric, out.get(metric)?.values() ?? []);
   for (const d of e.derived ?? []) ctx.store.replace(d.metric, out.get(d.metric)?.values() ?? []);
   ctx.store.set(M.mapEntries, { family: fam.spec.name, map: e.map }, entries);
   ctx.store.set(M.mapCapacity, { family: fam.spec.name, map: e.map }, map.maxEntries);

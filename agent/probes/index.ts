@@ -2,8 +2,9 @@
 import type { FamilySpec } from './model.js';
 import { memcgFamily } from './memcg.js';
 import { memcgFnFamily } from './memcg-fn.js';
+import { kvmFamily } from './kvm.js';
 
-export const FAMILIES: readonly FamilySpec[] = [memcgFamily, memcgFnFamily];
+export const FAMILIES: readonly FamilySpec[] = [memcgFamily, memcgFnFamily, kvmFamily];
 
 export function allProbeNames(): string[] {
   return FAMILIES.flatMap((f) => f.probes.map((p) => p.name));

@@ -9,6 +9,7 @@ import type { MetricStore } from '../export/store.js';
 import type { CollectContext, Decoder } from '../aggregate/collect.js';
 import type { DecodedEvent } from '../aggregate/events.js';
 import type { LoadedFamily } from '../loader.js';
+import type { Config } from '../config.js';
 
 export type { AttachKind };
 
@@ -21,6 +22,9 @@ export interface Candidate {
   programs: string[];
   /** Programs of this candidate that attach to another function than `target`. */
   targets?: Readonly<Record<string, string>>;
+  /** Required leading parameter names of raw tracepoints (btf_trace_<name>), by tracepoint:
+   * a tp_btf program is written for one signature, and signatures change across kernels. */
+  params?: Readonly<Record<string, readonly string[]>>;
   /** A hot hook: tried only when the probe is opted in (probes.hot), like a hot probe. */
   hot?: string;
 }
@@ -37,9 +41,14 @@ export interface ProbeSpec {
 }
 
 /** A BPF map field that becomes one metric per key. */
-export type FieldExport =
+export type FieldExport = (
   | { field: string; metric: MetricDef }
-  | { field: string; metric: MetricDef; log2: Log2Range; sumField?: string };
+  | { field: string; metric: MetricDef; log2: Log2Range; sumField?: string }
+) & {
+  /** Fixed labels of this field's series (several fields of one value feed one metric:
+   * pio in/out -> direction). */
+  labels?: Readonly<Record<string, string>>;
+};
 
 export interface KeyLabel {
   label: string;
@@ -81,6 +90,10 @@ export interface FamilySpec {
   sizes?: Readonly<Record<string, 'perObject' | 'perFolio'>>;
   /** Maps whose fill level is exported (hvwatch_bpf_map_entries) besides the MapExport ones. */
   watchMaps?: string[];
-  /** Extra scrape-time work that reads outside BPF (cgroupfs, procfs). */
+  /** Extra scrape-time work that reads outside BPF (cgroupfs, procfs); runs after the maps. */
   collect?: (ctx: CollectContext, store: MetricStore, fam: LoadedFamily) => void;
+  /** Scrape-time work before the maps are read (e.g. a lookup table the decoders need). */
+  prepare?: (ctx: CollectContext, fam: LoadedFamily) => void;
+  /** Once after load: write configuration into the family's BPF maps. */
+  setup?: (fam: LoadedFamily, cfg: Config) => void;
 }
