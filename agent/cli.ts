@@ -1,4 +1,5 @@
-// bin/hvwatch: `run` (default) serves metrics; `probes` reports what attaches here.
+// bin/hvwatch: `run` (default) serves metrics; `probes` reports what attaches here;
+// `top` shows a running agent's KVM exit rates (agent/top/main.ts, its own options).
 // Exit status: 0 ok, 1 `probes --strict` found a probe with nothing attached, 2 usage,
 // config, privilege or kernel-support error (always one line on stderr).
 import { parseArgs } from 'node:util';
@@ -10,11 +11,14 @@ import { buildApp, listen } from './export/server.js';
 import { log, setLogLevel } from './log.js';
 import { allProbeNames, FAMILIES } from './probes/index.js';
 import { formatProbeReport } from './report.js';
+import { top } from './top/main.js';
 
-const USAGE = `usage: hvwatch [run|probes|version] [options]
+const USAGE = `usage: hvwatch [run|probes|top|version] [options]
   run                 attach probes and serve /metrics (default)
   probes [--json] [--strict]
                       attach every enabled probe once, report candidates and choices, detach
+  top [--url URL] [--interval S] [--limit N] [--once] [--json]
+                      live KVM exit rates per VM from a running agent (hvwatch top --help)
 options:
   -c, --config FILE   YAML config (see README "Configuration")
   -l, --listen ADDR   listen address, host:port or :port (default :9477)
@@ -133,6 +137,11 @@ async function probes(cfg: Config, json: boolean, strict: boolean): Promise<numb
 }
 
 async function main(): Promise<void> {
+  if (process.argv[2] === 'top') {
+    // A client of a running agent's /metrics: none of run's options, config or privileges.
+    process.exitCode = await top(process.argv.slice(3));
+    return;
+  }
   let args;
   try {
     args = parse(process.argv.slice(2));

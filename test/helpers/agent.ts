@@ -5,6 +5,7 @@ import { writeFileSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { parseExposition as parseExpositionText } from '../../agent/export/parse.js';
 
 export const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
 export const HVWATCH = join(ROOT, 'bin/hvwatch');
@@ -32,18 +33,9 @@ export interface Sample {
   value: number;
 }
 
-/** Minimal text-format parser: enough to assert on our own exposition. */
+/** The agent's text exposition parsed by agent/export/parse.ts (the parser `hvwatch top` uses). */
 export function parseExposition(text: string): Sample[] {
-  const out: Sample[] = [];
-  for (const line of text.split('\n')) {
-    if (!line || line.startsWith('#')) continue;
-    const m = /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
-    if (!m) throw new Error(`unparseable exposition line: ${line}`);
-    const labels: Record<string, string> = {};
-    for (const l of (m[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)) labels[l[1]!] = l[2]!.replace(/\\(.)/g, '$1');
-    out.push({ name: m[1]!, labels, value: Number(m[3]) });
-  }
-  return out;
+  return parseExpositionText(text);
 }
 
 export function pick(samples: Sample[], name: string, labels: Record<string, string> = {}): Sample[] {
