@@ -1,6 +1,7 @@
 // hvwatch benchmark: `node dist/bench/run.js [--json] [--quick]` (npm run bench).
 //   1. in-kernel cost per event of each memcg program vs an empty program and bpftrace
 //   2. slowdown of a page-fault loop and of fsync'd writes with the agent attached
+//   3. the KVM family: in-kernel cost, exit/entry on the test-run path, guest slowdown
 // Prints markdown (or JSON with --json) and, for a full run, rewrites bench/RESULTS.md.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -9,6 +10,7 @@ import { BENCH_DIR, machine, progress, Scratch, type Machine } from './common.js
 import { emptyObjectPresent, kernelCost, type CostRow, type KernelCostResult } from './kernel-cost.js';
 import { workloadSlowdown, type SlowdownResult, type SlowdownRow } from './workload.js';
 import { raceCost, raceCostMarkdown, type RaceCostResult } from './race-cost.js';
+import { kvmBench, kvmBenchAvailable, kvmBenchMarkdown, type KvmBenchResult } from './kvm.js';
 
 const TARGET = {
   vsEmpty: 2, // each program <= 2x the empty floor
@@ -158,7 +160,7 @@ function slowdownTable(k: KernelCostResult, s: SlowdownResult): string {
   return lines.join('\n');
 }
 
-function markdown(m: Machine, k: KernelCostResult, s: SlowdownResult, rc: RaceCostResult, d: Decision, elapsedS: number, quick: boolean, dataDir: string): string {
+function markdown(m: Machine, k: KernelCostResult, s: SlowdownResult, rc: RaceCostResult, kv: KvmBenchResult | string, d: Decision, elapsedS: number, quick: boolean, dataDir: string): string {
   const notes = [...k.notes, ...s.notes];
   for (const r of k.rows) if (r.runCountMismatch) notes.push(`${r.hook} ${r.tier} ${r.load}: ${r.runCountMismatch}`);
   return `# hvwatch benchmark results
@@ -189,6 +191,7 @@ ${Object.values(k.bpftrace.scripts).map((sc) => `    ${sc}`).join('\n')}
 ` : `bpftrace: not available (${k.bpftrace.why}).
 `}
 ${raceCostMarkdown(rc)}
+${typeof kv === 'string' ? `## KVM family\n\nSkipped: ${kv}.\n` : kvmBenchMarkdown(kv)}
 ## Workload slowdown
 
 ${s.rounds} rounds after one discarded warm-up, each round running no agent, the default
@@ -254,17 +257,19 @@ async function main(): Promise<void> {
   let k: KernelCostResult;
   let s: SlowdownResult;
   let rc: RaceCostResult;
+  let kv: KvmBenchResult | string;
   const dataDir = scratch.data.description;
   try {
     k = await kernelCost(scratch, quick);
     s = await workloadSlowdown(scratch, quick);
     rc = await raceCost(quick);
+    kv = kvmBenchAvailable() ?? await kvmBench(quick);
   } finally {
     scratch.cleanup();
   }
   const elapsedS = (Date.now() - t0) / 1000;
   const d = decide(k, s);
-  const md = markdown(m, k, s, rc, d, elapsedS, quick, dataDir);
+  const md = markdown(m, k, s, rc, kv, d, elapsedS, quick, dataDir);
   if (quick) {
     progress('--quick: bench/RESULTS.md left as it is');
   } else {
@@ -279,7 +284,7 @@ async function main(): Promise<void> {
     });
     process.stdout.write(JSON.stringify({
       machine: m, quick, elapsedS, dataDir, targets: TARGET, decision: d,
-      kernelCost: { ...k, rows: kernel }, slowdown: { ...s, rows: slowdown }, raceCost: rc,
+      kernelCost: { ...k, rows: kernel }, slowdown: { ...s, rows: slowdown }, raceCost: rc, kvm: kv,
     }, null, 2) + '\n');
   } else {
     process.stdout.write(md);

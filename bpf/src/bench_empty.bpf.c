@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: GPL-2.0
-/* Empty programs on the memcg hooks: the floor that bench/kernel-cost.ts compares each
+/* Empty programs on the memcg and KVM hooks: the floor that bench/kernel-cost.ts compares each
  * hvwatch program against (same hook, attached at the same time, same run-time accounting).
  * Not loaded by the agent. */
 #include "vmlinux.h"
@@ -40,6 +40,31 @@ int BPF_PROG(empty_btf_wait_writeback)
 
 SEC("tracepoint/writeback/folio_wait_writeback")
 int empty_tp_wait_writeback(void *ctx)
+{
+	return 0;
+}
+
+/* The KVM hooks that fire on our hosts (a /dev/kvm guest doing port I/O): bench/kvm.ts. */
+SEC("tp_btf/kvm_pio")
+int BPF_PROG(empty_btf_kvm_pio)
+{
+	return 0;
+}
+
+SEC("tp_btf/kvm_userspace_exit")
+int BPF_PROG(empty_btf_kvm_userspace_exit)
+{
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_ioctl")
+int empty_tp_sys_enter_ioctl(void *ctx)
+{
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_ioctl")
+int empty_tp_sys_exit_ioctl(void *ctx)
 {
 	return 0;
 }

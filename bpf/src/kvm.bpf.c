@@ -264,6 +264,20 @@ static const struct nested_stats zero_nested;
 static const struct nstate_stats zero_nstate;
 static const u64 zero_u64;
 
+/* Set a thread's pending half. After a vCPU thread's first event its entry exists, and
+ * writing it in place costs a lookup; an LRU insert (taking an LRU lock, maybe evicting)
+ * costs several times that (bench/RESULTS.md). */
+static __always_inline void set_pending(void *map, u32 tid, const void *val, u32 size)
+{
+	void *cur = bpf_map_lookup_elem(map, &tid);
+	if (cur) {
+		__builtin_memcpy(cur, val, size);
+		return;
+	}
+	if (bpf_map_update_elem(map, &tid, val, BPF_ANY))
+		count_error(&hv_errors, HV_ERR_MAP_FULL);
+}
+
 static __always_inline void count_unpaired(u32 which)
 {
 	count_error(&unpaired, which);
@@ -292,8 +306,7 @@ static __always_inline void handle_exit(u32 tid, u32 tgid, u64 now, u32 vcpu_id,
 			(*c)++;
 	}
 	struct exit_pending p = { .ns = now, .tgid = tgid, .vcpu_id = vcpu_id, .isa = isa, .reason = reason };
-	if (bpf_map_update_elem(&exit_pending, &tid, &p, BPF_ANY))
-		count_error(&hv_errors, HV_ERR_MAP_FULL);
+	set_pending(&exit_pending, tid, &p, sizeof(p));
 }
 
 static __always_inline void handle_entry(u32 tid, u32 tgid, u64 now, u32 vcpu_id)
@@ -321,8 +334,7 @@ static __always_inline void handle_userspace_exit(u32 tid, u32 tgid, u64 now, u3
 	if (s)
 		s->exits++;
 	struct user_pending p = { .ns = now, .tgid = tgid, .reason = reason };
-	if (bpf_map_update_elem(&user_pending, &tid, &p, BPF_ANY))
-		count_error(&hv_errors, HV_ERR_MAP_FULL);
+	set_pending(&user_pending, tid, &p, sizeof(p));
 }
 
 /* KVM_RUN again: the VMM's time in userspace since the last return ends. */
@@ -401,12 +413,14 @@ static __always_inline void settle_l2_exit(struct nested_pending *p)
 
 static __always_inline void handle_nested_vmexit(u32 tid, u32 tgid, u64 now, u32 isa, u32 reason)
 {
-	struct nested_pending *p = bpf_map_lookup_elem(&nested_pending, &tid);
-	if (p)
-		settle_l2_exit(p);
 	struct nested_pending n = { .ns = now, .tgid = tgid, .isa = isa, .reason = reason, .state = NESTED_L2_EXIT };
-	if (bpf_map_update_elem(&nested_pending, &tid, &n, BPF_ANY))
+	struct nested_pending *p = bpf_map_lookup_elem(&nested_pending, &tid);
+	if (p) {
+		settle_l2_exit(p);
+		*p = n;
+	} else if (bpf_map_update_elem(&nested_pending, &tid, &n, BPF_ANY)) {
 		count_error(&hv_errors, HV_ERR_MAP_FULL);
+	}
 }
 
 static __always_inline void handle_nested_inject(u32 tid, u32 tgid, u64 now, u32 isa, u32 reason)
@@ -414,8 +428,7 @@ static __always_inline void handle_nested_inject(u32 tid, u32 tgid, u64 now, u32
 	/* The pending L2 exit, if any, is the one being reflected: it is not L0's. */
 	count_nested(tgid, isa, reason, true);
 	struct nested_pending n = { .ns = now, .tgid = tgid, .isa = isa, .reason = reason, .state = NESTED_IN_L1 };
-	if (bpf_map_update_elem(&nested_pending, &tid, &n, BPF_ANY))
-		count_error(&hv_errors, HV_ERR_MAP_FULL);
+	set_pending(&nested_pending, tid, &n, sizeof(n));
 }
 
 static __always_inline void handle_nested_vmenter(u32 tid, u32 tgid, u64 now)
@@ -438,7 +451,7 @@ static __always_inline void handle_nested_vmenter(u32 tid, u32 tgid, u64 now)
 	} else {
 		settle_l2_exit(p);
 	}
-	bpf_map_delete_elem(&nested_pending, &tid);
+	p->state = 0; /* consumed; the entry is reused by the vCPU's next nested exit */
 }
 
 static __always_inline void handle_nested_intr(u32 tgid)
@@ -520,15 +533,8 @@ static __always_inline void on_vmenter_failed(u32 tgid, const void *msg_ptr)
 
 /* ---- attach points ---- */
 
-static __always_inline u32 cur_tid(void)
-{
-	return (u32)bpf_get_current_pid_tgid();
-}
-
-static __always_inline u32 cur_tgid(void)
-{
-	return bpf_get_current_pid_tgid() >> 32;
-}
+/* Thread id and tgid from one helper call: these programs run on every exit. */
+#define CUR_IDS(id) (u32)(id), (u32)((id) >> 32)
 
 /* kvm_exit: tp_btf only where the raw arguments carry the reason, (exit_reason, vcpu, isa)
  * in v5.10-v5.15. Since v5.16 they are (vcpu, isa) and the reason is computed inside the
@@ -538,14 +544,14 @@ static __always_inline u32 cur_tgid(void)
 SEC("tp_btf/kvm_exit")
 int BPF_PROG(btf_kvm_exit_legacy, unsigned int exit_reason, struct kvm_vcpu *vcpu, u32 isa)
 {
-	handle_exit(cur_tid(), cur_tgid(), bpf_ktime_get_ns(), vcpu->vcpu_id, isa, exit_reason);
+	handle_exit(CUR_IDS(bpf_get_current_pid_tgid()), bpf_ktime_get_ns(), vcpu->vcpu_id, isa, exit_reason);
 	return 0;
 }
 
 SEC("tracepoint/kvm/kvm_exit")
 int tp_kvm_exit(struct trace_event_raw_kvm_exit *ctx)
 {
-	handle_exit(cur_tid(), cur_tgid(), bpf_ktime_get_ns(), BPF_CORE_READ(ctx, vcpu_id), BPF_CORE_READ(ctx, isa), BPF_CORE_READ(ctx, exit_reason));
+	handle_exit(CUR_IDS(bpf_get_current_pid_tgid()), bpf_ktime_get_ns(), BPF_CORE_READ(ctx, vcpu_id), BPF_CORE_READ(ctx, isa), BPF_CORE_READ(ctx, exit_reason));
 	return 0;
 }
 
@@ -554,70 +560,70 @@ int tp_kvm_exit(struct trace_event_raw_kvm_exit *ctx)
 SEC("tp_btf/kvm_entry")
 int BPF_PROG(btf_kvm_entry, struct kvm_vcpu *vcpu)
 {
-	handle_entry(cur_tid(), cur_tgid(), bpf_ktime_get_ns(), vcpu->vcpu_id);
+	handle_entry(CUR_IDS(bpf_get_current_pid_tgid()), bpf_ktime_get_ns(), vcpu->vcpu_id);
 	return 0;
 }
 
 SEC("tracepoint/kvm/kvm_entry")
 int tp_kvm_entry(struct trace_event_raw_kvm_entry *ctx)
 {
-	handle_entry(cur_tid(), cur_tgid(), bpf_ktime_get_ns(), BPF_CORE_READ(ctx, vcpu_id));
+	handle_entry(CUR_IDS(bpf_get_current_pid_tgid()), bpf_ktime_get_ns(), BPF_CORE_READ(ctx, vcpu_id));
 	return 0;
 }
 
 SEC("tp_btf/kvm_userspace_exit")
 int BPF_PROG(btf_kvm_userspace_exit, u32 reason, int errno)
 {
-	handle_userspace_exit(cur_tid(), cur_tgid(), bpf_ktime_get_ns(), reason, errno);
+	handle_userspace_exit(CUR_IDS(bpf_get_current_pid_tgid()), bpf_ktime_get_ns(), reason, errno);
 	return 0;
 }
 
 SEC("tracepoint/kvm/kvm_userspace_exit")
 int tp_kvm_userspace_exit(struct trace_event_raw_kvm_userspace_exit *ctx)
 {
-	handle_userspace_exit(cur_tid(), cur_tgid(), bpf_ktime_get_ns(), ctx->reason, ctx->errno);
+	handle_userspace_exit(CUR_IDS(bpf_get_current_pid_tgid()), bpf_ktime_get_ns(), ctx->reason, ctx->errno);
 	return 0;
 }
 
 SEC("tp_btf/kvm_pio")
 int BPF_PROG(btf_kvm_pio, unsigned int rw)
 {
-	handle_pio(cur_tgid(), rw);
+	handle_pio((u32)(bpf_get_current_pid_tgid() >> 32), rw);
 	return 0;
 }
 
 SEC("tracepoint/kvm/kvm_pio")
 int tp_kvm_pio(struct trace_event_raw_kvm_pio *ctx)
 {
-	handle_pio(cur_tgid(), ctx->rw);
+	handle_pio((u32)(bpf_get_current_pid_tgid() >> 32), ctx->rw);
 	return 0;
 }
 
 SEC("tp_btf/kvm_mmio")
 int BPF_PROG(btf_kvm_mmio, int type)
 {
-	handle_mmio(cur_tgid(), type);
+	handle_mmio((u32)(bpf_get_current_pid_tgid() >> 32), type);
 	return 0;
 }
 
 SEC("tracepoint/kvm/kvm_mmio")
 int tp_kvm_mmio(struct trace_event_raw_kvm_mmio *ctx)
 {
-	handle_mmio(cur_tgid(), ctx->type);
+	handle_mmio((u32)(bpf_get_current_pid_tgid() >> 32), ctx->type);
 	return 0;
 }
 
 SEC("tp_btf/kvm_emulate_insn")
 int BPF_PROG(btf_kvm_emulate_insn, struct kvm_vcpu *vcpu, __u8 failed)
 {
-	handle_emulate(cur_tgid(), failed);
+	handle_emulate((u32)(bpf_get_current_pid_tgid() >> 32), failed);
 	return 0;
 }
 
 SEC("tracepoint/kvm/kvm_emulate_insn")
 int tp_kvm_emulate_insn(struct trace_event_raw_kvm_emulate_insn *ctx)
 {
-	handle_emulate(cur_tgid(), BPF_CORE_READ(ctx, failed));
+	handle_emulate((u32)(bpf_get_current_pid_tgid() >> 32), BPF_CORE_READ(ctx, failed));
 	return 0;
 }
 
@@ -627,28 +633,28 @@ int tp_kvm_emulate_insn(struct trace_event_raw_kvm_emulate_insn *ctx)
 SEC("tracepoint/kvm/kvm_nested_vmexit")
 int tp_kvm_nested_vmexit(struct trace_event_raw_kvm_nested_vmexit *ctx)
 {
-	handle_nested_vmexit(cur_tid(), cur_tgid(), bpf_ktime_get_ns(), BPF_CORE_READ(ctx, isa), BPF_CORE_READ(ctx, exit_reason));
+	handle_nested_vmexit(CUR_IDS(bpf_get_current_pid_tgid()), bpf_ktime_get_ns(), BPF_CORE_READ(ctx, isa), BPF_CORE_READ(ctx, exit_reason));
 	return 0;
 }
 
 SEC("tracepoint/kvm/kvm_nested_vmexit_inject")
 int tp_kvm_nested_vmexit_inject(struct trace_event_raw_kvm_nested_vmexit_inject *ctx)
 {
-	handle_nested_inject(cur_tid(), cur_tgid(), bpf_ktime_get_ns(), BPF_CORE_READ(ctx, isa), BPF_CORE_READ(ctx, exit_code));
+	handle_nested_inject(CUR_IDS(bpf_get_current_pid_tgid()), bpf_ktime_get_ns(), BPF_CORE_READ(ctx, isa), BPF_CORE_READ(ctx, exit_code));
 	return 0;
 }
 
 SEC("tracepoint/kvm/kvm_nested_vmenter")
 int tp_kvm_nested_vmenter(void *ctx)
 {
-	handle_nested_vmenter(cur_tid(), cur_tgid(), bpf_ktime_get_ns());
+	handle_nested_vmenter(CUR_IDS(bpf_get_current_pid_tgid()), bpf_ktime_get_ns());
 	return 0;
 }
 
 SEC("tracepoint/kvm/kvm_nested_intr_vmexit")
 int tp_kvm_nested_intr_vmexit(void *ctx)
 {
-	handle_nested_intr(cur_tgid());
+	handle_nested_intr((u32)(bpf_get_current_pid_tgid() >> 32));
 	return 0;
 }
 
@@ -657,7 +663,7 @@ SEC("tracepoint/kvm/kvm_nested_vmenter_failed")
 int tp_kvm_nested_vmenter_failed(struct trace_event_raw_kvm_nested_vmenter_failed *ctx)
 {
 	u32 loc = BPF_CORE_READ(ctx, __data_loc_msg);
-	on_vmenter_failed(cur_tgid(), (void *)ctx + (loc & 0xffff));
+	on_vmenter_failed((u32)(bpf_get_current_pid_tgid() >> 32), (void *)ctx + (loc & 0xffff));
 	return 0;
 }
 
@@ -685,14 +691,14 @@ int tp_sys_enter_ioctl(struct sys_enter_ioctl_args *ctx)
 	u32 cmd = ctx->cmd;
 	if (cmd != KVM_RUN_IOCTL && cmd != KVM_GET_NESTED_STATE_IOCTL && cmd != KVM_SET_NESTED_STATE_IOCTL)
 		return 0;
-	handle_ioctl_enter(cur_tid(), cur_tgid(), bpf_ktime_get_ns(), cmd, ctx->arg);
+	handle_ioctl_enter(CUR_IDS(bpf_get_current_pid_tgid()), bpf_ktime_get_ns(), cmd, ctx->arg);
 	return 0;
 }
 
 SEC("tracepoint/syscalls/sys_exit_ioctl")
 int tp_sys_exit_ioctl(struct sys_exit_args *ctx)
 {
-	u32 tid = cur_tid();
+	u32 tid = (u32)bpf_get_current_pid_tgid();
 	struct ioctl_pending *p = bpf_map_lookup_elem(&ioctl_pending, &tid);
 	if (!p)
 		return 0;
