@@ -12,6 +12,8 @@ import { log, setLogLevel } from './log.js';
 import { allProbeNames, FAMILIES } from './probes/index.js';
 import { formatProbeReport } from './report.js';
 import { top } from './top/main.js';
+import { hostname } from 'node:os';
+import { InProcessAlerting } from './alerting/index.js';
 
 const USAGE = `usage: hvwatch [run|probes|top|version] [options]
   run                 attach probes and serve /metrics (default)
@@ -106,6 +108,13 @@ async function run(cfg: Config): Promise<void> {
     die(`cannot listen on ${cfg.listen}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
   }
   agent.start();
+  // Host-local critical conditions go to Alertmanager without waiting for a scrape.
+  let alerting: InProcessAlerting | undefined;
+  if (cfg.alerting.alertmanagers.length) {
+    const node = hostname();
+    alerting = new InProcessAlerting(agent.store, cfg.alerting, { node, instance: `${node}:${port}`, job: 'hvwatch', generatorURL: `http://${node}:${port}/api/races` });
+    alerting.start(() => agent.collect());
+  }
   const attached = agent.status.filter((s) => s.chosen).length;
   const enabled = agent.status.filter((s) => s.enabled).length;
   log('info', 'hvwatch ready', { version: VERSION, listen: cfg.listen, probes_attached: `${attached}/${enabled}` });
@@ -116,6 +125,7 @@ async function run(cfg: Config): Promise<void> {
     log('info', 'stopping', { signal: sig });
     server.close();
     server.closeAllConnections();
+    await alerting?.stop();
     await agent.stop();
     process.exit(0);
   };

@@ -3,6 +3,7 @@
 import * as fs from 'node:fs';
 import { parse as parseYaml, YAMLParseError } from 'yaml';
 import { z } from 'zod';
+import { alertingConfigSchema } from './alerting/config.js';
 
 const attachKinds = ['fentry', 'fexit', 'kprobe', 'kretprobe', 'tp_btf', 'tracepoint', 'raw_tracepoint'] as const;
 
@@ -43,6 +44,8 @@ export const configSchema = z.object({
     /** Also count exits per vCPU (hvwatch_kvm_vcpu_exits_total): one series per vCPU. */
     vcpuLabel: z.boolean().default(false),
   }).strict().default({}),
+  /** In-process alerting to Alertmanager (agent/alerting): off while no alertmanagers are set. */
+  alerting: alertingConfigSchema.default({}),
   logLevel: z.enum(['debug', 'info', 'warn', 'error']).default('info'),
 }).strict();
 
