@@ -157,6 +157,12 @@ export class Loader {
   constructor(private readonly opts: LoadOptions) {}
 
   loadFamily(spec: FamilySpec): LoadedFamily | undefined {
+    const absent = spec.present?.();
+    if (absent) {
+      log('info', 'probe family off: its subsystem is not in this kernel', { family: spec.name, reason: absent });
+      for (const p of spec.probes) this.status.push(this.probeStatus(p, false, absent));
+      return undefined;
+    }
     let owner: BpfObject | undefined;
     try {
       owner = BpfObject.open(`${BPF_BUILD_DIR}${spec.object}`, { btfCustomPath: this.opts.btfCustomPath });

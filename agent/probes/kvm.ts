@@ -1,6 +1,7 @@
 // kvm family (seed 000): exits per VM and reason with their handling latency, userspace
 // exits and time, I/O and emulation, nested exits split L0/L1 with L1's handling latency,
 // nested VM-entry failures, and nested-state save/restore (bpf/src/kvm.bpf.c).
+import { existsSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { M } from '../catalog.js';
 import { VmResolver } from '../vms.js';
@@ -228,6 +229,9 @@ export const kvmFamily: FamilySpec = {
     },
   ],
   watchMaps: ['exit_pending', 'nested_pending', 'user_pending'],
+  // /sys/module/kvm exists when kvm is loaded or built in. Probes are attached at start:
+  // an agent started before `modprobe kvm` needs a restart to see VMs.
+  present: () => (existsSync('/sys/module/kvm') ? undefined : 'kvm is not loaded (no /sys/module/kvm)'),
   setup(fam, cfg) {
     const k = Buffer.alloc(4);
     const v = Buffer.alloc(4);

@@ -94,6 +94,9 @@ export interface FamilySpec {
   collect?: (ctx: CollectContext, store: MetricStore, fam: LoadedFamily) => void;
   /** Scrape-time work before the maps are read (e.g. a lookup table the decoders need). */
   prepare?: (ctx: CollectContext, fam: LoadedFamily) => void;
+  /** Whether the subsystem the family watches is in this kernel at all; a reason when not
+   * (kvm not loaded). Its probes are then off, not failed. */
+  present?: () => string | undefined;
   /** Once after load: write configuration into the family's BPF maps. */
   setup?: (fam: LoadedFamily, cfg: Config) => void;
 }
