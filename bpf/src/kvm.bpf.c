@@ -544,6 +544,8 @@ static __always_inline void on_vmenter_failed(u32 tgid, const void *msg_ptr)
 SEC("tp_btf/kvm_exit")
 int BPF_PROG(btf_kvm_exit_legacy, unsigned int exit_reason, struct kvm_vcpu *vcpu, u32 isa)
 {
+	if (!vcpu) /* the verifier types tracepoint pointers as maybe-NULL (6.12) */
+		return 0;
 	handle_exit(CUR_IDS(bpf_get_current_pid_tgid()), bpf_ktime_get_ns(), vcpu->vcpu_id, isa, exit_reason);
 	return 0;
 }
@@ -560,6 +562,8 @@ int tp_kvm_exit(struct trace_event_raw_kvm_exit *ctx)
 SEC("tp_btf/kvm_entry")
 int BPF_PROG(btf_kvm_entry, struct kvm_vcpu *vcpu)
 {
+	if (!vcpu) /* trusted_ptr_or_null on 6.12: an unchecked read is refused */
+		return 0;
 	handle_entry(CUR_IDS(bpf_get_current_pid_tgid()), bpf_ktime_get_ns(), vcpu->vcpu_id);
 	return 0;
 }
