@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 import test from 'ava';
 import { FAMILIES } from '../../agent/probes/index.js';
 import type { Candidate, ProbeSpec } from '../../agent/probes/model.js';
-import { describeRun, kernelMatrix, prepareKernel, runInGuest, vmUnavailableReason, type GuestResult, type KernelEntry } from './harness.js';
+import { describeRun, kernelMatrix, prepareKernel, runInGuest, vmUnavailableReason, which, type GuestResult, type KernelEntry } from './harness.js';
 
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url)); // dist/test/vm/ -> repo root
 const HVWATCH = path.join(ROOT, 'bin/hvwatch');
@@ -23,11 +23,6 @@ const GUEST_TIMEOUT_MS = 150_000;
 const PROBES: ProbeSpec[] = FAMILIES.flatMap((f) => f.probes);
 
 // ---- decided at module load: a missing tool, kernel package, build or privilege skips, never passes ----
-function which(cmd: string): boolean {
-  return [...(process.env['PATH'] ?? '').split(':'), '/usr/sbin', '/sbin'].some((d) => {
-    try { fs.accessSync(path.join(d || '.', cmd), fs.constants.X_OK); return true; } catch { return false; }
-  });
-}
 const commonReason = !fs.existsSync(path.join(ROOT, 'dist/agent/cli.js')) ? `agent not built in ${ROOT}dist (run npm run setup)`
   : !which('bpftool') ? 'bpftool not installed (the oracle needs it; apt-get install bpftool)'
   : undefined;

@@ -58,7 +58,8 @@ const q = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
 const sha = (s: string): string => createHash('sha256').update(s).digest('hex').slice(0, 12);
 const tmpName = (p: string): string => `${p}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
 
-function which(cmd: string): string | undefined {
+/** The path of an executable on PATH (or /usr/sbin, /sbin), else undefined. */
+export function which(cmd: string): string | undefined {
   const dirs = [...(process.env['PATH'] ?? '').split(':'), '/usr/sbin', '/sbin'];
   for (const d of dirs) {
     const p = path.join(d || '.', cmd);
@@ -323,4 +324,25 @@ export function describeRun(r: GuestResult, lines = 40): string {
   return [`status=${r.status} timedOut=${r.timedOut} attempts=${r.attempts} seconds=${r.seconds} outDir=${r.outDir}`,
     `--- stderr ---\n${tail(r.stderr)}`, `--- console ---\n${tail(r.console)}`,
     `--- qemu.log ---\n${tail(readOr(path.join(r.outDir, 'qemu.log')))}`].join('\n');
+}
+
+/**
+ * The kernels of the given series, prepared, each with its skip reason (undefined: ready).
+ * A series the matrix does not offer still appears, as a placeholder whose skip says so,
+ * so a missing kernel is a visible skip, never a silently shorter run. With `vmReason`
+ * set nothing is prepared and the caller skips everything for that reason.
+ */
+export async function guestPlan(series: readonly string[], vmReason: string | undefined): Promise<[KernelEntry, string | undefined][]> {
+  const kernels: [KernelEntry, string | undefined][] = [];
+  if (!vmReason) {
+    for (const k of kernelMatrix().filter((k) => series.includes(k.name))) {
+      const p = await prepareKernel(k);
+      kernels.push([k, 'skip' in p ? p.skip : undefined]);
+    }
+  }
+  const placeholder = (name: string): KernelEntry => ({ name, package: `-${name}`, release: '-' });
+  return series.flatMap((s) => {
+    const found = kernels.filter(([k]) => k.name === s);
+    return found.length ? found : [[placeholder(s), vmReason ? undefined : `no ${s} kernel in the matrix (apt-cache offers none, or HVWATCH_VM_KERNELS leaves it out)`]];
+  });
 }

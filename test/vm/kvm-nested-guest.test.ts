@@ -51,7 +51,7 @@ import { fileURLToPath } from 'node:url';
 import test, { type ExecutionContext } from 'ava';
 import { M } from '../../agent/catalog.js';
 import { parseExposition, pick, value, type Sample } from '../helpers/agent.js';
-import { describeRun, kernelMatrix, prepareKernel, runInGuest, vmUnavailableReason, type GuestResult, type KernelEntry } from './harness.js';
+import { describeRun, guestPlan, runInGuest, vmUnavailableReason, which, type GuestResult, type KernelEntry } from './harness.js';
 import { NESTED_STATE_HELPER, prepareSelftests, type Selftests } from './selftests.js';
 
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url)); // dist/test/vm/ -> repo root
@@ -68,25 +68,16 @@ const STATE_TEST = { gets: 7, sets: 7, guestModeGets: 2 };
 const KVM_PROBES = ['kvm_exit', 'kvm_userspace_exit', 'kvm_ioctl', 'kvm_io', 'kvm_nested'];
 
 // ---- decided at module load: a missing tool, kernel package or build skips, never passes ----
-function which(cmd: string): boolean {
-  return [...(process.env['PATH'] ?? '').split(':'), '/usr/sbin', '/sbin'].some((d) => {
-    try { fs.accessSync(path.join(d || '.', cmd), fs.constants.X_OK); return true; } catch { return false; }
-  });
-}
 // The guest runs the host's root: these must exist there.
 const commonReason = !fs.existsSync(path.join(ROOT, 'dist/agent/cli.js')) ? `agent not built in ${ROOT}dist (run npm run setup)`
   : !which('ip') ? 'ip not installed (apt-get install iproute2; the guest needs it to bring up loopback)'
   : !which('awk') ? 'awk not installed (the trace oracle needs it)'
   : undefined;
 const vmReason = commonReason ?? vmUnavailableReason();
-const kernels: [KernelEntry, string | undefined][] = [];
+const plan = await guestPlan(SERIES, vmReason);
 let selftests: Selftests | undefined;
 let selftestReason: string | undefined;
 if (!vmReason) {
-  for (const k of kernelMatrix().filter((k) => SERIES.includes(k.name))) {
-    const p = await prepareKernel(k);
-    kernels.push([k, 'skip' in p ? p.skip : undefined]);
-  }
   const s = await prepareSelftests(SELFTESTS, '6.1');
   if ('skip' in s) selftestReason = `KVM selftests unavailable: ${s.skip}`;
   else selftests = s;
@@ -297,12 +288,6 @@ async function guest(t: ExecutionContext, k: KernelEntry, st: Selftests): Promis
   return undefined;
 }
 
-// A series the matrix does not offer still shows up, as a skip saying so.
-const placeholder = (name: string): KernelEntry => ({ name, package: `-${name}`, release: '-' });
-const plan: [KernelEntry, string | undefined][] = SERIES.flatMap((s) => {
-  const found = kernels.filter(([k]) => k.name === s);
-  return found.length ? found : [[placeholder(s), vmReason ? undefined : `no ${s} kernel in the matrix (apt-cache offers none, or HVWATCH_VM_KERNELS leaves it out)`]];
-});
 for (const [k, skip] of plan) {
   const reason = vmReason ?? skip ?? selftestReason;
   const title = (what: string): string =>

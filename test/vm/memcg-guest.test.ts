@@ -17,7 +17,7 @@ import { M } from '../../agent/catalog.js';
 import { RACE_KINDS } from '../../agent/probes/memcg-fn.js';
 import { FAMILIES } from '../../agent/probes/index.js';
 import { parseExposition, pick, value, type Sample } from '../helpers/agent.js';
-import { describeRun, kernelMatrix, prepareKernel, runInGuest, vmUnavailableReason, type GuestResult, type KernelEntry } from './harness.js';
+import { describeRun, guestPlan, runInGuest, vmUnavailableReason, which, type GuestResult, type KernelEntry } from './harness.js';
 
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url)); // dist/test/vm/ -> repo root
 const HVWATCH = path.join(ROOT, 'bin/hvwatch');
@@ -34,11 +34,6 @@ const SERIES = ['6.1', '6.12'];
 const KVM_OFF = FAMILIES.find((f) => f.name === 'kvm')!.probes.map((p) => `--disable ${p.name}`).join(' ');
 
 // ---- decided at module load: a missing tool, kernel package or build skips, never passes ----
-function which(cmd: string): boolean {
-  return [...(process.env['PATH'] ?? '').split(':'), '/usr/sbin', '/sbin'].some((d) => {
-    try { fs.accessSync(path.join(d || '.', cmd), fs.constants.X_OK); return true; } catch { return false; }
-  });
-}
 // The guest runs the host's root: these must exist there.
 const commonReason = !fs.existsSync(path.join(ROOT, 'dist/agent/cli.js')) ? `agent not built in ${ROOT}dist (run npm run setup)`
   : !which('losetup') ? 'losetup not installed (apt-get install mount)'
@@ -46,13 +41,7 @@ const commonReason = !fs.existsSync(path.join(ROOT, 'dist/agent/cli.js')) ? `age
   : !which('ip') ? 'ip not installed (apt-get install iproute2; the guest needs it to bring up loopback)'
   : undefined;
 const vmReason = commonReason ?? vmUnavailableReason();
-const kernels: [KernelEntry, string | undefined][] = [];
-if (!vmReason) {
-  for (const k of kernelMatrix().filter((k) => SERIES.includes(k.name))) {
-    const p = await prepareKernel(k);
-    kernels.push([k, 'skip' in p ? p.skip : undefined]);
-  }
-}
+const plan = await guestPlan(SERIES, vmReason);
 
 // ---- the guest script ----
 // Where the writeback happens: the guest's root is an overlay whose upper layer is tmpfs, and
@@ -222,12 +211,6 @@ async function guest(t: ExecutionContext, k: KernelEntry): Promise<GuestRun | un
   return undefined;
 }
 
-// A series the matrix does not offer still shows up, as a skip saying so.
-const placeholder = (name: string): KernelEntry => ({ name, package: `-${name}`, release: '-' });
-const plan: [KernelEntry, string | undefined][] = SERIES.flatMap((s) => {
-  const found = kernels.filter(([k]) => k.name === s);
-  return found.length ? found : [[placeholder(s), vmReason ? undefined : `no ${s} kernel in the matrix (apt-cache offers none, or HVWATCH_VM_KERNELS leaves it out)`]];
-});
 for (const [k, skip] of plan) {
   const reason = vmReason ?? skip;
   const title = (what: string): string =>

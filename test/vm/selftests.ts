@@ -25,7 +25,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { CACHE_DIR } from './harness.js';
+import { CACHE_DIR, which } from './harness.js';
 
 export interface Selftests {
   version: string; // the linux-source package version the binaries were built from
@@ -45,13 +45,6 @@ const tmpName = (p: string): string => `${p}.tmp-${process.pid}-${randomBytes(4)
 const tail = (s: string, n = 25): string =>
   s.trimEnd().split('\n').filter((l) => !/^(gcc|cc|clang) /.test(l)).slice(-n).join('\n');
 
-function which(cmd: string): string | undefined {
-  for (const d of [...(process.env['PATH'] ?? '').split(':'), '/usr/sbin', '/sbin']) {
-    const p = path.join(d || '.', cmd);
-    try { fs.accessSync(p, fs.constants.X_OK); return p; } catch { /* next */ }
-  }
-  return undefined;
-}
 
 /** Runs a command; on failure throws an Error whose message is the command and its output's tail. */
 async function run(cmd: string, args: string[], cwd: string, env?: NodeJS.ProcessEnv): Promise<string> {
