@@ -4,8 +4,8 @@ import * as fs from 'node:fs';
 import { parse as parseYaml, YAMLParseError } from 'yaml';
 import { z } from 'zod';
 import { alertingConfigSchema } from './alerting/config.js';
+import { ATTACH_KINDS } from '../bpf/libbpf.js';
 
-const attachKinds = ['fentry', 'fexit', 'kprobe', 'kretprobe', 'tp_btf', 'tracepoint', 'raw_tracepoint'] as const;
 
 const listenSchema = z.string().regex(/^(\[[0-9a-fA-F:.]+\]|[\w.-]*):\d{1,5}$/, 'expected host:port, :port or [v6]:port');
 
@@ -18,7 +18,7 @@ export const configSchema = z.object({
     hot: z.array(z.string()).default([]),
     /** Per-probe candidate override: restrict tiers or retarget a renamed symbol. */
     attach: z.record(z.string(), z.array(z.object({
-      attach: z.enum(attachKinds),
+      attach: z.enum(ATTACH_KINDS),
       target: z.string().min(1),
     }).strict()).min(1)).default({}),
   }).strict().default({}),

@@ -3,9 +3,7 @@
 // Each candidate is its own object instance sharing the family's maps (bpf_map__reuse_fd),
 // because libbpf loads an object all-or-nothing: one failing program would sink the rest.
 import { fileURLToPath } from 'node:url';
-import { BpfError, BpfObject, type AttachKind, type BpfLink, type BpfProgram, type MapFd } from '../bpf/libbpf.js';
-
-const ATTACH_KINDS = ['fentry', 'fexit', 'kprobe', 'kretprobe', 'tp_btf', 'tracepoint', 'raw_tracepoint'] as const;
+import { ATTACH_KINDS, BpfError, BpfObject, type AttachKind, type BpfLink, type BpfProgram, type MapFd } from '../bpf/libbpf.js';
 import { Btf } from '../bpf/btf.js';
 import { precheck } from './kernel.js';
 import { log } from './log.js';
@@ -101,8 +99,9 @@ export class LoadedFamily {
     const res: CandidateResult = { attach: c.attach, target: c.target, ok: false };
     if (c.programs.length === 0) return { ...res, error: `probe ${probe.name} has no program for the ${c.attach} tier` };
     const targetOf = (prog: string): string => c.targets?.[prog] ?? c.target;
-    for (const name of c.programs) {
-      const why = precheck({ ...c, attach: this.kindOf(name, c.attach), target: targetOf(name) });
+    const hooks = new Map(c.programs.map((n) => [`${this.kindOf(n, c.attach)} ${targetOf(n)}`, { attach: this.kindOf(n, c.attach), target: targetOf(n) }]));
+    for (const h of hooks.values()) {
+      const why = precheck({ ...c, ...h });
       if (why) return { ...res, error: why };
     }
     let inst: BpfObject | undefined;

@@ -13,6 +13,7 @@ import { configSchema } from '../agent/config.js';
 import { allProbeNames } from '../agent/probes/index.js';
 import { BpfObject, enableRunTimeStats, type BpfLink } from '../bpf/libbpf.js';
 import { BPF_BUILD, median, progress, REPO_ROOT } from './common.js';
+import { testRunVsEmpty } from './race-cost.js';
 
 const GUEST = path.join(REPO_ROOT, 'test/helpers/build/kvm-guest');
 
@@ -112,14 +113,7 @@ export async function kvmBench(quick: boolean): Promise<KvmBenchResult> {
   try {
     const fam = bare.family('kvm')!;
     const repeat = quick ? 100_000 : 1_000_000;
-    const pair: number[] = [];
-    const emptyRuns: number[] = [];
-    for (let i = 0; i < (quick ? 3 : 9); i++) {
-      pair.push(fam.testProgram('bench_exit_entry').benchRun(repeat).nsPerRun);
-      emptyRuns.push(fam.testProgram('bench_empty').benchRun(repeat).nsPerRun);
-    }
-    const pairNs = median(pair);
-    const emptyNs = median(emptyRuns);
+    const { ns: pairNs, emptyNs } = testRunVsEmpty(fam, 'bench_exit_entry', repeat, quick ? 3 : 9);
     exitEntry = { repeat, pairNs, emptyNs, perEventNs: pairNs / 2, ratio: pairNs / 2 / emptyNs };
   } finally {
     await bare.stop();

@@ -4,6 +4,8 @@
 import { Agent } from '../agent/agent.js';
 import { configSchema } from '../agent/config.js';
 import { allProbeNames } from '../agent/probes/index.js';
+import type { LoadedFamily } from '../agent/loader.js';
+import { median } from './common.js';
 
 export interface RaceCostResult {
   repeat: number;
@@ -16,7 +18,18 @@ export interface RaceCostResult {
   ratio: number;
 }
 
-const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+/** A SEC("tc") program against the object's empty `bench_empty`, both through
+ * BPF_PROG_TEST_RUN with `repeat`, interleaved so drift on a shared machine hits both alike;
+ * the median ns per run of each. */
+export function testRunVsEmpty(fam: LoadedFamily, program: string, repeat: number, trials: number): { ns: number; emptyNs: number } {
+  const runs: number[] = [];
+  const empty: number[] = [];
+  for (let i = 0; i < trials; i++) {
+    runs.push(fam.testProgram(program).benchRun(repeat).nsPerRun);
+    empty.push(fam.testProgram('bench_empty').benchRun(repeat).nsPerRun);
+  }
+  return { ns: median(runs), emptyNs: median(empty) };
+}
 
 export async function raceCost(quick: boolean): Promise<RaceCostResult> {
   const agent = new Agent(configSchema.parse({ probes: { disable: allProbeNames() } }));
@@ -26,15 +39,7 @@ export async function raceCost(quick: boolean): Promise<RaceCostResult> {
     if (!fam) throw new Error('memcg_fn family did not load');
     const repeat = quick ? 100_000 : 1_000_000;
     const trials = quick ? 3 : 9;
-    const cycle: number[] = [];
-    const empty: number[] = [];
-    for (let i = 0; i < trials; i++) {
-      // Interleaved, so drift on this shared machine hits both alike.
-      cycle.push(fam.testProgram('bench_race_cycle').benchRun(repeat).nsPerRun);
-      empty.push(fam.testProgram('bench_empty').benchRun(repeat).nsPerRun);
-    }
-    const cycleNs = median(cycle);
-    const emptyNs = median(empty);
+    const { ns: cycleNs, emptyNs } = testRunVsEmpty(fam, 'bench_race_cycle', repeat, trials);
     return { repeat, trials, cycleNs, emptyNs, perEventNs: cycleNs / 4, ratio: cycleNs / 4 / emptyNs };
   } finally {
     await agent.stop();

@@ -233,7 +233,8 @@ export class BpfProgram {
   }
 }
 
-export type AttachKind = 'fentry' | 'fexit' | 'kprobe' | 'kretprobe' | 'tp_btf' | 'tracepoint' | 'raw_tracepoint';
+export const ATTACH_KINDS = ['fentry', 'fexit', 'kprobe', 'kretprobe', 'tp_btf', 'tracepoint', 'raw_tracepoint'] as const;
+export type AttachKind = (typeof ATTACH_KINDS)[number];
 
 export class BpfLink {
   constructor(private ptr: Ptr | null) {}

@@ -24,8 +24,8 @@ export interface SenderOptions {
   random?: () => number;
 }
 
-export interface SenderStats {
-  url: string;
+/** Delivery counts: per Alertmanager, and summed over them in AlertingStats. */
+export interface DeliveryCounts {
   /** Alerts Alertmanager accepted. */
   sent: number;
   /** POSTs that failed (network error, timeout, non-2xx). */
@@ -37,6 +37,10 @@ export interface SenderStats {
   /** Alerts dropped after their last attempt failed or Alertmanager rejected them (4xx). */
   droppedFailed: number;
   queued: number;
+}
+
+export interface SenderStats extends DeliveryCounts {
+  url: string;
   lastError?: string;
   lastSuccessAt?: number;
 }

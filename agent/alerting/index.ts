@@ -6,7 +6,7 @@
 import type { AlertingConfig } from './config.js';
 import { IN_PROCESS_CONDITIONS, type Condition } from './conditions.js';
 import { Evaluator, type AlertState, type StoreView } from './evaluator.js';
-import { AlertmanagerSender, type PostableAlert, type SenderStats } from './alertmanager.js';
+import { AlertmanagerSender, type DeliveryCounts, type PostableAlert, type SenderStats } from './alertmanager.js';
 
 export { alertingConfigSchema, type AlertingConfig } from './config.js';
 export { IN_PROCESS_CONDITIONS, type Condition, type Severity } from './conditions.js';
@@ -32,18 +32,12 @@ export interface AlertingOptions {
   random?: () => number;
 }
 
-export interface AlertingStats {
+/** Delivery counts are sums over the Alertmanagers. */
+export interface AlertingStats extends DeliveryCounts {
   evaluations: number;
   /** Evaluations that threw (a bug, or a store in an unexpected shape); never propagated. */
   evaluationErrors: number;
   firing: number;
-  /** Sums over the Alertmanagers. */
-  sent: number;
-  failedAttempts: number;
-  retries: number;
-  droppedQueueFull: number;
-  droppedFailed: number;
-  queued: number;
   alertmanagers: SenderStats[];
 }
 
@@ -130,7 +124,7 @@ export class InProcessAlerting {
 
   get stats(): AlertingStats {
     const am = this.senders.map((s) => ({ ...s.stats }));
-    const sum = (k: 'sent' | 'failedAttempts' | 'retries' | 'droppedQueueFull' | 'droppedFailed' | 'queued'): number => am.reduce((t, s) => t + s[k], 0);
+    const sum = (k: keyof DeliveryCounts): number => am.reduce((t, s) => t + s[k], 0);
     return {
       evaluations: this.evaluations,
       evaluationErrors: this.evaluationErrors,

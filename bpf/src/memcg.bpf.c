@@ -263,14 +263,20 @@ int BPF_KPROBE(kprobe_uncharge_batch, const struct uncharge_gather *ug)
 	return 0;
 }
 
+/* A wait starts: counted, and timed by whichever end the tier has (fexit, kretprobe,
+ * sched_switch). */
+static __always_inline void on_wait_begin(u64 cgroup_id, u64 folio)
+{
+	handle_wait_writeback(cgroup_id);
+	handle_wait_begin((u32)bpf_get_current_pid_tgid(), bpf_ktime_get_ns(), folio, cgroup_id);
+}
+
 /* Writeback waits with their latency, exact: folio_wait_writeback(folio) in
  * mm/page-writeback.c (v5.16+; wait_on_page_writeback before). */
 SEC("fentry/folio_wait_writeback")
 int BPF_PROG(fentry_wait_writeback, struct folio *folio)
 {
-	u64 cg = task_memcg_id_btf(bpf_get_current_task_btf());
-	handle_wait_writeback(cg);
-	handle_wait_begin((u32)bpf_get_current_pid_tgid(), bpf_ktime_get_ns(), (u64)folio, cg);
+	on_wait_begin(task_memcg_id_btf(bpf_get_current_task_btf()), (u64)folio);
 	return 0;
 }
 
@@ -284,9 +290,7 @@ int BPF_PROG(fexit_wait_writeback)
 SEC("kprobe/folio_wait_writeback")
 int BPF_KPROBE(kprobe_wait_writeback, void *folio)
 {
-	u64 cg = task_memcg_id((struct task_struct *)bpf_get_current_task());
-	handle_wait_writeback(cg);
-	handle_wait_begin((u32)bpf_get_current_pid_tgid(), bpf_ktime_get_ns(), (u64)folio, cg);
+	on_wait_begin(task_memcg_id((struct task_struct *)bpf_get_current_task()), (u64)folio);
 	return 0;
 }
 
@@ -301,9 +305,7 @@ int BPF_KRETPROBE(kretprobe_wait_writeback)
 SEC("tp_btf/folio_wait_writeback")
 int BPF_PROG(btf_wait_writeback_begin, struct folio *folio, struct address_space *mapping)
 {
-	u64 cg = task_memcg_id_btf(bpf_get_current_task_btf());
-	handle_wait_writeback(cg);
-	handle_wait_begin((u32)bpf_get_current_pid_tgid(), bpf_ktime_get_ns(), (u64)folio, cg);
+	on_wait_begin(task_memcg_id_btf(bpf_get_current_task_btf()), (u64)folio);
 	return 0;
 }
 
