@@ -132,6 +132,33 @@ export const M = {
     'Successful KVM_GET_NESTED_STATE saves per VM whose flags had GUEST_MODE or RUN_PENDING set (seed 000: the risky saves).'),
   kvmUnpaired: def('kvm', 'hvwatch_kvm_unpaired_events_total', 'counter', ['pairing'],
     'Paired events whose opening half was missing or belonged to another VM (exit_entry, nested_l1, userspace), so no latency was recorded.'),
+  // ---- kvmi family: VM introspection events and commands (seed 001; KVMI v7..v12 kernels only) ----
+  kvmiPresent: def('kvmi', 'hvwatch_kvmi_present', 'gauge', [],
+    '1 if the running kernel has KVM introspection (KVMI) functions in its BTF or kallsyms, 0 if not (the kvmi probes are then "not present").'),
+  kvmiEvents: def('kvmi', 'hvwatch_kvmi_events_total', 'counter', ['vm', 'event'],
+    'Introspection events sent to the introspection tool (kvmi_send_vcpu_event) per VM and event type.'),
+  kvmiReplyTime: def('kvmi', 'hvwatch_kvmi_reply_seconds', 'histogram', ['vm', 'event'],
+    'Time from sending an introspection event to its reply: the vCPU is paused for all of it.', 'seconds'),
+  kvmiReplies: def('kvmi', 'hvwatch_kvmi_replies_total', 'counter', ['vm', 'event', 'action'],
+    'Replies to introspection events per VM, event type and reply action (continue, retry, crash, or the raw number).'),
+  kvmiUnreplied: def('kvmi', 'hvwatch_kvmi_events_unreplied_total', 'counter', ['vm', 'event'],
+    'Introspection events still waiting for a reply when the introspection tool unhooked.'),
+  kvmiUnhooks: def('kvmi', 'hvwatch_kvmi_unhooks_total', 'counter', ['vm'],
+    'Unhook requests sent to the introspection tool (kvmi_msg_send_unhook) per VM.'),
+  kvmiCommands: def('kvmi', 'hvwatch_kvmi_commands_total', 'counter', ['vm', 'command', 'result'],
+    'Introspection commands handled per VM, command id and result ("ok" or the KVM error name, e.g. KVM_EINVAL).'),
+  kvmiCommandTime: def('kvmi', 'hvwatch_kvmi_command_seconds', 'histogram', ['vm', 'command'],
+    'Time KVM took to handle one introspection command, per VM and command id.', 'seconds'),
+
+  // ---- kvm_irq family: interrupt injection and irqchip teardown (seed 003) ----
+  kvmIrqInjections: def('kvm_irq', 'hvwatch_kvm_irq_injections_total', 'counter', ['vm', 'path'],
+    'Interrupt injections per VM and path (set_irq, msi, ioapic, pic, apic_accept, inj_virq: the kvm:kvm_<path> tracepoints).'),
+  kvmIrqDelivery: def('kvm_irq', 'hvwatch_kvm_irq_delivery_seconds', 'histogram', ['vm'],
+    'Time from an interrupt\'s acceptance by a vCPU\'s local APIC (kvm_apic_accept_irq) to its injection into that vCPU (kvm_inj_virq), where the two pair by vector.', 'seconds'),
+  kvmIrqTeardowns: def('kvm_irq', 'hvwatch_kvm_irq_teardowns_total', 'counter', ['vm', 'kind'],
+    'Irqchip and device teardown steps begun per VM (kind: device_release, destroy_devices, free_irq_routing).'),
+  kvmIrqAfterTeardown: def('kvm_irq', 'hvwatch_kvm_irq_after_teardown_total', 'counter', ['vm', 'path'],
+    'Interrupt injections on a VM after its irqchip or device teardown began (seed 003: an injection that can reach a destroyed irqchip).'),
 } as const satisfies Record<string, MetricDef>;
 
 export type MetricKey = keyof typeof M;
