@@ -3,7 +3,7 @@
 // catalog; the alerts the agent also raises in process (agent/alerting) take their name,
 // severity and text from there, so both read the same.
 import { M, type MetricDef } from '../agent/catalog.js';
-import { PROBE_NOT_ATTACHED, RACE, RINGBUF_DROPS, type AlertIdentity, type Severity } from '../agent/alerting/conditions.js';
+import { IRQ_AFTER_TEARDOWN, PROBE_NOT_ATTACHED, RACE, RINGBUF_DROPS, type AlertIdentity, type Severity } from '../agent/alerting/conditions.js';
 import { runbookUrl } from '../agent/alerting/index.js';
 import { JOB, bucket, by, series, TARGET_LABELS, type Matchers } from './promql.js';
 
@@ -37,6 +37,12 @@ export interface RuleGroup<R> {
 export const WRITEBACK_P99_SECONDS = 2;
 /** A reflected exit that L1 handles in KVM takes microseconds; milliseconds at p99 means L1 goes to its userspace or is starved. */
 export const NESTED_L1_P99_SECONDS = 0.002;
+/**
+ * An introspection event is a socket round trip to a local introspection process, which
+ * answers in tens to hundreds of microseconds; the vCPU is paused meanwhile (seed 001), so
+ * 10 ms at p99 is a guest that visibly stalls.
+ */
+export const KVMI_REPLY_P99_SECONDS = 0.01;
 /** In-kernel BPF time per node, in CPU-seconds per second (0.05 = 5 % of one core); DESIGN's budget is ~1-3 % of a workload. */
 export const BPF_CPU_BUDGET = 0.05;
 /** Label value of hvwatch_kvm_nested_state_saves_total{flag} for KVM_STATE_NESTED_RUN_PENDING. */
@@ -79,6 +85,10 @@ export const RECORDING = {
     'L2 VM-exits per second per node and VM, handled by L0 or reflected to L1.'),
   nestedL1P99: rec(`vm:${N(M.kvmNestedL1Handling)}:p99_5m`, KEEP(['vm']), P99(M.kvmNestedL1Handling, ['vm']),
     'p99 of the time L1 takes to handle a reflected exit, per node and VM over 5 minutes.'),
+  kvmiReplyP99: rec(`vm_event:${N(M.kvmiReplyTime)}:p99_5m`, KEEP(['vm', 'event']), P99(M.kvmiReplyTime, ['vm', 'event']),
+    'p99 of the time a vCPU waits paused for the introspection tool\'s reply, per node, VM and event type over 5 minutes.'),
+  irqInjectionRate: rec('vm_path:hvwatch_kvm_irq_injections:rate5m', KEEP(['vm', 'path']), RATE_BY(M.kvmIrqInjections, ['vm', 'path']),
+    'Interrupt injections per second per node, VM and injection path.'),
   bpfCpu: rec('instance:hvwatch_bpf_program_run_seconds:rate5m', KEEP([]), RATE_BY(M.progRunSeconds, []),
     'CPU-seconds per second the kernel spends in hvwatch\'s BPF programs, per node (needs BPF run-time stats).'),
 } as const satisfies Record<string, RecordingRule>;
@@ -192,6 +202,49 @@ const kvmAlerts: AlertRule[] = [
   },
 ];
 
+const kvmiAlerts: AlertRule[] = [
+  {
+    alert: 'HvwatchKvmiReplySlow',
+    expr: `${RECORDING.kvmiReplyP99.record} > ${KVMI_REPLY_P99_SECONDS}`,
+    for: '10m',
+    severity: 'warning',
+    summary: 'introspection replies take {{ $value | humanizeDuration }} (p99) for {{ $labels.event }} events in VM {{ $labels.vm }} on {{ $labels.instance }}',
+    description: `The introspection tool has taken more than ${KVMI_REPLY_P99_SECONDS * 1000} ms at p99 to reply to {{ $labels.event }} events of VM {{ $labels.vm }} on {{ $labels.instance }} for 10 minutes. The vCPU is paused until the reply, so the guest stalls for as long.`,
+    runbook: {
+      meaning: `The p99 of \`${M.kvmiReplyTime.name}\` (kvmi event sent to its reply arriving) for one VM and event type stayed above ${KVMI_REPLY_P99_SECONDS * 1000} ms. KVMI exists only on introspection-enabled kernels (KVMI v7..v12 series); elsewhere this never fires.`,
+      check: [
+        `The introspection dashboard for that VM: which event types are slow, and whether replies end as \`retry\` or \`crash\` (\`${M.kvmiReplies.name}\` by action).`,
+        'The introspection tool\'s CPU and its own logs on the node: a busy or stuck tool replies late to every VM it watches.',
+        `\`${M.kvmiEvents.name}\` rate for the VM: a flood of events (e.g. page-fault or single-step events) queues replies.`,
+      ],
+      act: [
+        'A tool that is overloaded: reduce the events it subscribes to (fewer page-fault/MSR events) or give it CPU.',
+        `A tool that hangs: restart it; events pending at its unhook are counted in \`${M.kvmiUnreplied.name}\`.`,
+      ],
+    },
+  },
+];
+
+const irqAlerts: AlertRule[] = [
+  shared(IRQ_AFTER_TEARDOWN, {
+    expr: increased(M.kvmIrqAfterTeardown, EVENT_WINDOW),
+    for: '0m',
+    runbook: {
+      meaning: `\`${M.kvmIrqAfterTeardown.name}\` rose: an interrupt was injected (KVM_IRQ_LINE, MSI, irqfd, or an APIC path) into a VM after its irqchip or device teardown began. ` +
+        'Seed 003 is this race: the injection reached an irqchip already freed. It needs the function-tier teardown probes (fentry/kprobe), so it cannot fire on kernels without them.',
+      check: [
+        'The agent log on the node and `hvwatch_kvm_irq_teardowns_total` for that VM: which teardown step (device_release, destroy_devices, free_irq_routing) came first.',
+        'The VMM of that VM: was it being destroyed, hot-unplugging a device, or restarting? Which thread still injected (`path` label)?',
+        '`dmesg` on the node for KASAN or general-protection reports in the irqchip code.',
+      ],
+      act: [
+        'Treat the node as at risk of memory corruption: migrate its remaining VMs and reboot it if dmesg shows a fault.',
+        'Report the kernel version, the path and the VMM to the kernel and VMM teams: the injection path needs RCU (or the VM fd reference) held across the whole injection.',
+      ],
+    },
+  }),
+];
+
 const agentAlerts: AlertRule[] = [
   {
     alert: 'HvwatchDown',
@@ -288,8 +341,8 @@ export const RECORDING_GROUP: RuleGroup<RecordingRule> = { name: 'hvwatch.record
 export const ALERT_GROUPS: RuleGroup<AlertRule>[] = [
   { name: 'hvwatch.memcg', rules: memcgAlerts },
   { name: 'hvwatch.kvm', rules: kvmAlerts },
-  // KVMI replies slower than threshold and interrupts after teardown join here (as
-  // `hvwatch.kvmi` and `hvwatch.irq` groups) once their metrics are in the catalog.
+  { name: 'hvwatch.kvmi', rules: kvmiAlerts },
+  { name: 'hvwatch.irq', rules: irqAlerts },
   { name: 'hvwatch.agent', rules: agentAlerts },
 ];
 

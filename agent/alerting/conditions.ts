@@ -56,5 +56,15 @@ export const RINGBUF_DROPS: Condition = {
     'Counters stay right (they are kept in the kernel) but event details (GET /api/races, logs) are missing.',
 };
 
+export const IRQ_AFTER_TEARDOWN: Condition = {
+  name: 'HvwatchKvmIrqAfterTeardown',
+  severity: 'critical',
+  metric: M.kvmIrqAfterTeardown,
+  kind: 'increase',
+  summary: (l) => `interrupt injected into VM ${l.vm} after its irqchip teardown began, on ${l.instance}`,
+  description: (l) => `hvwatch saw an interrupt injection (${l.path}) into VM ${l.vm} on ${l.instance} after that VM's irqchip or device teardown had begun. ` +
+    'An injection that reaches a destroyed irqchip is a use-after-free in the host kernel (seed 003).',
+};
+
 /** What the agent evaluates in process: the host-local conditions that should not wait for a scrape. */
-export const IN_PROCESS_CONDITIONS: readonly Condition[] = [RACE, PROBE_NOT_ATTACHED, RINGBUF_DROPS];
+export const IN_PROCESS_CONDITIONS: readonly Condition[] = [RACE, IRQ_AFTER_TEARDOWN, PROBE_NOT_ATTACHED, RINGBUF_DROPS];
