@@ -12,13 +12,15 @@ import { renderDashboardsReadme } from './summary.js';
 import { fleet } from './fleet.js';
 import { memcg } from './memcg.js';
 import { kvm } from './kvm.js';
+import { introspection } from './introspection.js';
 
-/** File name -> dashboard. The introspection/interrupts dashboard joins here once its metrics exist. */
+/** File name -> dashboard. */
 export function buildDashboards(): Map<string, DashboardJson> {
   return new Map<string, DashboardJson>([
     ['fleet.json', fleet() as DashboardJson],
     ['memcg.json', memcg() as DashboardJson],
     ['kvm.json', kvm() as DashboardJson],
+    ['introspection.json', introspection() as DashboardJson],
   ]);
 }
 
