@@ -54,6 +54,18 @@ export const M = {
     'Cgroup id lookups that matched no directory in the memory hierarchy (labelled cgroup="unknown").'),
   collectSeconds: def('agent', 'hvwatch_collect_duration_seconds', 'gauge', [],
     'Time the last scrape spent reading BPF maps and cgroupfs.', 'seconds'),
+  alertEvaluations: def('agent', 'hvwatch_alerting_evaluations_total', 'counter', ['result'],
+    'In-process alert evaluations (only with alerting.alertmanagers set), by result (ok, error: the evaluation threw and was skipped).'),
+  alertsFiring: def('agent', 'hvwatch_alerting_firing_alerts', 'gauge', [],
+    'Alerts the agent itself has firing (in-process conditions), as of its last evaluation.'),
+  alertsSent: def('agent', 'hvwatch_alertmanager_alerts_sent_total', 'counter', ['alertmanager'],
+    'Alerts (firing, re-sent or resolved) each Alertmanager accepted from the agent.'),
+  alertPostFailures: def('agent', 'hvwatch_alertmanager_post_failures_total', 'counter', ['alertmanager'],
+    'POSTs to an Alertmanager that failed (network error, timeout, non-2xx); retried with backoff.'),
+  alertsDropped: def('agent', 'hvwatch_alertmanager_alerts_dropped_total', 'counter', ['alertmanager', 'reason'],
+    'Alerts the agent gave up delivering, by reason (queue_full: the bounded queue overflowed; failed: last retry failed or Alertmanager rejected them).'),
+  alertsQueued: def('agent', 'hvwatch_alertmanager_queued_alerts', 'gauge', ['alertmanager'],
+    'Alerts waiting in the queue for an Alertmanager.'),
 
   // ---- memcg family (tracepoint tier) ----
   memcgWbStarted: def('memcg', 'hvwatch_memcg_writeback_started_pages_total', 'counter', CG,

@@ -112,7 +112,7 @@ async function run(cfg: Config): Promise<void> {
   let alerting: InProcessAlerting | undefined;
   if (cfg.alerting.alertmanagers.length) {
     const node = hostname();
-    alerting = new InProcessAlerting(agent.store, cfg.alerting, { node, instance: `${node}:${port}`, job: 'hvwatch', generatorURL: `http://${node}:${port}/api/races` });
+    alerting = new InProcessAlerting(agent.store, cfg.alerting, { node, instance: `${node}:${port}`, job: 'hvwatch', generatorURL: `http://${node}:${port}/api/races`, metrics: agent.store });
     alerting.start(() => agent.collect());
   }
   const attached = agent.status.filter((s) => s.chosen).length;

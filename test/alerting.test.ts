@@ -173,6 +173,19 @@ test('gives up after maxAttempts and counts the alerts it dropped', async (t) =>
   await alerting.flush();
   t.is(srv.requests.length, 3);
   t.like(alerting.stats, { sent: 0, failedAttempts: 3, retries: 2, droppedFailed: 1 });
+  // The same counts on /metrics: the next evaluation publishes them into the agent's store.
+  const metrics = new MetricStore();
+  const published = new InProcessAlerting(raceStore(), config({ alertmanagers: [srv.url], backoff: { initialSeconds: 0.01, maxSeconds: 0.05, maxAttempts: 3 } }), { node: 'n', metrics });
+  t.teardown(() => published.stop());
+  published.evaluate();
+  await published.flush();
+  published.evaluate();
+  const am = { alertmanager: srv.url };
+  t.is(metrics.get(M.alertPostFailures, am)?.value, 3);
+  t.is(metrics.get(M.alertsDropped, { ...am, reason: 'failed' })?.value, 1);
+  t.is(metrics.get(M.alertsSent, am)?.value, 0);
+  t.is(metrics.get(M.alertsFiring)?.value, 1);
+  t.is(metrics.get(M.alertEvaluations, { result: 'ok' })?.value, 2);
 });
 
 test('a 4xx rejection is not retried', async (t) => {

@@ -169,4 +169,10 @@ test.serial('the agent\'s own in-process HvwatchProbeNotAttached reaches Alertma
   t.like(alert.labels, { alertname: PROBE_NOT_ATTACHED.name, severity: 'warning', job: 'hvwatch', probe: BROKEN_PROBE, source: 'in-process' });
   t.is(alert.status.state, 'active');
   t.truthy(alert.annotations.summary);
+  // The delivery shows on the agent's own /metrics, from its next evaluation on.
+  const sent = await until(async () => {
+    const m = /^hvwatch_alertmanager_alerts_sent_total\{alertmanager="[^"]+"\} (\d+)$/m.exec(await ctx.agent!.scrapeText());
+    return m && Number(m[1]) > 0 ? Number(m[1]) : undefined;
+  }, 20_000, 'hvwatch_alertmanager_alerts_sent_total > 0 on /metrics');
+  t.true(sent >= 1);
 });

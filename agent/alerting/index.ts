@@ -2,11 +2,13 @@
 // scrape and a rule evaluation. The agent calls evaluate() (after each collection, or
 // through start()'s own timer); transitions and periodic re-sends go to every configured
 // Alertmanager through its own bounded, retrying sender. Not wired into the agent here:
-// the agent constructs it with its MetricStore and config.alerting.
+// `hvwatch run` constructs it with the agent's MetricStore and config.alerting.
 import type { AlertingConfig } from './config.js';
 import { IN_PROCESS_CONDITIONS, type Condition } from './conditions.js';
 import { Evaluator, type AlertState, type StoreView } from './evaluator.js';
 import { AlertmanagerSender, type DeliveryCounts, type PostableAlert, type SenderStats } from './alertmanager.js';
+import { M } from '../catalog.js';
+import type { MetricStore } from '../export/store.js';
 
 export { alertingConfigSchema, type AlertingConfig } from './config.js';
 export { IN_PROCESS_CONDITIONS, type Condition, type Severity } from './conditions.js';
@@ -28,6 +30,9 @@ export interface AlertingOptions {
   /** A link for the alert's generatorURL (e.g. the agent's /api/races). */
   generatorURL?: string;
   conditions?: readonly Condition[];
+  /** Where the delivery counts are published as hvwatch_alert* metrics (the agent's store),
+   * as of each evaluation: a failing Alertmanager must show on /metrics, not only in logs. */
+  metrics?: MetricStore;
   fetch?: typeof fetch;
   random?: () => number;
 }
@@ -75,6 +80,7 @@ export class InProcessAlerting {
       ({ resolved } = this.evaluator.evaluate(this.store, now));
     } catch {
       this.evaluationErrors++;
+      this.publish();
       return;
     }
     const out: PostableAlert[] = [];
@@ -92,6 +98,24 @@ export class InProcessAlerting {
       out.push(this.postable(a, now + 4 * resendMs));
     }
     if (out.length) for (const s of this.senders) s.enqueue(out);
+    this.publish();
+  }
+
+  private publish(): void {
+    const m = this.opts.metrics;
+    if (!m) return;
+    const st = this.stats;
+    m.set(M.alertEvaluations, { result: 'ok' }, st.evaluations - st.evaluationErrors);
+    m.set(M.alertEvaluations, { result: 'error' }, st.evaluationErrors);
+    m.set(M.alertsFiring, {}, st.firing);
+    for (const a of st.alertmanagers) {
+      const alertmanager = a.url;
+      m.set(M.alertsSent, { alertmanager }, a.sent);
+      m.set(M.alertPostFailures, { alertmanager }, a.failedAttempts);
+      m.set(M.alertsDropped, { alertmanager, reason: 'queue_full' }, a.droppedQueueFull);
+      m.set(M.alertsDropped, { alertmanager, reason: 'failed' }, a.droppedFailed);
+      m.set(M.alertsQueued, { alertmanager }, a.queued);
+    }
   }
 
   /** Evaluate every evaluationIntervalSeconds; `refresh` (e.g. the agent's collect) runs first. */
