@@ -17,6 +17,7 @@ export interface PanelJson {
   panels?: PanelJson[];
   targets?: { refId?: string; expr?: string; legendFormat?: string; format?: string; instant?: boolean }[];
   fieldConfig?: { defaults?: { unit?: string } };
+  gridPos?: { x: number; y: number; w: number; h: number };
 }
 
 export interface VariableJson {

@@ -9,6 +9,7 @@ import { analyze, recordingRules } from '../alerts/promql-check.js';
 import { renderRulesFile } from '../alerts/render.js';
 import { allPanels, dashboardExpressions, type DashboardJson } from './expressions.js';
 import { renderDashboardsReadme } from './summary.js';
+import { renderPreview } from './preview.js';
 import { fleet } from './fleet.js';
 import { memcg } from './memcg.js';
 import { kvm } from './kvm.js';
@@ -66,6 +67,7 @@ export function generateDashboards(): Map<string, string> {
   if (problems.length) throw new Error(`dashboards:\n  ${problems.join('\n  ')}`);
   const files = new Map<string, string>();
   for (const [file, d] of dashboards) files.set(`dashboards/json/${file}`, `${JSON.stringify(d, null, 2)}\n`);
+  for (const [file, d] of dashboards) files.set(`dashboards/preview/${file.replace(/\.json$/, '.svg')}`, renderPreview(d));
   files.set('dashboards/provisioning/hvwatch.yaml', provisioning());
   files.set('dashboards/README.md', renderDashboardsReadme(dashboards));
   return files;

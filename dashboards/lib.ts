@@ -166,6 +166,38 @@ export function dashboard(spec: DashboardSpec): dash.Dashboard {
     for (const p of s.panels) b.withPanel(p);
   }
   const d = b.build();
+  layout(d.panels ?? []);
   (d.panels ?? []).forEach((p, i) => ((p as { id?: number }).id = i + 1));
   return d;
+}
+
+/**
+ * Grid positions, left to right, wrapping a panel that does not fit in what is left of the
+ * 24 columns. The SDK's builder (0.0.21) wraps only after a line is full, so a 12-wide panel
+ * after 20 columns landed at x=20, half off the grid.
+ */
+function layout(panels: dash.Panel[] | dash.RowPanel[] | (dash.Panel | dash.RowPanel)[]): void {
+  let x = 0;
+  let y = 0;
+  let lineH = 0;
+  const newline = (): void => {
+    y += lineH;
+    x = 0;
+    lineH = 0;
+  };
+  for (const p of panels as { type: string; gridPos?: dash.GridPos }[]) {
+    const g = p.gridPos ?? (p.gridPos = { x: 0, y: 0, w: 12, h: 8 });
+    if (p.type === 'row') {
+      if (x > 0) newline();
+      Object.assign(g, { x: 0, y, w: 24, h: 1 });
+      y += 1;
+      continue;
+    }
+    if (x + g.w > 24) newline();
+    g.x = x;
+    g.y = y;
+    x += g.w;
+    lineH = Math.max(lineH, g.h);
+    if (x >= 24) newline();
+  }
 }

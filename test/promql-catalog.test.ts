@@ -100,7 +100,8 @@ test('the same check fails for the committed artifacts when the catalog loses a 
 test('committed dashboards, provisioning and README equal freshly generated ones', (t) => {
   const files = generateDashboards();
   t.deepEqual([...files.keys()].sort(), [
-    'dashboards/README.md', 'dashboards/json/fleet.json', 'dashboards/json/introspection.json', 'dashboards/json/kvm.json', 'dashboards/json/memcg.json', 'dashboards/provisioning/hvwatch.yaml',
+    'dashboards/README.md', 'dashboards/json/fleet.json', 'dashboards/json/introspection.json', 'dashboards/json/kvm.json', 'dashboards/json/memcg.json',
+    'dashboards/preview/fleet.svg', 'dashboards/preview/introspection.svg', 'dashboards/preview/kvm.svg', 'dashboards/preview/memcg.svg', 'dashboards/provisioning/hvwatch.yaml',
   ]);
   t.deepEqual(staleArtifacts(files), [], 'run `npm run build` and commit the result');
   t.deepEqual(orphanedJson(files), []);
@@ -121,6 +122,15 @@ test('dashboards: every panel has a unit and a description; ids and uids are uni
       t.truthy(p.fieldConfig?.defaults?.unit, `${file} "${p.title}": unit`);
       t.true((p.description ?? '').length >= 30, `${file} "${p.title}": description`);
       t.true((p.targets ?? []).length > 0 && p.targets!.every((q) => q.expr && q.refId), `${file} "${p.title}": targets`);
+    }
+    // Every panel inside the 24-column grid, none overlapping another.
+    const boxes = allPanels(d).map((p) => ({ title: p.title, ...p.gridPos! }));
+    for (const [i, a] of boxes.entries()) {
+      t.true(a.x >= 0 && a.x + a.w <= 24, `${file} "${a.title}": x=${a.x} w=${a.w} leaves the grid`);
+      for (const b of boxes.slice(i + 1)) {
+        const overlap = a.x < b.x + b.w && b.x < a.x + a.w && a.y < b.y + b.h && b.y < a.y + a.h;
+        t.false(overlap, `${file}: "${a.title}" overlaps "${b.title}"`);
+      }
     }
     const ids = allPanels(d).map((p) => p.id);
     t.is(new Set(ids).size, ids.length, `${file}: panel ids unique`);
