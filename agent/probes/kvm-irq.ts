@@ -1,0 +1,99 @@
+// kvm_irq family (seed 003): interrupt injections per VM and path, the time from a local
+// APIC's acceptance to the injection into the vCPU, irqchip/device teardown steps, and
+// injections that reach a VM after its teardown began (bpf/src/kvm_irq.bpf.c explains how
+// an injection is tied to its VM, and the generation that keeps a reused struct kvm
+// address from matching).
+import { existsSync } from 'node:fs';
+import { M } from '../catalog.js';
+import type { Decoder } from '../aggregate/collect.js';
+import type { FamilySpec, ProbeSpec } from './model.js';
+import { publishVmInfo, vmDecoder } from './vm-label.js';
+
+const family = 'kvm_irq';
+
+/** enum irq_path in bpf/src/kvm_irq.bpf.c, as label values (the kvm:kvm_<path> tracepoints). */
+export const IRQ_PATHS = ['set_irq', 'msi', 'ioapic', 'pic', 'apic_accept', 'inj_virq'] as const;
+/** enum td_kind. */
+export const TEARDOWN_KINDS = ['device_release', 'destroy_devices', 'free_irq_routing'] as const;
+/** enum irq_counter: what the BPF side did not count as asked, and why (hvwatch_kvm_irq_state_events_total). */
+export const IRQ_COUNTERS = ['reaped', 'stale_context', 'unpaired', 'no_vm'] as const;
+
+// One probe per tracepoint: each exists on its own set of kernels (the PIC, IOAPIC and MSI
+// ones on x86 only), so one missing never takes the others down. tp_btf first (no record
+// is formatted for it); parameter names are checked only where the program reads them.
+// Signatures and their history: the comment above the attach points in kvm_irq.bpf.c.
+function tracepointProbe(name: string, tp: string, description: string, params?: string[]): ProbeSpec {
+  return {
+    name, family, description,
+    candidates: [
+      { attach: 'tp_btf', target: tp, programs: [`btf_${tp}`], ...(params ? { params: { [tp]: params } } : {}) },
+      { attach: 'tracepoint', target: `kvm/${tp}`, programs: [`tp_${tp}`] },
+    ],
+  };
+}
+
+// Optional: a teardown function the compiler inlined (kvm_destroy_devices is, in 6.1 and
+// 6.12 Debian builds: no BTF entry, no symbol) is absent from the kernel, not a failure.
+function functionProbe(name: string, fn: string, description: string): ProbeSpec {
+  return {
+    name, family, description, optional: true,
+    candidates: [
+      { attach: 'fentry', target: fn, programs: [`fentry_${fn}`] },
+      { attach: 'kprobe', target: fn, programs: [`kprobe_${fn}`] },
+    ],
+  };
+}
+
+const probes: ProbeSpec[] = [
+  tracepointProbe('kvm_irq_set_irq', 'kvm_set_irq', 'Interrupt requests on a GSI (KVM_IRQ_LINE, irqfd, in-kernel devices), per VM'),
+  tracepointProbe('kvm_irq_msi', 'kvm_msi_set_irq', 'MSIs signalled to the VM (KVM_SIGNAL_MSI, MSI routes), per VM'),
+  tracepointProbe('kvm_irq_ioapic', 'kvm_ioapic_set_irq', 'Pin changes seen by the in-kernel IOAPIC, per VM'),
+  tracepointProbe('kvm_irq_pic', 'kvm_pic_set_irq', 'Pin changes seen by the in-kernel 8259 PIC, per VM'),
+  tracepointProbe('kvm_irq_apic_accept', 'kvm_apic_accept_irq', 'Interrupts accepted by a vCPU\'s local APIC; opens the delivery latency', ['apicid', 'dm', 'tm', 'vec']),
+  tracepointProbe('kvm_irq_inj_virq', 'kvm_inj_virq', 'Interrupts injected into a vCPU; closes the delivery latency', ['vector', 'soft', 'reinjected']),
+  {
+    name: 'kvm_irq_ioctl', family,
+    description: 'The VM behind KVM_IRQ_LINE / KVM_IRQ_LINE_STATUS / KVM_SIGNAL_MSI, and each KVM_CREATE_VM (a new generation for its struct kvm)',
+    candidates: [
+      {
+        attach: 'tracepoint', target: 'syscalls/sys_enter_ioctl', programs: ['tp_irq_sys_enter_ioctl', 'tp_irq_sys_exit_ioctl'],
+        targets: { tp_irq_sys_exit_ioctl: 'syscalls/sys_exit_ioctl' },
+      },
+    ],
+  },
+  functionProbe('kvm_irq_device_release', 'kvm_device_release', 'A KVM device fd\'s last close (an irqchip device goes away while its VM lives): teardown begins'),
+  functionProbe('kvm_irq_destroy_devices', 'kvm_destroy_devices', 'The VM\'s devices destroyed in kvm_destroy_vm(): teardown begins'),
+  functionProbe('kvm_irq_free_irq_routing', 'kvm_free_irq_routing', 'The VM\'s irq routing freed in kvm_destroy_vm(): teardown begins'),
+];
+
+/** Injections with no VM known (kernel threads, interrupt context) carry tgid 0. */
+export const UNKNOWN_VM = 'unknown';
+const irqVmDecoder: Decoder = (raw, ctx, field) => (raw === 0n ? UNKNOWN_VM : vmDecoder(raw, ctx, field));
+
+const NS = (minSlot: number, maxSlot: number) => ({ minSlot, maxSlot, scale: 1e-9 });
+
+export const kvmIrqFamily: FamilySpec = {
+  name: family,
+  object: 'kvm_irq.bpf.o',
+  probes,
+  sizes: { irq_vms: 'perObject' },
+  maps: [
+    {
+      map: 'irq_vms',
+      labels: [{ label: 'vm', field: 'tgid', decoder: irqVmDecoder }],
+      fields: [
+        ...IRQ_PATHS.map((path) => ({ field: `inj_${path}`, metric: M.kvmIrqInjections, labels: { path } })),
+        ...IRQ_PATHS.map((path) => ({ field: `after_${path}`, metric: M.kvmIrqAfterTeardown, labels: { path } })),
+        ...TEARDOWN_KINDS.map((kind) => ({ field: `td_${kind}`, metric: M.kvmIrqTeardowns, labels: { kind } })),
+        { field: 'delivery_slots', metric: M.kvmIrqDelivery, log2: NS(8, 34), sumField: 'delivery_sum_ns' },
+      ],
+    },
+  ],
+  watchMaps: ['irq_vm_state', 'irq_ctx', 'irq_deliv'],
+  present: () => (existsSync('/sys/module/kvm') ? undefined : 'kvm is not loaded (no /sys/module/kvm)'),
+  collect(ctx, store, fam) {
+    publishVmInfo(ctx, store);
+    const c = fam.maps.get('irq_counters');
+    if (c) IRQ_COUNTERS.forEach((kind, i) => store.set(M.kvmIrqStateEvents, { kind }, c.counter(i)));
+  },
+};
