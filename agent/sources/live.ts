@@ -1,0 +1,89 @@
+// The live source: BPF objects loaded into this kernel (agent/loader.ts), ring buffers read
+// by worker threads, cgroup ids resolved against this host's memory hierarchy.
+import { readFileSync } from 'node:fs';
+import { enableRunTimeStats, libbpfVersion } from '../../bpf/libbpf.js';
+import { RingBufferReader } from '../../bpf/ringbuf.js';
+import { CgroupResolver, findMemoryHierarchy } from '../cgroups.js';
+import { ensureTracefs, kernelRelease, useVmlinuxBtf } from '../kernel.js';
+import { Loader, type LoadOptions, type LoadedFamily, type ProbeStatus } from '../loader.js';
+import { log } from '../log.js';
+import type { FamilySpec } from '../probes/model.js';
+import type { Config } from '../config.js';
+import type { EventSink, FamilyView, HostView, Source } from './source.js';
+
+export class LiveSource implements Source {
+  readonly kind = 'live';
+  readonly loader: Loader;
+  readonly host: HostView;
+  private stats: { close(): void } | undefined;
+  private readonly readers: RingBufferReader[] = [];
+
+  constructor(private readonly config: Config, private readonly specs: readonly FamilySpec[], opts: LoadOptions) {
+    this.loader = new Loader(opts);
+    const h = config.cgroups.root ? { version: findMemoryHierarchy()?.version ?? 2, mountPoint: config.cgroups.root } : findMemoryHierarchy();
+    this.host = { cgroups: h ? { hierarchy: h, resolver: new CgroupResolver(h) } : undefined };
+    if (!h) log('warn', 'no memory cgroup hierarchy mounted: cgroup labels will be "unknown"');
+  }
+
+  get families(): readonly LoadedFamily[] {
+    return this.loader.families;
+  }
+
+  get status(): readonly ProbeStatus[] {
+    return this.loader.status;
+  }
+
+  get build(): { kernel: string; libbpf: string } {
+    return { kernel: kernelRelease(), libbpf: libbpfVersion };
+  }
+
+  start(sink: EventSink): void {
+    const cfg = this.config;
+    if (cfg.bpf.btfPath) useVmlinuxBtf(cfg.bpf.btfPath);
+    if (!ensureTracefs()) log('warn', 'tracefs not mounted and mount failed: tracepoint candidates will not attach');
+    if (cfg.bpf.stats) {
+      try {
+        this.stats = enableRunTimeStats();
+      } catch (e) {
+        log('warn', 'could not enable BPF run-time stats', { error: (e as Error).message });
+      }
+    }
+    for (const f of this.specs) {
+      const fam = this.loader.loadFamily(f);
+      if (fam) {
+        try {
+          f.setup?.(fam, cfg);
+        } catch (e) {
+          log('error', 'family setup failed; it runs with defaults', { family: f.name, error: (e as Error).message });
+        }
+      }
+      if (fam && f.events) this.startEvents(fam, f.events.map, sink);
+    }
+  }
+
+  private startEvents(fam: LoadedFamily, mapName: string, sink: EventSink): void {
+    const map = fam.maps.get(mapName);
+    if (!map) return; // the agent reports the unusable ring buffer
+    const reader = new RingBufferReader(map.fd, (records) => sink(fam as FamilyView, records, fam.maps), {
+      onError: (message) => log('error', 'ring buffer reader failed; this family\'s events are no longer read', { family: fam.spec.name, error: message }),
+    });
+    reader.start();
+    this.readers.push(reader);
+  }
+
+  bpfStatsOn(): boolean {
+    if (this.stats) return true;
+    try {
+      return readFileSync('/proc/sys/kernel/bpf_stats_enabled', 'utf8').trim() === '1';
+    } catch {
+      return false;
+    }
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all(this.readers.splice(0).map((r) => r.stop()));
+    this.loader.destroy();
+    this.stats?.close();
+    this.stats = undefined;
+  }
+}
