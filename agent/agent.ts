@@ -1,8 +1,6 @@
 // The agent: loads the probe families, keeps the MetricStore current on each scrape, and
 // owns every kernel resource it created so that stop() leaves nothing attached.
 import { readFileSync } from 'node:fs';
-import { enableRunTimeStats, libbpfVersion } from '../bpf/libbpf.js';
-import { RingBufferReader } from '../bpf/ringbuf.js';
 import { decodeStruct } from './aggregate/events.js';
 import { M, ALL_METRICS } from './catalog.js';
 import { MetricStore } from './export/store.js';
@@ -10,13 +8,16 @@ import { buildRegistries, type Registries } from './export/registry.js';
 import { LabelBudget } from './aggregate/budget.js';
 import { collectMap, UNKNOWN_CGROUP, type CollectContext } from './aggregate/collect.js';
 import { decodeStack } from './symbols.js';
-import { CgroupResolver, findMemoryHierarchy, type MemoryHierarchy } from './cgroups.js';
-import { Loader, type LoadedFamily, type ProbeStatus } from './loader.js';
+import type { CgroupResolver, MemoryHierarchy } from './cgroups.js';
+import type { Loader, LoadedFamily, ProbeStatus } from './loader.js';
 import { FAMILIES } from './probes/index.js';
 import type { EventContext, FamilySpec, ProbeSpec } from './probes/model.js';
 import type { Config } from './config.js';
-import { ensureTracefs, kernelRelease, useVmlinuxBtf } from './kernel.js';
 import { log } from './log.js';
+import { kubeLabelerFor } from './k8s.js';
+import { LiveSource } from './sources/live.js';
+import { asLoaded, type FamilyView, type MapView, type Source } from './sources/source.js';
+import type { StructLayout } from '../bpf/btf.js';
 
 export const VERSION: string = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
@@ -49,79 +50,81 @@ function candidatesFor(cfg: Config, p: ProbeSpec): ProbeSpec['candidates'] {
   });
 }
 
+/** This kernel's BPF, loaded as the config says (also what `hvwatch record` wraps). */
+export function liveSource(config: Config, families: readonly FamilySpec[] = FAMILIES): LiveSource {
+  return new LiveSource(config, families, {
+    enabled: (p) => probeEnabled(config, p),
+    candidates: (p) => candidatesFor(config, p),
+    hotAllowed: (p) => hotOptedIn(config, p),
+    mapSizes: { perObject: config.bpf.mapEntries, perFolio: config.bpf.raceStateEntries },
+    btfCustomPath: config.bpf.btfPath,
+  });
+}
+
 export class Agent {
   readonly store = new MetricStore();
   readonly registries: Registries;
-  readonly loader: Loader;
   readonly budget: LabelBudget;
   readonly cgroups: { resolver: CgroupResolver; hierarchy: MemoryHierarchy } | undefined;
-  private stats: { close(): void } | undefined;
-  private readonly readers: RingBufferReader[] = [];
+  /** Where maps, events and host facts come from: live BPF, a recorder over it, or a trace. */
+  readonly source: Source;
+  private readonly eventLayouts = new Map<string, StructLayout>();
   /** The latest race events, newest last (GET /api/races). */
   readonly races: Record<string, unknown>[] = [];
   private lastGc = 0;
   private collecting: Promise<void> | undefined;
   ready = false;
 
-  constructor(readonly config: Config, readonly families: readonly FamilySpec[] = FAMILIES) {
+  constructor(readonly config: Config, readonly families: readonly FamilySpec[] = FAMILIES, source?: Source) {
     this.registries = buildRegistries(ALL_METRICS, this.store);
     this.budget = new LabelBudget({ cgroup: config.cardinality.cgroups, vm: config.cardinality.vms },
       (label) => this.store.inc(M.cardinalityDropped, { label }));
-    this.loader = new Loader({
-      enabled: (p) => probeEnabled(config, p),
-      candidates: (p) => candidatesFor(config, p),
-      hotAllowed: (p) => hotOptedIn(config, p),
-      mapSizes: { perObject: config.bpf.mapEntries, perFolio: config.bpf.raceStateEntries },
-      btfCustomPath: config.bpf.btfPath,
-    });
-    const h = config.cgroups.root ? { version: findMemoryHierarchy()?.version ?? 2, mountPoint: config.cgroups.root } : findMemoryHierarchy();
-    this.cgroups = h ? { hierarchy: h, resolver: new CgroupResolver(h) } : undefined;
-    if (!h) log('warn', 'no memory cgroup hierarchy mounted: cgroup labels will be "unknown"');
+    this.source = source ?? liveSource(config, families);
+    this.cgroups = this.source.host.cgroups;
+    this.cgroups?.resolver.setKubeLabeler(kubeLabelerFor(config.cgroups)); // namespace/pod/container (agent/k8s.ts)
+  }
+
+  /** The live loader (benches and tests reach the loaded objects through it). */
+  get loader(): Loader {
+    let s: Source = this.source;
+    while (!(s instanceof LiveSource)) {
+      const inner = (s as { live?: Source }).live;
+      if (!inner) throw new Error(`a ${this.source.kind} agent has no BPF loader`);
+      s = inner;
+    }
+    return s.loader;
   }
 
   start(): void {
-    if (this.config.bpf.btfPath) useVmlinuxBtf(this.config.bpf.btfPath);
-    if (!ensureTracefs()) log('warn', 'tracefs not mounted and mount failed: tracepoint candidates will not attach');
-    if (this.config.bpf.stats) {
-      try {
-        this.stats = enableRunTimeStats();
-      } catch (e) {
-        log('warn', 'could not enable BPF run-time stats', { error: (e as Error).message });
+    this.source.start((fam, records, maps) => this.deliverEvents(fam, records, maps));
+    for (const fam of this.source.families) {
+      const ev = fam.spec.events;
+      if (!ev) continue;
+      const layout = fam.btf.structLayout(ev.struct);
+      if (!layout || !fam.maps.get(ev.map)) {
+        log('error', 'event ring buffer not usable; events of this family are lost', { family: fam.spec.name, map: ev.map, struct: ev.struct });
+        continue;
       }
-    }
-    for (const f of this.families) {
-      const fam = this.loader.loadFamily(f);
-      if (fam) {
-        try {
-          f.setup?.(fam, this.config);
-        } catch (e) {
-          log('error', 'family setup failed; it runs with defaults', { family: f.name, error: (e as Error).message });
-        }
-      }
-      if (fam && f.events) this.startEvents(fam, f.events);
+      this.eventLayouts.set(fam.spec.name, layout);
+      this.store.inc(M.ringbufEvents, { family: fam.spec.name }, 0);
     }
     this.publishProbeStatus();
-    this.store.set(M.buildInfo, { version: VERSION, kernel: kernelRelease(), libbpf: libbpfVersion }, 1);
+    this.store.set(M.buildInfo, { version: VERSION, kernel: this.source.build.kernel, libbpf: this.source.build.libbpf }, 1);
     this.ready = true;
   }
 
-  private startEvents(fam: LoadedFamily, ev: NonNullable<FamilySpec['events']>): void {
-    const layout = fam.btf.structLayout(ev.struct);
-    const map = fam.maps.get(ev.map);
-    if (!layout || !map) {
-      log('error', 'event ring buffer not usable; events of this family are lost', { family: fam.spec.name, map: ev.map, struct: ev.struct });
-      return;
-    }
-    const labels = { family: fam.spec.name };
-    this.store.inc(M.ringbufEvents, labels, 0);
-    const stacks = fam.maps.get('stacks');
+  // One decode + onEvents for every source: `maps` answers the handlers' lookups (stacks).
+  private deliverEvents(fam: FamilyView, records: Buffer[], maps: ReadonlyMap<string, MapView>): void {
+    const ev = fam.spec.events;
+    const layout = this.eventLayouts.get(fam.spec.name);
+    if (!ev || !layout) return;
     const ctx: EventContext = {
       store: this.store,
       resolveCgroup: (id) => this.cgroups?.resolver.resolve(BigInt(id)) ?? UNKNOWN_CGROUP,
       stack: (id) => {
         const k = Buffer.alloc(4);
         k.writeUInt32LE(id);
-        const raw = stacks?.lookupRaw(k);
+        const raw = maps.get('stacks')?.lookupRaw(k);
         return raw ? decodeStack(raw) : [];
       },
       logRace: (record) => {
@@ -130,24 +133,25 @@ export class Agent {
         log('warn', 'race indicator', { family: fam.spec.name, ...record, stack: (record.stack as string[] | undefined)?.slice(0, 8).join(' < ') });
       },
     };
-    const reader = new RingBufferReader(map.fd, (records) => {
-      this.store.inc(M.ringbufEvents, labels, records.length);
-      ev.onEvents(records.map((r) => decodeStruct(layout, r)), ctx);
-    }, { onError: (message) => log('error', 'ring buffer reader failed; this family\'s events are no longer read', { family: fam.spec.name, error: message }) });
-    reader.start();
-    this.readers.push(reader);
+    this.store.inc(M.ringbufEvents, { family: fam.spec.name }, records.length);
+    ev.onEvents(records.map((r) => decodeStruct(layout, r)), ctx);
   }
 
   get status(): ProbeStatus[] {
-    return this.loader.status;
+    return this.source.status as ProbeStatus[];
   }
 
   family(name: string): LoadedFamily | undefined {
-    return this.loader.families.find((f) => f.spec.name === name);
+    const f = this.source.families.find((x) => x.spec.name === name);
+    return f && asLoaded(f);
   }
 
   private publishProbeStatus(): void {
-    for (const s of this.loader.status) {
+    for (const f of this.families) { // FamilySpec.presentMetric: 0 when every probe of the family is absent
+      const st = this.source.status.filter((s) => s.family === f.name);
+      if (f.presentMetric) this.store.set(f.presentMetric, {}, st.length > 0 && st.every((s) => s.absent) ? 0 : 1);
+    }
+    for (const s of this.source.status) {
       if (!s.enabled) continue;
       this.store.set(M.probeAttached, { probe: s.name }, s.chosen ? 1 : 0);
       if (s.chosen) this.store.set(M.probeInfo, { probe: s.name, attach: s.chosen.attach, target: s.chosen.target }, 1);
@@ -166,11 +170,16 @@ export class Agent {
 
   private collectNow(): void {
     const t0 = process.hrtime.bigint();
-    const now = Date.now();
-    const gc = now - this.lastGc >= GC_INTERVAL_MS;
+    let clock = { now: Date.now(), gc: false };
+    clock.gc = clock.now - this.lastGc >= GC_INTERVAL_MS;
+    const given = this.source.beginCollect?.(clock);
+    if (given === null) return;
+    clock = given ?? clock;
+    const { now, gc } = clock;
     if (gc) this.lastGc = now;
     const ctx: CollectContext = { store: this.store, budget: this.budget, cgroups: this.cgroups, now, gc };
-    for (const fam of this.loader.families) {
+    for (const view of this.source.families) {
+      const fam = asLoaded(view);
       try {
         fam.spec.prepare?.(ctx, fam);
       } catch (err) {
@@ -183,6 +192,7 @@ export class Agent {
           log('error', 'collecting map failed', { family: fam.spec.name, map: e.map, error: (err as Error).message });
         }
       }
+      this.source.beforeFamilyCollect?.(view);
       fam.spec.collect?.(ctx, this.store, fam);
       for (const name of fam.spec.watchMaps ?? []) {
         const m = fam.maps.get(name);
@@ -193,11 +203,12 @@ export class Agent {
       this.collectErrors(fam);
     }
     this.collectProgramStats();
-    this.store.set(M.bpfStatsEnabled, {}, this.bpfStatsOn() ? 1 : 0);
+    this.store.set(M.bpfStatsEnabled, {}, this.source.bpfStatsOn() ? 1 : 0);
+    this.source.endCollect?.(clock);
     this.store.set(M.collectSeconds, {}, Number(process.hrtime.bigint() - t0) / 1e9);
   }
 
-  private collectErrors(fam: LoadedFamily): void {
+  private collectErrors(fam: FamilyView): void {
     const errs = fam.maps.get('hv_errors');
     if (!errs) return;
     this.store.set(M.mapFull, { family: fam.spec.name }, errs.counter(HV_ERR_MAP_FULL));
@@ -205,7 +216,7 @@ export class Agent {
   }
 
   private collectProgramStats(): void {
-    for (const fam of this.loader.families) {
+    for (const fam of this.source.families) {
       for (const { probe, program } of fam.programs) {
         const s = program.stats();
         const labels = { probe, program: program.name };
@@ -215,20 +226,8 @@ export class Agent {
     }
   }
 
-  private bpfStatsOn(): boolean {
-    if (this.stats) return true;
-    try {
-      return readFileSync('/proc/sys/kernel/bpf_stats_enabled', 'utf8').trim() === '1';
-    } catch {
-      return false;
-    }
-  }
-
   async stop(): Promise<void> {
     this.ready = false;
-    await Promise.all(this.readers.splice(0).map((r) => r.stop()));
-    this.loader.destroy();
-    this.stats?.close();
-    this.stats = undefined;
+    await this.source.stop();
   }
 }

@@ -20,7 +20,11 @@ function def(family: string, name: string, type: MetricType, labels: readonly st
   return unit === undefined ? { name, type, help, labels, family } : { name, type, help, labels, family, unit };
 }
 
-const CG = ['cgroup'] as const;
+// Per-cgroup series: the path, plus namespace/pod/container when Kubernetes labels are on
+// and the path is a kubelet-made pod or container cgroup (agent/k8s.ts). The three are
+// functions of the path, so they add no series; where they do not apply they are empty and
+// the exposition leaves them out.
+const CG = ['cgroup', 'namespace', 'pod', 'container'] as const;
 
 export const M = {
   // ---- the agent itself ----
@@ -54,6 +58,18 @@ export const M = {
     'Cgroup id lookups that matched no directory in the memory hierarchy (labelled cgroup="unknown").'),
   collectSeconds: def('agent', 'hvwatch_collect_duration_seconds', 'gauge', [],
     'Time the last scrape spent reading BPF maps and cgroupfs.', 'seconds'),
+  recordBytes: def('agent', 'hvwatch_record_written_bytes', 'gauge', [],
+    'Bytes written so far to the trace file by `hvwatch record`.', 'bytes'),
+  recordDropped: def('agent', 'hvwatch_record_dropped_total', 'counter', ['type'],
+    'Trace records not written by `hvwatch record` because --max-bytes was reached: snapshots, ring-buffer events (counted one by one) and identity updates (type).'),
+  httpRejected: def('agent', 'hvwatch_http_requests_rejected_total', 'counter', ['reason'],
+    'HTTP requests or connections the endpoint refused, by reason (concurrency, unauthorized, timeout, header_too_large, body, bad_request, connections, tls).'),
+  webConfigReloads: def('agent', 'hvwatch_web_config_reloads_total', 'counter', ['result'],
+    'Reloads of the web config file (--web.config.file) after a change or SIGHUP, by result (success, failure; a failure keeps the previous config).'),
+  capabilitiesDropped: def('agent', 'hvwatch_capabilities_dropped', 'gauge', [],
+    '1 once the agent dropped every capability after attaching (privileges.dropCapabilities), 0 while it holds them.'),
+  privilegedThreads: def('agent', 'hvwatch_privileged_threads', 'gauge', [],
+    'Threads of the agent whose effective capability set is not empty (0 after a complete drop; see README "Privileges").'),
   alertEvaluations: def('agent', 'hvwatch_alerting_evaluations_total', 'counter', ['result'],
     'In-process alert evaluations (only with alerting.alertmanagers set), by result (ok, error: the evaluation threw and was skipped).'),
   alertsFiring: def('agent', 'hvwatch_alerting_firing_alerts', 'gauge', [],
@@ -152,15 +168,17 @@ export const M = {
   kvmiReplyTime: def('kvmi', 'hvwatch_kvmi_reply_seconds', 'histogram', ['vm', 'event'],
     'Time from sending an introspection event to its reply: the vCPU is paused for all of it.', 'seconds'),
   kvmiReplies: def('kvmi', 'hvwatch_kvmi_replies_total', 'counter', ['vm', 'event', 'action'],
-    'Replies to introspection events per VM, event type and reply action (continue, retry, crash, or the raw number).'),
+    'Replies to introspection events per VM, event type and reply action (continue, retry, crash, or the raw number; unreadable if the kernel\'s reply could not be read).'),
   kvmiUnreplied: def('kvmi', 'hvwatch_kvmi_events_unreplied_total', 'counter', ['vm', 'event'],
-    'Introspection events still waiting for a reply when the introspection tool unhooked.'),
+    'Introspection events that got no reply: still waiting when the introspection tool unhooked, or its connection failed (the vCPU then continues).'),
   kvmiUnhooks: def('kvmi', 'hvwatch_kvmi_unhooks_total', 'counter', ['vm'],
     'Unhook requests sent to the introspection tool (kvmi_msg_send_unhook) per VM.'),
   kvmiCommands: def('kvmi', 'hvwatch_kvmi_commands_total', 'counter', ['vm', 'command', 'result'],
     'Introspection commands handled per VM, command id and result ("ok" or the KVM error name, e.g. KVM_EINVAL).'),
   kvmiCommandTime: def('kvmi', 'hvwatch_kvmi_command_seconds', 'histogram', ['vm', 'command'],
     'Time KVM took to handle one introspection command, per VM and command id.', 'seconds'),
+  kvmiUnpaired: def('kvmi', 'hvwatch_kvmi_unpaired_total', 'counter', ['pairing'],
+    'Introspection events or commands whose latency could not be paired (event_stale: a vCPU sent again before its previous send returned; event_no_start: a return with no recorded send; command: a reply after another command\'s dispatch).'),
 
   // ---- kvm_irq family: interrupt injection and irqchip teardown (seed 003) ----
   kvmIrqInjections: def('kvm_irq', 'hvwatch_kvm_irq_injections_total', 'counter', ['vm', 'path'],
@@ -171,6 +189,8 @@ export const M = {
     'Irqchip and device teardown steps begun per VM (kind: device_release, destroy_devices, free_irq_routing).'),
   kvmIrqAfterTeardown: def('kvm_irq', 'hvwatch_kvm_irq_after_teardown_total', 'counter', ['vm', 'path'],
     'Interrupt injections on a VM after its irqchip or device teardown began (seed 003: an injection that can reach a destroyed irqchip).'),
+  kvmIrqStateEvents: def('kvm_irq', 'hvwatch_kvm_irq_state_events_total', 'counter', ['kind'],
+    'Interrupt-probe state the BPF side could not use as asked, by kind: reaped (a destroyed VM\'s state dropped when its address came back, or replaced at KVM_CREATE_VM), stale_context (an injection whose ioctl saw an older generation of its VM), unpaired (kvm_inj_virq with no acceptance recorded for its vCPU and vector), no_vm (an injection outside any VM\'s ioctl: counted under vm="unknown").'),
 } as const satisfies Record<string, MetricDef>;
 
 export type MetricKey = keyof typeof M;

@@ -13,6 +13,7 @@
 
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { NO_KUBE_LABELS, type KubeLabeler, type KubeLabels } from './k8s.js';
 
 export interface MemoryHierarchy {
   version: 1 | 2;
@@ -162,6 +163,8 @@ export interface CgroupResolverOptions {
   now?: () => number;
   /** Upper bound on remembered unknown ids (default 65536). */
   maxNegativeEntries?: number;
+  /** Kubernetes labels for paths (agent/k8s.ts); without it every path has none. */
+  kube?: KubeLabeler;
 }
 
 export interface CgroupResolverStats {
@@ -182,13 +185,20 @@ export interface CgroupResolverStats {
  * remembered for negativeTtlMs, so a flood of unknown ids (e.g. pages still
  * charged to deleted, "dying" memcgs) costs no extra walks.
  */
+/** Bound of CgroupResolver.gone: removed cgroups awaiting their liveness check (~10 s). */
+const MAX_GONE = 65536;
+
 export class CgroupResolver {
   readonly hierarchy: MemoryHierarchy;
   private readonly rescanIntervalMs: number;
   private readonly negativeTtlMs: number;
   private readonly now: () => number;
   private readonly maxNegative: number;
+  private kube: KubeLabeler | undefined;
   private byId = new Map<bigint, string>();
+  /** Ids a walk no longer found, with their last path, until a liveness check retires them:
+   * their map entries and budget slots must still be freed by path (bounded, oldest first). */
+  private readonly gone = new Map<bigint, string>();
   /** id -> expiry time of its negative entry. */
   private readonly negative = new Map<bigint, number>();
   private lastRescanAt = -Infinity;
@@ -201,10 +211,21 @@ export class CgroupResolver {
     this.negativeTtlMs = opts.negativeTtlMs ?? 10000;
     this.now = opts.now ?? Date.now;
     this.maxNegative = opts.maxNegativeEntries ?? 65536;
+    this.kube = opts.kube;
+  }
+
+  /** The labels every cgroup-labelled series carries besides `cgroup` (the catalog's CG):
+   * namespace/pod/container for kubelet-made paths when Kubernetes labels are on, else ''. */
+  setKubeLabeler(kube: KubeLabeler | undefined): void {
+    this.kube = kube;
+  }
+
+  labelsOf(cgPath: string): KubeLabels {
+    return this.kube && cgPath.startsWith('/') ? this.kube.labels(cgPath) : NO_KUBE_LABELS;
   }
 
   resolve(id: bigint): string | undefined {
-    const cached = this.byId.get(id);
+    const cached = this.byId.get(id) ?? this.gone.get(id);
     if (cached !== undefined) {
       this._stats.hits++;
       return cached;
@@ -251,7 +272,7 @@ export class CgroupResolver {
    * a walk) are not alive. A dead id is evicted from the cache.
    */
   isAlive(id: bigint): boolean {
-    const p = this.byId.get(id);
+    const p = this.byId.get(id) ?? this.gone.get(id);
     if (p === undefined) return false;
     let st: fs.BigIntStats | undefined;
     try {
@@ -261,6 +282,7 @@ export class CgroupResolver {
     }
     if (st && st.isDirectory() && st.ino === id) return true;
     this.byId.delete(id);
+    this.gone.delete(id);
     return false;
   }
 
@@ -268,6 +290,12 @@ export class CgroupResolver {
   rescan(): void {
     const now = this.now();
     const { byId, durationMs } = walkHierarchy(this.hierarchy);
+    for (const [id, path] of this.byId) if (!byId.has(id)) this.gone.set(id, path);
+    for (const id of byId.keys()) this.gone.delete(id);
+    for (const id of this.gone.keys()) {
+      if (this.gone.size <= MAX_GONE) break;
+      this.gone.delete(id);
+    }
     this.byId = byId;
     this.lastRescanAt = now;
     this._stats.rescans++;

@@ -7,16 +7,27 @@ import type { Server } from 'node:http';
 import { Agent, VERSION } from './agent.js';
 import { ConfigError, loadConfig, parseListen, type Config } from './config.js';
 import { btfProblem, missingCapability } from './preflight.js';
-import { buildApp, listen } from './export/server.js';
+import { serveAgent } from './export/server.js';
 import { log, setLogLevel } from './log.js';
 import { allProbeNames, FAMILIES } from './probes/index.js';
 import { formatProbeReport } from './report.js';
 import { top } from './top/main.js';
+import { isCommand, runCommand } from './commands/index.js';
 import { hostname } from 'node:os';
 import { InProcessAlerting } from './alerting/index.js';
+import { M } from './catalog.js';
+import { WebConfigError } from './export/webconfig.js';
+import { dropCapabilities, privilegedThreads } from './privileges.js';
+import { hasKernelSymbol } from './symbols.js';
 
-const USAGE = `usage: hvwatch [run|probes|top|version] [options]
+const USAGE = `usage: hvwatch [run|probes|top|check|record|replay|version] [options]
   run                 attach probes and serve /metrics (default)
+  check [-t FILE] [--baseline FILE] [--junit FILE] [--json FILE] [-- COMMAND...]
+                      CI regression mode: judge a workload's run, or a trace (hvwatch check --help)
+  record FILE [--interval S] [--max-bytes N] [-- COMMAND...]
+                      run and write a trace of the probes' maps and events (hvwatch record --help)
+  replay FILE [--listen ADDR] [--at N] [--partial] [--print]
+                      serve a trace's metrics through the same pipeline (hvwatch replay --help)
   probes [--json] [--strict]
                       attach every enabled probe once, report candidates and choices, detach
   top [--url URL] [--interval S] [--limit N] [--once] [--json]
@@ -27,7 +38,14 @@ options:
       --hot NAME      opt into a hot probe (repeatable; "all" for every one)
       --disable NAME  do not attach this probe (repeatable)
       --bpf-stats     account BPF program run time while running (BPF_ENABLE_STATS)
-      --log-level L   debug|info|warn|error`;
+      --log-level L   debug|info|warn|error
+      --web.config.file FILE
+                      TLS and basic auth for every endpoint (exporter-toolkit format; README
+                      "Securing the endpoint"); re-read on change and on SIGHUP
+      --web.max-requests N
+                      requests handled at once, more get 503 (default 40, 0 no cap)
+      --drop-capabilities
+                      drop every capability once the probes are attached`;
 
 class UsageError extends Error {}
 
@@ -48,6 +66,9 @@ function parse(argv: string[]): { cmd: string; cfg: Config; json: boolean; stric
         disable: { type: 'string', multiple: true },
         'bpf-stats': { type: 'boolean' },
         'log-level': { type: 'string' },
+        'web.config.file': { type: 'string' },
+        'web.max-requests': { type: 'string' },
+        'drop-capabilities': { type: 'boolean' },
         json: { type: 'boolean' },
         strict: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
@@ -84,6 +105,12 @@ function parse(argv: string[]): { cmd: string; cfg: Config; json: boolean; stric
   cfg.probes.hot.push(...(v.hot ?? []));
   cfg.probes.disable.push(...(v.disable ?? []));
   if (v['bpf-stats']) cfg.bpf.stats = true;
+  if (v['web.config.file'] !== undefined) cfg.web.configFile = v['web.config.file'];
+  if (v['web.max-requests'] !== undefined) {
+    if (!/^\d+$/.test(v['web.max-requests'])) throw new UsageError(`--web.max-requests ${v['web.max-requests']}: expected a number (0: no cap)`);
+    cfg.web.maxRequests = Number(v['web.max-requests']);
+  }
+  if (v['drop-capabilities']) cfg.privileges.dropCapabilities = true;
   if (v['log-level']) {
     if (!['debug', 'info', 'warn', 'error'].includes(v['log-level'])) throw new UsageError(`--log-level ${v['log-level']}: expected debug|info|warn|error`);
     cfg.logLevel = v['log-level'] as Config['logLevel'];
@@ -100,14 +127,17 @@ function preflight(cfg: Config): void {
 
 async function run(cfg: Config): Promise<void> {
   const agent = new Agent(cfg);
-  const { host, port } = parseListen(cfg.listen);
+  const { port } = parseListen(cfg.listen);
   let server: Server;
   try {
-    server = await listen(buildApp(agent), host, port);
+    server = await serveAgent(agent, cfg);
   } catch (e) {
+    // A bad web config file is one line naming the key (checked before listening).
+    if (e instanceof WebConfigError) die(e.message);
     die(`cannot listen on ${cfg.listen}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
   }
   agent.start();
+  await applyPrivileges(cfg, agent);
   // Host-local critical conditions go to Alertmanager without waiting for a scrape.
   let alerting: InProcessAlerting | undefined;
   if (cfg.alerting.alertmanagers.length) {
@@ -133,6 +163,19 @@ async function run(cfg: Config): Promise<void> {
   process.on('SIGINT', () => void stop('SIGINT'));
 }
 
+async function applyPrivileges(cfg: Config, agent: Agent): Promise<void> {
+  agent.store.set(M.capabilitiesDropped, {}, 0);
+  if (!cfg.privileges.dropCapabilities) {
+    agent.store.set(M.privilegedThreads, {}, privilegedThreads());
+    return;
+  }
+  const r = await dropCapabilities({ user: cfg.privileges.user, warm: () => hasKernelSymbol('') });
+  agent.store.set(M.capabilitiesDropped, {}, r.dropped ? 1 : 0);
+  agent.store.set(M.privilegedThreads, {}, r.privilegedThreads);
+  if (r.dropped) log(r.problems.length ? 'warn' : 'info', 'capabilities dropped', { privileged_threads: r.privilegedThreads, problems: r.problems.join('; ') || undefined });
+  else log('error', 'capabilities not dropped', { problems: r.problems.join('; ') });
+}
+
 async function probes(cfg: Config, json: boolean, strict: boolean): Promise<number> {
   const agent = new Agent(cfg);
   agent.start();
@@ -151,6 +194,12 @@ async function main(): Promise<void> {
     // A client of a running agent's /metrics: none of run's options, config or privileges.
     process.exitCode = await top(process.argv.slice(3));
     return;
+  }
+  if (isCommand(process.argv[2])) {
+    // check, record, replay (agent/commands): each parses its own options.
+    // Servers and timers of a finished command must not hold the process; stdout is a
+    // file or pipe, both written synchronously on Linux, so nothing is cut.
+    process.exit(await runCommand(process.argv[2], process.argv.slice(3)));
   }
   let args;
   try {

@@ -104,3 +104,11 @@ export function kernelRelease(): string {
     return 'unknown';
   }
 }
+
+/** Whether the running kernel is at least major.minor (from its release string). */
+export function kernelAtLeast(major: number, minor: number): boolean {
+  const m = /^(\d+)\.(\d+)/.exec(kernelRelease());
+  if (!m) return false;
+  const [ma, mi] = [Number(m[1]), Number(m[2])];
+  return ma > major || (ma === major && mi >= minor);
+}

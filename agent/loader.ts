@@ -3,11 +3,23 @@
 // Each candidate is its own object instance sharing the family's maps (bpf_map__reuse_fd),
 // because libbpf loads an object all-or-nothing: one failing program would sink the rest.
 import { fileURLToPath } from 'node:url';
-import { ATTACH_KINDS, BpfError, BpfObject, type AttachKind, type BpfLink, type BpfProgram, type MapFd } from '../bpf/libbpf.js';
+import { ATTACH_KINDS, BPF_F_NO_PREALLOC, BPF_MAP_TYPE_PERCPU_HASH, BpfError, BpfObject, type AttachKind, type BpfLink, type BpfProgram, type MapFd } from '../bpf/libbpf.js';
 import { Btf } from '../bpf/btf.js';
-import { precheck } from './kernel.js';
+import { kernelAtLeast, precheck } from './kernel.js';
 import { log } from './log.js';
 import type { Candidate, FamilySpec, ProbeSpec } from './probes/model.js';
+
+/**
+ * Per-CPU stats maps allocate entries on first use rather than all max_entries at load:
+ * preallocated, they cost max_entries x value size x possible CPUs whatever the host runs
+ * (93 MB of map memory for the default set with --hot all on 2 CPUs, 20 MB without
+ * preallocation, measured with bpftool; x32 on a 64-CPU host). Only from 6.1: its BPF
+ * allocator (kernel/bpf/memalloc.c) is safe in tracing context, while before it the
+ * verifier WARN_ONCEs on a kprobe/tracepoint program using such a map
+ * (check_map_prog_compatibility, kernel/bpf/verifier.c v5.10), a panic with panic_on_warn.
+ * A failed allocation is a failed insert, counted like a full map.
+ */
+const LAZY_PERCPU_MAPS = kernelAtLeast(6, 1);
 
 export const BPF_BUILD_DIR = fileURLToPath(new URL('../../bpf/build/', import.meta.url));
 
@@ -30,7 +42,13 @@ export interface ProbeStatus {
   hot?: string;
   candidates: CandidateResult[];
   chosen: { attach: string; target: string } | null;
+  /** Off because this kernel lacks what it watches (FamilySpec.present, or an optional
+   * probe none of whose hooks exist): not a failure. */
+  absent?: boolean;
 }
+
+/** Candidate results that failed the precheck: the hook is not in this kernel. */
+const hookMissing = new WeakSet<CandidateResult>();
 
 export interface LoadOptions {
   enabled: (p: ProbeSpec) => { on: true } | { on: false; why: string };
@@ -102,7 +120,11 @@ export class LoadedFamily {
     const hooks = new Map(c.programs.map((n) => [`${this.kindOf(n, c.attach)} ${targetOf(n)}`, { attach: this.kindOf(n, c.attach), target: targetOf(n) }]));
     for (const h of hooks.values()) {
       const why = precheck({ ...c, ...h });
-      if (why) return { ...res, error: why };
+      if (why) {
+        const r = { ...res, error: why };
+        hookMissing.add(r);
+        return r;
+      }
     }
     let inst: BpfObject | undefined;
     const links: BpfLink[] = [];
@@ -159,7 +181,7 @@ export class Loader {
     const absent = spec.present?.();
     if (absent) {
       log('info', 'probe family off: its subsystem is not in this kernel', { family: spec.name, reason: absent });
-      for (const p of spec.probes) this.status.push(this.probeStatus(p, false, absent));
+      for (const p of spec.probes) this.status.push({ ...this.probeStatus(p, false, absent), absent: true });
       return undefined;
     }
     let owner: BpfObject | undefined;
@@ -169,6 +191,9 @@ export class Loader {
       for (const [map, kind] of Object.entries(spec.sizes ?? {})) {
         const n = this.opts.mapSizes?.[kind];
         if (n) owner.map(map).setMaxEntries(n);
+      }
+      if (LAZY_PERCPU_MAPS) {
+        for (const m of owner.maps()) if (m.type === BPF_MAP_TYPE_PERCPU_HASH) m.setFlags(m.flags | BPF_F_NO_PREALLOC);
       }
       owner.load(); // creates the maps only: every program is off
     } catch (e) {
@@ -218,6 +243,11 @@ export class Loader {
       st.enabled = false;
       st.skipped = `only hot candidates attach on this kernel; ${hotSkipped.error}`;
       log('info', 'probe off: only hot candidates left', { probe: p.name, hot: hotSkipped.error });
+    } else if (p.optional && st.candidates.length > 0 && st.candidates.every((r) => hookMissing.has(r))) {
+      st.enabled = false;
+      st.absent = true;
+      st.skipped = `not present in this kernel: ${st.candidates.map((c) => c.error).join('; ')}`;
+      log('info', 'optional probe off: none of its hooks is in this kernel', { probe: p.name });
     } else {
       log('warn', 'probe did not attach', {
         probe: p.name,

@@ -162,7 +162,9 @@ export function parseProcStat(text: string): ProcStat | undefined {
 }
 
 export interface VmResolverOptions {
-  /** Where procfs is (tests use a fake tree). Default /proc. */
+  /** Where procfs is (tests use a fake tree). Default $HVWATCH_PROC_ROOT, else /proc: in a
+   * pod, the host's /proc mounted elsewhere (deploy/: /host/proc), since BPF reports host
+   * pids and the pod's own /proc shows only its pid namespace. */
   procRoot?: string;
   /** Cache bound; the least recently resolved pid is dropped first. Default 4096. */
   maxEntries?: number;
@@ -179,7 +181,7 @@ export class VmResolver {
   private readonly cache = new Map<number, Entry>();
 
   constructor(opts: VmResolverOptions = {}) {
-    this.procRoot = opts.procRoot ?? '/proc';
+    this.procRoot = opts.procRoot ?? (process.env.HVWATCH_PROC_ROOT || '/proc');
     this.maxEntries = Math.max(1, opts.maxEntries ?? 4096);
   }
 

@@ -78,6 +78,8 @@ const f = {
   mapValueSize: lib.func('uint32_t bpf_map__value_size(bpf_map *map)'),
   mapMaxEntries: lib.func('uint32_t bpf_map__max_entries(bpf_map *map)'),
   mapSetMaxEntries: lib.func('int bpf_map__set_max_entries(bpf_map *map, uint32_t n)'),
+  mapFlags: lib.func('uint32_t bpf_map__map_flags(bpf_map *map)'),
+  mapSetFlags: lib.func('int bpf_map__set_map_flags(bpf_map *map, uint32_t flags)'),
   mapReuseFd: lib.func('int bpf_map__reuse_fd(bpf_map *map, int fd)'),
   mapBtfKeyTypeId: lib.func('uint32_t bpf_map__btf_key_type_id(bpf_map *map)'),
   mapBtfValueTypeId: lib.func('uint32_t bpf_map__btf_value_type_id(bpf_map *map)'),
@@ -97,7 +99,9 @@ export const libbpfVersion: string = f.versionString();
 export const possibleCpus: number = f.numPossibleCpus();
 
 // BPF map types whose lookups return one value per possible CPU (include/uapi/linux/bpf.h).
-const PERCPU_MAP_TYPES = new Set([5 /* PERCPU_HASH */, 6 /* PERCPU_ARRAY */, 10 /* LRU_PERCPU_HASH */, 21 /* PERCPU_CGROUP_STORAGE */]);
+export const BPF_MAP_TYPE_PERCPU_HASH = 5;
+export const BPF_F_NO_PREALLOC = 1;
+const PERCPU_MAP_TYPES = new Set([BPF_MAP_TYPE_PERCPU_HASH, 6 /* PERCPU_ARRAY */, 10 /* LRU_PERCPU_HASH */, 21 /* PERCPU_CGROUP_STORAGE */]);
 
 export function errnoMessage(err: number): string {
   const e = Math.abs(err);
@@ -327,6 +331,11 @@ export class BpfMap {
   setMaxEntries(n: number): void {
     const r = f.mapSetMaxEntries(this.handle, n);
     if (r < 0) fail(`resize map ${this.name}`, r, logMark());
+  }
+  get flags(): number { return f.mapFlags(this.handle); }
+  setFlags(flags: number): void {
+    const r = f.mapSetFlags(this.handle, flags);
+    if (r < 0) fail(`set flags of map ${this.name}`, r, logMark());
   }
   // Share one kernel map between object instances (every attach candidate is its own
   // object instance; the family's maps are created once).

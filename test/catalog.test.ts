@@ -5,6 +5,7 @@ import { spawnSync } from 'node:child_process';
 import { AgentProcess } from './helpers/agent.js';
 import { createCgroup, fsyncWriteInCgroup } from './helpers/memcg.js';
 import { ALL_METRICS, M, metricByName } from '../agent/catalog.js';
+import { KUBE_LABELS } from '../agent/k8s.js';
 
 let agent: AgentProcess;
 let text: string;
@@ -48,6 +49,18 @@ test('every exported metric is in the catalog with the same type and help', (t) 
   for (const line of text.split('\n').filter((l) => l && !l.startsWith('#'))) {
     const base = line.replace(/[{ ].*$/, '').replace(/_(bucket|sum|count)$/, '');
     t.truthy(metricByName(base) ?? metricByName(line.replace(/[{ ].*$/, '')), line);
+  }
+});
+
+test('every exported sample carries exactly its catalog labels (plus le on buckets; Kubernetes labels only when resolved)', (t) => {
+  for (const line of text.split('\n').filter((l) => l && !l.startsWith('#'))) {
+    const name = line.replace(/[{ ].*$/, '');
+    const bucket = name.endsWith('_bucket');
+    const d = metricByName(name) ?? metricByName(name.replace(/_(bucket|sum|count)$/, ''))!;
+    const got = [...(/\{(.*)\}/.exec(line)?.[1] ?? '').matchAll(/(\w+)="(?:[^"\\]|\\.)*"/g)].map((m) => m[1]!);
+    // An empty label is no label to Prometheus: namespace/pod/container of a non-pod cgroup are left out.
+    const want = [...d.labels, ...(bucket ? ['le'] : [])].filter((l) => got.includes(l) || !(KUBE_LABELS as readonly string[]).includes(l));
+    t.deepEqual(got.sort(), want.sort(), line);
   }
 });
 

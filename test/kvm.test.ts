@@ -9,7 +9,7 @@ import { configSchema } from '../agent/config.js';
 import { allProbeNames } from '../agent/probes/index.js';
 import { exitReasonName, errnoName } from '../agent/probes/kvm.js';
 import { M } from '../agent/catalog.js';
-import { AgentProcess, pick, until, value } from './helpers/agent.js';
+import { AgentProcess, pick, until, value, writeConfig } from './helpers/agent.js';
 import { kvmUsable, startGuest } from './helpers/kvm.js';
 
 const skip = kvmUsable();
@@ -17,7 +17,8 @@ const kvmTest = skip ? test.skip : test;
 if (skip) test('real-guest kvm tests are skipped here', (t) => t.log(`skipped: ${skip}`) ?? t.pass());
 
 kvmTest('a real /dev/kvm guest: N port writes counted exactly under its vm label, nested-state errors counted, series removed on exit', async (t) => {
-  const agent = await AgentProcess.start([]);
+  // A short linger: the series must outlive the VMM by that long, then go.
+  const agent = await AgentProcess.start(['--config', writeConfig('kvm:\n  exitedVmSeconds: 3\n')]);
   t.teardown(() => agent.stop());
   const name = `hvwatch-test-${process.pid}`;
   const N = 2000;
@@ -53,11 +54,15 @@ kvmTest('a real /dev/kvm guest: N port writes counted exactly under its vm label
   t.is(value(s, M.probeAttached.name, { probe: 'kvm_io' }), 1);
 
   await guest.kill();
+  const exitedAt = Date.now();
+  const lingering = await agent.scrape();
+  t.is(value(lingering, M.kvmPio.name, { ...vm, direction: 'out' }), N, 'the last counts are still served right after the VMM exited');
   const after = await until(async () => {
     const s = await agent.scrape();
     return pick(s, M.kvmVmInfo.name, vm).length === 0 ? s : undefined;
   }, 10_000, `${name}'s series gone after its process exited`);
   t.deepEqual(after.filter((x) => x.labels.vm === name), []);
+  t.true(Date.now() - exitedAt >= 3000 - 100, 'not before kvm.exitedVmSeconds');
 });
 
 // ---- the handlers through BPF_PROG_TEST_RUN (logic, not attach) ----

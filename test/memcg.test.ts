@@ -4,6 +4,7 @@ import test from 'ava';
 import { AgentProcess, mapsOnlyAgent, pick, runCli, until, value, writeConfig } from './helpers/agent.js';
 import { createCgroup, fsyncWriteInCgroup } from './helpers/memcg.js';
 import { M } from '../agent/catalog.js';
+import { FAMILIES } from '../agent/probes/index.js';
 
 test('memcg tracepoint probes count a 50 MiB fsync\'d write under its cgroup path; in-flight returns to 0', async (t) => {
   const agent = await AgentProcess.start(['--hot', 'memcg_writeback', '--hot', 'memcg_uncharge']);
@@ -228,7 +229,9 @@ probes:
   t.is(w.family, 'memcg');
   // The function tiers cannot attach on these hosts (no kprobes, fentry refused): --strict
   // passes once only probes that can attach are enabled.
-  const fn = ['memcg_writeback_start_fn', 'memcg_writeback_end_fn', 'memcg_uncharge_folio_fn', 'memcg_uncharge_fn'];
+  const fnTiers = new Set(['fentry', 'fexit', 'kprobe', 'kretprobe']);
+  const fn = FAMILIES.flatMap((f) => f.probes).filter((p) => p.candidates.every((c) => fnTiers.has(c.attach))).map((p) => p.name);
+  t.true(fn.includes('memcg_uncharge_fn') && fn.includes('kvm_irq_device_release'), fn.join(' '));
   const ok = await runCli(['probes', '--strict', ...fn.flatMap((p) => ['--disable', p])]);
   t.is(ok.code, 0, ok.stderr);
 });

@@ -10,6 +10,7 @@ import { foldLog2, mergeFolded } from './histogram.js';
 import type { MetricStore, Series } from '../export/store.js';
 import type { LabelBudget } from './budget.js';
 import type { CgroupResolver, MemoryHierarchy } from '../cgroups.js';
+import { NO_KUBE_LABELS, type KubeLabels } from '../k8s.js';
 
 export interface CollectContext {
   store: MetricStore;
@@ -25,6 +26,11 @@ export interface CollectContext {
 export type Decoder = (raw: bigint, ctx: CollectContext, field: (name: string) => bigint) => string | null;
 
 export const UNKNOWN_CGROUP = 'unknown';
+
+/** namespace/pod/container of a decoded cgroup label ('' when none: agent/k8s.ts). */
+export function cgroupLabels(ctx: CollectContext, cgPath: string): KubeLabels {
+  return ctx.cgroups?.resolver.labelsOf(cgPath) ?? NO_KUBE_LABELS;
+}
 
 export const decoders: Record<string, Decoder> = {
   cgroup(raw, ctx) {
@@ -116,7 +122,11 @@ export function collectMap(fam: LoadedFamily, e: MapExport, ctx: CollectContext)
   if (!lay) layoutCache.set(e, (lay = resolve(fam, e, map)));
   const out = new Map<MetricDef, Map<string, Series>>();
   const add = (metric: MetricDef, keyLabels: Record<string, string>, value: number, hist?: Series['hist'], extra?: Readonly<Record<string, string>>): void => {
-    const labels = extra ? { ...keyLabels, ...extra } : keyLabels;
+    // Only the metric's own labels: a map key often carries more (a nested-state key has op
+    // and result; its saves counter is per flag), and the exporter prints what a series has.
+    const all = extra ? { ...keyLabels, ...extra } : keyLabels;
+    const labels: Record<string, string> = {};
+    for (const l of metric.labels) labels[l] = all[l]!;
     let fam2 = out.get(metric);
     if (!fam2) out.set(metric, (fam2 = new Map()));
     const k = metric.labels.map((l) => labels[l]).join('\u0000');
@@ -147,6 +157,8 @@ export function collectMap(fam: LoadedFamily, e: MapExport, ctx: CollectContext)
       map.delete(k);
       continue;
     }
+    // The one place a cgroup label grows its Kubernetes labels (catalog CG), for every family.
+    if (labels.cgroup !== undefined) Object.assign(labels, cgroupLabels(ctx, labels.cgroup));
     const scalars: Record<string, number> = {};
     for (const { fx, field: f, sum } of lay.values) {
       if ('log2' in fx) {

@@ -11,6 +11,14 @@ function formatLe(v: number): string {
   return Number.isInteger(v) ? String(v) : String(Number(v.toPrecision(12)));
 }
 
+// An empty label value and an absent label are the same series to Prometheus (data model),
+// so empty values are left out: a cgroup without Kubernetes labels keeps only `cgroup`.
+function present(labels: Readonly<Record<string, string>>): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(labels)) if (v !== '') out[k] = v;
+  return out;
+}
+
 class StoreMetric {
   name: string;
   readonly help: string;
@@ -25,15 +33,16 @@ class StoreMetric {
   get(): { name: string; help: string; type: string; aggregator: string; values: PromValue[] } {
     const values: PromValue[] = [];
     for (const s of this.store.all(this.def)) {
+      const labels = present(s.labels);
       if (this.def.type !== 'histogram' || !s.hist) {
-        values.push({ value: s.value, labels: { ...s.labels } });
+        values.push({ value: s.value, labels: { ...labels } });
         continue;
       }
       const h = s.hist;
-      h.bounds.forEach((le, i) => values.push({ metricName: `${this.name}_bucket`, labels: { ...s.labels, le: formatLe(le) }, value: h.cumulative[i]! }));
-      values.push({ metricName: `${this.name}_bucket`, labels: { ...s.labels, le: '+Inf' }, value: h.count });
-      values.push({ metricName: `${this.name}_sum`, labels: { ...s.labels }, value: h.sum });
-      values.push({ metricName: `${this.name}_count`, labels: { ...s.labels }, value: h.count });
+      h.bounds.forEach((le, i) => values.push({ metricName: `${this.name}_bucket`, labels: { ...labels, le: formatLe(le) }, value: h.cumulative[i]! }));
+      values.push({ metricName: `${this.name}_bucket`, labels: { ...labels, le: '+Inf' }, value: h.count });
+      values.push({ metricName: `${this.name}_sum`, labels: { ...labels }, value: h.sum });
+      values.push({ metricName: `${this.name}_count`, labels: { ...labels }, value: h.count });
     }
     return { name: this.name, help: this.help, type: this.type, aggregator: this.aggregator, values };
   }

@@ -5,6 +5,10 @@ import type { Server } from 'node:http';
 import type { Agent } from '../agent.js';
 import { pickRegistry } from './registry.js';
 import { log } from '../log.js';
+import { createGuardedServer, REJECT_REASONS, type GuardOptions } from './guard.js';
+import { WebConfigSource } from './webconfig.js';
+import { parseListen, type Config } from '../config.js';
+import { M } from '../catalog.js';
 
 export function buildApp(agent: Agent): express.Express {
   const app = express();
@@ -39,14 +43,51 @@ export function buildApp(agent: Agent): express.Express {
   return app;
 }
 
-export function listen(app: express.Express, host: string | undefined, port: number): Promise<Server> {
+/** Bounds used when the caller gives none (the defaults of the `web` config section). */
+export const DEFAULT_GUARD: Omit<GuardOptions, 'onReject'> = {
+  maxRequests: 40, maxConnections: 256, headersTimeoutMs: 10_000, requestTimeoutMs: 30_000, maxHeaderBytes: 8192,
+};
+
+export function listen(app: express.Express, host: string | undefined, port: number, guard?: GuardOptions): Promise<Server> {
   return new Promise((resolve, reject) => {
-    const server = host ? app.listen(port, host) : app.listen(port);
+    // Slow, oversized or too many clients must not pin sockets or CPU (agent/export/guard.ts).
+    const server = createGuardedServer(app, guard ?? { ...DEFAULT_GUARD, onReject: () => {} });
     server.once('listening', () => resolve(server));
     server.once('error', reject);
-    // Slow or stuck clients must not pin sockets (slowloris): bounded header and request time.
-    server.headersTimeout = 10_000;
-    server.requestTimeout = 30_000;
-    server.keepAliveTimeout = 5_000;
+    if (host) server.listen(port, host);
+    else server.listen(port);
+  });
+}
+
+/**
+ * The agent's HTTP(S) endpoint as `run`, `record` and `replay` serve it: the web config
+ * (TLS, basic auth; re-read on change and on SIGHUP), the request limits, and rejected
+ * requests counted. Throws WebConfigError for a bad web config file, the listen error else.
+ */
+export async function serveAgent(agent: Agent, cfg: Config): Promise<Server> {
+  const { host, port } = parseListen(cfg.listen);
+  const web = openWebConfig(cfg, agent);
+  for (const reason of REJECT_REASONS) agent.store.inc(M.httpRejected, { reason }, 0);
+  const server = await listen(buildApp(agent), host, port, {
+    web, maxRequests: cfg.web.maxRequests, maxConnections: cfg.web.maxConnections,
+    headersTimeoutMs: cfg.web.headersTimeout * 1000, requestTimeoutMs: cfg.web.requestTimeout * 1000,
+    maxHeaderBytes: cfg.web.maxHeaderBytes, onReject: (reason) => agent.store.inc(M.httpRejected, { reason }),
+  });
+  // Without a handler SIGHUP would end the process.
+  process.on('SIGHUP', () => {
+    if (web) web.reload();
+    else log('info', 'SIGHUP: no web config file to reload');
+  });
+  return server;
+}
+
+function openWebConfig(cfg: Config, agent: Agent): WebConfigSource | undefined {
+  if (!cfg.web.configFile) return undefined;
+  const file = cfg.web.configFile;
+  for (const result of ['success', 'failure']) agent.store.inc(M.webConfigReloads, { result }, 0);
+  return new WebConfigSource(file, (ok, error) => {
+    agent.store.inc(M.webConfigReloads, { result: ok ? 'success' : 'failure' });
+    if (ok) log('info', 'web config reloaded', { file });
+    else log('error', 'web config reload failed; the previous one stays in force', { error });
   });
 }

@@ -12,13 +12,11 @@ export interface Series {
   hist?: FoldedHistogram;
 }
 
+// A label left out is an empty one, as in Prometheus: a cgroup that is not a pod's has no
+// namespace/pod/container (catalog CG), and lookups by its cgroup alone find it.
 function keyOf(def: MetricDef, labels: Labels): string {
   let k = '';
-  for (const l of def.labels) {
-    const v = labels[l];
-    if (v === undefined) throw new Error(`${def.name}: missing label ${l}`);
-    k += `${v}\u0000`;
-  }
+  for (const l of def.labels) k += `${labels[l] ?? ''}\u0000`;
   return k;
 }
 

@@ -3,8 +3,10 @@ import type { FamilySpec } from './model.js';
 import { memcgFamily } from './memcg.js';
 import { memcgFnFamily } from './memcg-fn.js';
 import { kvmFamily } from './kvm.js';
+import { kvmiFamily } from './kvmi.js';
+import { kvmIrqFamily } from './kvm-irq.js';
 
-export const FAMILIES: readonly FamilySpec[] = [memcgFamily, memcgFnFamily, kvmFamily];
+export const FAMILIES: readonly FamilySpec[] = [memcgFamily, memcgFnFamily, kvmFamily, kvmiFamily, kvmIrqFamily];
 
 export function allProbeNames(): string[] {
   return FAMILIES.flatMap((f) => f.probes.map((p) => p.name));

@@ -4,11 +4,10 @@
 import { existsSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { M } from '../catalog.js';
-import { VmResolver } from '../vms.js';
+import { publishVmInfo, setExitedVmLinger, vmDecoder } from './vm-label.js';
 import type { CollectContext, Decoder } from '../aggregate/collect.js';
 import type { FamilySpec, ProbeSpec } from './model.js';
 import { ISA, SVM_EXIT_REASONS, VMX_EXIT_REASONS } from './kvm-reasons.js';
-import type { Series } from '../export/store.js';
 
 const family = 'kvm';
 
@@ -114,38 +113,6 @@ export function errnoName(err: number): string {
   return err === 0 ? 'ok' : ERRNO_NAMES.get(err) ?? `errno_${err}`;
 }
 
-/* ---- the vm label: a VMM's tgid, named from its command line (agent/vms.ts) ---- */
-
-const vms = new VmResolver();
-
-interface SeenVm {
-  name: string;
-  source: string;
-}
-
-// Per scrape (cleared in prepare): each VM is resolved once however many keys carry its
-// tgid, and hvwatch_kvm_vm_info is rebuilt from the VMs seen. Names are kept after a VM's
-// process exits so its budget slot can be released by name.
-const seen = new Map<number, SeenVm | null>();
-const known = new Map<number, string>();
-
-const vmDecoder: Decoder = (raw, ctx) => {
-  const pid = Number(raw);
-  let vm = seen.get(pid);
-  if (vm === undefined) {
-    const id = vms.resolve(pid);
-    vm = id ? { name: ctx.budget.admit('vm', id.name), source: id.source } : null;
-    if (id) known.set(pid, id.name);
-    else {
-      const name = known.get(pid);
-      if (name !== undefined) ctx.budget.release('vm', name);
-      known.delete(pid);
-    }
-    seen.set(pid, vm);
-  }
-  return vm ? vm.name : null; // the process exited: drop its entries and series
-};
-
 const isaDecoder: Decoder = (raw) => ISA[Number(raw) as 1 | 2] ?? `isa${raw}`;
 const reasonDecoder: Decoder = (raw, _ctx, field) => exitReasonName(Number(field('isa')), Number(raw));
 const uexitDecoder: Decoder = (raw) => KVM_EXIT_NAMES[Number(raw)] ?? UEXIT_SPECIAL[Number(raw)] ?? `exit_${raw}`;
@@ -237,19 +204,17 @@ export const kvmFamily: FamilySpec = {
     const v = Buffer.alloc(4);
     v.writeUInt32LE(cfg.kvm.vcpuLabel ? 1 : 0);
     fam.maps.get('kvm_cfg')!.update(k, v);
+    setExitedVmLinger(cfg.kvm.exitedVmSeconds);
   },
   prepare(_ctx: CollectContext, fam) {
-    seen.clear();
     // The consistency-check messages the BPF side interned, by hash (bounded: 512).
     for (const [k, v] of fam.maps.get('vmenter_msgs')?.entries() ?? []) {
       const h = k.readBigUInt64LE(0);
       if (!messages.has(h)) messages.set(h, v.toString('latin1', 0, Math.max(0, v.indexOf(0))).replace(/[^\x20-\x7e]/g, '?'));
     }
   },
-  collect(_ctx, store, fam) {
-    const info: Series[] = [];
-    for (const [pid, vm] of seen) if (vm) info.push({ labels: { vm: vm.name, pid: String(pid), source: vm.source }, value: 1 });
-    store.replace(M.kvmVmInfo, info);
+  collect(ctx, store, fam) {
+    publishVmInfo(ctx, store);
     const un = fam.maps.get('unpaired');
     if (un) UNPAIRED.forEach((pairing, i) => store.set(M.kvmUnpaired, { pairing }, un.counter(i)));
   },

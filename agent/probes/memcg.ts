@@ -92,8 +92,9 @@ export const memcgFamily: FamilySpec = {
       seen.add(path);
       const st = readMemoryStat(cg.hierarchy, path);
       if (!st) continue;
-      dirty.push({ labels: { cgroup: path }, value: st.dirtyBytes });
-      wb.push({ labels: { cgroup: path }, value: st.writebackBytes });
+      // Same labels as the map series (cgroup plus its Kubernetes labels: catalog CG).
+      dirty.push({ labels: s.labels, value: st.dirtyBytes });
+      wb.push({ labels: s.labels, value: st.writebackBytes });
     }
     store.replace(M.memcgStatDirty, dirty);
     store.replace(M.memcgStatWriteback, wb);

@@ -97,6 +97,9 @@ export interface FamilySpec {
   /** Whether the subsystem the family watches is in this kernel at all; a reason when not
    * (kvm not loaded). Its probes are then off, not failed. */
   present?: () => string | undefined;
+  /** A gauge the agent sets to 1 when present() finds the subsystem and 0 when not, so
+   * "not present" is a sample, not a missing series (hvwatch_kvmi_present). */
+  presentMetric?: MetricDef;
   /** Once after load: write configuration into the family's BPF maps. */
   setup?: (fam: LoadedFamily, cfg: Config) => void;
 }

@@ -167,7 +167,12 @@ function verdict(r: Run): string[] {
   for (const spec of PROBES) {
     const got = r.report.find((x) => x.name === spec.name);
     if (!got) continue;
-    if (!got.enabled || got.skipped !== null) { p.push(`${spec.name}: not enabled with --hot all (skipped: ${got.skipped})`); continue; }
+    if (!got.enabled || got.skipped !== null) {
+      // Off is right only for a probe whose subsystem this kernel lacks (kvmi): no hook of any candidate exists.
+      const exists = spec.candidates.filter((c) => hookExists(r, c, spec.name));
+      if (exists.length) p.push(`${spec.name}: not enabled with --hot all although ${exists.map((c) => `${c.attach}:${c.target}`).join(', ')} exists (skipped: ${got.skipped})`);
+      continue;
+    }
     for (const c of got.candidates) {
       if (!c.ok && !EXPLAINED.test(c.error ?? '')) p.push(`${spec.name} ${c.attach}:${c.target}: unexplained error: ${c.error}`);
     }

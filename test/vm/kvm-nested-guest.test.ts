@@ -140,7 +140,9 @@ echo "module_btf=$(cd /sys/kernel/btf && ls -d kvm kvm_amd 2>/dev/null | tr '\\n
 ip link set lo up || ifconfig lo up || fail 'cannot bring up loopback'
 
 # ---- the agent, on loopback, default probes (kvm_amd is loaded: the kvm tracepoints exist) ----
-"$HVWATCH" run --listen 127.0.0.1:$PORT > "$tmp/agent.out" 2> "$tmp/agent.err" &
+# Exited VMs' series go at the first scrape after exit (no linger): the test checks they go.
+printf 'kvm:\n  exitedVmSeconds: 0\n' > "$tmp/hvwatch.yaml"
+"$HVWATCH" run --config "$tmp/hvwatch.yaml" --listen 127.0.0.1:$PORT > "$tmp/agent.out" 2> "$tmp/agent.err" &
 AG=$!
 until get "$URL/readyz" > /dev/null 2>&1; do
   kill -0 $AG 2>/dev/null || fail 'agent exited before ready'
