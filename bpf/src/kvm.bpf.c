@@ -17,14 +17,10 @@
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_tracing.h>
 #include "hvwatch.h"
+#include "kvm_ioctl.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
-/* ioctl numbers, include/uapi/linux/kvm.h (v6.18): _IO(KVMIO, 0x80), _IOWR(KVMIO, 0xbe,
- * struct kvm_nested_state), _IOW(KVMIO, 0xbf, struct kvm_nested_state). */
-#define KVM_RUN_IOCTL 0xAE80U
-#define KVM_GET_NESTED_STATE_IOCTL 0xC080AEBEU
-#define KVM_SET_NESTED_STATE_IOCTL 0x4080AEBFU
 /* struct kvm_nested_state starts with __u16 flags; arch/x86/include/uapi/asm/kvm.h (v6.18). */
 #define KVM_STATE_NESTED_GUEST_MODE 0x1
 #define KVM_STATE_NESTED_RUN_PENDING 0x2
@@ -671,24 +667,8 @@ int tp_kvm_nested_vmenter_failed(struct trace_event_raw_kvm_nested_vmenter_faile
 	return 0;
 }
 
-/* KVM_RUN and the nested-state ioctls, from the ioctl syscall tracepoints: the command is
- * filtered first, so any other ioctl costs one compare. */
-struct sys_enter_ioctl_args {
-	u64 _common;
-	s32 nr;
-	u32 _pad;
-	u64 fd;
-	u64 cmd;
-	u64 arg;
-};
-
-struct sys_exit_args {
-	u64 _common;
-	s32 nr;
-	u32 _pad;
-	s64 ret;
-};
-
+/* KVM_RUN and the nested-state ioctls, from the ioctl syscall tracepoints (kvm_ioctl.h):
+ * the command is filtered first, so any other ioctl costs one compare. */
 SEC("tracepoint/syscalls/sys_enter_ioctl")
 int tp_sys_enter_ioctl(struct sys_enter_ioctl_args *ctx)
 {

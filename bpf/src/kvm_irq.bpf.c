@@ -44,18 +44,9 @@
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_tracing.h>
 #include "hvwatch.h"
+#include "kvm_ioctl.h"
 
 char LICENSE[] SEC("license") = "GPL";
-
-/* include/uapi/linux/kvm.h (v6.18): _IOW(KVMIO, 0x61, struct kvm_irq_level),
- * _IOWR(KVMIO, 0x67, struct kvm_irq_level), _IOW(KVMIO, 0xa5, struct kvm_msi), _IO(KVMIO, 1).
- * test/helpers/kvm-irq-guest.c asserts the same numbers against the system headers. */
-#define KVM_IRQ_LINE_IOCTL 0x4008AE61U
-#define KVM_IRQ_LINE_STATUS_IOCTL 0xC008AE67U
-#define KVM_SIGNAL_MSI_IOCTL 0x4020AEA5U
-#define KVM_CREATE_VM_IOCTL 0xAE01U
-
-#define KVM_RUN_IOCTL 0xAE80U
 
 #define PF_KTHREAD 0x00200000 /* include/linux/sched.h */
 
@@ -490,22 +481,6 @@ int tp_kvm_inj_virq(struct trace_event_raw_kvm_inj_virq *ctx)
 }
 
 /* ---- attach points: the VM behind a VM-fd ioctl, and VM creation ---- */
-
-struct sys_enter_ioctl_args {
-	u64 _common;
-	s32 nr;
-	u32 _pad;
-	u64 fd;
-	u64 cmd;
-	u64 arg;
-};
-
-struct sys_exit_args {
-	u64 _common;
-	s32 nr;
-	u32 _pad;
-	s64 ret;
-};
 
 /* The command is filtered first, so any other ioctl costs a few compares. */
 SEC("tracepoint/syscalls/sys_enter_ioctl")
