@@ -29,6 +29,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#define PROG "kvm-guest"
+#include "kvm-util.h"
+
 // The numbers the agent's probes and the issue tracker talk about; the headers must agree.
 _Static_assert(KVM_GET_NESTED_STATE == 0xC080AEBEu, "KVM_GET_NESTED_STATE");
 _Static_assert(KVM_SET_NESTED_STATE == 0x4080AEBFu, "KVM_SET_NESTED_STATE");
@@ -79,18 +82,6 @@ static pthread_mutex_t go_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t go_cond = PTHREAD_COND_INITIALIZER;
 static bool go_flag;
 
-__attribute__((noreturn, format(printf, 2, 3))) static void die(int code, const char *fmt, ...)
-{
-	va_list ap;
-	fflush(stdout);
-	fputs("kvm-guest: ", stderr);
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputc('\n', stderr);
-	exit(code);
-}
-
 static const char *exit_name(unsigned r)
 {
 	static const char *const names[] = {
@@ -115,16 +106,6 @@ static bool exit_is_fatal(unsigned r)
 {
 	return r == KVM_EXIT_UNKNOWN || r == KVM_EXIT_EXCEPTION || r == KVM_EXIT_SHUTDOWN ||
 	       r == KVM_EXIT_FAIL_ENTRY || r == KVM_EXIT_INTERNAL_ERROR;
-}
-
-static uint64_t parse_u64(const char *name, const char *s, uint64_t max)
-{
-	char *end;
-	errno = 0;
-	unsigned long long v = strtoull(s, &end, 0);
-	if (errno || end == s || *end || s[0] == '-' || v > max)
-		die(2, "%s: invalid value '%s' (0..%" PRIu64 ")", name, s, max);
-	return v;
 }
 
 static void usage(FILE *f)
@@ -183,15 +164,6 @@ static void parse_args(int argc, char **argv)
 	}
 	if (opt.vcpus == 0)
 		die(2, "--vcpus: must be at least 1");
-}
-
-static int xioctl(int fd, unsigned long req, void *arg)
-{
-	int r;
-	do
-		r = ioctl(fd, req, arg);
-	while (r == -1 && errno == EINTR);
-	return r;
 }
 
 static void *vcpu_main(void *p)

@@ -39,6 +39,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#define PROG "kvm-irq-guest"
+#include "kvm-util.h"
+
 // The ioctl numbers bpf/src/kvm_irq.bpf.c filters on; the headers must agree.
 _Static_assert(KVM_IRQ_LINE == 0x4008AE61u, "KVM_IRQ_LINE");
 _Static_assert(KVM_IRQ_LINE_STATUS == 0xC008AE67u, "KVM_IRQ_LINE_STATUS");
@@ -97,28 +100,6 @@ static volatile int stop;
 static uint64_t got_pic, got_msi, got_other, other_exits;
 static char vcpu_error[160];
 
-__attribute__((noreturn, format(printf, 2, 3))) static void die(int code, const char *fmt, ...)
-{
-	va_list ap;
-	fflush(stdout);
-	fputs("kvm-irq-guest: ", stderr);
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputc('\n', stderr);
-	exit(code);
-}
-
-static uint64_t parse_u64(const char *name, const char *s, uint64_t max)
-{
-	char *end;
-	errno = 0;
-	unsigned long long v = strtoull(s, &end, 0);
-	if (errno || end == s || *end || s[0] == '-' || v > max)
-		die(2, "%s: invalid value '%s' (0..%" PRIu64 ")", name, s, max);
-	return v;
-}
-
 static void parse_args(int argc, char **argv)
 {
 	for (int i = 1; i < argc; i++) {
@@ -157,15 +138,6 @@ static void parse_args(int argc, char **argv)
 	}
 	if (opt.gsi == 2)
 		die(2, "--gsi: 2 is the PIC cascade");
-}
-
-static int xioctl(int fd, unsigned long req, void *arg)
-{
-	int r;
-	do
-		r = ioctl(fd, req, arg);
-	while (r == -1 && errno == EINTR);
-	return r;
 }
 
 static void on_signal(int sig)
