@@ -3,7 +3,7 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { findMemoryHierarchy } from '../agent/cgroups.js';
 
@@ -136,22 +136,104 @@ export interface DriverResult {
 
 export interface FaultLoad { kind: 'fault'; mib: number; iters: number }
 export interface FsyncLoad { kind: 'fsync'; mib: number; chunkKib: number; passes: number }
-export type Load = FaultLoad | FsyncLoad;
+export interface ChurnLoad { kind: 'churn'; cgroups: number; anonKib: number; writeKib: number }
+export type Load = FaultLoad | FsyncLoad | ChurnLoad;
+export type LoadKind = Load['kind'];
 
 export function describeLoad(l: Load): string {
-  return l.kind === 'fault'
-    ? `${l.iters} x (mmap ${l.mib} MiB anonymous, touch every page, munmap)`
-    : `${l.passes} x ${l.mib} MiB pwrite in ${l.chunkKib} KiB chunks, fsync after each`;
+  switch (l.kind) {
+    case 'fault': return `${l.iters} x (mmap ${l.mib} MiB anonymous, touch every page, munmap)`;
+    case 'fsync': return `${l.passes} x ${l.mib} MiB pwrite in ${l.chunkKib} KiB chunks, fsync after each`;
+    case 'churn': return `${l.cgroups} x (mkdir a memory cgroup, a child in it touches ${l.anonKib} KiB anonymous and writes ${l.writeKib} KiB with fsync, exits, rmdir)`;
+  }
+}
+
+function loadArgs(s: Scratch, l: Load): string[] {
+  switch (l.kind) {
+    case 'fault': return ['fault', s.cgroup, String(l.mib), String(l.iters)];
+    case 'fsync': return ['fsync', s.cgroup, path.join(s.data.path, 'fsync.dat'), String(l.mib), String(l.chunkKib), String(l.passes)];
+    case 'churn': return ['churn', s.cgroup, String(l.cgroups), s.data.path, String(l.anonKib), String(l.writeKib)];
+  }
 }
 
 /** Runs the C driver in the scratch cgroup; it times itself after joining the cgroup. */
 export function runLoad(s: Scratch, l: Load): DriverResult {
-  const args = l.kind === 'fault'
-    ? ['fault', s.cgroup, String(l.mib), String(l.iters)]
-    : ['fsync', s.cgroup, path.join(s.data.path, 'fsync.dat'), String(l.mib), String(l.chunkKib), String(l.passes)];
+  const args = loadArgs(s, l);
   const r = spawnSync(s.driver, args, { encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`hvbench ${args.join(' ')} failed (status ${r.status}): ${r.stderr.trim()}`);
   return JSON.parse(r.stdout) as DriverResult;
+}
+
+/** Runs a command to completion without blocking the event loop, calling `tick` every
+ * `tickMs` meanwhile (an in-process agent's scrapes); resolves with stdout. */
+export function runAsync(cmd: string, args: string[], tick?: () => unknown, tickMs = 1000): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    p.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    p.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    const t = tick ? setInterval(() => void tick(), tickMs) : undefined;
+    p.on('error', (e) => { if (t) clearInterval(t); reject(e); });
+    p.on('close', (code) => {
+      if (t) clearInterval(t);
+      if (code === 0) resolve(out);
+      else reject(new Error(`${path.basename(cmd)} ${args.join(' ')} failed (status ${code}): ${err.trim()}`));
+    });
+  });
+}
+
+/** The driver without blocking the event loop, so an in-process agent keeps scraping. */
+export async function runLoadAsync(s: Scratch, l: Load, tick?: () => unknown): Promise<DriverResult> {
+  return JSON.parse(await runAsync(s.driver, loadArgs(s, l), tick)) as DriverResult;
+}
+
+/** The last JSON object line of a command's stdout (tools may print other lines). */
+export function lastJsonLine<T>(stdout: string): T {
+  const line = stdout.trim().split('\n').reverse().find((l) => l.startsWith('{'));
+  if (!line) throw new Error(`no JSON result line in: ${stdout.slice(0, 200)}`);
+  return JSON.parse(line) as T;
+}
+
+// ---- processes: CPU and memory from /proc ----
+
+const CLK_TCK = 100; // sysconf(_SC_CLK_TCK) is 100 on every Linux target we run on
+
+/** utime + stime of a process, ms (/proc/PID/stat fields 14 and 15, man 5 proc). */
+export function procCpuMs(pid: number | 'self'): number {
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return ((Number(f[11]) + Number(f[12])) * 1000) / CLK_TCK;
+}
+
+/** VmRSS and VmHWM (peak) of a process, MiB. */
+export function procRssMiB(pid: number | 'self'): { rss: number; hwm: number } {
+  const st = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+  const kb = (k: string): number => Number(new RegExp(`^${k}:\\s+(\\d+)`, 'm').exec(st)?.[1] ?? NaN);
+  return { rss: kb('VmRSS') / 1024, hwm: kb('VmHWM') / 1024 };
+}
+
+/** Kernel memory charged for a BPF map (memlock in /proc/self/fdinfo). */
+export function mapMemlockBytes(fd: number): number {
+  try {
+    return Number(/^memlock:\s+(\d+)/m.exec(fs.readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'))?.[1] ?? 0);
+  } catch {
+    return 0;
+  }
+}
+
+// ---- BPF objects the benchmark builds itself (not part of the agent) ----
+
+/** Compiles BPF C with the project's flags (bpf/Makefile) into `outDir`. */
+export function compileBpf(src: string, out: string): void {
+  const arch = os.arch() === 'arm64' ? 'arm64' : 'x86';
+  try {
+    execFileSync('clang', ['-O2', '-g', '-target', 'bpf', `-D__TARGET_ARCH_${arch}`,
+      '-I', path.join(REPO_ROOT, 'bpf/include'), '-I', path.join(REPO_ROOT, 'bpf/src'),
+      '-Wall', '-Wno-unused-function', '-c', src, '-o', out], { stdio: ['ignore', 'ignore', 'pipe'] });
+  } catch (e) {
+    throw new Error(`compiling ${src} failed: ${((e as { stderr?: Buffer }).stderr ?? '').toString().trim() || (e as Error).message}`);
+  }
 }
 
 // ---- machine description ----
@@ -190,6 +272,12 @@ export function bpfStatsSysctl(): string {
 }
 
 // ---- statistics ----
+
+export function quantile(xs: readonly number[], q: number): number {
+  if (xs.length === 0) return NaN;
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.max(0, Math.ceil(q * s.length) - 1))]!;
+}
 
 export function median(xs: readonly number[]): number {
   if (xs.length === 0) return NaN;

@@ -1,171 +1,133 @@
-// KVM family costs, measured in one run:
-//  1. in-kernel ns per event of the kvm programs that fire here (a /dev/kvm guest doing port
-//     writes: kvm_pio, kvm_userspace_exit, the ioctl tracepoints), each next to an empty
-//     program on the same hook, attached at the same time, through the kernel's bpf_stats;
-//  2. the exit/entry pair, whose hooks do not fire on this (paravirtual) hypervisor, through
-//     BPF_PROG_TEST_RUN with repeat next to an empty program on the same path;
-//  3. the guest's wall time with the default probe set attached against detached, interleaved.
+// A /dev/kvm guest doing port writes (test/helpers/kvm-guest.c), run three ways interleaved
+// round by round: alone, under the agent's default probe set, and under
+// `perf kvm stat record` (Debian's linux-perf), the tool operators compare hvwatch with.
+// Judged on the guest's own run time (vCPU release to last HLT), so neither tool's start-up
+// counts; also the bytes each keeps: perf.data on disk vs the agent's BPF map memory.
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Agent } from '../agent/agent.js';
 import { configSchema } from '../agent/config.js';
-import { allProbeNames } from '../agent/probes/index.js';
-import { BpfObject, enableRunTimeStats, type BpfLink } from '../bpf/libbpf.js';
-import { BPF_BUILD, median, progress, REPO_ROOT } from './common.js';
-import { testRunVsEmpty } from './race-cost.js';
+import { lastJsonLine, mapMemlockBytes, median, progress, REPO_ROOT, runAsync, type Scratch } from './common.js';
 
-const GUEST = path.join(REPO_ROOT, 'test/helpers/build/kvm-guest');
+const GUEST_BIN = path.join(REPO_ROOT, 'test/helpers/build/kvm-guest');
 
-// hvwatch program -> the empty program on the same hook (bpf/src/bench_empty.bpf.c).
-const PAIRS = [
-  { hook: 'kvm_pio', program: 'btf_kvm_pio', empty: 'empty_btf_kvm_pio', attach: 'tp_btf' as const, target: 'kvm_pio' },
-  { hook: 'kvm_userspace_exit', program: 'btf_kvm_userspace_exit', empty: 'empty_btf_kvm_userspace_exit', attach: 'tp_btf' as const, target: 'kvm_userspace_exit' },
-  { hook: 'sys_enter_ioctl', program: 'tp_sys_enter_ioctl', empty: 'empty_tp_sys_enter_ioctl', attach: 'tracepoint' as const, target: 'syscalls/sys_enter_ioctl' },
-  { hook: 'sys_exit_ioctl', program: 'tp_sys_exit_ioctl', empty: 'empty_tp_sys_exit_ioctl', attach: 'tracepoint' as const, target: 'syscalls/sys_exit_ioctl' },
-];
+/** The guest binary when real guests can run here, else undefined. */
+export const GUEST: string | undefined = (() => {
+  try {
+    fs.accessSync('/dev/kvm', fs.constants.R_OK | fs.constants.W_OK);
+    fs.accessSync(GUEST_BIN, fs.constants.X_OK);
+    return GUEST_BIN;
+  } catch {
+    return undefined;
+  }
+})();
 
-export interface KvmCostRow {
-  hook: string;
-  program: string;
-  events: number;
-  hvwatchNs: number;
-  emptyNs: number;
-  ratio: number;
+export function guestUnavailable(): string | undefined {
+  if (GUEST) return undefined;
+  return fs.existsSync('/dev/kvm') ? `${GUEST_BIN} not built (make -C test/helpers)` : 'no usable /dev/kvm';
 }
 
-export interface KvmBenchResult {
-  writes: number;
-  rounds: number;
-  inKernel: KvmCostRow[];
-  exitEntry: { repeat: number; pairNs: number; emptyNs: number; perEventNs: number; ratio: number };
-  slowdown: { baselineMs: number[]; attachedMs: number[]; ratios: number[]; ratio: number; min: number; max: number };
-  attached: string[];
-}
+interface GuestOut { run_ns: number; io_exits: number }
 
-function guestRunMs(writes: number): number {
-  const r = spawnSync(GUEST, ['-name', 'guest=hvwatch-bench', '--writes', String(writes)], { encoding: 'utf8', timeout: 600_000 });
-  if (r.status !== 0) throw new Error(`kvm-guest failed (status ${r.status}): ${r.stderr.trim()}`);
-  const out = JSON.parse(r.stdout) as { run_ns: number; io_exits: number };
+function check(out: GuestOut, writes: number): number {
   if (out.io_exits !== writes) throw new Error(`kvm-guest: ${out.io_exits} io exits for ${writes} writes`);
   return out.run_ns / 1e6;
 }
 
-function attachEmpty(): { obj: BpfObject; links: BpfLink[] } {
-  const obj = BpfObject.open(path.join(BPF_BUILD, 'bench_empty.bpf.o'));
-  const want = new Set(PAIRS.map((p) => p.empty));
-  for (const p of obj.programs()) p.setAutoload(want.has(p.name));
-  obj.load();
-  return { obj, links: PAIRS.map((p) => obj.program(p.empty).attach(p.attach, p.target)) };
+/** One guest run to completion, synchronously; returns its run time in ms. */
+export function guestRun(writes: number): number {
+  const r = spawnSync(GUEST!, ['-name', 'guest=hvwatch-bench', '--writes', String(writes)], { encoding: 'utf8', timeout: 600_000 });
+  if (r.status !== 0) throw new Error(`kvm-guest failed (status ${r.status}): ${r.stderr.trim()}`);
+  return check(lastJsonLine<GuestOut>(r.stdout), writes);
 }
 
-export function kvmBenchAvailable(): string | undefined {
-  if (!fs.existsSync('/dev/kvm')) return 'no /dev/kvm';
-  if (!fs.existsSync(GUEST)) return `${GUEST} not built (make -C test/helpers)`;
-  return undefined;
+async function guestRunAsync(writes: number, tick?: () => unknown): Promise<number> {
+  return check(lastJsonLine<GuestOut>(await runAsync(GUEST!, ['-name', 'guest=hvwatch-bench', '--writes', String(writes)], tick)), writes);
 }
 
-export async function kvmBench(quick: boolean): Promise<KvmBenchResult> {
+export type GuestSetup = 'baseline' | 'hvwatch' | 'perf';
+
+export interface GuestResult {
+  writes: number;
+  rounds: number;
+  ms: Record<GuestSetup, number[]>;
+  /** Per-round ratios to the same round's baseline. */
+  ratios: Record<'hvwatch' | 'perf', { ratios: number[]; median: number; min: number; max: number }>;
+  /** perf.data bytes per run (median), and per port write. */
+  perfDataBytes: number;
+  /** Kernel memory of the agent's BPF maps (memlock, /proc/self/fdinfo), and what it writes. */
+  hvwatchMapBytes: number;
+  hvwatchMapBytesByFamily: Record<string, number>;
+  attached: string[];
+  perfCommand: string;
+  perfWhy?: string;
+}
+
+export async function guestBench(scratch: Scratch, quick: boolean): Promise<GuestResult> {
   const writes = quick ? 100_000 : 1_000_000;
   const rounds = quick ? 2 : 5;
+  const ms: GuestResult['ms'] = { baseline: [], hvwatch: [], perf: [] };
+  const perfBytes: number[] = [];
+  let mapBytes = 0;
+  const byFamily: Record<string, number> = {};
+  let attached: string[] = [];
+  const perfFile = path.join(scratch.dir, 'perf.data');
+  const perfArgs = (): string[] => ['kvm', 'stat', 'record', '-o', perfFile, '--', GUEST!, '-name', 'guest=hvwatch-bench', '--writes', String(writes)];
+  let perfWhy: string | undefined = spawnSync('perf', ['--version']).status === 0 ? undefined : 'perf is not installed (Debian linux-perf)';
 
-  // 1. In-kernel cost, hvwatch and empty programs attached together, run-time stats on.
-  progress(`kvm: in-kernel cost over ${writes.toLocaleString('en-US')} port writes`);
-  const stats = enableRunTimeStats();
-  const agent = new Agent(configSchema.parse({}));
-  let inKernel: KvmCostRow[];
-  let attached: string[];
-  try {
-    agent.start();
-    attached = agent.status.filter((p) => p.family === 'kvm' && p.chosen).map((p) => `${p.name} (${p.chosen!.attach})`);
-    const empty = attachEmpty();
-    try {
-      const progs = agent.family('kvm')!.programs;
-      const before = new Map(progs.map((p) => [p.program.name, p.program.stats()]));
-      const emptyBefore = new Map(PAIRS.map((p) => [p.empty, empty.obj.program(p.empty).stats()]));
-      guestRunMs(writes);
-      inKernel = PAIRS.flatMap((pair) => {
-        const prog = progs.find((p) => p.program.name === pair.program)?.program;
-        if (!prog) return [];
-        const a = prog.stats();
-        const a0 = before.get(pair.program)!;
-        const e = empty.obj.program(pair.empty).stats();
-        const e0 = emptyBefore.get(pair.empty)!;
-        const events = a.runCount - a0.runCount;
-        const hvwatchNs = (a.runTimeNs - a0.runTimeNs) / Math.max(1, events);
-        const emptyNs = (e.runTimeNs - e0.runTimeNs) / Math.max(1, e.runCount - e0.runCount);
-        return [{ hook: pair.hook, program: pair.program, events, hvwatchNs, emptyNs, ratio: hvwatchNs / emptyNs }];
-      });
-    } finally {
-      for (const l of empty.links) l.destroy();
-      empty.obj.close();
-    }
-  } finally {
-    await agent.stop();
-    stats.close();
-  }
-
-  // 2. exit/entry through the test-run path (kvm_exit/kvm_entry do not fire here).
-  progress('kvm: exit/entry pair through BPF_PROG_TEST_RUN');
-  const bare = new Agent(configSchema.parse({ probes: { disable: allProbeNames() } }));
-  bare.start();
-  let exitEntry: KvmBenchResult['exitEntry'];
-  try {
-    const fam = bare.family('kvm')!;
-    const repeat = quick ? 100_000 : 1_000_000;
-    const { ns: pairNs, emptyNs } = testRunVsEmpty(fam, 'bench_exit_entry', repeat, quick ? 3 : 9);
-    exitEntry = { repeat, pairNs, emptyNs, perEventNs: pairNs / 2, ratio: pairNs / 2 / emptyNs };
-  } finally {
-    await bare.stop();
-  }
-
-  // 3. The guest's wall time, detached vs the default probe set, interleaved per round.
-  const baselineMs: number[] = [];
-  const attachedMs: number[] = [];
-  guestRunMs(Math.min(writes, 50_000)); // warm-up, discarded
-  for (let round = 1; round <= rounds; round++) {
-    progress(`kvm: guest slowdown round ${round}/${rounds}`);
-    baselineMs.push(guestRunMs(writes));
-    const a = new Agent(configSchema.parse({}));
-    a.start();
-    try {
-      attachedMs.push(guestRunMs(writes));
-    } finally {
-      await a.stop();
-    }
-  }
-  const ratios = attachedMs.map((ms, i) => ms / baselineMs[i]!);
-  return {
-    writes, rounds, inKernel, exitEntry, attached,
-    slowdown: { baselineMs, attachedMs, ratios, ratio: median(ratios), min: Math.min(...ratios), max: Math.max(...ratios) },
+  const run: Record<GuestSetup, () => Promise<number>> = {
+    baseline: () => guestRunAsync(writes),
+    hvwatch: async () => {
+      const a = new Agent(configSchema.parse({}));
+      a.start();
+      try {
+        attached = a.status.filter((p) => p.chosen).map((p) => `${p.name} (${p.chosen!.attach})`);
+        // Scraped every second while the guest runs, as a (very eager) Prometheus would.
+        const t = await guestRunAsync(writes, () => a.collect());
+        await a.collect();
+        mapBytes = 0;
+        for (const fam of a.loader.families) {
+          const b = [...fam.maps.values()].reduce((s, m) => s + mapMemlockBytes(m.fd), 0);
+          byFamily[fam.spec.name] = b;
+          mapBytes += b;
+        }
+        return t;
+      } finally {
+        await a.stop();
+      }
+    },
+    perf: async () => {
+      fs.rmSync(perfFile, { force: true });
+      const t = check(lastJsonLine<GuestOut>(await runAsync('perf', perfArgs())), writes);
+      perfBytes.push(fs.statSync(perfFile).size);
+      fs.rmSync(perfFile, { force: true });
+      return t;
+    },
   };
-}
-
-export function kvmBenchMarkdown(r: KvmBenchResult): string {
-  const f = (n: number): string => n.toFixed(1);
-  const v = (ratio: number): string => `${ratio.toFixed(2)}x ${ratio <= 2 ? 'pass' : 'miss'}`;
-  return `## KVM family
-
-A /dev/kvm guest (test/helpers/kvm-guest.c) doing ${r.writes.toLocaleString('en-US')} port writes, then HLT. Attached by
-the default set: ${r.attached.join(', ')}. On this hypervisor kvm_exit/kvm_entry and the nested
-tracepoints do not fire (see DESIGN.md), so the exit/entry pair is measured on the test-run path.
-
-In-kernel cost per event (bpf_stats, hvwatch and empty programs attached together):
-
-| hook | hvwatch program | events | hvwatch ns/ev | empty ns/ev | hvwatch/empty (<= 2x) |
-|---|---|---:|---:|---:|---|
-${r.inKernel.map((x) => `| ${x.hook} | ${x.program} | ${x.events} | ${f(x.hvwatchNs)} | ${f(x.emptyNs)} | ${v(x.ratio)} |`).join('\n')}
-
-Exit/entry pair through BPF_PROG_TEST_RUN (repeat ${r.exitEntry.repeat.toLocaleString('en-US')}): one run is one exit and one entry on
-64 rotating vCPU threads; per event = half a run, against an empty SEC("tc") program on the same path.
-
-| program | ns per run | ns per event | per event / empty (<= 2x) |
-|---|---:|---:|---|
-| empty SEC("tc") | ${f(r.exitEntry.emptyNs)} | ${f(r.exitEntry.emptyNs)} | 1 (floor) |
-| exit + entry handlers | ${f(r.exitEntry.pairNs)} | ${f(r.exitEntry.perEventNs)} | ${v(r.exitEntry.ratio)} |
-
-Guest wall time (vCPU released to last HLT), default probe set attached vs detached, ${r.rounds} interleaved rounds:
-median ratio ${r.slowdown.ratio.toFixed(3)} (min ${r.slowdown.min.toFixed(3)}, max ${r.slowdown.max.toFixed(3)});
-detached ${r.slowdown.baselineMs.map((x) => x.toFixed(0)).join(', ')} ms; attached ${r.slowdown.attachedMs.map((x) => x.toFixed(0)).join(', ')} ms.
-`;
+  const setups: GuestSetup[] = ['baseline', 'hvwatch', 'perf'];
+  guestRun(Math.min(writes, 20_000)); // warm-up, discarded
+  for (let r = 0; r < rounds; r++) {
+    // Rotate the order each round so no setup always runs first or last.
+    for (let i = 0; i < setups.length; i++) {
+      const s = setups[(i + r) % setups.length]!;
+      if (s === 'perf' && perfWhy) continue;
+      progress(`guest: round ${r + 1}/${rounds}, ${s} (${writes.toLocaleString('en-US')} port writes)`);
+      try {
+        ms[s].push(await run[s]());
+      } catch (e) {
+        if (s !== 'perf') throw e;
+        perfWhy = `perf kvm stat record failed: ${(e as Error).message.split('\n').slice(-2).join(' ')}`;
+      }
+    }
+  }
+  const ratio = (s: 'hvwatch' | 'perf'): GuestResult['ratios']['hvwatch'] => {
+    const rs = ms[s].map((x, i) => x / ms.baseline[i]!);
+    return { ratios: rs, median: median(rs), min: Math.min(...rs), max: Math.max(...rs) };
+  };
+  return {
+    writes, rounds, ms, ratios: { hvwatch: ratio('hvwatch'), perf: ratio('perf') },
+    perfDataBytes: median(perfBytes), hvwatchMapBytes: mapBytes, hvwatchMapBytesByFamily: byFamily, attached,
+    perfCommand: `perf kvm stat record -o perf.data -- kvm-guest --writes ${writes}`, perfWhy,
+  };
 }

@@ -1,12 +1,13 @@
 // Workload slowdown: the same driver runs without the agent, with the default probe set
 // and with every hot probe, interleaved round by round (A B C A B C ...), the agent living
-// in this process and attached only for its own runs. Ratios are per round (B/A, C/A), so
-// slow drift of the shared machine cancels; the median and the min-max spread are reported.
+// in this process and attached only for its own runs, scraped (collect()) every second
+// while a workload runs. Ratios are per round (B/A, C/A), so slow drift of the shared
+// machine cancels; the median and the min-max spread are reported.
 import * as path from 'node:path';
 import { BpfObject, type BpfLink } from '../bpf/libbpf.js';
 import { Agent } from '../agent/agent.js';
 import { configSchema, type Config } from '../agent/config.js';
-import { BPF_BUILD, bpfStatsSysctl, describeLoad, median, progress, runLoad, type Load, type Scratch } from './common.js';
+import { BPF_BUILD, bpfStatsSysctl, describeLoad, median, progress, runLoadAsync, type Load, type LoadKind, type Scratch } from './common.js';
 
 export type SetupName = 'baseline' | 'default' | 'hot-all' | 'empty-hot';
 
@@ -45,12 +46,13 @@ function attachEmpty(progs: { name: string; tp: string }[]): { close(): void } {
 }
 
 /** The page-fault loop is CPU-bound and judged on the driver's CPU time, which a
- * neighbour on the same CPUs does not inflate; fsync'd writes wait on the disk, so they are
- * judged on wall-clock time. */
-export const METRIC: Record<Load['kind'], 'cpu' | 'wall'> = { fault: 'cpu', fsync: 'wall' };
+ * neighbour on the same CPUs does not inflate; fsync'd writes wait on the disk and the
+ * churn loop on fork, fsync and cgroup removal, so they are judged on wall-clock time. */
+export const METRIC: Record<LoadKind, 'cpu' | 'wall'> = { fault: 'cpu', fsync: 'wall', churn: 'wall' };
+export const KINDS: readonly LoadKind[] = ['fault', 'fsync', 'churn'];
 
 export interface SlowdownRow {
-  load: Load['kind'];
+  load: LoadKind;
   setup: SetupName;
   label: string;
   metric: 'cpu' | 'wall';
@@ -68,37 +70,36 @@ export interface SlowdownRow {
 
 export interface SlowdownResult {
   rounds: number;
-  loads: Record<Load['kind'], string>;
+  loads: Record<LoadKind, string>;
   /** Pages the driver touches (fault) or writes (fsync) per run. */
-  pagesPerRun: Record<Load['kind'], number>;
+  pagesPerRun: Record<LoadKind, number>;
   /** Probes and tiers each setup attached. */
   attached: Record<SetupName, string[]>;
   rows: SlowdownRow[];
   /** Every timed run, ms, by load and setup, in round order. */
-  raw: Record<Load['kind'], Record<SetupName, { ms: number; cpuMs: number }[]>>;
+  raw: Record<LoadKind, Record<SetupName, { ms: number; cpuMs: number }[]>>;
   notes: string[];
 }
 
 export async function workloadSlowdown(scratch: Scratch, quick: boolean): Promise<SlowdownResult> {
-  const rounds = quick ? 3 : 15;
-  const loads: Record<Load['kind'], Load> = quick
-    ? { fault: { kind: 'fault', mib: 64, iters: 8 }, fsync: { kind: 'fsync', mib: 32, chunkKib: 256, passes: 1 } }
-    : { fault: { kind: 'fault', mib: 64, iters: 24 }, fsync: { kind: 'fsync', mib: 64, chunkKib: 256, passes: 8 } };
+  const rounds = quick ? 3 : 11;
+  const loads: Record<LoadKind, Load> = quick
+    ? { fault: { kind: 'fault', mib: 64, iters: 4 }, fsync: { kind: 'fsync', mib: 32, chunkKib: 256, passes: 1 }, churn: { kind: 'churn', cgroups: 30, anonKib: 1024, writeKib: 64 } }
+    : { fault: { kind: 'fault', mib: 64, iters: 16 }, fsync: { kind: 'fsync', mib: 64, chunkKib: 256, passes: 6 }, churn: { kind: 'churn', cgroups: 150, anonKib: 1024, writeKib: 64 } };
   const notes: string[] = [];
   if (bpfStatsSysctl() !== '0') {
     notes.push(`kernel.bpf_stats_enabled was ${bpfStatsSysctl()} during the slowdown runs: run-time accounting adds to every program run`);
   }
-  const raw: SlowdownResult['raw'] = {
-    fault: { baseline: [], default: [], 'hot-all': [], 'empty-hot': [] },
-    fsync: { baseline: [], default: [], 'hot-all': [], 'empty-hot': [] },
-  };
+  const perSetup = (): Record<SetupName, { ms: number; cpuMs: number }[]> => ({ baseline: [], default: [], 'hot-all': [], 'empty-hot': [] });
+  const raw: SlowdownResult['raw'] = { fault: perSetup(), fsync: perSetup(), churn: perSetup() };
   const attached: SlowdownResult['attached'] = { baseline: [], default: [], 'hot-all': [], 'empty-hot': [] };
-  const pagesPerRun: SlowdownResult['pagesPerRun'] = { fault: 0, fsync: 0 };
+  const pagesPerRun: SlowdownResult['pagesPerRun'] = { fault: 0, fsync: 0, churn: 0 };
 
   // Round 0 warms the page cache, the cgroup and the agent's code paths; it is not counted.
   for (let round = 0; round <= rounds; round++) {
     progress(`slowdown: round ${round}/${rounds}${round === 0 ? ' (warm-up, discarded)' : ''}`);
-    for (const s of SETUPS) {
+    // Rotated each round, so no setup always runs right after the agent's load/unload.
+    for (const s of SETUPS.map((_, i) => SETUPS[(i + round) % SETUPS.length]!)) {
       let agent: Agent | undefined;
       let empty: { close(): void } | undefined;
       if (s.empty) {
@@ -118,8 +119,8 @@ export async function workloadSlowdown(scratch: Scratch, quick: boolean): Promis
         }
       }
       try {
-        for (const kind of ['fault', 'fsync'] as const) {
-          const r = runLoad(scratch, loads[kind]);
+        for (const kind of KINDS) {
+          const r = await runLoadAsync(scratch, loads[kind], agent ? () => agent!.collect() : undefined);
           if (round > 0) raw[kind][s.name].push({ ms: r.ns / 1e6, cpuMs: r.cpu_ns / 1e6 });
           pagesPerRun[kind] = r.pages;
         }
@@ -131,7 +132,7 @@ export async function workloadSlowdown(scratch: Scratch, quick: boolean): Promis
   }
 
   const rows: SlowdownRow[] = [];
-  for (const kind of ['fault', 'fsync'] as const) {
+  for (const kind of KINDS) {
     const metric = METRIC[kind];
     const pick = (r: { ms: number; cpuMs: number }): number => (metric === 'cpu' ? r.cpuMs : r.ms);
     const base = raw[kind].baseline;
@@ -145,5 +146,5 @@ export async function workloadSlowdown(scratch: Scratch, quick: boolean): Promis
       });
     }
   }
-  return { rounds, loads: { fault: describeLoad(loads.fault), fsync: describeLoad(loads.fsync) }, pagesPerRun, attached, rows, raw, notes };
+  return { rounds, loads: { fault: describeLoad(loads.fault), fsync: describeLoad(loads.fsync), churn: describeLoad(loads.churn) }, pagesPerRun, attached, rows, raw, notes };
 }
