@@ -150,6 +150,11 @@ export class Btf {
     return btf;
   }
 
+  /** Forget the parsed kernel BTF; the next vmlinux() reads it again. */
+  static releaseCache(): void {
+    Btf.cache.clear();
+  }
+
   // Not cached: module BTF disappears or changes when the module is reloaded.
   static module(name: string, dir = '/sys/kernel/btf'): Btf | undefined {
     if (!name || name.includes('/') || name === 'vmlinux') throw new Error(`invalid kernel module name '${name}'`);

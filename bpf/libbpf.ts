@@ -93,6 +93,7 @@ const f = {
   vsnprintf: libc.func('int vsnprintf(_Out_ uint8_t *buf, size_t n, const char *fmt, void *ap)'),
   strerror: libc.func('const char *strerror(int errnum)'),
   close: libc.func('int close(int fd)'),
+  mallocTrim: libc.func('int malloc_trim(size_t pad)'),
 };
 
 export const libbpfVersion: string = f.versionString();
@@ -461,6 +462,15 @@ export function progStats(fd: number): ProgStats {
 
 // BPF_ENABLE_STATS (v5.8+): run-time accounting stays on while the returned fd is open
 // and switches itself off when the agent exits, unlike the kernel.bpf_stats_enabled sysctl.
+/**
+ * Return the C heap libbpf freed to the OS: opening and loading every candidate object
+ * parses the kernel BTF again and again, and glibc keeps the freed arenas (27 MB of RSS
+ * here after attach, measured with process.memoryUsage()).
+ */
+export function releaseFreedMemory(): void {
+  f.mallocTrim(0);
+}
+
 export function enableRunTimeStats(): { close(): void } {
   const fd = f.enableStats(0 /* BPF_STATS_RUN_TIME */);
   if (fd < 0) fail('enable BPF run-time stats', fd, logMark());

@@ -1,12 +1,13 @@
 // The live source: BPF objects loaded into this kernel (agent/loader.ts), ring buffers read
 // by worker threads, cgroup ids resolved against this host's memory hierarchy.
 import { readFileSync } from 'node:fs';
-import { enableRunTimeStats, libbpfVersion } from '../../bpf/libbpf.js';
+import { enableRunTimeStats, libbpfVersion, releaseFreedMemory } from '../../bpf/libbpf.js';
 import { RingBufferReader } from '../../bpf/ringbuf.js';
 import { CgroupResolver, findMemoryHierarchy } from '../cgroups.js';
 import { ensureTracefs, kernelRelease, useVmlinuxBtf } from '../kernel.js';
 import { Loader, type LoadOptions, type LoadedFamily, type ProbeStatus } from '../loader.js';
 import { log } from '../log.js';
+import { Btf } from '../../bpf/btf.js';
 import type { FamilySpec } from '../probes/model.js';
 import type { Config } from '../config.js';
 import type { EventSink, FamilyView, HostView, Source } from './source.js';
@@ -59,6 +60,10 @@ export class LiveSource implements Source {
       }
       if (fam && f.events) this.startEvents(fam, f.events.map, sink);
     }
+    // Attach is over: the parsed kernel BTF served only the candidates' prechecks (a later
+    // lookup reads it again), and libbpf's parsing left freed C heap behind.
+    Btf.releaseCache();
+    releaseFreedMemory();
   }
 
   private startEvents(fam: LoadedFamily, mapName: string, sink: EventSink): void {
