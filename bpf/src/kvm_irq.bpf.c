@@ -384,61 +384,25 @@ static __always_inline u64 fd_private(u64 fd)
  * dm, tm, vec) (arch/x86/kvm/trace.h; tm was __u8 before v5.1, commit 7a223e06b1a4, and older
  * kernels had a fifth `coalesced`: apicid and vec keep their places), kvm_inj_virq(vector, soft, reinjected) (since v5.19; (irq) before).
  * Only kvm_apic_accept_irq's and kvm_inj_virq's arguments are read. */
-SEC("tp_btf/kvm_set_irq")
-int BPF_PROG(btf_kvm_set_irq)
-{
-	on_inject(P_SET_IRQ, 0, 0, 0);
-	return 0;
-}
+/* The four whose arguments are not read: one count from either tier. */
+#define INJECT_PROGRAMS(tp, path)        \
+	SEC("tp_btf/" #tp)               \
+	int BPF_PROG(btf_##tp)           \
+	{                                \
+		on_inject(path, 0, 0, 0); \
+		return 0;                \
+	}                                \
+	SEC("tracepoint/kvm/" #tp)       \
+	int tp_##tp(void *ctx)           \
+	{                                \
+		on_inject(path, 0, 0, 0); \
+		return 0;                \
+	}
 
-SEC("tracepoint/kvm/kvm_set_irq")
-int tp_kvm_set_irq(void *ctx)
-{
-	on_inject(P_SET_IRQ, 0, 0, 0);
-	return 0;
-}
-
-SEC("tp_btf/kvm_msi_set_irq")
-int BPF_PROG(btf_kvm_msi_set_irq)
-{
-	on_inject(P_MSI, 0, 0, 0);
-	return 0;
-}
-
-SEC("tracepoint/kvm/kvm_msi_set_irq")
-int tp_kvm_msi_set_irq(void *ctx)
-{
-	on_inject(P_MSI, 0, 0, 0);
-	return 0;
-}
-
-SEC("tp_btf/kvm_ioapic_set_irq")
-int BPF_PROG(btf_kvm_ioapic_set_irq)
-{
-	on_inject(P_IOAPIC, 0, 0, 0);
-	return 0;
-}
-
-SEC("tracepoint/kvm/kvm_ioapic_set_irq")
-int tp_kvm_ioapic_set_irq(void *ctx)
-{
-	on_inject(P_IOAPIC, 0, 0, 0);
-	return 0;
-}
-
-SEC("tp_btf/kvm_pic_set_irq")
-int BPF_PROG(btf_kvm_pic_set_irq)
-{
-	on_inject(P_PIC, 0, 0, 0);
-	return 0;
-}
-
-SEC("tracepoint/kvm/kvm_pic_set_irq")
-int tp_kvm_pic_set_irq(void *ctx)
-{
-	on_inject(P_PIC, 0, 0, 0);
-	return 0;
-}
+INJECT_PROGRAMS(kvm_set_irq, P_SET_IRQ)
+INJECT_PROGRAMS(kvm_msi_set_irq, P_MSI)
+INJECT_PROGRAMS(kvm_ioapic_set_irq, P_IOAPIC)
+INJECT_PROGRAMS(kvm_pic_set_irq, P_PIC)
 
 SEC("tp_btf/kvm_apic_accept_irq")
 int BPF_PROG(btf_kvm_apic_accept_irq, __u32 apicid, __u16 dm, __u16 tm, __u8 vec)
