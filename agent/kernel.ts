@@ -41,6 +41,22 @@ function btfHasFunc(name: string): boolean {
   return loadedModulesWithBtf().some((m) => Btf.module(m)?.hasFunc(name));
 }
 
+/** Every kernel BTF there is: vmlinux (bpf.btfPath if set) and each loaded module's; none
+ * when the kernel has no BTF (callers that can also ask kallsyms go on without it). */
+export function kernelBtfs(): Btf[] {
+  const out: Btf[] = [];
+  try {
+    out.push(Btf.vmlinux(vmlinuxPath));
+  } catch { /* no BTF */ }
+  for (const m of loadedModulesWithBtf()) {
+    try {
+      const b = Btf.module(m);
+      if (b) out.push(b);
+    } catch { /* a module unloading under us */ }
+  }
+  return out;
+}
+
 function btfHasTracepoint(name: string): boolean {
   const t = `btf_trace_${name}`;
   if (Btf.vmlinux(vmlinuxPath).find(t, 'typedef')) return true;

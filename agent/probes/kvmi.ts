@@ -2,8 +2,7 @@
 // unreplied), unhooks, and introspection commands with their KVM error codes and latency
 // (bpf/src/kvmi.bpf.c). KVMI is not upstream: the family is present only on kernels built
 // from the KVMI series (v7..v12), and reports "not present" everywhere else.
-import { readdirSync } from 'node:fs';
-import { Btf } from '../../bpf/btf.js';
+import { kernelBtfs } from '../kernel.js';
 import { M } from '../catalog.js';
 import { hasKernelSymbol } from '../symbols.js';
 import { publishVmInfo, vmDecoder } from './vm-label.js';
@@ -95,24 +94,6 @@ export interface KvmiDetection {
   /** The KVMI functions found, with where. */
   found: string[];
   reason?: string;
-}
-
-function kernelBtfs(): Btf[] {
-  const out: Btf[] = [];
-  try {
-    out.push(Btf.vmlinux());
-  } catch { /* no BTF: kallsyms still answers */ }
-  let mods: string[] = [];
-  try {
-    mods = readdirSync('/sys/kernel/btf').filter((n) => n !== 'vmlinux');
-  } catch { /* no sysfs BTF */ }
-  for (const m of mods) {
-    try {
-      const b = Btf.module(m);
-      if (b) out.push(b);
-    } catch { /* a module unloading under us */ }
-  }
-  return out;
 }
 
 /** The ABI generation from the functions found: the send function was renamed in v10. */
