@@ -346,3 +346,30 @@ export async function guestPlan(series: readonly string[], vmReason: string | un
     return found.length ? found : [[placeholder(s), vmReason ? undefined : `no ${s} kernel in the matrix (apt-cache offers none, or HVWATCH_VM_KERNELS leaves it out)`]];
   });
 }
+
+/**
+ * Shell the guest scripts that run the agent share (they set HVWATCH, PORT and URL first):
+ * seconds since the script began (ts), GET (curl, else node), a failure that prints the
+ * agent's stderr, $tmp, and start_agent [ARGS...]: `hvwatch run` on loopback, waited for
+ * until /readyz answers (90 s at most), then t_ready.
+ */
+export const GUEST_AGENT_SHELL = `
+read T0 _ < /proc/uptime
+ts() { read now _ < /proc/uptime; awk -v a="$T0" -v b="$now" 'BEGIN { printf "%.2f", b - a }'; }
+get() { # GET a URL, body on stdout (curl if the host root has it, node otherwise)
+  if command -v curl > /dev/null; then curl -sf --max-time 30 "$1"
+  else node -e 'fetch(process.argv[1]).then(async (r) => { if (!r.ok) process.exit(22); process.stdout.write(await r.text()); }, () => process.exit(7))' "$1"; fi
+}
+fail() { echo "guest_error=$*"; [ -n "\${AG:-}" ] && kill $AG 2>/dev/null; echo '<<<agent-stderr'; cat "$tmp/agent.err" 2>/dev/null; echo 'agent-stderr>>>'; exit 3; }
+start_agent() {
+  "$HVWATCH" run --listen 127.0.0.1:$PORT "$@" > "$tmp/agent.out" 2> "$tmp/agent.err" &
+  AG=$!
+  until get "$URL/readyz" > /dev/null 2>&1; do
+    kill -0 $AG 2>/dev/null || fail 'agent exited before ready'
+    [ "$(ts | cut -d. -f1)" -lt 90 ] || fail 'agent not ready after 90 s'
+    sleep 0.3
+  done
+  echo "t_ready=$(ts)"
+}
+tmp=$(mktemp -d)
+`;

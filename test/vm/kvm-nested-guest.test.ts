@@ -51,7 +51,7 @@ import { fileURLToPath } from 'node:url';
 import test, { type ExecutionContext } from 'ava';
 import { M } from '../../agent/catalog.js';
 import { parseExposition, pick, value, type Sample } from '../helpers/agent.js';
-import { describeRun, guestPlan, runInGuest, vmUnavailableReason, which, type GuestResult, type KernelEntry } from './harness.js';
+import { GUEST_AGENT_SHELL, describeRun, guestPlan, runInGuest, vmUnavailableReason, which, type GuestResult, type KernelEntry } from './harness.js';
 import { NESTED_STATE_HELPER, prepareSelftests, type Selftests } from './selftests.js';
 
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url)); // dist/test/vm/ -> repo root
@@ -124,15 +124,7 @@ TESTS=${q(SELFTESTS.join(' '))}
 PORT=9479
 URL=http://127.0.0.1:$PORT
 T=/sys/kernel/tracing
-read T0 _ < /proc/uptime
-ts() { read now _ < /proc/uptime; awk -v a="$T0" -v b="$now" 'BEGIN { printf "%.2f", b - a }'; }
-get() { # GET a URL, body on stdout (curl if the host root has it, node otherwise)
-  if command -v curl > /dev/null; then curl -sf --max-time 30 "$1"
-  else node -e 'fetch(process.argv[1]).then(async (r) => { if (!r.ok) process.exit(22); process.stdout.write(await r.text()); }, () => process.exit(7))' "$1"; fi
-}
-fail() { echo "guest_error=$*"; [ -n "\${AG:-}" ] && kill $AG 2>/dev/null; echo '<<<agent-stderr'; cat "$tmp/agent.err" 2>/dev/null; echo 'agent-stderr>>>'; exit 3; }
-tmp=$(mktemp -d)
-HD=$tmp/hold && mkdir $HD
+${GUEST_AGENT_SHELL}HD=$tmp/hold && mkdir $HD
 echo "release=$(uname -r)"
 P=/sys/module/kvm_amd/parameters
 echo "kvm_amd=nested:$(cat $P/nested) npt:$(cat $P/npt) nrips:$(cat $P/nrips 2>/dev/null)"
@@ -142,14 +134,7 @@ ip link set lo up || ifconfig lo up || fail 'cannot bring up loopback'
 # ---- the agent, on loopback, default probes (kvm_amd is loaded: the kvm tracepoints exist) ----
 # Exited VMs' series go at the first scrape after exit (no linger): the test checks they go.
 printf 'kvm:\n  exitedVmSeconds: 0\n' > "$tmp/hvwatch.yaml"
-"$HVWATCH" run --config "$tmp/hvwatch.yaml" --listen 127.0.0.1:$PORT > "$tmp/agent.out" 2> "$tmp/agent.err" &
-AG=$!
-until get "$URL/readyz" > /dev/null 2>&1; do
-  kill -0 $AG 2>/dev/null || fail 'agent exited before ready'
-  [ "$(ts | cut -d. -f1)" -lt 90 ] || fail 'agent not ready after 90 s'
-  sleep 0.3
-done
-echo "t_ready=$(ts)"
+start_agent --config "$tmp/hvwatch.yaml"
 
 # ---- the oracle: ftrace on the same tracepoints, global clock (one thread's events in order) ----
 echo global > $T/trace_clock

@@ -17,7 +17,7 @@ import { M } from '../../agent/catalog.js';
 import { RACE_KINDS } from '../../agent/probes/memcg-fn.js';
 import { FAMILIES } from '../../agent/probes/index.js';
 import { parseExposition, pick, value, type Sample } from '../helpers/agent.js';
-import { describeRun, guestPlan, runInGuest, vmUnavailableReason, which, type GuestResult, type KernelEntry } from './harness.js';
+import { GUEST_AGENT_SHELL, describeRun, guestPlan, runInGuest, vmUnavailableReason, which, type GuestResult, type KernelEntry } from './harness.js';
 
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url)); // dist/test/vm/ -> repo root
 const HVWATCH = path.join(ROOT, 'bin/hvwatch');
@@ -61,17 +61,9 @@ HVWATCH=${q(HVWATCH)}
 PORT=9477
 URL=http://127.0.0.1:$PORT
 CGN=${q(CGROUP)}
-read T0 _ < /proc/uptime
-ts() { read now _ < /proc/uptime; awk -v a="$T0" -v b="$now" 'BEGIN { printf "%.2f", b - a }'; }
-get() { # GET a URL, body on stdout (curl if the host root has it, node otherwise)
-  if command -v curl > /dev/null; then curl -sf --max-time 30 "$1"
-  else node -e 'fetch(process.argv[1]).then(async (r) => { if (!r.ok) process.exit(22); process.stdout.write(await r.text()); }, () => process.exit(7))' "$1"; fi
-}
-# metric NAME_WITH_LABELS: its value in a fresh scrape (empty if absent)
+${GUEST_AGENT_SHELL}# metric NAME_WITH_LABELS: its value in a fresh scrape (empty if absent)
 metric() { get "$URL/metrics" | awk -v n="$1" '$1 == n { print $2 }'; }
 vmstat() { echo 1 > /proc/sys/vm/stat_refresh 2>/dev/null; awk -v n="$1" '$1 == n { print $2 }' /proc/vmstat; }
-fail() { echo "guest_error=$*"; [ -n "\${AG:-}" ] && kill $AG 2>/dev/null; echo '<<<agent-stderr'; cat "$tmp/agent.err" 2>/dev/null; echo 'agent-stderr>>>'; exit 3; }
-tmp=$(mktemp -d)
 echo "release=$(uname -r)"
 
 ip link set lo up || ifconfig lo up || fail 'cannot bring up loopback'
@@ -96,14 +88,7 @@ sync
 echo "t_setup=$(ts)"
 
 # ---- the agent, on loopback ----
-"$HVWATCH" run --listen 127.0.0.1:$PORT ${KVM_OFF} > "$tmp/agent.out" 2> "$tmp/agent.err" &
-AG=$!
-until get "$URL/readyz" > /dev/null 2>&1; do
-  kill -0 $AG 2>/dev/null || fail 'agent exited before ready'
-  [ "$(ts | cut -d. -f1)" -lt 90 ] || fail 'agent not ready after 90 s'
-  sleep 0.3
-done
-echo "t_ready=$(ts)"
+start_agent ${KVM_OFF}
 
 # settle NAME: poll until NAME is > 0 and equal in two scrapes 1 s apart (30 s at most)
 settle() {
