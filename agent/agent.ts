@@ -2,9 +2,8 @@
 // owns every kernel resource it created so that stop() leaves nothing attached.
 import { readFileSync } from 'node:fs';
 import { decodeStruct } from './aggregate/events.js';
-import { M, ALL_METRICS } from './catalog.js';
+import { M } from './catalog.js';
 import { MetricStore } from './export/store.js';
-import { buildRegistries, type Registries } from './export/registry.js';
 import { LabelBudget } from './aggregate/budget.js';
 import { collectMap, UNKNOWN_CGROUP, type CollectContext } from './aggregate/collect.js';
 import { decodeStack } from './symbols.js';
@@ -63,7 +62,6 @@ export function liveSource(config: Config, families: readonly FamilySpec[] = FAM
 
 export class Agent {
   readonly store = new MetricStore();
-  readonly registries: Registries;
   readonly budget: LabelBudget;
   readonly cgroups: { resolver: CgroupResolver; hierarchy: MemoryHierarchy } | undefined;
   /** Where maps, events and host facts come from: live BPF, a recorder over it, or a trace. */
@@ -76,7 +74,6 @@ export class Agent {
   ready = false;
 
   constructor(readonly config: Config, readonly families: readonly FamilySpec[] = FAMILIES, source?: Source) {
-    this.registries = buildRegistries(ALL_METRICS, this.store);
     this.budget = new LabelBudget({ cgroup: config.cardinality.cgroups, vm: config.cardinality.vms },
       (label) => this.store.inc(M.cardinalityDropped, { label }));
     this.source = source ?? liveSource(config, families);

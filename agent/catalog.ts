@@ -3,6 +3,8 @@
 // Names follow Prometheus conventions: counters end in _total, base units (_seconds,
 // _bytes), `promtool check metrics` clean.
 
+import type { Log2Range } from './aggregate/histogram.js';
+
 export type MetricType = 'counter' | 'gauge' | 'histogram';
 
 export interface MetricDef {
@@ -14,11 +16,26 @@ export interface MetricDef {
   readonly unit?: string;
   /** Which probe family produces it ('agent' for self-metrics). */
   readonly family: string;
+  /** Histograms: the kernel's log2 slots kept, and the classic `le` set every series of the
+   * metric shares (agent/aggregate/histogram.ts). */
+  readonly buckets?: Log2Range;
 }
 
 function def(family: string, name: string, type: MetricType, labels: readonly string[], help: string, unit?: string): MetricDef {
   return unit === undefined ? { name, type, help, labels, family } : { name, type, help, labels, family, unit };
 }
+
+function hist(family: string, name: string, labels: readonly string[], help: string, unit: string, buckets: Log2Range): MetricDef {
+  return { name, type: 'histogram', help, labels, family, unit, buckets };
+}
+
+// Classic buckets every CLASSIC_STEP-th kernel slot: a factor of 4 between `le` bounds
+// (README "Histograms"). Native histograms keep every slot.
+const CLASSIC_STEP = 2;
+/** Nanosecond slots minSlot..maxSlot exported in seconds (slot i: [2^i, 2^(i+1)) ns). */
+const NS = (minSlot: number, maxSlot: number): Log2Range => ({ minSlot, maxSlot, scale: 1e-9, classicStep: CLASSIC_STEP });
+/** Pages per batch, 1 .. 8191. */
+const PAGES: Log2Range = { minSlot: 0, maxSlot: 12, scale: 1, classicStep: CLASSIC_STEP };
 
 // Per-cgroup series: the path, plus namespace/pod/container when Kubernetes labels are on
 // and the path is a kubelet-made pod or container cgroup (agent/k8s.ts). The three are
@@ -92,26 +109,26 @@ export const M = {
     'Pages started and not yet completed since the probe attached (writeback begun before attach is not counted).', 'pages'),
   memcgWbWaits: def('memcg', 'hvwatch_memcg_writeback_waits_total', 'counter', CG,
     'Times a task of this memory cgroup waited for a folio under writeback (writeback:folio_wait_writeback).'),
-  memcgWbWaitTime: def('memcg', 'hvwatch_memcg_writeback_wait_seconds', 'histogram', CG,
-    'Time a task of this memory cgroup waited for one folio\'s writeback (folio_wait_writeback; zero when it did not sleep).', 'seconds'),
+  memcgWbWaitTime: hist('memcg', 'hvwatch_memcg_writeback_wait_seconds', CG,
+    'Time a task of this memory cgroup waited for one folio\'s writeback (folio_wait_writeback; zero when it did not sleep).', 'seconds', NS(8, 34)),
   memcgUnchargeBatches: def('memcg', 'hvwatch_memcg_uncharge_batches_total', 'counter', CG,
     'Uncharge batches, per memory cgroup (uncharge_batch, or PGPGOUT events on cgroup v1).'),
   memcgUnchargedPages: def('memcg', 'hvwatch_memcg_uncharged_pages_total', 'counter', CG,
     'Pages uncharged in batches, per memory cgroup (uncharge_batch, or PGPGOUT batch sizes on cgroup v1).', 'pages'),
-  memcgUnchargeBatchPages: def('memcg', 'hvwatch_memcg_uncharge_batch_pages', 'histogram', CG,
-    'Pages per uncharge batch, per memory cgroup.', 'pages'),
+  memcgUnchargeBatchPages: hist('memcg', 'hvwatch_memcg_uncharge_batch_pages', CG,
+    'Pages per uncharge batch, per memory cgroup.', 'pages', PAGES),
   memcgStatDirty: def('memcg', 'hvwatch_memcg_stat_dirty_bytes', 'gauge', CG,
     'Dirty page cache of the cgroup, from memory.stat at scrape time.', 'bytes'),
   memcgStatWriteback: def('memcg', 'hvwatch_memcg_stat_writeback_bytes', 'gauge', CG,
     'Page cache under writeback in the cgroup, from memory.stat at scrape time.', 'bytes'),
 
   // ---- memcg family, function tiers (fentry/kprobe) and race indicators ----
-  memcgWbLatency: def('memcg_fn', 'hvwatch_memcg_writeback_latency_seconds', 'histogram', CG,
-    'Time from a folio\'s writeback start to its writeback end, per memory cgroup (at start).', 'seconds'),
-  memcgWbEndDuration: def('memcg_fn', 'hvwatch_memcg_writeback_end_duration_seconds', 'histogram', CG,
-    'Time spent inside writeback end (__folio_end_writeback), per memory cgroup.', 'seconds'),
-  memcgUnchargeDuration: def('memcg_fn', 'hvwatch_memcg_uncharge_duration_seconds', 'histogram', CG,
-    'Time spent inside one uncharge call (__mem_cgroup_uncharge[_folios]), per memory cgroup of its first folio.', 'seconds'),
+  memcgWbLatency: hist('memcg_fn', 'hvwatch_memcg_writeback_latency_seconds', CG,
+    'Time from a folio\'s writeback start to its writeback end, per memory cgroup (at start).', 'seconds', NS(10, 36)),
+  memcgWbEndDuration: hist('memcg_fn', 'hvwatch_memcg_writeback_end_duration_seconds', CG,
+    'Time spent inside writeback end (__folio_end_writeback), per memory cgroup.', 'seconds', NS(6, 30)),
+  memcgUnchargeDuration: hist('memcg_fn', 'hvwatch_memcg_uncharge_duration_seconds', CG,
+    'Time spent inside one uncharge call (__mem_cgroup_uncharge[_folios]), per memory cgroup of its first folio.', 'seconds', NS(6, 30)),
   memcgUnchargedFolios: def('memcg_fn', 'hvwatch_memcg_uncharged_folios_total', 'counter', CG,
     'Folios uncharged (uncharge_folio), per memory cgroup.'),
   memcgRaceEvents: def('memcg_fn', 'hvwatch_memcg_race_events_total', 'counter', ['kind'],
@@ -128,14 +145,14 @@ export const M = {
     'Always 1 for each VM (VMM process) seen by the KVM probes; source says where its name came from (qemu, libvirt, firecracker, cloud-hypervisor, pid).'),
   kvmExits: def('kvm', 'hvwatch_kvm_exits_total', 'counter', ['vm', 'isa', 'reason'],
     'VM-exits (kvm:kvm_exit) per VM, ISA (vmx/svm) and exit reason.'),
-  kvmExitHandling: def('kvm', 'hvwatch_kvm_exit_handling_seconds', 'histogram', ['vm', 'isa', 'reason'],
-    'Time from a VM-exit to the same vCPU\'s next VM-entry (kvm_exit to kvm_entry), per exit reason.', 'seconds'),
+  kvmExitHandling: hist('kvm', 'hvwatch_kvm_exit_handling_seconds', ['vm', 'isa', 'reason'],
+    'Time from a VM-exit to the same vCPU\'s next VM-entry (kvm_exit to kvm_entry), per exit reason.', 'seconds', NS(8, 34)),
   kvmVcpuExits: def('kvm', 'hvwatch_kvm_vcpu_exits_total', 'counter', ['vm', 'vcpu'],
     'VM-exits per vCPU (only with kvm.vcpuLabel: true in the config).'),
   kvmUserspaceExits: def('kvm', 'hvwatch_kvm_userspace_exits_total', 'counter', ['vm', 'reason'],
     'Returns from KVM_RUN to the VMM (kvm:kvm_userspace_exit) per VM and KVM_EXIT_* reason ("restart"/"error" when KVM_RUN failed).'),
-  kvmUserspaceTime: def('kvm', 'hvwatch_kvm_userspace_seconds', 'histogram', ['vm', 'reason'],
-    'Time the VMM spent in userspace after a KVM_RUN return until its next KVM_RUN, per exit reason.', 'seconds'),
+  kvmUserspaceTime: hist('kvm', 'hvwatch_kvm_userspace_seconds', ['vm', 'reason'],
+    'Time the VMM spent in userspace after a KVM_RUN return until its next KVM_RUN, per exit reason.', 'seconds', NS(8, 34)),
   kvmPio: def('kvm', 'hvwatch_kvm_pio_total', 'counter', ['vm', 'direction'],
     'Port I/O exits (kvm:kvm_pio) per VM and direction (in/out).'),
   kvmMmio: def('kvm', 'hvwatch_kvm_mmio_total', 'counter', ['vm', 'type'],
@@ -144,8 +161,8 @@ export const M = {
     'Instructions emulated by KVM (kvm:kvm_emulate_insn) per VM and result (ok, failed).'),
   kvmNestedExits: def('kvm', 'hvwatch_kvm_nested_exits_total', 'counter', ['vm', 'isa', 'reason', 'handler'],
     'VM-exits of an L2 guest per VM and reason; handler="l0" when the host handled it, "l1" when it was reflected to the L1 hypervisor.'),
-  kvmNestedL1Handling: def('kvm', 'hvwatch_kvm_nested_l1_handling_seconds', 'histogram', ['vm', 'isa', 'reason'],
-    'Time the L1 hypervisor took to handle a reflected exit: from kvm_nested_vmexit_inject to that vCPU\'s next kvm_nested_vmenter.', 'seconds'),
+  kvmNestedL1Handling: hist('kvm', 'hvwatch_kvm_nested_l1_handling_seconds', ['vm', 'isa', 'reason'],
+    'Time the L1 hypervisor took to handle a reflected exit: from kvm_nested_vmexit_inject to that vCPU\'s next kvm_nested_vmenter.', 'seconds', NS(8, 34)),
   kvmNestedVmenters: def('kvm', 'hvwatch_kvm_nested_vmenters_total', 'counter', ['vm'],
     'Nested VM-entries (VMRUN/VMLAUNCH/VMRESUME by L1 emulated by KVM, kvm:kvm_nested_vmenter) per VM.'),
   kvmNestedVmenterFailures: def('kvm', 'hvwatch_kvm_nested_vmenter_failures_total', 'counter', ['vm', 'message'],
@@ -154,8 +171,8 @@ export const M = {
     'Exits from L2 to L1 caused by a pending interrupt (kvm:kvm_nested_intr_vmexit) per VM.'),
   kvmNestedStateOps: def('kvm', 'hvwatch_kvm_nested_state_ops_total', 'counter', ['vm', 'op', 'result'],
     'KVM_GET_NESTED_STATE (op="get") and KVM_SET_NESTED_STATE (op="set") ioctls per VM and result ("ok" or the errno name).'),
-  kvmNestedStateOpTime: def('kvm', 'hvwatch_kvm_nested_state_op_seconds', 'histogram', ['vm', 'op'],
-    'Time inside KVM_GET_NESTED_STATE / KVM_SET_NESTED_STATE ioctls per VM.', 'seconds'),
+  kvmNestedStateOpTime: hist('kvm', 'hvwatch_kvm_nested_state_op_seconds', ['vm', 'op'],
+    'Time inside KVM_GET_NESTED_STATE / KVM_SET_NESTED_STATE ioctls per VM.', 'seconds', NS(6, 30)),
   kvmNestedStateSaves: def('kvm', 'hvwatch_kvm_nested_state_saves_total', 'counter', ['vm', 'flag'],
     'Successful KVM_GET_NESTED_STATE saves per VM whose flags had GUEST_MODE or RUN_PENDING set (seed 000: the risky saves).'),
   kvmUnpaired: def('kvm', 'hvwatch_kvm_unpaired_events_total', 'counter', ['pairing'],
@@ -165,8 +182,8 @@ export const M = {
     '1 if the running kernel has KVM introspection (KVMI) functions in its BTF or kallsyms, 0 if not (the kvmi probes are then "not present").'),
   kvmiEvents: def('kvmi', 'hvwatch_kvmi_events_total', 'counter', ['vm', 'event'],
     'Introspection events sent to the introspection tool (kvmi_send_vcpu_event) per VM and event type.'),
-  kvmiReplyTime: def('kvmi', 'hvwatch_kvmi_reply_seconds', 'histogram', ['vm', 'event'],
-    'Time from sending an introspection event to its reply: the vCPU is paused for all of it.', 'seconds'),
+  kvmiReplyTime: hist('kvmi', 'hvwatch_kvmi_reply_seconds', ['vm', 'event'],
+    'Time from sending an introspection event to its reply: the vCPU is paused for all of it.', 'seconds', NS(8, 36)),
   kvmiReplies: def('kvmi', 'hvwatch_kvmi_replies_total', 'counter', ['vm', 'event', 'action'],
     'Replies to introspection events per VM, event type and reply action (continue, retry, crash, or the raw number; unreadable if the kernel\'s reply could not be read).'),
   kvmiUnreplied: def('kvmi', 'hvwatch_kvmi_events_unreplied_total', 'counter', ['vm', 'event'],
@@ -175,16 +192,16 @@ export const M = {
     'Unhook requests sent to the introspection tool (kvmi_msg_send_unhook) per VM.'),
   kvmiCommands: def('kvmi', 'hvwatch_kvmi_commands_total', 'counter', ['vm', 'command', 'result'],
     'Introspection commands handled per VM, command id and result ("ok" or the KVM error name, e.g. KVM_EINVAL).'),
-  kvmiCommandTime: def('kvmi', 'hvwatch_kvmi_command_seconds', 'histogram', ['vm', 'command'],
-    'Time KVM took to handle one introspection command, per VM and command id.', 'seconds'),
+  kvmiCommandTime: hist('kvmi', 'hvwatch_kvmi_command_seconds', ['vm', 'command'],
+    'Time KVM took to handle one introspection command, per VM and command id.', 'seconds', NS(6, 34)),
   kvmiUnpaired: def('kvmi', 'hvwatch_kvmi_unpaired_total', 'counter', ['pairing'],
     'Introspection events or commands whose latency could not be paired (event_stale: a vCPU sent again before its previous send returned; event_no_start: a return with no recorded send; command: a reply after another command\'s dispatch).'),
 
   // ---- kvm_irq family: interrupt injection and irqchip teardown (seed 003) ----
   kvmIrqInjections: def('kvm_irq', 'hvwatch_kvm_irq_injections_total', 'counter', ['vm', 'path'],
     'Interrupt injections per VM and path (set_irq, msi, ioapic, pic, apic_accept, inj_virq: the kvm:kvm_<path> tracepoints).'),
-  kvmIrqDelivery: def('kvm_irq', 'hvwatch_kvm_irq_delivery_seconds', 'histogram', ['vm'],
-    'Time from an interrupt\'s acceptance by a vCPU\'s local APIC (kvm_apic_accept_irq) to its injection into that vCPU (kvm_inj_virq), where the two pair by vector.', 'seconds'),
+  kvmIrqDelivery: hist('kvm_irq', 'hvwatch_kvm_irq_delivery_seconds', ['vm'],
+    'Time from an interrupt\'s acceptance by a vCPU\'s local APIC (kvm_apic_accept_irq) to its injection into that vCPU (kvm_inj_virq), where the two pair by vector.', 'seconds', NS(8, 34)),
   kvmIrqTeardowns: def('kvm_irq', 'hvwatch_kvm_irq_teardowns_total', 'counter', ['vm', 'kind'],
     'Irqchip and device teardown steps begun per VM (kind: device_release, destroy_devices, free_irq_routing).'),
   kvmIrqAfterTeardown: def('kvm_irq', 'hvwatch_kvm_irq_after_teardown_total', 'counter', ['vm', 'path'],

@@ -12,7 +12,7 @@ import { HVWATCH, ROOT } from './helpers/agent.js';
 import { memoryHierarchy } from './helpers/memcg.js';
 import { writeSynthTrace } from './helpers/trace.js';
 import { histogramQuantile } from '../agent/check/quantile.js';
-import { foldLog2 } from '../agent/aggregate/histogram.js';
+import { folded, log2Histogram } from '../agent/aggregate/histogram.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'hvwatch-check-'));
 
@@ -75,11 +75,11 @@ test('the XML checker rejects what is not well-formed (so the JUnit assertions b
 });
 
 test('histogramQuantile interpolates like PromQL histogram_quantile, from 0 in the first bucket', (t) => {
-  const h = foldLog2([0, 0, 10, 10], { minSlot: 0, maxSlot: 3, scale: 1 }); // le 1, 3, 7, 15
+  const h = folded(log2Histogram([0, 0, 10, 10], { minSlot: 0, maxSlot: 3, scale: 1, classicStep: 1 })); // le 1, 3, 7, 15
   t.is(histogramQuantile(h, 0.5), 7); // rank 10 ends the [4,7] bucket
   t.is(histogramQuantile(h, 0.25), 5); // halfway through (3, 7]
   t.is(histogramQuantile(h, 1), 15);
-  t.is(histogramQuantile(foldLog2([], { minSlot: 0, maxSlot: 3, scale: 1 }), 0.99), undefined);
+  t.is(histogramQuantile(folded(log2Histogram([], { minSlot: 0, maxSlot: 3, scale: 1, classicStep: 1 })), 0.99), undefined);
 });
 
 test('check passes on the memcg example workload, writes JUnit and JSON; an injected breach exits 1 naming it', async (t) => {

@@ -5,6 +5,7 @@ import test from 'ava';
 import type { Agent } from '../agent/agent.js';
 import { mapsOnlyAgent } from './helpers/agent.js';
 import { M } from '../agent/catalog.js';
+import { folded } from '../agent/aggregate/histogram.js';
 import { RACE_KINDS } from '../agent/probes/memcg-fn.js';
 import { createCgroup, type TestCgroup } from './helpers/memcg.js';
 import type { BpfProgram } from '../bpf/libbpf.js';
@@ -80,7 +81,7 @@ test('logic via test run: start -> end -> uncharge gives no race, one latency sa
   t.is(h.run({ op: OP.endExit, folio: F, now: 1003n * MS + 5000n }), 0);
   t.is(h.run({ op: OP.uncharge, folio: F, now: 1004n * MS, cpu: 0 }), 0);
   t.deepEqual(await h.races(), none);
-  const lat = h.agent.store.get(M.memcgWbLatency, { cgroup: h.cg.path })!.hist!;
+  const lat = folded(h.agent.store.get(M.memcgWbLatency, { cgroup: h.cg.path })!.hist!);
   t.is(lat.count, 1);
   t.true(Math.abs(lat.sum - 0.003) < 1e-12, `sum ${lat.sum}`);
   // 3 ms falls in the slot [2^21, 2^22) ns; its le bound is (2^22 - 1) ns.

@@ -4,6 +4,7 @@ import test from 'ava';
 import { AgentProcess, mapsOnlyAgent, pick, runCli, until, value, writeConfig } from './helpers/agent.js';
 import { createCgroup, fsyncWriteInCgroup } from './helpers/memcg.js';
 import { M } from '../agent/catalog.js';
+import { folded } from '../agent/aggregate/histogram.js';
 import { FAMILIES } from '../agent/probes/index.js';
 
 test('memcg tracepoint probes count a 50 MiB fsync\'d write under its cgroup path; in-flight returns to 0', async (t) => {
@@ -112,7 +113,7 @@ test('memcg handlers via BPF_PROG_TEST_RUN (logic, not attach): NR_WRITEBACK del
   t.is(agent.store.get(M.memcgWbWaits, l)?.value, 1);
   t.is(agent.store.get(M.memcgUnchargeBatches, l)?.value, 3);
   t.is(agent.store.get(M.memcgUnchargedPages, l)?.value, 104);
-  const h = agent.store.get(M.memcgUnchargeBatchPages, l)!.hist!;
+  const h = folded(agent.store.get(M.memcgUnchargeBatchPages, l)!.hist!);
   // le=1 holds the 1-page batch, le=3 adds the 3-page one, le=127 adds the 100-page one.
   t.is(h.cumulative[h.bounds.indexOf(1)], 1);
   t.is(h.cumulative[h.bounds.indexOf(3)], 2);
@@ -167,7 +168,7 @@ test('uncharge_batch handler via BPF_PROG_TEST_RUN (logic, not attach): pages pe
   const l = { cgroup: cg.path };
   t.is(agent.store.get(M.memcgUnchargeBatches, l)?.value, 2);
   t.is(agent.store.get(M.memcgUnchargedPages, l)?.value, 33);
-  const h = agent.store.get(M.memcgUnchargeBatchPages, l)!.hist!;
+  const h = folded(agent.store.get(M.memcgUnchargeBatchPages, l)!.hist!);
   t.is(h.cumulative[h.bounds.indexOf(1)], 1);
   t.is(h.cumulative[h.bounds.indexOf(63)], 2);
 });

@@ -6,7 +6,7 @@ import type { FieldExport, MapExport } from '../probes/model.js';
 import type { MapFd } from '../../bpf/libbpf.js';
 import type { MetricDef } from '../catalog.js';
 import { M } from '../catalog.js';
-import { foldLog2, mergeFolded } from './histogram.js';
+import type { Log2Range } from './histogram.js';
 import type { MetricStore, Series } from '../export/store.js';
 import type { LabelBudget } from './budget.js';
 import type { CgroupResolver, MemoryHierarchy } from '../cgroups.js';
@@ -52,14 +52,24 @@ export const decoders: Record<string, Decoder> = {
   },
 };
 
-function u64(buf: Buffer, off: number, size: number): bigint {
+// A u64 as a double without BigInt (counts and sums stay below 2^53 in practice; above it
+// they lose precision, never magnitude).
+function u64At(buf: Buffer, off: number): number {
+  return buf.readUInt32LE(off) + buf.readUInt32LE(off + 4) * 4294967296;
+}
+
+function uintAt(buf: Buffer, off: number, size: number): number {
   switch (size) {
-    case 8: return buf.readBigUInt64LE(off);
-    case 4: return BigInt(buf.readUInt32LE(off));
-    case 2: return BigInt(buf.readUInt16LE(off));
-    case 1: return BigInt(buf.readUInt8(off));
+    case 8: return u64At(buf, off);
+    case 4: return buf.readUInt32LE(off);
+    case 2: return buf.readUInt16LE(off);
+    case 1: return buf.readUInt8(off);
     default: throw new Error(`unsupported field size ${size}`);
   }
+}
+
+function u64(buf: Buffer, off: number, size: number): bigint {
+  return size === 8 ? buf.readBigUInt64LE(off) : BigInt(uintAt(buf, off, size));
 }
 
 type Field = StructLayout['fields'][number];
@@ -68,7 +78,7 @@ type Field = StructLayout['fields'][number];
 interface Decoded {
   keyFields: readonly Field[];
   labels: { label: string; field: Field; decode: Decoder }[];
-  values: { fx: FieldExport; field: Field; sum?: Field }[];
+  values: { fx: FieldExport; field: Field; sum?: Field; range?: Log2Range }[];
 }
 
 function fieldOf(layout: StructLayout, name: string, bytes: number): Field {
@@ -103,51 +113,106 @@ function resolve(fam: LoadedFamily, e: MapExport, map: MapFd): Decoded {
     labels: e.labels.map((kl) => ({
       label: kl.label,
       field: fieldOf(key, kl.field, map.keySize),
-      decode: typeof kl.decoder === 'function' ? kl.decoder : decoders[kl.decoder] ?? decoders.number!,
+      decode: decoderOf(kl.decoder, e.map),
     })),
-    values: e.fields.map((fx) => ({
-      fx,
-      field: fieldOf(value, fx.field, map.valueSize),
-      sum: 'log2' in fx && fx.sumField ? fieldOf(value, fx.sumField, map.valueSize) : undefined,
-    })),
+    values: e.fields.map((fx) => {
+      const range = fx.metric.type === 'histogram' ? fx.metric.buckets : undefined;
+      if (fx.metric.type === 'histogram' && !range) throw new Error(`histogram ${fx.metric.name} has no catalog buckets`);
+      return { fx, field: fieldOf(value, fx.field, map.valueSize), sum: fx.sumField ? fieldOf(value, fx.sumField, map.valueSize) : undefined, range };
+    }),
   };
 }
 
+function decoderOf(d: string | Decoder, map: string): Decoder {
+  if (typeof d === 'function') return d;
+  const found = decoders[d];
+  if (!found) throw new Error(`map ${map}: unknown label decoder "${d}" (known: ${Object.keys(decoders).join(', ')})`);
+  return found;
+}
+
 const layoutCache = new WeakMap<MapExport, Decoded>();
+
+/** One metric's series being rebuilt from a map: previous objects are reused by key. */
+interface Rebuild {
+  metric: MetricDef;
+  previous: ReadonlyMap<string, Series>;
+  next: Map<string, Series>;
+  commit(): void;
+}
+
+function seriesFor(r: Rebuild, all: Readonly<Record<string, string>>): { s: Series; fresh: boolean } {
+  let k = '';
+  for (const l of r.metric.labels) k += `${all[l] ?? ''}\u0000`;
+  const seen = r.next.get(k);
+  if (seen) return { s: seen, fresh: false }; // two raw keys folded into one label set ("_other", "unknown")
+  let s = r.previous.get(k);
+  if (!s) {
+    // Only the metric's own labels: a map key often carries more (a nested-state key has op
+    // and result; its saves counter is per flag), and the exporter prints what a series has.
+    const labels: Record<string, string> = {};
+    for (const l of r.metric.labels) labels[l] = all[l] ?? '';
+    s = { labels, value: 0 };
+  }
+  r.next.set(k, s);
+  return { s, fresh: true };
+}
+
+/** Per-CPU slots summed straight from the value buffer into the series' own array. */
+function fillHistogram(s: Series, fresh: boolean, range: Log2Range, v: Buffer, vOff: number, cpus: number, stride: number, f: Field, sum: Field | undefined): void {
+  const n = f.nelems ?? 0;
+  let h = s.hist;
+  if (!h || h.slots.length !== n) h = { range, slots: new Float64Array(n), sum: 0, count: 0 };
+  if (fresh) {
+    h.slots.fill(0);
+    h.sum = 0;
+    h.count = 0;
+  }
+  let count = 0;
+  let est = 0;
+  for (let i = 0; i < n; i++) {
+    let c = 0;
+    for (let cpu = 0; cpu < cpus; cpu++) c += u64At(v, vOff + cpu * stride + f.offset + i * 8);
+    if (c === 0) continue;
+    h.slots[i]! += c;
+    count += c;
+    est += c * (i === 0 ? 1 : 1.5 * 2 ** i);
+  }
+  let raw = 0;
+  if (sum) for (let cpu = 0; cpu < cpus; cpu++) raw += uintAt(v, vOff + cpu * stride + sum.offset, sum.size);
+  h.count += count;
+  h.sum += (sum ? raw : est) * range.scale;
+  s.hist = h;
+  s.value = h.count;
+}
 
 export function collectMap(fam: LoadedFamily, e: MapExport, ctx: CollectContext): void {
   const map = fam.maps.get(e.map);
   if (!map) return;
   let lay = layoutCache.get(e);
   if (!lay) layoutCache.set(e, (lay = resolve(fam, e, map)));
-  const out = new Map<MetricDef, Map<string, Series>>();
-  const add = (metric: MetricDef, keyLabels: Record<string, string>, value: number, hist?: Series['hist'], extra?: Readonly<Record<string, string>>): void => {
-    // Only the metric's own labels: a map key often carries more (a nested-state key has op
-    // and result; its saves counter is per flag), and the exporter prints what a series has.
-    const all = extra ? { ...keyLabels, ...extra } : keyLabels;
-    const labels: Record<string, string> = {};
-    for (const l of metric.labels) labels[l] = all[l]!;
-    let fam2 = out.get(metric);
-    if (!fam2) out.set(metric, (fam2 = new Map()));
-    const k = metric.labels.map((l) => labels[l]).join('\u0000');
-    const prev = fam2.get(k);
-    if (!prev) fam2.set(k, { labels, value, hist });
-    else {
-      prev.value += value; // two raw keys folded into one label set ("_other", "unknown")
-      if (prev.hist && hist) prev.hist = mergeFolded(prev.hist, hist);
-    }
+  const rebuilds = new Map<MetricDef, Rebuild>();
+  const rebuildOf = (metric: MetricDef): Rebuild => {
+    let r = rebuilds.get(metric);
+    if (!r) rebuilds.set(metric, (r = { metric, ...ctx.store.rebuild(metric) }));
+    return r;
+  };
+  const values = lay.values.map((x) => ({ ...x, r: rebuildOf(x.fx.metric) }));
+  const derived = (e.derived ?? []).map((d) => ({ d, r: rebuildOf(d.metric) }));
+  const keyFields = lay.keyFields;
+  let curKey: Buffer = Buffer.alloc(0);
+  const field = (name: string): bigint => {
+    const f = keyFields.find((x) => x.name === name);
+    if (!f) throw new Error(`map ${e.map}: key has no field ${name}`);
+    return u64(curKey, f.offset, f.size);
   };
 
   let entries = 0;
+  const scalars: Record<string, number> = {};
   for (const [k, v] of map.entries()) {
     entries++;
+    curKey = k;
     const labels: Record<string, string> = {};
     let gone = false;
-    const field = (name: string): bigint => {
-      const f = lay.keyFields.find((x) => x.name === name);
-      if (!f) throw new Error(`map ${e.map}: key has no field ${name}`);
-      return u64(k, f.offset, f.size);
-    };
     for (const l of lay.labels) {
       const decoded = l.decode(u64(k, l.field.offset, l.field.size), ctx, field);
       if (decoded === null) { gone = true; break; }
@@ -159,24 +224,23 @@ export function collectMap(fam: LoadedFamily, e: MapExport, ctx: CollectContext)
     }
     // The one place a cgroup label grows its Kubernetes labels (catalog CG), for every family.
     if (labels.cgroup !== undefined) Object.assign(labels, cgroupLabels(ctx, labels.cgroup));
-    const scalars: Record<string, number> = {};
-    for (const { fx, field: f, sum } of lay.values) {
-      if ('log2' in fx) {
-        const n = f.nelems ?? 0;
-        const slots = new Array<number>(n);
-        for (let i = 0; i < n; i++) slots[i] = Number(v.readBigUInt64LE(f.offset + i * 8));
-        const h = foldLog2(slots, fx.log2, sum ? Number(u64(v, sum.offset, sum.size)) : undefined);
-        add(fx.metric, labels, h.count, h, fx.labels);
-      } else {
-        const val = Number(u64(v, f.offset, f.size));
+    for (const { fx, field: f, sum, range, r } of values) {
+      const all = fx.labels ? { ...labels, ...fx.labels } : labels;
+      const { s, fresh } = seriesFor(r, all);
+      if (range) fillHistogram(s, fresh, range, v, 0, 1, 0, f, sum);
+      else {
+        const val = uintAt(v, f.offset, f.size);
         scalars[fx.field] = val;
-        add(fx.metric, labels, val, undefined, fx.labels);
+        s.value = fresh ? val : s.value + val;
       }
     }
-    for (const d of e.derived ?? []) add(d.metric, labels, d.compute(scalars));
+    for (const { d, r } of derived) {
+      const { s, fresh } = seriesFor(r, labels);
+      const val = d.compute(scalars);
+      s.value = fresh ? val : s.value + val;
+    }
   }
-  for (const metric of new Set(e.fields.map((fx) => fx.metric))) ctx.store.replace(metric, out.get(metric)?.values() ?? []);
-  for (const d of e.derived ?? []) ctx.store.replace(d.metric, out.get(d.metric)?.values() ?? []);
+  for (const r of rebuilds.values()) r.commit();
   ctx.store.set(M.mapEntries, { family: fam.spec.name, map: e.map }, entries);
   ctx.store.set(M.mapCapacity, { family: fam.spec.name, map: e.map }, map.maxEntries);
 }

@@ -7,6 +7,7 @@ import { z } from 'zod';
 import { ALL_METRICS, type MetricDef } from '../catalog.js';
 import type { Labels, MetricStore } from '../export/store.js';
 import { histogramQuantile } from './quantile.js';
+import { folded } from '../aggregate/histogram.js';
 import { fmt } from './thresholds.js';
 
 export const QUANTILES = [['p50', 0.5], ['p90', 0.9], ['p99', 0.99]] as const;
@@ -37,7 +38,8 @@ export function summarize(store: MetricStore, metrics?: readonly string[]): Reco
       const base = `${d.name}${labelText(s.labels)}`;
       if (d.type === 'histogram' && s.hist) {
         if (s.hist.count === 0) continue;
-        for (const [n, q] of QUANTILES) out[`${base} ${n}`] = histogramQuantile(s.hist, q)!;
+        const f = folded(s.hist);
+        for (const [n, q] of QUANTILES) out[`${base} ${n}`] = histogramQuantile(f, q)!;
         out[`${base} count`] = s.hist.count;
       } else if (d.type !== 'histogram') {
         out[`${base} value`] = s.value;

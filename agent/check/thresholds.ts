@@ -8,6 +8,7 @@ import { M, metricByName, type MetricDef } from '../catalog.js';
 import type { Labels, MetricStore } from '../export/store.js';
 import type { ProbeStatus } from '../loader.js';
 import { histogramQuantile, mergeAll } from './quantile.js';
+import { folded } from '../aggregate/histogram.js';
 
 const ruleSchema = z.object({
   name: z.string().min(1).optional(),
@@ -139,7 +140,7 @@ export function evaluateRule(r: Rule, store: MetricStore): RuleResult {
   const series = defs.flatMap((d) => store.all(d)).filter((s) => matches(r.labels)(s.labels));
   let value: number | undefined;
   if (r.quantile !== undefined) {
-    const h = mergeAll(series.flatMap((s) => (s.hist ? [s.hist] : [])));
+    const h = mergeAll(series.flatMap((s) => (s.hist ? [folded(s.hist)] : [])));
     value = h ? histogramQuantile(h, r.quantile) : undefined;
   } else if (series.length) {
     value = series.reduce((a, s) => a + s.value, 0);

@@ -2,6 +2,8 @@
 // the result on /metrics (or prints it with --print).
 import { parseArgs } from 'node:util';
 import { log } from '../log.js';
+import { ALL_METRICS } from '../catalog.js';
+import { renderText } from '../export/exposition.js';
 import { CommandError, logLevel, openTrace, replayAgent, serve, snapshotIndex, untilSignal } from './common.js';
 
 export const REPLAY_USAGE = `usage: hvwatch replay FILE [options]
@@ -52,7 +54,7 @@ export async function replayCommand(argv: string[]): Promise<number> {
     snapshots: source.played, records: trace.records.length, dropped: JSON.stringify(trace.footer?.dropped ?? null),
   });
   if (v.print) {
-    process.stdout.write(await agent.registries.prometheus.metrics());
+    process.stdout.write(renderText(ALL_METRICS, agent.store));
     await agent.stop();
     return 0;
   }

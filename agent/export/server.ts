@@ -1,14 +1,16 @@
-// HTTP surface: /metrics (0.0.4 text, or OpenMetrics on request), /healthz, /readyz and
-// read-only JSON under /api. GET/HEAD only; everything else is refused early.
+// HTTP surface: /metrics (0.0.4 text, OpenMetrics or protobuf with native histograms, by
+// Accept), /healthz, /readyz and read-only JSON under /api. GET/HEAD only; everything else is
+// refused early.
 import express from 'express';
+import { once } from 'node:events';
 import type { Server } from 'node:http';
 import type { Agent } from '../agent.js';
-import { pickRegistry } from './registry.js';
+import { CONTENT_TYPES, exposition, negotiate } from './exposition.js';
 import { log } from '../log.js';
 import { createGuardedServer, REJECT_REASONS, type GuardOptions } from './guard.js';
 import { WebConfigSource } from './webconfig.js';
 import { parseListen, type Config } from '../config.js';
-import { M } from '../catalog.js';
+import { ALL_METRICS, M } from '../catalog.js';
 
 export function buildApp(agent: Agent): express.Express {
   const app = express();
@@ -24,12 +26,25 @@ export function buildApp(agent: Agent): express.Express {
   app.get('/metrics', async (req, res) => {
     try {
       await agent.collect();
-      const reg = pickRegistry(agent.registries, req.get('accept'));
-      // res.end, not res.send: express would re-serialize the content type's parameters.
-      res.status(200).set('Content-Type', reg.contentType).end(await reg.metrics());
     } catch (e) {
       log('error', 'scrape failed', { error: (e as Error).message });
       res.status(500).type('text/plain').send(`scrape failed: ${(e as Error).message}\n`);
+      return;
+    }
+    const format = negotiate(req.get('accept'));
+    // res.write/end, not res.send: express would re-serialize the content type's parameters.
+    res.status(200).set('Content-Type', CONTENT_TYPES[format]);
+    try {
+      // Streamed: the exposition is never held whole, and a slow reader is waited for.
+      for (const chunk of exposition(format, ALL_METRICS, agent.store)) {
+        if (!res.write(chunk) && !res.destroyed) await Promise.race([once(res, 'drain'), once(res, 'close')]);
+        if (res.destroyed) return;
+      }
+      res.end();
+    } catch (e) {
+      // Headers are out: the only honest signal left is a cut connection.
+      log('error', 'writing the exposition failed', { error: (e as Error).message, format });
+      res.destroy(e as Error);
     }
   });
   app.get('/healthz', (_req, res) => void res.type('text/plain').send('ok\n'));

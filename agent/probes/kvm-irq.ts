@@ -70,8 +70,6 @@ const probes: ProbeSpec[] = [
 export const UNKNOWN_VM = 'unknown';
 const irqVmDecoder: Decoder = (raw, ctx, field) => (raw === 0n ? UNKNOWN_VM : vmDecoder(raw, ctx, field));
 
-const NS = (minSlot: number, maxSlot: number) => ({ minSlot, maxSlot, scale: 1e-9 });
-
 export const kvmIrqFamily: FamilySpec = {
   name: family,
   object: 'kvm_irq.bpf.o',
@@ -85,7 +83,7 @@ export const kvmIrqFamily: FamilySpec = {
         ...IRQ_PATHS.map((path) => ({ field: `inj_${path}`, metric: M.kvmIrqInjections, labels: { path } })),
         ...IRQ_PATHS.map((path) => ({ field: `after_${path}`, metric: M.kvmIrqAfterTeardown, labels: { path } })),
         ...TEARDOWN_KINDS.map((kind) => ({ field: `td_${kind}`, metric: M.kvmIrqTeardowns, labels: { kind } })),
-        { field: 'delivery_slots', metric: M.kvmIrqDelivery, log2: NS(8, 34), sumField: 'delivery_sum_ns' },
+        { field: 'delivery_slots', metric: M.kvmIrqDelivery, sumField: 'delivery_sum_ns' },
       ],
     },
   ],

@@ -123,7 +123,6 @@ const messages = new Map<bigint, string>();
 const messageDecoder: Decoder = (raw) => messages.get(raw) ?? `message_${raw.toString(16)}`;
 
 const VM = { label: 'vm', field: 'tgid', decoder: vmDecoder };
-const NS = (minSlot: number, maxSlot: number) => ({ minSlot, maxSlot, scale: 1e-9 });
 
 // enum unpaired in bpf/src/kvm.bpf.c.
 const UNPAIRED = ['exit_entry', 'nested_l1', 'userspace'] as const;
@@ -139,7 +138,7 @@ export const kvmFamily: FamilySpec = {
       labels: [VM, { label: 'isa', field: 'isa', decoder: isaDecoder }, { label: 'reason', field: 'reason', decoder: reasonDecoder }],
       fields: [
         { field: 'exits', metric: M.kvmExits },
-        { field: 'handling_slots', metric: M.kvmExitHandling, log2: NS(8, 34), sumField: 'handling_sum_ns' },
+        { field: 'handling_slots', metric: M.kvmExitHandling, sumField: 'handling_sum_ns' },
       ],
     },
     {
@@ -152,7 +151,7 @@ export const kvmFamily: FamilySpec = {
       labels: [VM, { label: 'reason', field: 'reason', decoder: uexitDecoder }],
       fields: [
         { field: 'exits', metric: M.kvmUserspaceExits },
-        { field: 'user_slots', metric: M.kvmUserspaceTime, log2: NS(8, 34), sumField: 'user_sum_ns' },
+        { field: 'user_slots', metric: M.kvmUserspaceTime, sumField: 'user_sum_ns' },
       ],
     },
     {
@@ -176,7 +175,7 @@ export const kvmFamily: FamilySpec = {
       fields: [
         { field: 'l0', metric: M.kvmNestedExits, labels: { handler: 'l0' } },
         { field: 'l1', metric: M.kvmNestedExits, labels: { handler: 'l1' } },
-        { field: 'l1_slots', metric: M.kvmNestedL1Handling, log2: NS(8, 34), sumField: 'l1_sum_ns' },
+        { field: 'l1_slots', metric: M.kvmNestedL1Handling, sumField: 'l1_sum_ns' },
       ],
     },
     {
@@ -189,7 +188,7 @@ export const kvmFamily: FamilySpec = {
       labels: [VM, { label: 'op', field: 'op', decoder: opDecoder }, { label: 'result', field: 'err', decoder: errDecoder }],
       fields: [
         { field: 'ops', metric: M.kvmNestedStateOps },
-        { field: 'slots', metric: M.kvmNestedStateOpTime, log2: NS(6, 30), sumField: 'sum_ns' },
+        { field: 'slots', metric: M.kvmNestedStateOpTime, sumField: 'sum_ns' },
         { field: 'saves_guest_mode', metric: M.kvmNestedStateSaves, labels: { flag: 'guest_mode' } },
         { field: 'saves_run_pending', metric: M.kvmNestedStateSaves, labels: { flag: 'run_pending' } },
       ],

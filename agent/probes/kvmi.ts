@@ -136,7 +136,6 @@ export function useKvmiAbi(a: KvmiAbi): void {
 const VM = { label: 'vm', field: 'tgid', decoder: vmDecoder };
 const EVENT = { label: 'event', field: 'event', decoder: ((raw) => eventName(abi, Number(raw))) as Decoder };
 const COMMAND = { label: 'command', field: 'command', decoder: ((raw) => commandName(abi, Number(raw))) as Decoder };
-const NS = (minSlot: number, maxSlot: number) => ({ minSlot, maxSlot, scale: 1e-9 });
 
 /** enum unpaired in bpf/src/kvmi.bpf.c. */
 export const KVMI_UNPAIRED = ['event_stale', 'event_no_start', 'command'] as const;
@@ -154,7 +153,7 @@ export const kvmiFamily: FamilySpec = {
         { field: 'sent', metric: M.kvmiEvents },
         { field: 'unreplied', metric: M.kvmiUnreplied },
         // From microseconds (a tool answering from a busy loop) to a minute (a human at a debugger).
-        { field: 'reply_slots', metric: M.kvmiReplyTime, log2: NS(8, 36), sumField: 'reply_sum_ns' },
+        { field: 'reply_slots', metric: M.kvmiReplyTime, sumField: 'reply_sum_ns' },
       ],
     },
     {
@@ -175,7 +174,7 @@ export const kvmiFamily: FamilySpec = {
     {
       map: 'kvmi_command_time',
       labels: [VM, COMMAND],
-      fields: [{ field: 'slots', metric: M.kvmiCommandTime, log2: NS(6, 34), sumField: 'sum_ns' }],
+      fields: [{ field: 'slots', metric: M.kvmiCommandTime, sumField: 'sum_ns' }],
     },
   ],
   watchMaps: ['ev_pending', 'cmd_pending'],

@@ -73,7 +73,6 @@ const probes: ProbeSpec[] = [
   },
 ];
 
-const NS = (minSlot: number, maxSlot: number) => ({ minSlot, maxSlot, scale: 1e-9 });
 
 // state_counters indices (enum state_counter).
 const ST = { inserts: 0, removes: 1, reaped: 2, unpaired: 3 } as const;
@@ -88,9 +87,9 @@ export const memcgFnFamily: FamilySpec = {
       map: 'memcg_fn_stats',
       labels: [{ label: 'cgroup', field: 'cgroup_id', decoder: 'cgroup' }],
       fields: [
-        { field: 'wb_latency_slots', metric: M.memcgWbLatency, log2: NS(10, 36), sumField: 'wb_latency_sum_ns' },
-        { field: 'wb_end_slots', metric: M.memcgWbEndDuration, log2: NS(6, 30), sumField: 'wb_end_sum_ns' },
-        { field: 'uncharge_slots', metric: M.memcgUnchargeDuration, log2: NS(6, 30), sumField: 'uncharge_sum_ns' },
+        { field: 'wb_latency_slots', metric: M.memcgWbLatency, sumField: 'wb_latency_sum_ns' },
+        { field: 'wb_end_slots', metric: M.memcgWbEndDuration, sumField: 'wb_end_sum_ns' },
+        { field: 'uncharge_slots', metric: M.memcgUnchargeDuration, sumField: 'uncharge_sum_ns' },
         { field: 'uncharged_folios', metric: M.memcgUnchargedFolios },
       ],
     },

@@ -53,7 +53,6 @@ const probes: ProbeSpec[] = [
   },
 ];
 
-const LOG2_PAGES = { minSlot: 0, maxSlot: 12, scale: 1 }; // 1 .. 8191 pages per batch
 
 export const memcgFamily: FamilySpec = {
   name: family,
@@ -70,8 +69,8 @@ export const memcgFamily: FamilySpec = {
         { field: 'wb_waits', metric: M.memcgWbWaits },
         { field: 'uncharge_batches', metric: M.memcgUnchargeBatches },
         { field: 'uncharged_pages', metric: M.memcgUnchargedPages },
-        { field: 'uncharge_batch_slots', metric: M.memcgUnchargeBatchPages, log2: LOG2_PAGES, sumField: 'uncharged_pages' },
-        { field: 'wb_wait_slots', metric: M.memcgWbWaitTime, log2: { minSlot: 8, maxSlot: 34, scale: 1e-9 }, sumField: 'wb_wait_sum_ns' },
+        { field: 'uncharge_batch_slots', metric: M.memcgUnchargeBatchPages, sumField: 'uncharged_pages' },
+        { field: 'wb_wait_slots', metric: M.memcgWbWaitTime, sumField: 'wb_wait_sum_ns' },
       ],
       derived: [
         // Writeback that began before attach completes after it: clamp rather than go negative.

@@ -4,7 +4,6 @@
 // only its own files (DESIGN "The shape of a probe family").
 import type { AttachKind } from '../../bpf/libbpf.js';
 import type { MetricDef } from '../catalog.js';
-import type { Log2Range } from '../aggregate/histogram.js';
 import type { MetricStore } from '../export/store.js';
 import type { CollectContext, Decoder } from '../aggregate/collect.js';
 import type { DecodedEvent } from '../aggregate/events.js';
@@ -40,11 +39,13 @@ export interface ProbeSpec {
   optional?: boolean;
 }
 
-/** A BPF map field that becomes one metric per key. */
-export type FieldExport = (
-  | { field: string; metric: MetricDef }
-  | { field: string; metric: MetricDef; log2: Log2Range; sumField?: string }
-) & {
+/** A BPF map field that becomes one metric per key. A histogram metric's field is an array
+ * of log2 slots (its catalog `buckets` say how it is exported); `sumField` names the exact
+ * sum beside it, else the sum is estimated from slot midpoints. */
+export type FieldExport = {
+  field: string;
+  metric: MetricDef;
+  sumField?: string;
   /** Fixed labels of this field's series (several fields of one value feed one metric:
    * pio in/out -> direction). */
   labels?: Readonly<Record<string, string>>;
