@@ -1,6 +1,6 @@
 // A small PromQL tokenizer and the catalog check built on it: every metric an expression
-// names must be one the agent exports (agent/catalog.ts; a histogram only through its
-// _bucket/_sum/_count series), a recording rule, or Prometheus' own `up`; every label it
+// names must be one the agent exports (agent/catalog.ts; a histogram through its native
+// series, without `le`, or its classic _bucket/_sum/_count ones), a recording rule, or Prometheus' own `up`; every label it
 // matches on or aggregates by must be one those metrics carry, or a target label. Grafana's
 // template syntax ($var, ${var}, label_values(...)) is understood, so dashboard queries are
 // checked with the same code.
@@ -76,6 +76,7 @@ function seriesTable(ctx: CheckContext): Map<string, Known> {
   const add = (name: string, labels: readonly string[]): void => void t.set(name, { labels: new Set([...labels, ...TARGET_LABELS]) });
   for (const d of ctx.metrics ?? ALL_METRICS) {
     if (d.type === 'histogram') {
+      add(d.name, d.labels); // native histograms (protobuf scrapes)
       add(`${d.name}_bucket`, [...d.labels, 'le']);
       add(`${d.name}_sum`, d.labels);
       add(`${d.name}_count`, d.labels);
@@ -182,11 +183,7 @@ export function analyze(expr: string, ctx: CheckContext = {}): Analysis {
     }
   }
   const metrics = [...new Set(selectors.flatMap((s) => s.names))];
-  for (const n of metrics) {
-    if (table.has(n)) continue;
-    const hist = (ctx.metrics ?? ALL_METRICS).find((d) => d.name === n && d.type === 'histogram');
-    problems.push(hist ? `${n} is a histogram: only ${n}_bucket, _sum and _count exist` : `unknown metric ${n}`);
-  }
+  for (const n of metrics) if (!table.has(n)) problems.push(`unknown metric ${n}`);
   for (const u of labelUses) {
     const inScope = selectors.filter((s) => s.start >= u.scope[0] && s.end <= u.scope[1]).flatMap((s) => s.names).filter((n) => table.has(n));
     if (!inScope.length) {

@@ -47,6 +47,8 @@ function histogramPart(def: MetricDef, suffix: string, extra: readonly string[],
 }
 
 export const bucket = (def: MetricDef, m: Matchers = {}): string => histogramPart(def, '_bucket', ['le'], m);
+/** A histogram's native series: one sample per series when Prometheus scraped protobuf. */
+export const native = (def: MetricDef, m: Matchers = {}): string => histogramPart(def, '', [], m);
 export const hsum = (def: MetricDef, m: Matchers = {}): string => histogramPart(def, '_sum', [], m);
 export const hcount = (def: MetricDef, m: Matchers = {}): string => histogramPart(def, '_count', [], m);
 
@@ -60,4 +62,23 @@ export function by(labels: readonly string[], ...defs: MetricDef[]): string {
 /** A recording rule's series (alerts/rules.ts RECORDING), with its labels checked. */
 export function recorded(rule: { record: string; labels: readonly string[] }, matchers: Matchers = {}): string {
   return selector(rule.record, rule.labels, matchers);
+}
+
+// Both histogram kinds (README "Histograms"): a Prometheus with native histograms on scrapes
+// protobuf and stores `name` as one native series; one without stores `name_bucket{le}`.
+// Each expression below reads the native form where it exists and the classic one elsewhere,
+// per label set, so one rule serves a fleet with both kinds of Prometheus.
+
+/** The q-quantile per `labels` over `window`, from native or classic buckets. */
+export function quantile(q: number, def: MetricDef, labels: readonly string[], window: string, m: Matchers = {}): string {
+  return `histogram_quantile(${q}, sum ${by(labels, def)} (rate(${native(def, m)}[${window}])))` +
+    ` or histogram_quantile(${q}, sum ${by([...labels, 'le'], def)} (rate(${bucket(def, m)}[${window}])))`;
+}
+
+/** Observations per bucket and window, summed: a heatmap's two queries (classic, native). */
+export function heatmapQueries(def: MetricDef, m: Matchers, window = '$__rate_interval'): { expr: string; legend?: string }[] {
+  return [
+    { expr: `sum ${by(['le'], def)} (increase(${bucket(def, m)}[${window}]))` },
+    { expr: `sum(increase(${native(def, m)}[${window}]))`, legend: 'native' },
+  ];
 }

@@ -5,7 +5,7 @@
 import { M, type MetricDef } from '../agent/catalog.js';
 import { IRQ_AFTER_TEARDOWN, PROBE_NOT_ATTACHED, RACE, RINGBUF_DROPS, type AlertIdentity, type Severity } from '../agent/alerting/conditions.js';
 import { runbookUrl } from '../agent/alerting/index.js';
-import { JOB, bucket, by, series, TARGET_LABELS, type Matchers } from './promql.js';
+import { JOB, by, quantile, series, TARGET_LABELS, type Matchers } from './promql.js';
 
 export interface RecordingRule {
   record: string;
@@ -67,8 +67,7 @@ function rec(record: string, labels: readonly string[], expr: string, help: stri
   return { record, labels, expr, help };
 }
 
-const HIST_BY = (extra: string[], d: MetricDef): string => by([...TARGET_LABELS, ...extra, 'le'], d);
-const P99 = (d: MetricDef, extra: string[]): string => `histogram_quantile(0.99, sum ${HIST_BY(extra, d)} (${rate(bucket(d))}))`;
+const P99 = (d: MetricDef, extra: string[]): string => quantile(0.99, d, [...TARGET_LABELS, ...extra], '5m');
 const RATE_BY = (d: MetricDef, extra: string[]): string => `sum ${by([...TARGET_LABELS, ...extra], d)} (${rate(series(d))})`;
 const KEEP = (extra: string[]): string[] => [...TARGET_LABELS, ...extra];
 

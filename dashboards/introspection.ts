@@ -4,7 +4,7 @@
 // to delivery into the vCPU, irqchip teardown and injections that came after it.
 import { M, type MetricDef } from '../agent/catalog.js';
 import { KVMI_REPLY_P99_SECONDS, RECORDING } from '../alerts/rules.js';
-import { bucket, by, re, recorded, series, type Matchers } from '../alerts/promql.js';
+import { by, heatmapQueries, quantile, re, recorded, series, type Matchers } from '../alerts/promql.js';
 import { U, dashboard, datasourceVar, graph, heat, single } from './lib.js';
 import { nodeVar } from './fleet.js';
 import { vmVar } from './kvm.js';
@@ -14,9 +14,7 @@ const VM = { ...NODE, vm: re('$vm') };
 
 const rateBy = (d: MetricDef, labels: string[], m: Matchers = VM): string => `sum ${by(labels, d)} (rate(${series(d, m)}[$__rate_interval]))`;
 const increaseBy = (d: MetricDef, labels: string[]): string => `sum ${by(labels, d)} (increase(${series(d, VM)}[$__rate_interval]))`;
-const buckets = (d: MetricDef): string => `sum ${by(['le'], d)} (increase(${bucket(d, VM)}[$__rate_interval]))`;
-const p99By = (d: MetricDef, labels: string[]): string =>
-  `histogram_quantile(0.99, sum ${by([...labels, 'le'], d)} (rate(${bucket(d, VM)}[$__rate_interval])))`;
+const p99By = (d: MetricDef, labels: string[]): string => quantile(0.99, d, labels, '$__rate_interval', VM);
 const inRange = (d: MetricDef): string => `sum(increase(${series(d, VM)}[$__range])) or vector(0)`;
 
 export const introspection = () => dashboard({
@@ -35,7 +33,7 @@ export const introspection = () => dashboard({
         graph({ title: 'Introspection events by type', unit: U.perSecond('events'), stacked: true, w: 16, description: 'Introspection events sent to the tool per second by VM and event type (PAUSE, HYPERCALL, BREAKPOINT, CR, MSR, PF, ...). Each pauses its vCPU until the reply.',
           queries: [{ expr: rateBy(M.kvmiEvents, ['instance', 'vm', 'event']), legend: '{{instance}} {{vm}} {{event}}' }] }),
         heat({ title: 'Reply time (vCPU paused)', unit: U.seconds, description: 'Introspection events by the time from send to reply (log2 buckets), over the selected VMs: the guest time lost to introspection.',
-          queries: [{ expr: buckets(M.kvmiReplyTime) }] }),
+          queries: heatmapQueries(M.kvmiReplyTime, VM) }),
         graph({ title: 'Reply p99 per VM and event', unit: U.seconds, description: `99th percentile of the reply time per VM and event type over 5 minutes (recording rule). Alert HvwatchKvmiReplySlow: above ${KVMI_REPLY_P99_SECONDS * 1000} ms for 10 minutes.`,
           queries: [{ expr: recorded(RECORDING.kvmiReplyP99, VM), legend: '{{instance}} {{vm}} {{event}}' }] }),
         graph({ title: 'Reply actions', unit: U.perSecond('replies'), stacked: true, description: 'Replies per second by VM, event type and action: continue, retry, or crash (the tool asked KVM to kill the guest).',
@@ -62,7 +60,7 @@ export const introspection = () => dashboard({
         graph({ title: 'Injections per VM', unit: U.perSecond('interrupts'), description: 'Interrupts injected into each VM\'s vCPUs per second (kvm:kvm_inj_virq): what the guests actually received.',
           queries: [{ expr: rateBy(M.kvmIrqInjections, ['instance', 'vm'], { ...VM, path: 'inj_virq' }), legend: '{{instance}} {{vm}}' }] }),
         heat({ title: 'Delivery delay', unit: U.seconds, description: 'Interrupts by the time from their acceptance by a vCPU\'s local APIC to their injection into the vCPU (log2 buckets), over the selected VMs.',
-          queries: [{ expr: buckets(M.kvmIrqDelivery) }] }),
+          queries: heatmapQueries(M.kvmIrqDelivery, VM) }),
         graph({ title: 'Delivery delay p99 per VM', unit: U.seconds, description: '99th percentile of the delay from APIC acceptance to injection into the vCPU, per VM: a halted or descheduled vCPU shows here.',
           queries: [{ expr: p99By(M.kvmIrqDelivery, ['instance', 'vm']), legend: '{{instance}} {{vm}}' }] }),
         graph({ title: 'Teardown steps', unit: U.of('steps'), bars: true, description: 'Irqchip and device teardown steps per interval by VM and kind: a VM being destroyed or a device hot-unplugged.',

@@ -3,7 +3,7 @@
 // nested-state save/restore.
 import { M, type MetricDef } from '../agent/catalog.js';
 import { FLAG_RUN_PENDING, RECORDING } from '../alerts/rules.js';
-import { bucket, by, re, recorded, series } from '../alerts/promql.js';
+import { by, heatmapQueries, quantile, re, recorded, series } from '../alerts/promql.js';
 import { U, dashboard, datasourceVar, graph, heat, labelVar } from './lib.js';
 import { nodeVar } from './fleet.js';
 
@@ -12,7 +12,6 @@ const VM = { ...NODE, vm: re('$vm') };
 
 /** Per-second rate summed by the given labels over the selected nodes and VMs. */
 const rateBy = (d: MetricDef, labels: string[]): string => `sum ${by(labels, d)} (rate(${series(d, VM)}[$__rate_interval]))`;
-const buckets = (d: MetricDef): string => `sum ${by(['le'], d)} (increase(${bucket(d, VM)}[$__rate_interval]))`;
 
 export const vmVar = (): ReturnType<typeof labelVar> =>
   labelVar('vm', 'VM', `label_values(${series(M.kvmVmInfo, NODE)}, vm)`, 'VMs (VMM processes) seen by the KVM probes on the selected nodes.');
@@ -31,9 +30,9 @@ export const kvm = () => dashboard({
         graph({ title: 'VM-exits by reason', unit: U.perSecond('exits'), stacked: true, description: 'VM-exits per second by ISA and exit reason over the selected VMs: which reasons dominate.',
           queries: [{ expr: rateBy(M.kvmExits, ['isa', 'reason']), legend: '{{isa}} {{reason}}' }] }),
         heat({ title: 'Exit handling time', unit: U.seconds, description: 'VM-exits by time from the exit to the same vCPU\'s next VM-entry (log2 buckets), over the selected VMs.',
-          queries: [{ expr: buckets(M.kvmExitHandling) }] }),
+          queries: heatmapQueries(M.kvmExitHandling, VM) }),
         graph({ title: 'Exit handling p99 by reason', unit: U.seconds, description: '99th percentile of the time from VM-exit to the next VM-entry, by exit reason, over the selected VMs.',
-          queries: [{ expr: `histogram_quantile(0.99, sum ${by(['reason', 'le'], M.kvmExitHandling)} (rate(${bucket(M.kvmExitHandling, VM)}[$__rate_interval])))`, legend: '{{reason}}' }] }),
+          queries: [{ expr: quantile(0.99, M.kvmExitHandling, ['reason'], '$__rate_interval', VM), legend: '{{reason}}' }] }),
         graph({ title: 'VM-exits per vCPU', unit: U.perSecond('exits'), w: 24, description: 'VM-exits per second per vCPU; only exported with kvm.vcpuLabel: true in the agent config (empty otherwise).',
           queries: [{ expr: rateBy(M.kvmVcpuExits, ['instance', 'vm', 'vcpu']), legend: '{{instance}} {{vm}} vCPU {{vcpu}}' }] }),
       ],
@@ -44,7 +43,7 @@ export const kvm = () => dashboard({
         graph({ title: 'Userspace exits by reason', unit: U.perSecond('exits'), description: 'Returns from KVM_RUN to the VMM per second (kvm:kvm_userspace_exit) by VM and KVM_EXIT_* reason: device emulation the VMM does.',
           queries: [{ expr: rateBy(M.kvmUserspaceExits, ['instance', 'vm', 'reason']), legend: '{{instance}} {{vm}} {{reason}}' }] }),
         heat({ title: 'Time in the VMM per userspace exit', unit: U.seconds, description: 'Userspace exits by time the VMM spent before its next KVM_RUN (log2 buckets), over the selected VMs.',
-          queries: [{ expr: buckets(M.kvmUserspaceTime) }] }),
+          queries: heatmapQueries(M.kvmUserspaceTime, VM) }),
         graph({ title: 'Port I/O', unit: U.perSecond('exits'), description: 'Port I/O exits per second (kvm:kvm_pio) by VM and direction.',
           queries: [{ expr: rateBy(M.kvmPio, ['instance', 'vm', 'direction']), legend: '{{instance}} {{vm}} {{direction}}' }] }),
         graph({ title: 'MMIO', unit: U.perSecond('accesses'), description: 'MMIO accesses handled by KVM per second (kvm:kvm_mmio) by VM and type.',
@@ -61,7 +60,7 @@ export const kvm = () => dashboard({
         graph({ title: 'Nested exits by reason and handler', unit: U.perSecond('exits'), description: 'L2 VM-exits per second by reason and handler over the selected VMs: which exits L1 has to handle.',
           queries: [{ expr: rateBy(M.kvmNestedExits, ['reason', 'handler']), legend: '{{reason}} ({{handler}})' }] }),
         heat({ title: 'L1 handling time', unit: U.seconds, description: 'Reflected exits by the time L1 took to handle them, from kvm_nested_vmexit_inject to the vCPU\'s next nested VM-entry (log2 buckets).',
-          queries: [{ expr: buckets(M.kvmNestedL1Handling) }] }),
+          queries: heatmapQueries(M.kvmNestedL1Handling, VM) }),
         graph({ title: 'L1 handling p99 per VM', unit: U.seconds, description: '99th percentile of L1\'s handling time per VM over 5 minutes (recording rule). Alert HvwatchNestedL1HandlingSlow: above 2 ms for 10 minutes.',
           queries: [{ expr: recorded(RECORDING.nestedL1P99, VM), legend: '{{instance}} {{vm}}' }] }),
         graph({ title: 'Nested VM-entries', unit: U.perSecond('entries'), description: 'Nested VM-entries per second (L1 running L2: VMLAUNCH/VMRESUME/VMRUN emulated by KVM) per VM.',
@@ -78,7 +77,7 @@ export const kvm = () => dashboard({
         graph({ title: 'Nested-state ioctls', unit: U.perSecond('ioctls'), description: 'KVM_GET_NESTED_STATE (get) and KVM_SET_NESTED_STATE (set) per second by VM and result (ok or the errno name): migrations and snapshots of nested VMs.',
           queries: [{ expr: rateBy(M.kvmNestedStateOps, ['instance', 'vm', 'op', 'result']), legend: '{{instance}} {{vm}} {{op}} {{result}}' }] }),
         heat({ title: 'Nested-state ioctl time', unit: U.seconds, description: 'Nested-state ioctls by time spent inside (log2 buckets), over the selected VMs.',
-          queries: [{ expr: buckets(M.kvmNestedStateOpTime) }] }),
+          queries: heatmapQueries(M.kvmNestedStateOpTime, VM) }),
         graph({ title: 'Risky saves: GUEST_MODE and RUN_PENDING', unit: U.of('saves'), bars: true, description: `Nested-state saves per interval whose flags had GUEST_MODE or RUN_PENDING set, by VM. Any ${FLAG_RUN_PENDING} save raises HvwatchNestedStateSaveRunPending.`,
           queries: [{ expr: `sum ${by(['instance', 'vm', 'flag'], M.kvmNestedStateSaves)} (increase(${series(M.kvmNestedStateSaves, VM)}[$__rate_interval]))`, legend: '{{instance}} {{vm}} {{flag}}' }] }),
         graph({ title: 'Unpaired events', unit: U.perSecond('events'), description: 'Paired events (exit/entry, nested inject/entry, userspace return/KVM_RUN) whose opening half was missing, per node: no latency was recorded for them.',

@@ -2,7 +2,7 @@
 // the tracepoint tier, latency heatmaps from the function tier's histograms, and the race
 // indicators with the state that tracks them.
 import { M, type MetricDef } from '../agent/catalog.js';
-import { bucket, by, re, series } from '../alerts/promql.js';
+import { by, heatmapQueries, quantile, re, series } from '../alerts/promql.js';
 import { U, dashboard, datasourceVar, graph, heat, labelVar } from './lib.js';
 import { nodeVar } from './fleet.js';
 
@@ -12,8 +12,7 @@ const CG = { ...NODE, cgroup: re('$cgroup') };
 /** Per-second rate per node and cgroup. */
 const perCgroup = (d: MetricDef): string => `sum ${by(['instance', 'cgroup'], d)} (rate(${series(d, CG)}[$__rate_interval]))`;
 /** Observations per bucket and interval, summed over the selected nodes and cgroups: a heatmap. */
-const buckets = (d: MetricDef): string => `sum ${by(['le'], d)} (increase(${bucket(d, CG)}[$__rate_interval]))`;
-const quantile = (q: number, d: MetricDef): string => `histogram_quantile(${q}, sum ${by(['instance', 'cgroup', 'le'], d)} (rate(${bucket(d, CG)}[$__rate_interval])))`;
+const cgQuantile = (q: number, d: MetricDef): string => quantile(q, d, ['instance', 'cgroup'], '$__rate_interval', CG);
 
 export const cgroupVar = (): ReturnType<typeof labelVar> =>
   labelVar('cgroup', 'Cgroup', 'label_values({__name__=~"hvwatch_memcg_.+", instance=~"$node"}, cgroup)',
@@ -44,21 +43,21 @@ export const memcg = () => dashboard({
         graph({ title: 'Waits on writeback', unit: U.perSecond('waits'), description: 'Times per second a task of the cgroup waited for a folio under writeback (writeback:folio_wait_writeback): stalls the workload feels.',
           queries: [{ expr: perCgroup(M.memcgWbWaits), legend: LEG }] }),
         heat({ title: 'Time waiting on writeback', unit: U.seconds, description: 'Waits for a folio under writeback by how long the task waited (log2 buckets), over the selected nodes and cgroups: what an fsync or a reclaim stall costs the workload.',
-          queries: [{ expr: buckets(M.memcgWbWaitTime) }] }),
+          queries: heatmapQueries(M.memcgWbWaitTime, CG) }),
       ],
     },
     {
       row: 'Writeback latency (function tier)',
       panels: [
         heat({ title: 'Writeback latency', unit: U.seconds, description: 'Folios by time from writeback start to writeback end (log2 buckets), over the selected nodes and cgroups. Needs fentry or kprobes (memcg_writeback_start_fn and _end_fn).',
-          queries: [{ expr: buckets(M.memcgWbLatency) }] }),
+          queries: heatmapQueries(M.memcgWbLatency, CG) }),
         graph({ title: 'Writeback latency p50 and p99', unit: U.seconds, description: 'Median and 99th percentile of folio writeback latency per node and cgroup. Alert HvwatchMemcgWritebackLatencyHigh: p99 above 2 s for 10 minutes.',
           queries: [
-            { expr: quantile(0.5, M.memcgWbLatency), legend: 'p50 {{instance}} {{cgroup}}' },
-            { expr: quantile(0.99, M.memcgWbLatency), legend: 'p99 {{instance}} {{cgroup}}' },
+            { expr: cgQuantile(0.5, M.memcgWbLatency), legend: 'p50 {{instance}} {{cgroup}}' },
+            { expr: cgQuantile(0.99, M.memcgWbLatency), legend: 'p99 {{instance}} {{cgroup}}' },
           ] }),
         heat({ title: 'Time inside writeback end', unit: U.seconds, description: 'Calls of __folio_end_writeback by time spent inside (log2 buckets): the window in which an uncharge on another CPU races with it.',
-          queries: [{ expr: buckets(M.memcgWbEndDuration) }] }),
+          queries: heatmapQueries(M.memcgWbEndDuration, CG) }),
         graph({ title: 'Writeback ends without a start', unit: U.perSecond('ends'), description: 'Writeback ends with no recorded start (begun before attach, or evicted from the race-state map): no latency is recorded for them.',
           queries: [{ expr: `sum ${by(['instance'], M.memcgWbUnpairedEnds)} (rate(${series(M.memcgWbUnpairedEnds, NODE)}[$__rate_interval]))`, legend: '{{instance}}' }] }),
       ],
@@ -71,9 +70,9 @@ export const memcg = () => dashboard({
         graph({ title: 'Pages uncharged', unit: U.perSecond('pages'), description: 'Pages uncharged per second (sum of PGPGOUT batch sizes), per node and cgroup.',
           queries: [{ expr: perCgroup(M.memcgUnchargedPages), legend: LEG }] }),
         heat({ title: 'Pages per uncharge batch', unit: U.of('pages'), description: 'Uncharge batches by size in pages (log2 buckets, le = 1, 3, 7, …), over the selected nodes and cgroups.',
-          queries: [{ expr: buckets(M.memcgUnchargeBatchPages) }] }),
+          queries: heatmapQueries(M.memcgUnchargeBatchPages, CG) }),
         heat({ title: 'Time inside uncharge', unit: U.seconds, description: 'Calls of __mem_cgroup_uncharge[_folios] by time spent inside (log2 buckets; function tier).',
-          queries: [{ expr: buckets(M.memcgUnchargeDuration) }] }),
+          queries: heatmapQueries(M.memcgUnchargeDuration, CG) }),
         graph({ title: 'Folios uncharged', unit: U.perSecond('folios'), w: 24, description: 'Folios uncharged per second (uncharge_folio; function tier), per node and cgroup.',
           queries: [{ expr: perCgroup(M.memcgUnchargedFolios), legend: LEG }] }),
       ],

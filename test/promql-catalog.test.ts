@@ -49,14 +49,15 @@ test('checker: accepts catalog metrics, histogram series, recording rules and ta
     `label_values(${M.kvmVmInfo.name}{instance=~"$node"}, vm)`,
     'label_values({__name__=~"hvwatch_memcg_.+"}, cgroup)',
     `count_values("v", ${M.buildInfo.name}) or vector(0)`,
+    `histogram_quantile(0.99, sum by (cgroup) (rate(${M.memcgWbLatency.name}[5m])))`, // native
   ];
   for (const e of ok) t.deepEqual(analyze(e, { recorded: recorded() }).problems, [], e);
 });
 
-test('checker: rejects unknown metrics, bare histogram names, and labels the metric does not carry', (t) => {
+test('checker: rejects unknown metrics, le on a native histogram, and labels the metric does not carry', (t) => {
   const bad: [string, RegExp][] = [
     ['hvwatch_no_such_metric_total', /unknown metric hvwatch_no_such_metric_total/],
-    [`rate(${M.memcgWbLatency.name}[5m])`, /is a histogram: only .*_bucket/],
+    [`sum by (le) (rate(${M.memcgWbLatency.name}[5m]))`, /label le \(by \(…\)\) is not a label of hvwatch_memcg_writeback_latency_seconds/],
     [`${M.memcgRaceEvents.name}{cgroup="/a"}`, /label cgroup \(matcher\) is not a label of hvwatch_memcg_race_events_total/],
     [`sum by (vm) (rate(${M.memcgWbStarted.name}[5m]))`, /label vm \(by \(…\)\) is not a label/],
     [`sum(rate(${M.kvmPio.name}[5m])) by (reason)`, /label reason \(by \(…\)\) is not a label of hvwatch_kvm_pio_total/],
