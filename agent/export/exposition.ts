@@ -146,6 +146,8 @@ export function* exposition(format: Format, defs: readonly MetricDef[], store: M
   if (out) yield out;
 }
 
+const ZERO_THRESHOLD = 2 ** -128;
+
 function* protobufChunks(defs: readonly MetricDef[], store: MetricStore): Generator<Uint8Array> {
   for (const def of defs) {
     if (store.size(def) === 0) continue; // an empty family carries nothing in protobuf
@@ -160,9 +162,12 @@ function* protobufChunks(defs: readonly MetricDef[], store: MetricStore): Genera
         metric.push({
           label,
           histogram: {
-            sampleCount: h.count, sampleSum: h.sum, schema: 0, zeroThreshold: 0, zeroCount: 0,
-            // A histogram with no observation yet still needs a (0, 0) span to read as native
-            // rather than as a classic histogram without buckets (client_model metrics.proto).
+            // zero_threshold 2^-128 is client_golang's default (DefNativeHistogramZeroThreshold);
+            // it is also what makes a histogram without observations read as native in
+            // Prometheus 2.40-2.46, whose parser needs a delta, a zero count or a threshold
+            // (model/textparse/protobufparse.go isNativeHistogram): a series first scraped as
+            // classic there never became native. Later servers also accept a (0, 0) span.
+            sampleCount: h.count, sampleSum: h.sum, schema: 0, zeroThreshold: ZERO_THRESHOLD, zeroCount: 0,
             positiveSpan: spans.length ? spans : [{ offset: 0, length: 0 }],
             positiveDelta: deltas,
           },

@@ -105,6 +105,8 @@ export interface PrometheusOptions {
   /** host:port of an Alertmanager. */
   alertmanager?: string;
   interval?: string;
+  /** --enable-feature values, e.g. native-histograms (Prometheus then scrapes protobuf). */
+  features?: string[];
 }
 
 export async function startPrometheus(opts: PrometheusOptions, timeoutMs = 20_000): Promise<Service> {
@@ -121,12 +123,15 @@ export async function startPrometheus(opts: PrometheusOptions, timeoutMs = 20_00
     `--storage.tsdb.path=${join(d, 'data')}`,
     `--web.listen-address=127.0.0.1:${port}`,
     '--log.level=warn',
+    ...(opts.features?.length ? [`--enable-feature=${opts.features.join(',')}`] : []),
   ], dir, timeoutMs);
 }
 
 export interface PromSample {
   metric: Record<string, string>;
   value: [number, string];
+  /** A native histogram sample instead of `value` (Prometheus >= 2.40 API). */
+  histogram?: [number, { count: string; sum: string; buckets?: [number, string, string, string][] }];
 }
 
 /** An instant query through Prometheus' HTTP API. */
