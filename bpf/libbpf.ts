@@ -588,6 +588,7 @@ export class MapFd {
     // last key: room for either (kernel/bpf/hashtab.c, kernel/bpf/syscall.c).
     const [t0, t1] = (this.tokens ??= [Buffer.alloc(Math.max(ks, 8)), Buffer.alloc(Math.max(ks, 8))]);
     const cnt = this.countCell;
+    const isArray = this.type !== undefined && ARRAY_TYPES.has(this.type);
     let inTok: Buffer | null = null;
     let n = 0;
     let need = 1;
@@ -603,6 +604,9 @@ export class MapFd {
       if (r === 0 || r === -ENOENT) {
         n += cnt[0]!;
         if (r === -ENOENT) break;
+        // An array always holds max_entries entries: stop there rather than grow the buffers
+        // for a last call that would only answer ENOENT.
+        if (isArray && n >= this.maxEntries) break;
         if (cnt[0] === 0 && ++stalls > 16) fail(`batch lookup in ${this.name} makes no progress`, -EINTR, logMark());
         inTok = outTok;
         need = 1;
