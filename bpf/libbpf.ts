@@ -121,6 +121,7 @@ export const possibleCpus: number = f.numPossibleCpus();
 // BPF map types whose lookups return one value per possible CPU (include/uapi/linux/bpf.h).
 export const BPF_MAP_TYPE_PERCPU_HASH = 5;
 export const BPF_F_NO_PREALLOC = 1;
+const PERCPU_MAP_TYPES = new Set([BPF_MAP_TYPE_PERCPU_HASH, 6 /* PERCPU_ARRAY */, 10 /* LRU_PERCPU_HASH */, 21 /* PERCPU_CGROUP_STORAGE */]);
 // Deterministic bucket placement (hash seed 0), CAP_SYS_ADMIN only; tests use it to build
 // bucket-heavy hash maps (kernel/bpf/hashtab.c htab_map_alloc_check, include/uapi/linux/bpf.h).
 export const BPF_F_ZERO_SEED = 1 << 6;
@@ -128,7 +129,6 @@ export const BPF_F_ZERO_SEED = 1 << 6;
 export const MAP_TYPE = {
   HASH: 1, ARRAY: 2, PERCPU_HASH: 5, PERCPU_ARRAY: 6, STACK_TRACE: 7, LRU_HASH: 9, LRU_PERCPU_HASH: 10, LPM_TRIE: 11,
 } as const;
-const PERCPU_MAP_TYPES = new Set([BPF_MAP_TYPE_PERCPU_HASH, 6 /* PERCPU_ARRAY */, 10 /* LRU_PERCPU_HASH */, 21 /* PERCPU_CGROUP_STORAGE */]);
 
 export function errnoMessage(err: number): string {
   const e = Math.abs(err);
@@ -423,7 +423,7 @@ const ENOSPC = 28;
 // What BPF_MAP_LOOKUP_BATCH answers where it does not exist: EINVAL for the unknown command
 // before 5.6, ENOTSUPP (524, include/linux/errno.h) from BPF_DO_BATCH for a map type without
 // map_lookup_batch (kernel/bpf/syscall.c; measured here: stack_trace and queue maps), and
-// EOPNOTSUPP from map types that stub it.
+// EOPNOTSUPP, the userland spelling, should a kernel or map type answer with that instead.
 const BATCH_REFUSED = new Set([22 /* EINVAL */, 524 /* ENOTSUPP */, 95 /* EOPNOTSUPP */]);
 const ARRAY_TYPES = new Set<number>([MAP_TYPE.ARRAY, MAP_TYPE.PERCPU_ARRAY]);
 const EMPTY = Buffer.alloc(0);
@@ -625,8 +625,9 @@ export class MapFd {
         this.stats.walkReason = `BPF_MAP_LOOKUP_BATCH: ${errnoMessage(r)}`;
         return -1;
       }
-      // EINTR (generic batch before 6.14): a key vanished three times in a row; what it
-      // copied is valid and out_batch is the last key copied.
+      // EINTR: generic_map_lookup_batch (kernel/bpf/syscall.c) before the 2025 fix "bpf: skip
+      // non exist keys in generic_map_lookup_batch" gave up after a key vanished three times;
+      // what it copied is valid and out_batch is the last key copied.
       if (r === -EINTR && cnt[0]! > 0) {
         n += cnt[0]!;
         inTok = outTok;
