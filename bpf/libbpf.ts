@@ -47,6 +47,20 @@ const TestRunOpts = koffi.struct('bpf_test_run_opts', {
   batch_size: 'uint32_t',
 });
 
+// struct bpf_map_create_opts, libbpf 1.1 src/bpf.h (48 bytes, ends at map_ifindex).
+const MapCreateOpts = koffi.struct('bpf_map_create_opts', {
+  sz: 'size_t',
+  btf_fd: 'uint32_t',
+  btf_key_type_id: 'uint32_t',
+  btf_value_type_id: 'uint32_t',
+  btf_vmlinux_value_type_id: 'uint32_t',
+  inner_map_fd: 'uint32_t',
+  map_flags: 'uint32_t',
+  map_extra: 'uint64_t',
+  numa_node: 'uint32_t',
+  map_ifindex: 'uint32_t',
+});
+
 const PrintFn = koffi.proto('int libbpf_print_fn(int level, const char *fmt, void *args)');
 
 const f = {
@@ -87,6 +101,11 @@ const f = {
   update: lib.func('int bpf_map_update_elem(int fd, const void *key, const void *value, uint64_t flags)'),
   del: lib.func('int bpf_map_delete_elem(int fd, const void *key)'),
   nextKey: lib.func('int bpf_map_get_next_key(int fd, const void *key, _Out_ void *next)'),
+  // Plain pointers, not _Out_: koffi hands a Buffer's or Uint32Array's own memory to C, so
+  // the kernel writes straight into the reused read buffers (no per-call copy).
+  // opts (struct bpf_map_batch_opts) is always NULL: elem_flags and flags stay 0.
+  lookupBatch: lib.func('int bpf_map_lookup_batch(int fd, void *in_batch, void *out_batch, void *keys, void *values, uint32_t *count, void *opts)'),
+  mapCreate: lib.func('int bpf_map_create(int type, const char *name, uint32_t key_size, uint32_t value_size, uint32_t max_entries, const bpf_map_create_opts *opts)'),
   testRun: lib.func('int bpf_prog_test_run_opts(int fd, _Inout_ bpf_test_run_opts *opts)'),
   objInfo: lib.func('int bpf_obj_get_info_by_fd(int fd, _Inout_ void *info, _Inout_ uint32_t *len)'),
   enableStats: lib.func('int bpf_enable_stats(int type)'),
@@ -103,6 +122,13 @@ export const possibleCpus: number = f.numPossibleCpus();
 export const BPF_MAP_TYPE_PERCPU_HASH = 5;
 export const BPF_F_NO_PREALLOC = 1;
 const PERCPU_MAP_TYPES = new Set([BPF_MAP_TYPE_PERCPU_HASH, 6 /* PERCPU_ARRAY */, 10 /* LRU_PERCPU_HASH */, 21 /* PERCPU_CGROUP_STORAGE */]);
+// Deterministic bucket placement (hash seed 0), CAP_SYS_ADMIN only; tests use it to build
+// bucket-heavy hash maps (kernel/bpf/hashtab.c htab_map_alloc_check, include/uapi/linux/bpf.h).
+export const BPF_F_ZERO_SEED = 1 << 6;
+/** enum bpf_map_type, include/uapi/linux/bpf.h. */
+export const MAP_TYPE = {
+  HASH: 1, ARRAY: 2, PERCPU_HASH: 5, PERCPU_ARRAY: 6, STACK_TRACE: 7, LRU_HASH: 9, LRU_PERCPU_HASH: 10, LPM_TRIE: 11,
+} as const;
 
 export function errnoMessage(err: number): string {
   const e = Math.abs(err);
@@ -345,19 +371,327 @@ export class BpfMap {
     if (r < 0) fail(`reuse fd for map ${this.name}`, r, logMark());
   }
   handleForFd(): MapFd {
-    return new MapFd(this.fd, this.keySize, this.valueSize, PERCPU_MAP_TYPES.has(this.type), this.maxEntries, this.name);
+    const type = this.type;
+    return new MapFd(this.fd, this.keySize, this.valueSize, PERCPU_MAP_TYPES.has(type), this.maxEntries, this.name, type);
+  }
+}
+
+// ---- reading whole maps ----
+
+/** How a MapFd reads a whole map: BPF_MAP_LOOKUP_BATCH, or get_next_key + lookup per entry. */
+export type MapReadMode = 'batch' | 'walk';
+
+/**
+ * One read of a whole map. Entry i's key is keys[i * keySize, (i + 1) * keySize) and its value
+ * values[i * valueStride, (i + 1) * valueStride). Both are views of buffers the MapFd owns and
+ * reuses: the next readAll() on the same MapFd overwrites them, so copy what must outlive it.
+ */
+export interface MapRead {
+  readonly count: number;
+  readonly keys: Buffer;
+  readonly values: Buffer;
+  readonly keySize: number;
+  /** Bytes per value in `values`: valueSize, except for a per-CPU map read without `fold`:
+   * roundup(valueSize, 8) * possibleCpus, one 8-byte-aligned slot per possible CPU. */
+  readonly valueStride: number;
+  readonly mode: MapReadMode;
+}
+
+export interface MapReadStats {
+  /** undefined until the first read decides it; then fixed for the life of the MapFd. */
+  mode: MapReadMode | undefined;
+  /** Why the map is walked: 'forced', or the batch op's refusal by this kernel. */
+  walkReason: string | undefined;
+  reads: number;
+  lastEntries: number;
+  /** libbpf map calls, one bpf() syscall each, of the last read and of all reads. */
+  lastCalls: number;
+  calls: number;
+  /** Batch calls repeated with a bigger count because one hash bucket did not fit (ENOSPC). */
+  bucketRetries: number;
+  /** Walk: keys met again after a deleted key sent get_next_key back to the first bucket. */
+  duplicatesSkipped: number;
+  /** Walk: keys deleted between get_next_key and their lookup. */
+  vanished: number;
+  /** Reads cut short by the loop guard (a map churning faster than it can be walked). */
+  truncated: number;
+}
+
+const ENOENT = 2;
+const EINTR = 4;
+const ENOSPC = 28;
+// What BPF_MAP_LOOKUP_BATCH answers where it does not exist: EINVAL for the unknown command
+// before 5.6, ENOTSUPP (524, include/linux/errno.h) from BPF_DO_BATCH for a map type without
+// map_lookup_batch (kernel/bpf/syscall.c; measured here: stack_trace and queue maps), and
+// EOPNOTSUPP, the userland spelling, should a kernel or map type answer with that instead.
+const BATCH_REFUSED = new Set([22 /* EINVAL */, 524 /* ENOTSUPP */, 95 /* EOPNOTSUPP */]);
+const ARRAY_TYPES = new Set<number>([MAP_TYPE.ARRAY, MAP_TYPE.PERCPU_ARRAY]);
+const EMPTY = Buffer.alloc(0);
+
+/** Contiguous key and value storage for whole-map reads, grown on demand and reused. */
+class ReadBuffers {
+  cap = 0;
+  keys: Buffer = EMPTY;
+  values: Buffer = EMPTY;
+  folded: Buffer = EMPTY;
+  last = -1; // entries of the previous read, the size hint for the next
+  // Walk dedupe: open addressing over entry indexes (i + 1; 0 = empty), keyed by the key bytes.
+  private seen = new Int32Array(0);
+  private seenCount = 0;
+
+  constructor(readonly keySize: number, readonly stride: number) {}
+
+  /** Before a read: size for about the last count, giving back memory after a big shrink. */
+  begin(firstGuess: number): void {
+    const hint = this.last < 0 ? firstGuess : this.last + (this.last >> 3) + 8;
+    if (this.cap > 256 && hint * 4 < this.cap) this.cap = 0;
+    if (this.cap === 0) this.keys = this.values = this.folded = EMPTY;
+    this.ensure(Math.max(hint, 1));
+  }
+
+  ensure(n: number): void {
+    if (n <= this.cap) return;
+    const cap = Math.max(n, this.cap * 2, 16);
+    const keys = Buffer.alloc(cap * this.keySize);
+    const values = Buffer.alloc(cap * this.stride);
+    this.keys.copy(keys);
+    this.values.copy(values);
+    this.keys = keys;
+    this.values = values;
+    this.cap = cap;
+  }
+
+  foldedView(count: number, valueSize: number): Buffer {
+    if (this.folded.length < count * valueSize) this.folded = Buffer.alloc(this.cap * valueSize);
+    return this.folded.subarray(0, count * valueSize);
+  }
+
+  resetSeen(): void {
+    this.seenCount = 0;
+    this.seen.fill(0);
+  }
+
+  /** -1 when the key in slot n equals one already kept, else where to remember it. */
+  seenSlot(n: number): number {
+    const ks = this.keySize;
+    if ((this.seenCount + 1) * 2 > this.seen.length) this.rehash(Math.max(64, this.seen.length * 2));
+    const mask = this.seen.length - 1;
+    for (let h = this.hash(n) & mask; ; h = (h + 1) & mask) {
+      const i = this.seen[h]!;
+      if (i === 0) return h;
+      if (this.keys.compare(this.keys, (i - 1) * ks, i * ks, n * ks, (n + 1) * ks) === 0) return -1;
+    }
+  }
+
+  remember(slot: number, n: number): void {
+    this.seen[slot] = n + 1;
+    this.seenCount++;
+  }
+
+  private hash(n: number): number {
+    let h = 0x811c9dc5; // FNV-1a
+    for (let o = n * this.keySize, end = o + this.keySize; o < end; o++) h = Math.imul(h ^ this.keys[o]!, 0x01000193);
+    return h >>> 0;
+  }
+
+  private rehash(size: number): void {
+    const old = this.seen;
+    this.seen = new Int32Array(size);
+    const mask = size - 1;
+    for (const i of old) {
+      if (i === 0) continue;
+      let h = this.hash(i - 1) & mask;
+      while (this.seen[h] !== 0) h = (h + 1) & mask;
+      this.seen[h] = i;
+    }
   }
 }
 
 // A loaded map addressed by fd: what the aggregation layer reads at scrape time.
 export class MapFd {
   private readonly rawSize: number;
+  /** Upper bound on entries per BPF_MAP_LOOKUP_BATCH call (one call can need more: a
+   * hash bucket is copied whole). Bounds the work one syscall does; tests lower it. */
+  batchChunk = 4096;
+  private mode: MapReadMode | undefined;
+  private readonly stats: MapReadStats = {
+    mode: undefined, walkReason: undefined, reads: 0, lastEntries: 0, lastCalls: 0, calls: 0,
+    bucketRetries: 0, duplicatesSkipped: 0, vanished: 0, truncated: 0,
+  };
+  private shared: ReadBuffers | undefined; // readAll()'s
+  private legacy: ReadBuffers | undefined; // keys()/entries()/count()'s, so they never clobber readAll's
+  private tokens: [Buffer, Buffer] | undefined;
+  private walkScratch: { a: Buffer; b: Buffer; value: Buffer } | undefined;
+  private readonly countCell = new Uint32Array(1);
+
   constructor(
     readonly fd: number, readonly keySize: number, readonly valueSize: number,
     readonly percpu: boolean, readonly maxEntries: number, readonly name: string,
+    /** enum bpf_map_type when known: arrays are read in one call sized to max_entries. */
+    readonly type?: number,
   ) {
     // Per-CPU lookups fill one 8-byte-aligned slot per possible CPU (kernel/bpf/syscall.c).
     this.rawSize = percpu ? Math.ceil(valueSize / 8) * 8 * possibleCpus : valueSize;
+  }
+
+  /** The read mode this map uses: undefined until the first whole-map read. */
+  get readMode(): MapReadMode | undefined {
+    return this.mode;
+  }
+
+  get readStats(): Readonly<MapReadStats> {
+    return { ...this.stats, mode: this.mode };
+  }
+
+  /** Pin the read mode, e.g. 'walk' to exercise or measure the fallback on a kernel that batches. */
+  forceReadMode(mode: MapReadMode): void {
+    this.mode = mode;
+    this.stats.walkReason = mode === 'walk' ? 'forced' : undefined;
+  }
+
+  /**
+   * Every entry of the map into contiguous, reused buffers (see MapRead): one
+   * BPF_MAP_LOOKUP_BATCH call per batchChunk entries, or where this kernel or map type has no
+   * batch op, a get_next_key + lookup walk into the same buffers. With `fold`, per-CPU values
+   * come back summed as u64 words (as lookup() folds them) with stride valueSize.
+   */
+  readAll(opts: { fold?: boolean } = {}): MapRead {
+    return this.readInto((this.shared ??= new ReadBuffers(this.keySize, this.rawSize)), opts.fold ?? false);
+  }
+
+  private readInto(b: ReadBuffers, fold: boolean): MapRead {
+    const calls0 = this.stats.calls;
+    b.begin(this.type !== undefined && ARRAY_TYPES.has(this.type) ? this.maxEntries : Math.min(this.maxEntries, 1024));
+    let n = this.mode === 'walk' ? -1 : this.readBatch(b);
+    if (n < 0) n = this.readWalk(b);
+    b.last = n;
+    this.stats.reads++;
+    this.stats.lastEntries = n;
+    this.stats.lastCalls = this.stats.calls - calls0;
+    const raw = b.values.subarray(0, n * this.rawSize);
+    let values: Buffer = raw;
+    let valueStride = this.rawSize;
+    if (fold && this.percpu) {
+      values = b.foldedView(n, this.valueSize);
+      foldPerCpuInto(raw, n, this.valueSize, possibleCpus, values);
+      valueStride = this.valueSize;
+    }
+    return { count: n, keys: b.keys.subarray(0, n * this.keySize), values, keySize: this.keySize, valueStride, mode: this.mode! };
+  }
+
+  /** Entries read, or -1 when this kernel refused the batch op on the first call (mode is
+   * then 'walk' for good). */
+  private readBatch(b: ReadBuffers): number {
+    const ks = this.keySize;
+    const vs = this.rawSize;
+    // Hash maps resume from a u32 bucket index, arrays (generic_map_lookup_batch) from the
+    // last key: room for either (kernel/bpf/hashtab.c, kernel/bpf/syscall.c).
+    const [t0, t1] = (this.tokens ??= [Buffer.alloc(Math.max(ks, 8)), Buffer.alloc(Math.max(ks, 8))]);
+    const cnt = this.countCell;
+    const isArray = this.type !== undefined && ARRAY_TYPES.has(this.type);
+    let inTok: Buffer | null = null;
+    let n = 0;
+    let need = 1;
+    let stalls = 0;
+    for (;;) {
+      if (b.cap - n < need) b.ensure(n + need);
+      const want = Math.min(b.cap - n, Math.max(this.batchChunk, need));
+      const outTok: Buffer = inTok === t0 ? t1 : t0;
+      cnt[0] = want;
+      const r = f.lookupBatch(this.fd, inTok, outTok, n ? b.keys.subarray(n * ks) : b.keys, n ? b.values.subarray(n * vs) : b.values, cnt, null);
+      this.stats.calls++;
+      // ENOENT: the end of the map, with the last entries in count (both implementations).
+      if (r === 0 || r === -ENOENT) {
+        n += cnt[0]!;
+        if (r === -ENOENT) break;
+        // An array always holds max_entries entries: stop there rather than grow the buffers
+        // for a last call that would only answer ENOENT.
+        if (isArray && n >= this.maxEntries) break;
+        if (cnt[0] === 0 && ++stalls > 16) fail(`batch lookup in ${this.name} makes no progress`, -EINTR, logMark());
+        inTok = outTok;
+        need = 1;
+        continue;
+      }
+      // ENOSPC: the next hash bucket holds more entries than count; nothing was copied and
+      // out_batch still names that bucket (__htab_map_lookup_and_delete_batch).
+      if (r === -ENOSPC) {
+        this.stats.bucketRetries++;
+        need = want * 2;
+        if (need > 1 << 24) fail(`batch lookup in ${this.name}: a bucket of more than ${want} entries`, r, logMark());
+        continue;
+      }
+      if (this.mode === undefined && inTok === null && BATCH_REFUSED.has(-r)) {
+        this.mode = 'walk';
+        this.stats.walkReason = `BPF_MAP_LOOKUP_BATCH: ${errnoMessage(r)}`;
+        return -1;
+      }
+      // EINTR: generic_map_lookup_batch (kernel/bpf/syscall.c) before the 2025 fix "bpf: skip
+      // non exist keys in generic_map_lookup_batch" gave up after a key vanished three times;
+      // what it copied is valid and out_batch is the last key copied.
+      if (r === -EINTR && cnt[0]! > 0) {
+        n += cnt[0]!;
+        inTok = outTok;
+        continue;
+      }
+      fail(`batch lookup in ${this.name}`, r, logMark());
+    }
+    this.mode ??= 'batch';
+    return n;
+  }
+
+  // A hash map's get_next_key restarts from the first bucket when the previous key was
+  // deleted meanwhile (htab_map_get_next_key: key not found -> find_first_elem), so keys can
+  // come back: they are recognized and skipped, and a guard bounds a walk under heavy churn.
+  private readWalk(b: ReadBuffers): number {
+    const ks = this.keySize;
+    const vs = this.rawSize;
+    const s = (this.walkScratch ??= { a: Buffer.alloc(ks), b: Buffer.alloc(ks), value: Buffer.alloc(vs) });
+    let prev = s.a;
+    let next = s.b;
+    let first = true;
+    let n = 0;
+    let steps = 0;
+    const limit = this.maxEntries * 2 + 16;
+    b.resetSeen();
+    for (;;) {
+      const r = f.nextKey(this.fd, first ? null : prev, next);
+      this.stats.calls++;
+      if (r < 0) {
+        if (-r === ENOENT) break;
+        fail(`iterate ${this.name}`, r, logMark());
+      }
+      first = false;
+      if (++steps > limit) {
+        this.stats.truncated++;
+        break;
+      }
+      [prev, next] = [next, prev];
+      if (b.cap < n + 1) b.ensure(n + 1);
+      prev.copy(b.keys, n * ks);
+      const slot = b.seenSlot(n);
+      if (slot < 0) {
+        this.stats.duplicatesSkipped++;
+        continue;
+      }
+      const lr = f.lookup(this.fd, prev, s.value);
+      this.stats.calls++;
+      if (lr < 0) {
+        if (-lr === ENOENT) {
+          this.stats.vanished++;
+          continue;
+        }
+        fail(`lookup in ${this.name}`, lr, logMark());
+      }
+      s.value.copy(b.values, n * vs);
+      b.remember(slot, n);
+      n++;
+    }
+    this.mode ??= 'walk';
+    return n;
+  }
+
+  private legacyRead(fold: boolean): MapRead {
+    return this.readInto((this.legacy ??= new ReadBuffers(this.keySize, this.rawSize)), fold);
   }
 
   lookupRaw(key: Buffer): Buffer | undefined {
@@ -377,28 +711,23 @@ export class MapFd {
     return raw && this.percpu ? foldPerCpuU64(raw, this.valueSize, possibleCpus) : raw;
   }
 
+  /** Every key, each its own Buffer (a whole-map read underneath). */
   keys(): Buffer[] {
-    const keys: Buffer[] = [];
-    let prev: Buffer | null = null;
-    for (;;) {
-      const next = Buffer.alloc(this.keySize);
-      const r = f.nextKey(this.fd, prev, next);
-      if (r < 0) {
-        if (-r === 2) break; // ENOENT: end of map
-        fail(`iterate ${this.name}`, r, logMark());
-      }
-      keys.push(next);
-      prev = next;
-      if (keys.length > this.maxEntries * 2) break; // a map mutating under us must not loop us
-    }
-    return keys;
+    const r = this.legacyRead(false);
+    const out = new Array<Buffer>(r.count);
+    for (let i = 0; i < r.count; i++) out[i] = copyOut(r.keys, i * r.keySize, r.keySize);
+    return out;
   }
 
+  /** Every entry as its own key and (folded) value Buffers, read whole before the first
+   * yield so the caller may delete or update while iterating. */
   *entries(): Generator<[Buffer, Buffer]> {
-    for (const k of this.keys()) {
-      const v = this.lookup(k);
-      if (v) yield [k, v]; // deleted between the key walk and the lookup: skip
+    const r = this.legacyRead(true);
+    const out = new Array<[Buffer, Buffer]>(r.count);
+    for (let i = 0; i < r.count; i++) {
+      out[i] = [copyOut(r.keys, i * r.keySize, r.keySize), copyOut(r.values, i * r.valueStride, r.valueStride)];
     }
+    yield* out;
   }
 
   update(key: Buffer, value: Buffer, flags = 0): void {
@@ -413,7 +742,7 @@ export class MapFd {
   }
 
   count(): number {
-    return this.keys().length;
+    return this.legacyRead(false).count;
   }
 
   /** Entry i of an array of u64 counters (per-CPU ones summed); 0 when absent. */
@@ -424,15 +753,90 @@ export class MapFd {
   }
 }
 
-export function foldPerCpuU64(raw: Buffer, valueSize: number, cpus: number): Buffer {
-  const stride = Math.ceil(valueSize / 8) * 8;
-  const words = Math.floor(valueSize / 8);
-  const out = Buffer.alloc(valueSize);
-  for (let w = 0; w < words; w++) {
-    let sum = 0n;
-    for (let c = 0; c < cpus; c++) sum += raw.readBigUInt64LE(c * stride + w * 8);
-    out.writeBigUInt64LE(BigInt.asUintN(64, sum), w * 8);
+function copyOut(src: Buffer, off: number, len: number): Buffer {
+  const b = Buffer.allocUnsafe(len);
+  src.copy(b, 0, off, off + len);
+  return b;
+}
+
+/** A map this process created (tests, benchmarks): closing it frees the kernel map. */
+export class OwnedMapFd extends MapFd {
+  close(): void {
+    f.close(this.fd);
   }
+}
+
+export interface MapSpec {
+  type: number;
+  name: string;
+  keySize: number;
+  valueSize: number;
+  maxEntries: number;
+  flags?: number;
+}
+
+export function createMap(spec: MapSpec): OwnedMapFd {
+  const mark = logMark();
+  const fd = f.mapCreate(spec.type, spec.name, spec.keySize, spec.valueSize, spec.maxEntries, {
+    sz: koffi.sizeof(MapCreateOpts), btf_fd: 0, btf_key_type_id: 0, btf_value_type_id: 0, btf_vmlinux_value_type_id: 0,
+    inner_map_fd: 0, map_flags: spec.flags ?? 0, map_extra: 0, numa_node: 0, map_ifindex: 0,
+  });
+  if (fd < 0) fail(`create map ${spec.name}`, fd, mark);
+  return new OwnedMapFd(fd, spec.keySize, spec.valueSize, PERCPU_MAP_TYPES.has(spec.type), spec.maxEntries, spec.name, spec.type);
+}
+
+/**
+ * Sum `count` per-CPU values (one roundup(valueSize, 8) slot per CPU, as lookups and batch
+ * lookups return them) word by word as u64, modulo 2^64, into `out` (count * valueSize
+ * bytes). A u64 is added as two u32 halves in doubles, exact up to 2^21 CPUs, to avoid a
+ * BigInt per word. Bytes past the last whole u64 word are zeroed. Little-endian host, as
+ * every map read here assumes.
+ */
+export function foldPerCpuInto(raw: Buffer, count: number, valueSize: number, cpus: number, out: Buffer): void {
+  const slot = Math.ceil(valueSize / 8) * 8;
+  const words = Math.floor(valueSize / 8);
+  const aligned = raw.byteOffset % 4 === 0 && out.byteOffset % 4 === 0 && valueSize % 4 === 0;
+  if (aligned) {
+    const src = new Uint32Array(raw.buffer, raw.byteOffset, (count * slot * cpus) >> 2);
+    const dst = new Uint32Array(out.buffer, out.byteOffset, (count * valueSize) >> 2);
+    const slotW = slot >> 2;
+    for (let e = 0; e < count; e++) {
+      const inBase = e * slotW * cpus;
+      const outBase = (e * valueSize) >> 2;
+      for (let w = 0; w < words; w++) {
+        let lo = 0;
+        let hi = 0;
+        for (let c = 0, o = inBase + 2 * w; c < cpus; c++, o += slotW) {
+          lo += src[o]!;
+          hi += src[o + 1]!;
+        }
+        dst[outBase + 2 * w] = lo >>> 0;
+        dst[outBase + 2 * w + 1] = (hi + Math.floor(lo / 4294967296)) >>> 0;
+      }
+      if (valueSize % 8) dst[outBase + 2 * words] = 0;
+    }
+    return;
+  }
+  for (let e = 0; e < count; e++) {
+    const inBase = e * slot * cpus;
+    const outBase = e * valueSize;
+    for (let w = 0; w < words; w++) {
+      let lo = 0;
+      let hi = 0;
+      for (let c = 0; c < cpus; c++) {
+        lo += raw.readUInt32LE(inBase + c * slot + w * 8);
+        hi += raw.readUInt32LE(inBase + c * slot + w * 8 + 4);
+      }
+      out.writeUInt32LE(lo >>> 0, outBase + w * 8);
+      out.writeUInt32LE((hi + Math.floor(lo / 4294967296)) >>> 0, outBase + w * 8 + 4);
+    }
+    out.fill(0, outBase + words * 8, outBase + valueSize);
+  }
+}
+
+export function foldPerCpuU64(raw: Buffer, valueSize: number, cpus: number): Buffer {
+  const out = Buffer.alloc(valueSize);
+  foldPerCpuInto(raw, 1, valueSize, cpus, out);
   return out;
 }
 
