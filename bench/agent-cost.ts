@@ -1,6 +1,7 @@
 // The agent itself, as operators run it: bin/hvwatch as its own process, scraped over HTTP.
 //  - start-up: launch -> first 200 from /readyz;
-//  - idle and at scale: RSS, CPU per scrape, /metrics latency p50/p99;
+//  - idle and at scale: RSS, CPU per scrape, /metrics latency p50/p99 in text and protobuf,
+//    next to a baseline revision built in the same run (bench/baseline.ts);
 //  - scale = real memory cgroups (each saw a write, fsync'd writeback and an uncharge, so
 //    each has series) and real VMs (one small kvm-guest process per VM, held open).
 import * as fs from 'node:fs';
@@ -9,6 +10,8 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createServer } from 'node:net';
 import { median, procCpuMs, procRssMiB, progress, quantile, REPO_ROOT, runAsync, type Scratch } from './common.js';
 import { GUEST } from './kvm.js';
+import { buildBaseline, DEFAULT_BASELINE_REV, type Baseline } from './baseline.js';
+import { decodeProtobufExposition, PROTOBUF_CONTENT_TYPE } from '../agent/export/metrics-proto.js';
 
 const HVWATCH = path.join(REPO_ROOT, 'bin/hvwatch');
 
@@ -31,10 +34,10 @@ class AgentProc {
   }
 
   /** Launches the agent; resolves with the ms from spawn to the first 200 on /readyz. */
-  static async start(args: string[]): Promise<{ agent: AgentProc; readyMs: number }> {
+  static async start(args: string[], bin = HVWATCH): Promise<{ agent: AgentProc; readyMs: number }> {
     const port = await freePort();
     const t0 = performance.now();
-    const proc = spawn(HVWATCH, ['run', '--listen', `127.0.0.1:${port}`, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const proc = spawn(bin, ['run', '--listen', `127.0.0.1:${port}`, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
     const a = new AgentProc(proc, `http://127.0.0.1:${port}`);
     for (;;) {
       if (proc.exitCode !== null) throw new Error(`hvwatch exited ${proc.exitCode}: ${a.stderr.trim().split('\n').slice(-2).join(' ')}`);
@@ -51,12 +54,14 @@ class AgentProc {
     }
   }
 
-  async scrape(): Promise<{ ms: number; text: string }> {
+  /** One GET of /metrics in a format; the time covers the whole body. */
+  async scrape(format: Format = 'text'): Promise<{ ms: number; body: Buffer }> {
     const t0 = performance.now();
-    const r = await fetch(`${this.url}/metrics`);
-    const text = await r.text();
-    if (r.status !== 200) throw new Error(`/metrics ${r.status}: ${text.slice(0, 200)}`);
-    return { ms: performance.now() - t0, text };
+    const r = await fetch(`${this.url}/metrics`, { headers: { accept: ACCEPT[format] } });
+    const body = Buffer.from(await r.arrayBuffer());
+    const ms = performance.now() - t0;
+    if (r.status !== 200) throw new Error(`/metrics ${r.status}: ${body.subarray(0, 200).toString()}`);
+    return { ms, body };
   }
 
   async stop(): Promise<void> {
@@ -67,56 +72,101 @@ class AgentProc {
   }
 }
 
+export type Format = 'text' | 'protobuf';
+
+/** What a scraper sends: Prometheus 2.42 without and with --enable-feature=native-histograms
+ * (scrape/scrape.go scrapeAcceptHeader, scrapeAcceptHeaderWithProtobuf, less OpenMetrics). */
+const ACCEPT: Record<Format, string> = {
+  text: 'text/plain;version=0.0.4;q=0.5,*/*;q=0.1',
+  protobuf: `${PROTOBUF_CONTENT_TYPE},text/plain;version=0.0.4;q=0.5,*/*;q=0.1`,
+};
+
 export interface ScrapeStats {
+  format: Format;
   scrapes: number;
   p50Ms: number;
   p99Ms: number;
   maxMs: number;
-  cpuMsPerScrape: number;
-  rssMiB: number;
-  peakRssMiB: number;
-  /** Samples (non-comment lines) and bytes of one exposition. */
-  series: number;
+  /** Samples of one exposition: text lines that are not comments; in protobuf each
+   * counter, gauge or (native) histogram is one sample, as Prometheus stores them. */
+  samples: number;
   bytes: number;
-  cgroupLabels: number;
-  vmLabels: number;
   /** The agent's own hvwatch_collect_duration_seconds (map reads and decoding, before
    * formatting), median over the scrapes, ms. */
   collectMs: number;
+  /** The agent's utime + stime over these scrapes (10 ms ticks) / scrapes. */
+  cpuMsPerScrape: number;
+}
+
+/** One agent build measured idle and at scale. */
+export interface AgentRun {
+  /** "hvwatch" (this tree) or "baseline" (an older revision built in the same run). */
+  label: string;
+  rev: string;
+  idle: ScrapeStats[];
+  scale: ScrapeStats[];
+  idleRssMiB: number;
+  rssMiB: number;
+  /** VmHWM: the most the process ever held, start-up and every scrape included. */
+  peakRssMiB: number;
+  cgroupLabels: number;
+  vmLabels: number;
 }
 
 export interface AgentCostResult {
   startup: { trialsMs: number[]; medianMs: number; maxMs: number; args: string };
-  idle: ScrapeStats;
-  scale: ScrapeStats & { cgroups: number; vms: number; how: string; populateS: number; vmsStartS: number };
+  runs: AgentRun[];
+  /** Why no baseline ran, when it did not. */
+  baselineWhy?: string;
+  scale: { cgroups: number; vms: number; how: string; populateS: number; vmsStartS: number };
   config: string;
 }
 
-async function measure(a: AgentProc, n: number, ours: { cgroupPrefix: string; vmPrefix: string }): Promise<ScrapeStats> {
-  for (let i = 0; i < 3; i++) await a.scrape(); // warm: first scrapes resolve every label
-  const pid = a.proc.pid!;
-  const cpu0 = procCpuMs(pid);
-  const lat: number[] = [];
-  const coll: number[] = [];
-  let last = '';
+function sampleCount(format: Format, body: Buffer): number {
+  if (format === 'protobuf') return decodeProtobufExposition(body).reduce((n, f) => n + f.metric.length, 0);
+  return body.toString().split('\n').filter((l) => l && !l.startsWith('#')).length;
+}
+
+interface Probe { agent: AgentProc; formats: Format[] }
+
+/**
+ * n rounds; in each, every agent is scraped once in each of its formats, one GET at a time,
+ * so two agents never compete for the CPU during a measured scrape and both see the same
+ * cgroups and VMs at the same moment.
+ */
+async function measure(probes: Probe[], n: number): Promise<ScrapeStats[][]> {
+  for (const p of probes) for (const f of p.formats) for (let i = 0; i < 3; i++) await p.agent.scrape(f); // warm: the first scrapes resolve every label
+  const acc = probes.map((p) => p.formats.map(() => ({ lat: [] as number[], coll: [] as number[], last: Buffer.alloc(0) as Buffer, cpu: 0 })));
   for (let i = 0; i < n; i++) {
-    const s = await a.scrape();
-    lat.push(s.ms);
-    last = s.text;
-    const c = /^hvwatch_collect_duration_seconds (\S+)$/m.exec(s.text)?.[1];
-    if (c) coll.push(Number(c) * 1000);
+    for (const [pi, p] of probes.entries()) {
+      for (const [fi, f] of p.formats.entries()) {
+        const a = acc[pi]![fi]!;
+        const cpu0 = procCpuMs(p.agent.proc.pid!);
+        const s = await p.agent.scrape(f);
+        a.cpu += procCpuMs(p.agent.proc.pid!) - cpu0;
+        a.lat.push(s.ms);
+        a.last = s.body;
+        if (f === 'text') {
+          const c = /^hvwatch_collect_duration_seconds (\S+)$/m.exec(s.body.toString())?.[1];
+          if (c) a.coll.push(Number(c) * 1000);
+        }
+      }
+    }
   }
-  const cpu = procCpuMs(pid) - cpu0;
-  const mem = procRssMiB(pid);
-  const lines = last.split('\n').filter((l) => l && !l.startsWith('#'));
-  const labelValues = (label: string, prefix: string): number =>
+  return probes.map((p, pi) => p.formats.map((format, fi) => {
+    const a = acc[pi]![fi]!;
+    return {
+      format, scrapes: n, p50Ms: quantile(a.lat, 0.5), p99Ms: quantile(a.lat, 0.99), maxMs: Math.max(...a.lat),
+      samples: sampleCount(format, a.last), bytes: a.last.length, collectMs: a.coll.length ? median(a.coll) : NaN, cpuMsPerScrape: a.cpu / n,
+    };
+  }));
+}
+
+function labelCounts(text: string, ours: { cgroupPrefix: string; vmPrefix: string }): { cgroupLabels: number; vmLabels: number } {
+  const lines = text.split('\n').filter((l) => l && !l.startsWith('#'));
+  const values = (label: string, prefix: string): number =>
     new Set(lines.map((l) => new RegExp(`[{,]${label}="([^"]*)"`).exec(l)?.[1]).filter((v) => v?.startsWith(prefix))).size;
-  return {
-    scrapes: n, p50Ms: quantile(lat, 0.5), p99Ms: quantile(lat, 0.99), maxMs: Math.max(...lat),
-    cpuMsPerScrape: cpu / n, rssMiB: mem.rss, peakRssMiB: mem.hwm, series: lines.length, bytes: Buffer.byteLength(last),
-    cgroupLabels: labelValues('cgroup', ours.cgroupPrefix), vmLabels: labelValues('vm', ours.vmPrefix),
-    collectMs: median(coll),
-  };
+  return { cgroupLabels: values('cgroup', ours.cgroupPrefix), vmLabels: values('vm', ours.vmPrefix) };
 }
 
 interface Guest { proc: ChildProcess; done: Promise<void> }
@@ -135,7 +185,7 @@ function startGuest(name: string): Guest {
   return { proc, done };
 }
 
-export async function agentCost(scratch: Scratch, quick: boolean): Promise<AgentCostResult> {
+export async function agentCost(scratch: Scratch, quick: boolean, baselineRev: string = DEFAULT_BASELINE_REV): Promise<AgentCostResult> {
   const nCgroups = quick ? 200 : 2000;
   const nVms = GUEST ? (quick ? 20 : 200) : 0;
   const scrapes = quick ? 20 : 50;
@@ -154,13 +204,27 @@ export async function agentCost(scratch: Scratch, quick: boolean): Promise<Agent
     await agent.stop();
   }
 
+  let baseline: Baseline | undefined;
+  let baselineWhy: string | undefined;
+  try {
+    baseline = buildBaseline(scratch, baselineRev);
+  } catch (e) {
+    baselineWhy = (e as Error).message;
+    progress(`agent: no baseline: ${baselineWhy}`);
+  }
+
   const ours = { cgroupPrefix: `/hvwatch-bench-${process.pid}/scale-`, vmPrefix: `bench-vm-${process.pid}-` };
-  const { agent } = await AgentProc.start(args);
+  const agents: { label: string; rev: string; agent: AgentProc; formats: Format[] }[] = [];
   const guests: Guest[] = [];
   const cgDirs: string[] = [];
   try {
+    agents.push({ label: 'hvwatch', rev: gitRev(), agent: (await AgentProc.start(args)).agent, formats: ['text', 'protobuf'] });
+    // The baseline predates the protobuf exposition: it answers text whatever is asked.
+    if (baseline) agents.push({ label: 'baseline', rev: baseline.rev, agent: (await AgentProc.start(args, baseline.bin)).agent, formats: ['text'] });
+
     progress('agent: idle scrapes');
-    const idle = await measure(agent, Math.min(scrapes, 30), ours);
+    const idle = await measure(agents, Math.min(scrapes, 30));
+    const idleRss = agents.map((a) => procRssMiB(a.agent.proc.pid!).rss);
 
     progress(`agent: creating ${nCgroups} memory cgroups with writeback`);
     const t0 = performance.now();
@@ -177,13 +241,20 @@ export async function agentCost(scratch: Scratch, quick: boolean): Promise<Agent
     await Promise.all(guests.map((g) => g.done));
     const vmsStartS = (performance.now() - t1) / 1000;
 
-    progress(`agent: ${scrapes} scrapes at ${nCgroups} cgroups x ${nVms} VMs`);
-    const scale = await measure(agent, scrapes, ours);
+    progress(`agent: ${scrapes} scrape rounds at ${nCgroups} cgroups x ${nVms} VMs (${agents.map((a) => `${a.label}: ${a.formats.join('+')}`).join(', ')})`);
+    const scale = await measure(agents, scrapes);
+    const runs: AgentRun[] = [];
+    for (const [i, a] of agents.entries()) {
+      const mem = procRssMiB(a.agent.proc.pid!);
+      const text = (await a.agent.scrape('text')).body.toString();
+      runs.push({ label: a.label, rev: a.rev, idle: idle[i]!, scale: scale[i]!, idleRssMiB: idleRss[i]!, rssMiB: mem.rss, peakRssMiB: mem.hwm, ...labelCounts(text, ours) });
+    }
     return {
       startup: { trialsMs: trials, medianMs: median(trials), maxMs: Math.max(...trials), args: `bin/hvwatch run --config <hot: [all]>` },
-      idle,
+      runs,
+      baselineWhy,
       scale: {
-        ...scale, cgroups: nCgroups, vms: nVms, populateS, vmsStartS,
+        cgroups: nCgroups, vms: nVms, populateS, vmsStartS,
         how: `real: ${nCgroups} memory cgroups made by bench/hvbench.c populate (each: one page written with fsync, then unlinked), ` +
           `${nVms} VMs = ${nVms} kvm-guest processes (100 port writes each, then held open)`,
       },
@@ -197,11 +268,18 @@ export async function agentCost(scratch: Scratch, quick: boolean): Promise<Agent
         await e;
       }
     }));
-    await agent.stop();
+    await Promise.all(agents.map((a) => a.agent.stop()));
+    baseline?.cleanup();
     for (const d of cgDirs) {
       try { fs.rmdirSync(d); } catch (e) {
         if ((e as NodeJS.ErrnoException).code !== 'ENOENT') spawnSync('sh', ['-c', `sleep 0.2; rmdir ${d}`]);
       }
     }
   }
+}
+
+function gitRev(): string {
+  const r = spawnSync('git', ['-C', REPO_ROOT, 'rev-parse', '--short=12', 'HEAD'], { encoding: 'utf8' });
+  const dirty = spawnSync('git', ['-C', REPO_ROOT, 'status', '--porcelain', '--untracked-files=no'], { encoding: 'utf8' }).stdout.trim();
+  return r.status === 0 ? `${r.stdout.trim()}${dirty ? '+changes' : ''}` : 'unknown';
 }
