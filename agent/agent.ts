@@ -175,6 +175,7 @@ export class Agent {
     const { now, gc } = clock;
     if (gc) this.lastGc = now;
     const ctx: CollectContext = { store: this.store, budget: this.budget, cgroups: this.cgroups, now, gc };
+    this.store.beginCollection();
     for (const view of this.source.families) {
       const fam = asLoaded(view);
       try {
@@ -199,6 +200,7 @@ export class Agent {
       }
       this.collectErrors(fam);
     }
+    this.store.sweep(); // series the maps no longer have (their entries were deleted)
     this.collectProgramStats();
     this.store.set(M.bpfStatsEnabled, {}, this.source.bpfStatsOn() ? 1 : 0);
     this.source.endCollect?.(clock);

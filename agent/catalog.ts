@@ -111,12 +111,8 @@ export const M = {
     'Times a task of this memory cgroup waited for a folio under writeback (writeback:folio_wait_writeback).'),
   memcgWbWaitTime: hist('memcg', 'hvwatch_memcg_writeback_wait_seconds', CG,
     'Time a task of this memory cgroup waited for one folio\'s writeback (folio_wait_writeback; zero when it did not sleep).', 'seconds', NS(8, 34)),
-  memcgUnchargeBatches: def('memcg', 'hvwatch_memcg_uncharge_batches_total', 'counter', CG,
-    'Uncharge batches, per memory cgroup (uncharge_batch, or PGPGOUT events on cgroup v1).'),
-  memcgUnchargedPages: def('memcg', 'hvwatch_memcg_uncharged_pages_total', 'counter', CG,
-    'Pages uncharged in batches, per memory cgroup (uncharge_batch, or PGPGOUT batch sizes on cgroup v1).', 'pages'),
   memcgUnchargeBatchPages: hist('memcg', 'hvwatch_memcg_uncharge_batch_pages', CG,
-    'Pages per uncharge batch, per memory cgroup.', 'pages', PAGES),
+    'Pages per uncharge batch, per memory cgroup (uncharge_batch, or PGPGOUT batch sizes on cgroup v1); its count is the batches, its sum the pages uncharged.', 'pages', PAGES),
   memcgStatDirty: def('memcg', 'hvwatch_memcg_stat_dirty_bytes', 'gauge', CG,
     'Dirty page cache of the cgroup, from memory.stat at scrape time.', 'bytes'),
   memcgStatWriteback: def('memcg', 'hvwatch_memcg_stat_writeback_bytes', 'gauge', CG,
@@ -213,6 +209,12 @@ export const M = {
 export type MetricKey = keyof typeof M;
 
 export const ALL_METRICS: readonly MetricDef[] = Object.values(M);
+
+/** Series of one cgroup or VM: born at their first non-zero value, removed with their object
+ * (README "Series lifecycle"). Every other series is exported from start-up. */
+export function isPerObject(def: MetricDef): boolean {
+  return def.labels.includes('cgroup') || def.labels.includes('vm');
+}
 
 export function metricByName(name: string): MetricDef | undefined {
   return ALL_METRICS.find((m) => m.name === name);

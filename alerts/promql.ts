@@ -82,3 +82,10 @@ export function heatmapQueries(def: MetricDef, m: Matchers, window = '$__rate_in
     { expr: `sum(increase(${native(def, m)}[${window}]))`, legend: 'native' },
   ];
 }
+
+/** Per-second observations (what = 'count') or their sum (what = 'sum') of a histogram per
+ * `labels`, from native or classic series. */
+export function histogramRate(what: 'count' | 'sum', def: MetricDef, labels: readonly string[], window: string, m: Matchers = {}): string {
+  return `histogram_${what}(sum ${by(labels, def)} (rate(${native(def, m)}[${window}])))` +
+    ` or sum ${by(labels, def)} (rate(${what === 'count' ? hcount(def, m) : hsum(def, m)}[${window}]))`;
+}

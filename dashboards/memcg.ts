@@ -2,7 +2,7 @@
 // the tracepoint tier, latency heatmaps from the function tier's histograms, and the race
 // indicators with the state that tracks them.
 import { M, type MetricDef } from '../agent/catalog.js';
-import { by, heatmapQueries, quantile, re, series } from '../alerts/promql.js';
+import { by, heatmapQueries, histogramRate, quantile, re, series } from '../alerts/promql.js';
 import { U, dashboard, datasourceVar, graph, heat, labelVar } from './lib.js';
 import { nodeVar } from './fleet.js';
 
@@ -66,9 +66,9 @@ export const memcg = () => dashboard({
       row: 'Uncharge',
       panels: [
         graph({ title: 'Uncharge batches', unit: U.perSecond('batches'), description: 'Uncharge batches per second (PGPGOUT events, cgroup v1 accounting), per node and cgroup. Needs the hot probe memcg_uncharge.',
-          queries: [{ expr: perCgroup(M.memcgUnchargeBatches), legend: LEG }] }),
+          queries: [{ expr: histogramRate('count', M.memcgUnchargeBatchPages, ['instance', 'cgroup'], '$__rate_interval', CG), legend: LEG }] }),
         graph({ title: 'Pages uncharged', unit: U.perSecond('pages'), description: 'Pages uncharged per second (sum of PGPGOUT batch sizes), per node and cgroup.',
-          queries: [{ expr: perCgroup(M.memcgUnchargedPages), legend: LEG }] }),
+          queries: [{ expr: histogramRate('sum', M.memcgUnchargeBatchPages, ['instance', 'cgroup'], '$__rate_interval', CG), legend: LEG }] }),
         heat({ title: 'Pages per uncharge batch', unit: U.of('pages'), description: 'Uncharge batches by size in pages (log2 buckets, le = 1, 3, 7, …), over the selected nodes and cgroups.',
           queries: heatmapQueries(M.memcgUnchargeBatchPages, CG) }),
         heat({ title: 'Time inside uncharge', unit: U.seconds, description: 'Calls of __mem_cgroup_uncharge[_folios] by time spent inside (log2 buckets; function tier).',

@@ -35,7 +35,7 @@ rmdir "$base"
 `;
 
 function cgroupValues(s: Sample[]): Set<string> {
-  return new Set(pick(s, M.memcgUnchargeBatches.name).map((x) => x.labels.cgroup!));
+  return new Set(pick(s, `${M.memcgUnchargeBatchPages.name}_count`).map((x) => x.labels.cgroup!));
 }
 
 test('5,000 memory cgroups created and deleted while scraping: series within cardinality.cgroups, drops counted, stale series removed', async (t) => {
@@ -76,7 +76,7 @@ cardinality:
     const vals = cgroupValues(s);
     maxValues = Math.max(maxValues, vals.size);
     // Every memcg metric, not just one: each carries at most CAP admitted paths plus "_other" and "unknown".
-    for (const m of [M.memcgUnchargeBatches, M.memcgUnchargedPages]) maxSeries = Math.max(maxSeries, pick(s, m.name).length);
+    for (const m of ['_count', '_sum']) maxSeries = Math.max(maxSeries, pick(s, `${M.memcgUnchargeBatchPages.name}${m}`).length);
     for (const v of vals) if (mine(v)) seen.add(v);
     await new Promise((r) => setTimeout(r, 250));
   }
@@ -98,7 +98,7 @@ cardinality:
   }, 40_000, 'series of deleted cgroups to be removed');
   t.false([...cgroupValues(after)].some(mine));
 
-  t.log(`memcg_stats map entries after the churn: ${value(after, M.mapEntries.name, { family: 'memcg', map: 'memcg_stats' })}; cgroup="unknown" batches ${value(after, M.memcgUnchargeBatches.name, { cgroup: 'unknown' }) ?? 0}`);
+  t.log(`memcg_stats map entries after the churn: ${value(after, M.mapEntries.name, { family: 'memcg', map: 'memcg_stats' })}; cgroup="unknown" batches ${value(after, `${M.memcgUnchargeBatchPages.name}_count`, { cgroup: 'unknown' }) ?? 0}`);
 
   // The deleted cgroups' budget slots are free again: a cgroup made now gets its own series,
   // not "_other" (with fewer than CAP other live cgroups on this host).
@@ -106,7 +106,7 @@ cardinality:
   t.teardown(() => fresh.remove());
   spawnSync('sh', ['-c', `echo $$ > ${fresh.dir}/cgroup.procs && exec dd if=/dev/zero of=/dev/null bs=256k count=1 status=none`]);
   const own = await until(async () => {
-    const v = value(await agent.scrape(), M.memcgUnchargeBatches.name, { cgroup: fresh.path });
+    const v = value(await agent.scrape(), `${M.memcgUnchargeBatchPages.name}_count`, { cgroup: fresh.path });
     return v !== undefined ? v : undefined;
   }, 20_000, `a series of its own for ${fresh.path} after the churn`).catch((e: Error) => e.message);
   t.is(typeof own, 'number', `budget slots of deleted cgroups were not released: ${String(own)}`);

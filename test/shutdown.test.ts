@@ -98,9 +98,9 @@ test.serial('--drop-capabilities: CapEff/CapPrm 0 on the main thread, map reads 
   spawnSync('sh', ['-c', `echo $$ > ${cg.dir}/cgroup.procs && dd if=/dev/zero of=/dev/null bs=1M count=4 status=none`]);
   s = await until(async () => {
     const x = await agent.scrape();
-    return (value(x, M.memcgUnchargeBatches.name, { cgroup: cg.path }) ?? 0) > 0 ? x : undefined;
+    return (value(x, `${M.memcgUnchargeBatchPages.name}_count`, { cgroup: cg.path }) ?? 0) > 0 ? x : undefined;
   }, 15_000, `uncharge series for ${cg.path} after the drop`);
-  t.true(value(s, M.memcgUnchargedPages.name, { cgroup: cg.path })! > 0);
+  t.true(value(s, `${M.memcgUnchargeBatchPages.name}_sum`, { cgroup: cg.path })! > 0);
 
   t.is(await agent.stop('SIGTERM'), 0, agent.stderr);
   t.deepEqual(await gone(ids), { progs: [], links: [] });

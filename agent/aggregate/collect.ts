@@ -4,8 +4,9 @@ import type { Btf, StructLayout } from '../../bpf/btf.js';
 import type { LoadedFamily } from '../loader.js';
 import type { FieldExport, MapExport } from '../probes/model.js';
 import type { MapFd } from '../../bpf/libbpf.js';
+import type { MapView } from '../sources/source.js';
 import type { MetricDef } from '../catalog.js';
-import { M } from '../catalog.js';
+import { isPerObject, M } from '../catalog.js';
 import type { Log2Range } from './histogram.js';
 import type { MetricStore, Series } from '../export/store.js';
 import type { LabelBudget } from './budget.js';
@@ -132,29 +133,44 @@ function decoderOf(d: string | Decoder, map: string): Decoder {
 
 const layoutCache = new WeakMap<MapExport, Decoded>();
 
-/** One metric's series being rebuilt from a map: previous objects are reused by key. */
-interface Rebuild {
+/** What collectMap knows of one metric it fills from a map. */
+interface Target {
   metric: MetricDef;
-  previous: ReadonlyMap<string, Series>;
-  next: Map<string, Series>;
-  commit(): void;
+  /** Whether the metric's labels are the map's key labels in order (its key is the entry's). */
+  sameLabels: boolean;
+  /** A per-object series (cgroup or VM) is born at its first non-zero value. */
+  perObject: boolean;
 }
 
-function seriesFor(r: Rebuild, all: Readonly<Record<string, string>>): { s: Series; fresh: boolean } {
+function keyFor(labels: readonly string[], all: Readonly<Record<string, string>>): string {
   let k = '';
-  for (const l of r.metric.labels) k += `${all[l] ?? ''}\u0000`;
-  const seen = r.next.get(k);
-  if (seen) return { s: seen, fresh: false }; // two raw keys folded into one label set ("_other", "unknown")
-  let s = r.previous.get(k);
-  if (!s) {
+  for (const l of labels) k += `${all[l] ?? ''}\u0000`;
+  return k;
+}
+
+/**
+ * The series of this label set in the collection under way (MetricStore.visit). Undefined
+ * for a per-object series that does not exist yet and would be born at zero: a cgroup or VM
+ * gets a series for what happened to it, not one per catalog metric (README "Series
+ * lifecycle"). `nonZero` is asked only then.
+ */
+function seriesFor(store: MetricStore, t: Target, all: Readonly<Record<string, string>>, entryKey: string, nonZero: () => boolean): { s: Series; fresh: boolean } | undefined {
+  const k = t.sameLabels ? entryKey : keyFor(t.metric.labels, all);
+  return store.visit(t.metric, k, () => {
+    if (t.perObject && !nonZero()) return undefined;
     // Only the metric's own labels: a map key often carries more (a nested-state key has op
     // and result; its saves counter is per flag), and the exporter prints what a series has.
     const labels: Record<string, string> = {};
-    for (const l of r.metric.labels) labels[l] = all[l] ?? '';
-    s = { labels, value: 0 };
-  }
-  r.next.set(k, s);
-  return { s, fresh: true };
+    for (const l of t.metric.labels) labels[l] = all[l] ?? '';
+    return { labels, value: 0 };
+  });
+}
+
+/** A u64 field summed over the CPUs of a per-CPU value (cpus = 1 for other maps). */
+function sumCpus(v: Buffer, off: number, cpus: number, stride: number, size: number): number {
+  let t = 0;
+  for (let c = 0; c < cpus; c++) t += uintAt(v, off + c * stride, size);
+  return t;
 }
 
 /** Per-CPU slots summed straight from the value buffer into the series' own array. */
@@ -170,19 +186,42 @@ function fillHistogram(s: Series, fresh: boolean, range: Log2Range, v: Buffer, v
   let count = 0;
   let est = 0;
   for (let i = 0; i < n; i++) {
-    let c = 0;
-    for (let cpu = 0; cpu < cpus; cpu++) c += u64At(v, vOff + cpu * stride + f.offset + i * 8);
+    const c = sumCpus(v, vOff + f.offset + i * 8, cpus, stride, 8);
     if (c === 0) continue;
     h.slots[i]! += c;
     count += c;
     est += c * (i === 0 ? 1 : 1.5 * 2 ** i);
   }
-  let raw = 0;
-  if (sum) for (let cpu = 0; cpu < cpus; cpu++) raw += uintAt(v, vOff + cpu * stride + sum.offset, sum.size);
   h.count += count;
-  h.sum += (sum ? raw : est) * range.scale;
+  h.sum += (sum ? sumCpus(v, vOff + sum.offset, cpus, stride, sum.size) : est) * range.scale;
   s.hist = h;
   s.value = h.count;
+}
+
+/** Whether a histogram field holds any observation, before a series is made for it. */
+function anySlot(v: Buffer, vOff: number, cpus: number, stride: number, f: Field): boolean {
+  const n = f.nelems ?? 0;
+  for (let i = 0; i < n; i++) if (sumCpus(v, vOff + f.offset + i * 8, cpus, stride, 8) !== 0) return true;
+  return false;
+}
+
+/** Every entry of a map: one batched read into contiguous buffers where the map can
+ * (bpf/libbpf.ts readAll; per-CPU values stay per CPU and are summed field by field here),
+ * else entry by entry (replayed and recorded maps, already folded). */
+function* mapEntries(map: MapView): Generator<{ k: Buffer; v: Buffer; vOff: number; cpus: number; stride: number }> {
+  if (map.readAll) {
+    const r = map.readAll();
+    const stride = map.percpu ? Math.ceil(map.valueSize / 8) * 8 : r.valueStride;
+    const cpus = map.percpu ? r.valueStride / stride : 1;
+    const e = { k: r.keys, v: r.values, vOff: 0, cpus, stride };
+    for (let i = 0; i < r.count; i++) {
+      e.k = r.keys.subarray(i * r.keySize, (i + 1) * r.keySize);
+      e.vOff = i * r.valueStride;
+      yield e;
+    }
+    return;
+  }
+  for (const [k, v] of map.entries()) yield { k, v, vOff: 0, cpus: 1, stride: 0 };
 }
 
 export function collectMap(fam: LoadedFamily, e: MapExport, ctx: CollectContext): void {
@@ -190,14 +229,19 @@ export function collectMap(fam: LoadedFamily, e: MapExport, ctx: CollectContext)
   if (!map) return;
   let lay = layoutCache.get(e);
   if (!lay) layoutCache.set(e, (lay = resolve(fam, e, map)));
-  const rebuilds = new Map<MetricDef, Rebuild>();
-  const rebuildOf = (metric: MetricDef): Rebuild => {
-    let r = rebuilds.get(metric);
-    if (!r) rebuilds.set(metric, (r = { metric, ...ctx.store.rebuild(metric) }));
-    return r;
+  const mapLabels = lay.labels.map((l) => l.label);
+  const targets = new Map<MetricDef, Target>();
+  const targetOf = (metric: MetricDef, fixed: boolean): Target => {
+    let t = targets.get(metric);
+    if (!t) {
+      const sameLabels = !fixed && metric.labels.length === mapLabels.length && metric.labels.every((l, i) => l === mapLabels[i]);
+      targets.set(metric, (t = { metric, sameLabels, perObject: isPerObject(metric) }));
+    }
+    return t;
   };
-  const values = lay.values.map((x) => ({ ...x, r: rebuildOf(x.fx.metric) }));
-  const derived = (e.derived ?? []).map((d) => ({ d, r: rebuildOf(d.metric) }));
+  const values = lay.values.map((x) => ({ ...x, t: targetOf(x.fx.metric, !!x.fx.labels) }));
+  const derived = (e.derived ?? []).map((d) => ({ d, t: targetOf(d.metric, false) }));
+  const store = ctx.store;
   const keyFields = lay.keyFields;
   let curKey: Buffer = Buffer.alloc(0);
   const field = (name: string): bigint => {
@@ -208,7 +252,7 @@ export function collectMap(fam: LoadedFamily, e: MapExport, ctx: CollectContext)
 
   let entries = 0;
   const scalars: Record<string, number> = {};
-  for (const [k, v] of map.entries()) {
+  for (const { k, v, vOff, cpus, stride } of mapEntries(map)) {
     entries++;
     curKey = k;
     const labels: Record<string, string> = {};
@@ -224,23 +268,26 @@ export function collectMap(fam: LoadedFamily, e: MapExport, ctx: CollectContext)
     }
     // The one place a cgroup label grows its Kubernetes labels (catalog CG), for every family.
     if (labels.cgroup !== undefined) Object.assign(labels, cgroupLabels(ctx, labels.cgroup));
-    for (const { fx, field: f, sum, range, r } of values) {
+    const entryKey = keyFor(mapLabels, labels);
+    for (const { fx, field: f, sum, range, t } of values) {
       const all = fx.labels ? { ...labels, ...fx.labels } : labels;
-      const { s, fresh } = seriesFor(r, all);
-      if (range) fillHistogram(s, fresh, range, v, 0, 1, 0, f, sum);
-      else {
-        const val = uintAt(v, f.offset, f.size);
-        scalars[fx.field] = val;
-        s.value = fresh ? val : s.value + val;
+      if (range) {
+        const got = seriesFor(store, t, all, entryKey, () => anySlot(v, vOff, cpus, stride, f));
+        if (got) fillHistogram(got.s, got.fresh, range, v, vOff, cpus, stride, f, sum);
+        continue;
       }
+      const val = sumCpus(v, vOff + f.offset, cpus, stride, f.size);
+      scalars[fx.field] = val;
+      const got = seriesFor(store, t, all, entryKey, () => val !== 0);
+      if (got) got.s.value = got.fresh ? val : got.s.value + val;
     }
-    for (const { d, r } of derived) {
-      const { s, fresh } = seriesFor(r, labels);
+    for (const { d, t } of derived) {
       const val = d.compute(scalars);
-      s.value = fresh ? val : s.value + val;
+      const got = seriesFor(store, t, labels, entryKey, () => val !== 0);
+      if (got) got.s.value = got.fresh ? val : got.s.value + val;
     }
   }
-  for (const r of rebuilds.values()) r.commit();
+  for (const t of targets.values()) store.collected(t.metric);
   ctx.store.set(M.mapEntries, { family: fam.spec.name, map: e.map }, entries);
   ctx.store.set(M.mapCapacity, { family: fam.spec.name, map: e.map }, map.maxEntries);
 }

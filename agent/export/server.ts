@@ -2,7 +2,6 @@
 // Accept), /healthz, /readyz and read-only JSON under /api. GET/HEAD only; everything else is
 // refused early.
 import express from 'express';
-import { once } from 'node:events';
 import type { Server } from 'node:http';
 import type { Agent } from '../agent.js';
 import { CONTENT_TYPES, exposition, negotiate } from './exposition.js';
@@ -37,7 +36,7 @@ export function buildApp(agent: Agent): express.Express {
     try {
       // Streamed: the exposition is never held whole, and a slow reader is waited for.
       for (const chunk of exposition(format, ALL_METRICS, agent.store)) {
-        if (!res.write(chunk) && !res.destroyed) await Promise.race([once(res, 'drain'), once(res, 'close')]);
+        if (!res.write(chunk) && !res.destroyed) await drained(res);
         if (res.destroyed) return;
       }
       res.end();
@@ -56,6 +55,19 @@ export function buildApp(agent: Agent): express.Express {
   app.get('/api/races', (_req, res) => void res.json(agent.races));
   app.use((_req, res) => void res.status(404).type('text/plain').send('not found\n'));
   return app;
+}
+
+/** Resolves when the socket takes more, or is gone (a scraper that hung up mid-body). */
+function drained(res: express.Response): Promise<void> {
+  return new Promise((resolve) => {
+    const done = (): void => {
+      res.off('drain', done);
+      res.off('close', done);
+      resolve();
+    };
+    res.on('drain', done);
+    res.on('close', done);
+  });
 }
 
 /** Bounds used when the caller gives none (the defaults of the `web` config section). */

@@ -3,9 +3,10 @@
 // /api/*, `hvwatch top` and the in-process alerts all read the same numbers.
 //
 // A series object lives as long as its label set does: collectors update it in place from
-// scrape to scrape (MetricStore.rebuild), so what the writer caches on it (its rendered
-// labels) is computed once per series, not once per scrape.
-import type { MetricDef } from '../catalog.js';
+// scrape to scrape (MetricStore.visit, then sweep() drops what a collection did not see), so
+// what the writer caches on it (its rendered labels) is computed once per series, not once
+// per scrape.
+import { isPerObject, type MetricDef } from '../catalog.js';
 import type { Log2Histogram } from '../aggregate/histogram.js';
 
 export type Labels = Readonly<Record<string, string>>;
@@ -16,6 +17,8 @@ export interface Series {
   hist?: Log2Histogram;
   /** Writer caches (export/exposition.ts), derived from `labels` only. */
   cache?: { text?: string; pb?: { name: string; value: string }[] };
+  /** The collection that last visited it (MetricStore.visit). */
+  epoch?: number;
 }
 
 // A label left out is an empty one, as in Prometheus: a cgroup that is not a pod's has no
@@ -28,6 +31,8 @@ export function seriesKey(def: MetricDef, labels: Labels): string {
 
 export class MetricStore {
   private readonly series = new Map<MetricDef, Map<string, Series>>();
+  private epoch = 0;
+  private readonly swept = new Set<MetricDef>();
 
   private family(def: MetricDef): Map<string, Series> {
     let m = this.series.get(def);
@@ -62,13 +67,16 @@ export class MetricStore {
   }
 
   /** Replace every series of a metric at once: collectors publish whole snapshots. A
-   * series whose label set was there before keeps its object (and the writer's caches). */
+   * series whose label set was there before keeps its object (and the writer's caches); a
+   * per-object one that would be born at zero is not born yet (catalog isPerObject). */
   replace(def: MetricDef, series: Iterable<Series>): void {
     const prev = this.series.get(def);
     const fam = new Map<string, Series>();
+    const perObject = isPerObject(def);
     for (const s of series) {
       const k = seriesKey(def, s.labels);
       const old = prev?.get(k);
+      if (!old && perObject && s.value === 0) continue;
       if (old) {
         old.value = s.value;
         old.hist = s.hist;
@@ -78,12 +86,43 @@ export class MetricStore {
     this.series.set(def, fam);
   }
 
-  /** The map a collector rebuilds a metric into: `previous` answers the series of the last
-   * snapshot by key (to update in place), `commit` publishes the new set. */
-  rebuild(def: MetricDef): { previous: ReadonlyMap<string, Series>; next: Map<string, Series>; commit(): void } {
-    const previous = this.series.get(def) ?? new Map<string, Series>();
-    const next = new Map<string, Series>();
-    return { previous, next, commit: () => void this.series.set(def, next) };
+  /** Starts a collection: collectors then visit() the series they find; sweep() ends it. */
+  beginCollection(): void {
+    this.epoch++;
+  }
+
+  /**
+   * The series of `key` in the collection under way. `fresh` is true on its first visit in
+   * this collection (the caller then replaces its value rather than adding to it: two raw map
+   * keys can fold into one label set, "_other"). `make` is asked for a series not seen before
+   * and may decline (a per-object series is not born at zero).
+   */
+  visit(def: MetricDef, key: string, make: () => Series | undefined): { s: Series; fresh: boolean } | undefined {
+    const fam = this.family(def);
+    let s = fam.get(key);
+    if (s && s.epoch === this.epoch) return { s, fresh: false };
+    if (!s) {
+      s = make();
+      if (!s) return undefined;
+      fam.set(key, s);
+    }
+    s.epoch = this.epoch;
+    return { s, fresh: true };
+  }
+
+  /** After a metric was collected whole: its series not visited in this collection are gone
+   * when the collection ends. */
+  collected(def: MetricDef): void {
+    this.swept.add(def);
+  }
+
+  /** Ends the collection: removes the series of collected metrics that were not visited. */
+  sweep(): void {
+    for (const def of this.swept) {
+      const fam = this.series.get(def);
+      if (fam) for (const [k, s] of fam) if (s.epoch !== this.epoch) fam.delete(k);
+    }
+    this.swept.clear();
   }
 
   remove(def: MetricDef, match: (labels: Labels) => boolean): number {

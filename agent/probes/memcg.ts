@@ -2,9 +2,9 @@
 // on this kernel; the function-level tiers (fentry/kprobe on __folio_end_writeback, the
 // uncharge functions) are declared here and carry the race indicators (bpf/src/memcg.bpf.c).
 import { M } from '../catalog.js';
-import { readMemoryStat } from '../cgroups.js';
+import { readMemoryStat, type MemoryStat } from '../cgroups.js';
 import type { FamilySpec, ProbeSpec } from './model.js';
-import type { Series } from '../export/store.js';
+import type { MetricStore, Series } from '../export/store.js';
 
 const family = 'memcg';
 
@@ -54,6 +54,10 @@ const probes: ProbeSpec[] = [
 ];
 
 
+const STAT_PER_SCRAPE = 256;
+/** memory.stat as last read, per agent (its store) and cgroup path. */
+const statCaches = new WeakMap<MetricStore, Map<string, { readAt: number; st: MemoryStat }>>();
+
 export const memcgFamily: FamilySpec = {
   name: family,
   object: 'memcg.bpf.o',
@@ -67,8 +71,6 @@ export const memcgFamily: FamilySpec = {
         { field: 'wb_started_pages', metric: M.memcgWbStarted },
         { field: 'wb_completed_pages', metric: M.memcgWbCompleted },
         { field: 'wb_waits', metric: M.memcgWbWaits },
-        { field: 'uncharge_batches', metric: M.memcgUnchargeBatches },
-        { field: 'uncharged_pages', metric: M.memcgUnchargedPages },
         { field: 'uncharge_batch_slots', metric: M.memcgUnchargeBatchPages, sumField: 'uncharged_pages' },
         { field: 'wb_wait_slots', metric: M.memcgWbWaitTime, sumField: 'wb_wait_sum_ns' },
       ],
@@ -78,22 +80,40 @@ export const memcgFamily: FamilySpec = {
       ],
     },
   ],
-  // memory.stat for every cgroup the BPF side has seen (bounded by the cgroup budget).
+  // memory.stat of the cgroups the BPF side has seen (bounded by the cgroup budget). Reading
+  // it costs ~25 us a cgroup (the kernel formats ~40 counters): 50 ms a scrape at 2,000
+  // cgroups (bench/RESULTS.md), so each scrape re-reads only the cgroups new since the last
+  // one plus the oldest of the rest, STAT_PER_SCRAPE or an eighth of them, whichever is more:
+  // up to STAT_PER_SCRAPE cgroups every scrape reads them all, and at 2,000 a value is at most
+  // eight scrapes old (README "Metrics").
   collect(ctx, store) {
     const cg = ctx.cgroups;
     if (!cg) return;
+    let cache = statCaches.get(store);
+    if (!cache) statCaches.set(store, (cache = new Map()));
+    const live = new Map<string, Series['labels']>();
+    for (const m of [M.memcgWbStarted, M.memcgWbWaits]) {
+      for (const s of store.each(m)) {
+        const path = s.labels.cgroup!;
+        if (path.startsWith('/') && !live.has(path)) live.set(path, s.labels); // skip "unknown" and "_other"
+      }
+    }
+    for (const path of cache.keys()) if (!live.has(path)) cache.delete(path);
+    const due = [...live.keys()].sort((a, b) => (cache.get(a)?.readAt ?? -1) - (cache.get(b)?.readAt ?? -1));
+    const budget = Math.max(STAT_PER_SCRAPE, Math.ceil(due.length / 8));
+    for (const path of due.slice(0, budget)) {
+      const st = readMemoryStat(cg.hierarchy, path);
+      if (st) cache.set(path, { readAt: ctx.now, st });
+      else cache.delete(path); // removed since: its series go with the map entry
+    }
     const dirty: Series[] = [];
     const wb: Series[] = [];
-    const seen = new Set<string>();
-    for (const s of store.all(M.memcgWbStarted).concat(store.all(M.memcgWbWaits))) {
-      const path = s.labels.cgroup!;
-      if (!path.startsWith('/') || seen.has(path)) continue; // skip "unknown" and "_other"
-      seen.add(path);
-      const st = readMemoryStat(cg.hierarchy, path);
-      if (!st) continue;
+    for (const [path, labels] of live) {
+      const c = cache.get(path);
+      if (!c) continue;
       // Same labels as the map series (cgroup plus its Kubernetes labels: catalog CG).
-      dirty.push({ labels: s.labels, value: st.dirtyBytes });
-      wb.push({ labels: s.labels, value: st.writebackBytes });
+      dirty.push({ labels, value: c.st.dirtyBytes });
+      wb.push({ labels, value: c.st.writebackBytes });
     }
     store.replace(M.memcgStatDirty, dirty);
     store.replace(M.memcgStatWriteback, wb);

@@ -2,7 +2,7 @@
 // each family's prepare/collect, ring-buffer decode + onEvents) reads only these views, so
 // live eBPF maps and a recorded trace go through the same aggregation code.
 import type { Btf } from '../../bpf/btf.js';
-import type { ProgStats } from '../../bpf/libbpf.js';
+import type { MapRead, ProgStats } from '../../bpf/libbpf.js';
 import type { CgroupResolver, MemoryHierarchy } from '../cgroups.js';
 import type { LoadedFamily, ProbeStatus } from '../loader.js';
 import type { FamilySpec } from '../probes/model.js';
@@ -22,6 +22,8 @@ export interface MapView {
   counter(i: number): number;
   delete(key: Buffer): boolean;
   update(key: Buffer, value: Buffer, flags?: number): void;
+  /** The whole map in one batched read (live maps: bpf/libbpf.ts MapFd.readAll). */
+  readAll?(): MapRead;
 }
 
 export interface ProgramView {

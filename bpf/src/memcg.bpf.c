@@ -20,7 +20,6 @@ struct memcg_stats {
 	u64 wb_started_pages;
 	u64 wb_completed_pages;
 	u64 wb_waits;
-	u64 uncharge_batches;
 	u64 uncharged_pages;
 	u64 uncharge_batch_slots[HIST_SLOTS]; /* log2(pages per uncharge batch) */
 	u64 wb_wait_slots[HIST_SLOTS];        /* log2 ns a task waited for one folio's writeback */
@@ -81,7 +80,6 @@ static __always_inline void handle_uncharge_batch(u64 cgroup_id, u64 pages)
 	struct memcg_stats *s;
 	if (!pages || !(s = stats_for(cgroup_id)))
 		return;
-	s->uncharge_batches++;
 	hist_add(s->uncharge_batch_slots, &s->uncharged_pages, pages);
 }
 
