@@ -14,6 +14,15 @@ export interface MetricDef {
   readonly unit?: string;
   /** Which probe family produces it ('agent' for self-metrics). */
   readonly family: string;
+  /** A counter's fixed label values: every combination is exported as 0 from start-up
+   * (agent/aggregate/initial.ts), as is every counter without labels, so rate() and
+   * increase() see the first event and alerts on them can be written and tested. */
+  readonly zeros?: Readonly<Record<string, readonly string[]>>;
+}
+
+function withZeros(d: MetricDef, zeros: Readonly<Record<string, readonly string[]>>): MetricDef {
+  for (const l of d.labels) if (!zeros[l]) throw new Error(`${d.name}: fixed label ${l} has no values`);
+  return { ...d, zeros };
 }
 
 function def(family: string, name: string, type: MetricType, labels: readonly string[], help: string, unit?: string): MetricDef {
@@ -52,8 +61,8 @@ export const M = {
     'Entries in each BPF map read by the agent.'),
   mapCapacity: def('agent', 'hvwatch_bpf_map_capacity_entries', 'gauge', ['family', 'map'],
     'Maximum entries of each BPF map read by the agent.'),
-  cardinalityDropped: def('agent', 'hvwatch_cardinality_dropped_total', 'counter', ['label'],
-    'Label values refused by the cardinality budget; their samples are folded into the value "_other".'),
+  cardinalityDropped: withZeros(def('agent', 'hvwatch_cardinality_dropped_total', 'counter', ['label'],
+    'Label values refused by the cardinality budget; their samples are folded into the value "_other".'), { label: ['cgroup', 'vm'] }),
   cgroupUnresolved: def('agent', 'hvwatch_cgroup_unresolved_total', 'counter', [],
     'Cgroup id lookups that matched no directory in the memory hierarchy (labelled cgroup="unknown").'),
   collectSeconds: def('agent', 'hvwatch_collect_duration_seconds', 'gauge', [],

@@ -8,7 +8,7 @@ import type { MetricDef } from '../catalog.js';
 import { M } from '../catalog.js';
 import { foldLog2, mergeFolded } from './histogram.js';
 import type { MetricStore, Series } from '../export/store.js';
-import type { LabelBudget } from './budget.js';
+import { OVERFLOW_VALUE, type LabelBudget } from './budget.js';
 import type { CgroupResolver, MemoryHierarchy } from '../cgroups.js';
 import { NO_KUBE_LABELS, type KubeLabels } from '../k8s.js';
 
@@ -27,6 +27,11 @@ export type Decoder = (raw: bigint, ctx: CollectContext, field: (name: string) =
 
 export const UNKNOWN_CGROUP = 'unknown';
 
+/** What a decoder returns for an object past its linger whose counts were folded into
+ * "_other": the entry is deleted like for null, but its final counts stay in the "_other"
+ * series, which outlives any one object and so must never go backwards. */
+export const RETIRE_INTO_OTHER = '\u0000retire:_other';
+
 /** namespace/pod/container of a decoded cgroup label ('' when none: agent/k8s.ts). */
 export function cgroupLabels(ctx: CollectContext, cgPath: string): KubeLabels {
   return ctx.cgroups?.resolver.labelsOf(cgPath) ?? NO_KUBE_LABELS;
@@ -40,10 +45,13 @@ export const decoders: Record<string, Decoder> = {
     const path = r.resolve(raw);
     if (r.stats.unresolved > before) ctx.store.inc(M.cgroupUnresolved);
     if (path === undefined) return UNKNOWN_CGROUP;
-    if (ctx.gc && !r.isAlive(raw)) {
-      // The cgroup was removed: drop its map entry and series, free its budget slot.
+    // A removed cgroup keeps its entry and series through its linger (cgroups.removedSeconds),
+    // so a scrape sees its final counts; then they go and its budget slot is freed.
+    if (r.life(raw, ctx.now, ctx.gc) === 'expired') {
+      const label = ctx.budget.admit('cgroup', path);
       ctx.budget.release('cgroup', path);
-      return null;
+      r.retire(raw);
+      return label === OVERFLOW_VALUE ? RETIRE_INTO_OTHER : null;
     }
     return ctx.budget.admit('cgroup', path);
   },
@@ -114,6 +122,25 @@ function resolve(fam: LoadedFamily, e: MapExport, map: MapFd): Decoded {
 }
 
 const layoutCache = new WeakMap<MapExport, Decoded>();
+/** Final counts of retired entries folded into "_other", per map export (RETIRE_INTO_OTHER). */
+const retiredCounts = new WeakMap<MapExport, Map<MetricDef, Map<string, Series>>>();
+
+function fold(target: Map<MetricDef, Map<string, Series>>, metric: MetricDef, keyLabels: Record<string, string>, value: number, hist?: Series['hist'], extra?: Readonly<Record<string, string>>): void {
+  // Only the metric's own labels: a map key often carries more (a nested-state key has op
+  // and result; its saves counter is per flag), and the exporter prints what a series has.
+  const all = extra ? { ...keyLabels, ...extra } : keyLabels;
+  const labels: Record<string, string> = {};
+  for (const l of metric.labels) labels[l] = all[l]!;
+  let fam2 = target.get(metric);
+  if (!fam2) target.set(metric, (fam2 = new Map()));
+  const k = metric.labels.map((l) => labels[l]).join('\u0000');
+  const prev = fam2.get(k);
+  if (!prev) fam2.set(k, { labels, value, hist });
+  else {
+    prev.value += value; // two raw keys folded into one label set ("_other", "unknown")
+    if (prev.hist && hist) prev.hist = mergeFolded(prev.hist, hist);
+  }
+}
 
 export function collectMap(fam: LoadedFamily, e: MapExport, ctx: CollectContext): void {
   const map = fam.maps.get(e.map);
@@ -121,21 +148,12 @@ export function collectMap(fam: LoadedFamily, e: MapExport, ctx: CollectContext)
   let lay = layoutCache.get(e);
   if (!lay) layoutCache.set(e, (lay = resolve(fam, e, map)));
   const out = new Map<MetricDef, Map<string, Series>>();
+  const retired = retiredCounts.get(e);
+  for (const [metric, series] of retired ?? []) out.set(metric, new Map([...series].map(([k, x]) => [k, { ...x }])));
+  let carry: Map<MetricDef, Map<string, Series>> | undefined;
   const add = (metric: MetricDef, keyLabels: Record<string, string>, value: number, hist?: Series['hist'], extra?: Readonly<Record<string, string>>): void => {
-    // Only the metric's own labels: a map key often carries more (a nested-state key has op
-    // and result; its saves counter is per flag), and the exporter prints what a series has.
-    const all = extra ? { ...keyLabels, ...extra } : keyLabels;
-    const labels: Record<string, string> = {};
-    for (const l of metric.labels) labels[l] = all[l]!;
-    let fam2 = out.get(metric);
-    if (!fam2) out.set(metric, (fam2 = new Map()));
-    const k = metric.labels.map((l) => labels[l]).join('\u0000');
-    const prev = fam2.get(k);
-    if (!prev) fam2.set(k, { labels, value, hist });
-    else {
-      prev.value += value; // two raw keys folded into one label set ("_other", "unknown")
-      if (prev.hist && hist) prev.hist = mergeFolded(prev.hist, hist);
-    }
+    fold(out, metric, keyLabels, value, hist, extra);
+    if (carry && metric.type !== 'gauge') fold(carry, metric, keyLabels, value, hist, extra);
   };
 
   let entries = 0;
@@ -143,6 +161,7 @@ export function collectMap(fam: LoadedFamily, e: MapExport, ctx: CollectContext)
     entries++;
     const labels: Record<string, string> = {};
     let gone = false;
+    let retire = false;
     const field = (name: string): bigint => {
       const f = lay.keyFields.find((x) => x.name === name);
       if (!f) throw new Error(`map ${e.map}: key has no field ${name}`);
@@ -151,11 +170,17 @@ export function collectMap(fam: LoadedFamily, e: MapExport, ctx: CollectContext)
     for (const l of lay.labels) {
       const decoded = l.decode(u64(k, l.field.offset, l.field.size), ctx, field);
       if (decoded === null) { gone = true; break; }
-      labels[l.label] = decoded;
+      if (decoded === RETIRE_INTO_OTHER) retire = true;
+      labels[l.label] = decoded === RETIRE_INTO_OTHER ? OVERFLOW_VALUE : decoded;
     }
     if (gone) {
       map.delete(k);
       continue;
+    }
+    if (retire) {
+      // Counted one last time into this collection and, from now on, from the carry.
+      carry = retiredCounts.get(e);
+      if (!carry) retiredCounts.set(e, (carry = new Map()));
     }
     // The one place a cgroup label grows its Kubernetes labels (catalog CG), for every family.
     if (labels.cgroup !== undefined) Object.assign(labels, cgroupLabels(ctx, labels.cgroup));
@@ -174,6 +199,10 @@ export function collectMap(fam: LoadedFamily, e: MapExport, ctx: CollectContext)
       }
     }
     for (const d of e.derived ?? []) add(d.metric, labels, d.compute(scalars));
+    if (retire) {
+      carry = undefined;
+      map.delete(k);
+    }
   }
   for (const metric of new Set(e.fields.map((fx) => fx.metric))) ctx.store.replace(metric, out.get(metric)?.values() ?? []);
   for (const d of e.derived ?? []) ctx.store.replace(d.metric, out.get(d.metric)?.values() ?? []);
