@@ -378,6 +378,7 @@ export class CgroupResolver {
     }
     if (st && st.isDirectory() && st.ino === id) return true;
     // Removed: the path stays resolvable until the linger ends (retire).
+    this.markRemoved(id, this.now());
     if (!this.noted.has(id)) this.noted.set(id, p);
     this.byId.delete(id);
     this.gone.delete(id);

@@ -286,7 +286,7 @@ test.serial('resolve: unknown ids are unresolved and negatively cached', (t) => 
   t.false(r.isAlive(unknown));
 });
 
-test.serial('isAlive becomes false after rmdir; the id then no longer resolves', (t) => {
+test.serial('isAlive becomes false after rmdir; the id resolves through its linger, not after it is retired', (t) => {
   if (!hier) return t.fail('no memory hierarchy');
   const gone = path.join(testDir, 'gone');
   t.teardown(() => removeCgroupTree(gone));
@@ -311,12 +311,21 @@ test.serial('isAlive becomes false after rmdir; the id then no longer resolves',
   t.not(idNew, idGone);
   t.false(r.isAlive(idGone));
 
-  // After a rescan the old ids are gone from the cache and the new one resolves.
+  // A removed id keeps its path through its linger (README "Series lifecycle"), also after
+  // a rescan, and the new one resolves; once retired, the old ids no longer resolve.
+  now += 1000;
+  t.is(r.resolve(idGone), `/${testName}/gone`);
+  t.is(r.resolve(idNew), `/${testName}/gone`);
+  t.true(r.isAlive(idNew));
+  r.setLinger(5);
+  t.is(r.life(idGone, now, false), 'lingering');
+  t.is(r.life(idNew, now, true), 'alive');
+  t.is(r.life(idGone, now + 5000, false), 'expired');
+  r.retire(idGone);
+  r.retire(idChild);
   now += 1000;
   t.is(r.resolve(idGone), undefined);
   t.is(r.resolve(idChild), undefined);
-  t.is(r.resolve(idNew), `/${testName}/gone`);
-  t.true(r.isAlive(idNew));
   t.is(r.pathOf(idGone), undefined);
 });
 

@@ -712,6 +712,7 @@ enum kvm_test_op {
 	T_NESTED_VMENTER = 10,
 	T_NESTED_INTR = 11,
 	T_VMENTER_FAILED = 12, /* msg in `msg` */
+	T_FIRST_SIGHT = 13,    /* `reason` times: forget the caller's tgid, then see it first (bench/first-sight.ts) */
 };
 
 struct kvm_test_args {
@@ -753,6 +754,14 @@ int test_kvm(struct kvm_test_args *ctx)
 	case T_NESTED_VMENTER: handle_nested_vmenter(a.tid, a.tgid, a.now); break;
 	case T_NESTED_INTR: handle_nested_intr(a.tgid); break;
 	case T_VMENTER_FAILED: on_vmenter_failed(a.tgid, ctx->msg); break;
+	case T_FIRST_SIGHT: {
+		u32 me = bpf_get_current_pid_tgid() >> 32;
+		for (u32 i = 0; i < 256 && i < a.reason; i++) {
+			bpf_map_delete_elem(&hv_vm_seen, &me);
+			vm_first_sight(&hv_vm_seen, &hv_vm_seen_zero, &hv_errors, me);
+		}
+		break;
+	}
 	default: return -1;
 	}
 	return 0;
