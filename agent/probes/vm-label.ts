@@ -120,6 +120,8 @@ const seenLayouts = new WeakMap<FamilyView, StructLayout | null>();
 // USER_HZ: /proc/PID/stat reports start_boottime with nsec_to_clock_t (fs/proc/array.c
 // do_task_stat, v6.18), and USER_HZ is 100 on every Linux architecture we build for.
 const NS_PER_TICK = 10_000_000n;
+/** Beyond the linger, before an unclaimed first-sight record is swept. */
+const SWEEP_GRACE_MS = 60_000;
 
 function retire(pid: number): void {
   firstSight.delete(pid);
@@ -147,10 +149,19 @@ export function learnVms(fam: FamilyView): void {
   if (!lay) return;
   seenMaps.add(map);
   const off = (name: string): number => lay.fields.find((f) => f.name === name)!.offset;
-  const [oStart, oLen, oTrunc, oCmd] = [off('start_boottime_ns'), off('cmdline_len'), off('truncated'), off('cmdline')];
+  const [oStart, oSeen, oLen, oTrunc, oCmd] = [off('start_boottime_ns'), off('seen_ns'), off('cmdline_len'), off('truncated'), off('cmdline')];
+  const nowNs = process.hrtime.bigint(); // CLOCK_MONOTONIC, as bpf_ktime_get_ns
   for (const [k, v] of map.entries()) {
     const pid = k.readUInt32LE(0);
     const startTicks = Number(v.readBigUInt64LE(oStart) / NS_PER_TICK);
+    // A record no stats entry carries (its insert found the stats map full) is never retired
+    // by the decoders: sweep it once it is older than a linger and its process is gone (live
+    // only: a replayed trace's clock and processes are not this host's).
+    if (identity === fromProc && !known.has(pid) && nowNs - v.readBigUInt64LE(oSeen) > BigInt(lingerMs + SWEEP_GRACE_MS) * 1_000_000n && vms.startTime(pid) !== startTicks) {
+      map.delete(k);
+      firstSight.delete(pid);
+      continue;
+    }
     const had = firstSight.get(pid);
     if (had && had.startTicks === startTicks && had.identity) continue;
     const len = Math.min(v.readUInt32LE(oLen), v.length - oCmd);
