@@ -390,3 +390,32 @@ test.serial('resolve after creating 2,000 cgroups (timing)', (t) => {
       `2,000 cached resolves ${allMs.toFixed(2)} ms; warm walks ${walks.map((w) => w.toFixed(1)).join(', ')} ms`,
   );
 });
+
+test('memoryHierarchyId: the memory line of /proc/PID/cgroup on v1, 0 on v2 (the cgroup_mkdir record\'s root)', async (t) => {
+  const { memoryHierarchyId } = await import('../agent/cgroups.js');
+  const v1 = { version: 1 as const, mountPoint: '/sys/fs/cgroup/memory' };
+  const v2 = { version: 2 as const, mountPoint: '/sys/fs/cgroup' };
+  const hybrid = '9:name=systemd:/\n5:devices:/\n4:memory:/a/b\n3:cpu,cpuacct:/\n0::/\n';
+  t.is(memoryHierarchyId(v1, hybrid), 4);
+  t.is(memoryHierarchyId(v2, '0::/user.slice\n'), 0);
+  t.is(memoryHierarchyId(v1, '0::/\n'), undefined);
+  t.is(memoryHierarchyId(v1, '7:cpu,memory:/\n'), 7, 'co-mounted controllers');
+});
+
+test('first sight: a cgroup learnt from cgroup_mkdir resolves without a walk; rmdir starts its linger; retire forgets it', async (t) => {
+  const { CgroupResolver } = await import('../agent/cgroups.js');
+  let now = 0;
+  const r = new CgroupResolver({ version: 1, mountPoint: '/nonexistent-hvwatch' }, { now: () => now });
+  r.setLinger(10);
+  r.learn(123n, '/job/a', false, 0);
+  t.is(r.resolve(123n), '/job/a');
+  t.is(r.stats.rescans, 0, 'no walk');
+  t.is(r.life(123n, 0, false), 'alive');
+  r.learn(123n, '/job/a', true, 1000);
+  t.is(r.life(123n, 5000, false), 'lingering');
+  t.is(r.resolve(123n), '/job/a', 'named through its linger');
+  t.is(r.life(123n, 11_000, false), 'expired');
+  r.retire(123n);
+  now = 20_000;
+  t.is(r.pathOf(123n), undefined);
+});

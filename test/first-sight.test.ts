@@ -140,3 +140,16 @@ cgroups:
   t.is(value(later, M.memcgWbCompleted.name, { cgroup: cg.path }), undefined, 'gone after its linger');
   t.is(value(later, M.mapEntries.name, { family: 'memcg', map: 'cgroup_seen' }) ?? 0, 0, 'its first-sight record deleted');
 });
+
+test('the catalog drives the zero series: unlabelled counters and declared fixed values, for loaded families only', async (t) => {
+  const { fixedSeries, initFixedSeries } = await import('../agent/aggregate/initial.js');
+  const { MetricStore } = await import('../agent/export/store.js');
+  t.deepEqual(fixedSeries(M.cardinalityDropped), [{ label: 'cgroup' }, { label: 'vm' }]);
+  t.deepEqual(fixedSeries(M.cgroupUnresolved), [{}]);
+  t.deepEqual(fixedSeries(M.kvmPio), [], 'per-object counters are born with their object');
+  t.deepEqual(fixedSeries(M.collectSeconds), [], 'gauges are not zeroed');
+  const store = new MetricStore();
+  initFixedSeries(store, ['memcg']);
+  t.is(store.get(M.cgroupUnresolved, {})?.value, 0);
+  t.is(store.get(M.memcgWbUnpairedEnds, {}), undefined, 'memcg_fn not loaded: not exported');
+});
