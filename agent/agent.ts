@@ -6,6 +6,7 @@ import { M } from './catalog.js';
 import { MetricStore } from './export/store.js';
 import { LabelBudget } from './aggregate/budget.js';
 import { collectMap, UNKNOWN_CGROUP, type CollectContext } from './aggregate/collect.js';
+import { initFixedSeries } from './aggregate/initial.js';
 import { decodeStack } from './symbols.js';
 import type { CgroupResolver, MemoryHierarchy } from './cgroups.js';
 import type { Loader, LoadedFamily, ProbeStatus } from './loader.js';
@@ -79,6 +80,7 @@ export class Agent {
     this.source = source ?? liveSource(config, families);
     this.cgroups = this.source.host.cgroups;
     this.cgroups?.resolver.setKubeLabeler(kubeLabelerFor(config.cgroups)); // namespace/pod/container (agent/k8s.ts)
+    this.cgroups?.resolver.setLinger(config.cgroups.removedSeconds); // README "Series lifecycle"
   }
 
   /** The live loader (benches and tests reach the loaded objects through it). */
@@ -105,6 +107,7 @@ export class Agent {
       this.eventLayouts.set(fam.spec.name, layout);
       this.store.inc(M.ringbufEvents, { family: fam.spec.name }, 0);
     }
+    initFixedSeries(this.store, this.source.families.map((f) => f.spec.name));
     this.publishProbeStatus();
     this.store.set(M.buildInfo, { version: VERSION, kernel: this.source.build.kernel, libbpf: this.source.build.libbpf }, 1);
     this.ready = true;

@@ -19,6 +19,15 @@ export interface MetricDef {
   /** Histograms: the kernel's log2 slots kept, and the classic `le` set every series of the
    * metric shares (agent/aggregate/histogram.ts). */
   readonly buckets?: Log2Range;
+  /** A counter's fixed label values: every combination is exported as 0 from start-up
+   * (agent/aggregate/initial.ts), as is every counter without labels, so rate() and
+   * increase() see the first event and alerts on them can be written and tested. */
+  readonly zeros?: Readonly<Record<string, readonly string[]>>;
+}
+
+function withZeros(d: MetricDef, zeros: Readonly<Record<string, readonly string[]>>): MetricDef {
+  for (const l of d.labels) if (!zeros[l]) throw new Error(`${d.name}: fixed label ${l} has no values`);
+  return { ...d, zeros };
 }
 
 function def(family: string, name: string, type: MetricType, labels: readonly string[], help: string, unit?: string): MetricDef {
@@ -69,8 +78,8 @@ export const M = {
     'Entries in each BPF map read by the agent.'),
   mapCapacity: def('agent', 'hvwatch_bpf_map_capacity_entries', 'gauge', ['family', 'map'],
     'Maximum entries of each BPF map read by the agent.'),
-  cardinalityDropped: def('agent', 'hvwatch_cardinality_dropped_total', 'counter', ['label'],
-    'Label values refused by the cardinality budget; their samples are folded into the value "_other".'),
+  cardinalityDropped: withZeros(def('agent', 'hvwatch_cardinality_dropped_total', 'counter', ['label'],
+    'Label values refused by the cardinality budget; their samples are folded into the value "_other".'), { label: ['cgroup', 'vm'] }),
   cgroupUnresolved: def('agent', 'hvwatch_cgroup_unresolved_total', 'counter', [],
     'Cgroup id lookups that matched no directory in the memory hierarchy (labelled cgroup="unknown").'),
   collectSeconds: def('agent', 'hvwatch_collect_duration_seconds', 'gauge', [],
@@ -210,8 +219,9 @@ export type MetricKey = keyof typeof M;
 
 export const ALL_METRICS: readonly MetricDef[] = Object.values(M);
 
-/** Series of one cgroup or VM: born at their first non-zero value, removed with their object
- * (README "Series lifecycle"). Every other series is exported from start-up. */
+/** Series of one cgroup or VM: a counter or histogram is born at its first event, a gauge
+ * with its object's first event; all are removed with their object (README "Series
+ * lifecycle"). Every other series is exported from start-up. */
 export function isPerObject(def: MetricDef): boolean {
   return def.labels.includes('cgroup') || def.labels.includes('vm');
 }

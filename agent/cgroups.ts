@@ -95,6 +95,30 @@ export function findMemoryHierarchy(
   return undefined;
 }
 
+/**
+ * The hierarchy id of the memory controller's hierarchy, as the kernel numbers it in
+ * /proc/PID/cgroup (`ID:controllers:path`; cgroup v2 is `0::path`) and in the
+ * cgroup:cgroup_mkdir record's `root` field (cgrp->root->hierarchy_id,
+ * include/trace/events/cgroup.h v6.18). Undefined when no line names it.
+ */
+export function memoryHierarchyId(h: MemoryHierarchy, procCgroup?: string): number | undefined {
+  let text = procCgroup;
+  if (text === undefined) {
+    try {
+      text = fs.readFileSync('/proc/self/cgroup', 'utf8');
+    } catch {
+      return undefined;
+    }
+  }
+  for (const line of text.split('\n')) {
+    const m = /^(\d+):([^:]*):/.exec(line);
+    if (!m) continue;
+    if (h.version === 1 && m[2]!.split(',').includes('memory')) return Number(m[1]);
+    if (h.version === 2 && m[1] === '0' && m[2] === '') return 0;
+  }
+  return undefined;
+}
+
 /** Absolute directory of a cgroup path ('/' or '/a/b') in a hierarchy ('..' cannot climb above the mount point). */
 export function cgroupDir(h: MemoryHierarchy, cgPath: string): string {
   const norm = path.posix.normalize('/' + cgPath); // absolute: leading '..' segments are dropped
@@ -187,6 +211,12 @@ export interface CgroupResolverStats {
  */
 /** Bound of CgroupResolver.gone: removed cgroups awaiting their liveness check (~10 s). */
 const MAX_GONE = 65536;
+/** Bound of the first-sight paths and removal times kept for removed cgroups (oldest first). */
+const MAX_NOTED = 65536;
+
+/** A cgroup's series life (README "Series lifecycle"): alive, removed but lingering, or
+ * past its linger (its map entries and series go, its budget slot is freed). */
+export type CgroupLife = 'alive' | 'lingering' | 'expired';
 
 export class CgroupResolver {
   readonly hierarchy: MemoryHierarchy;
@@ -201,6 +231,11 @@ export class CgroupResolver {
   private readonly gone = new Map<bigint, string>();
   /** id -> expiry time of its negative entry. */
   private readonly negative = new Map<bigint, number>();
+  /** Paths the BPF side reported at mkdir/rmdir (first sight), for cgroups a walk may never see. */
+  private readonly noted = new Map<bigint, string>();
+  /** When each removed cgroup was first known removed: the start of its linger. */
+  private readonly removedAt = new Map<bigint, number>();
+  private lingerMs = 60_000;
   private lastRescanAt = -Infinity;
   private _lastWalk: { durationMs: number; cgroups: number } | undefined;
   private readonly _stats: CgroupResolverStats = { hits: 0, misses: 0, unresolved: 0, rescans: 0 };
@@ -224,8 +259,68 @@ export class CgroupResolver {
     return this.kube && cgPath.startsWith('/') ? this.kube.labels(cgPath) : NO_KUBE_LABELS;
   }
 
+  /** How long a removed cgroup's series stay (config cgroups.removedSeconds). */
+  setLinger(seconds: number): void {
+    this.lingerMs = seconds * 1000;
+  }
+
+  /**
+   * What the BPF side saw when a cgroup was made or removed (bpf/src/memcg.bpf.c
+   * cgroup_seen): its path while it existed, so ids of cgroups gone before any scrape or
+   * walk still resolve, and its removal without a stat. `path` undefined: not readable or
+   * truncated (the walk's path, if any, is kept).
+   */
+  learn(id: bigint, path: string | undefined, removed: boolean, now: number): void {
+    if (path !== undefined && !this.byId.has(id)) {
+      this.noted.delete(id);
+      this.noted.set(id, path);
+      this.negative.delete(id);
+      for (const old of this.noted.keys()) {
+        if (this.noted.size <= MAX_NOTED) break;
+        this.noted.delete(old);
+      }
+    }
+    if (removed) this.markRemoved(id, now);
+  }
+
+  private markRemoved(id: bigint, now: number): void {
+    if (this.removedAt.has(id)) return;
+    const p = this.byId.get(id) ?? this.gone.get(id);
+    if (p !== undefined && !this.noted.has(id)) this.noted.set(id, p); // keep its name through the linger
+    this.removedAt.set(id, now);
+    for (const old of this.removedAt.keys()) {
+      if (this.removedAt.size <= MAX_NOTED) break;
+      this.removedAt.delete(old);
+    }
+  }
+
+  /** Whether the cgroup was removed (known from rmdir or a failed liveness check). */
+  isRemoved(id: bigint): boolean {
+    return this.removedAt.has(id);
+  }
+
+  /**
+   * Where a cgroup is in its series life at `now`. With `check`, a cgroup not yet known
+   * removed is stat'ed (the throttled GC: cgroups that predate the rmdir probe, or hosts
+   * where it cannot attach).
+   */
+  life(id: bigint, now: number, check: boolean): CgroupLife {
+    if (!this.removedAt.has(id) && check && !this.isAlive(id)) this.markRemoved(id, now);
+    const at = this.removedAt.get(id);
+    if (at === undefined) return 'alive';
+    return now - at < this.lingerMs ? 'lingering' : 'expired';
+  }
+
+  /** Forgets a cgroup whose linger ended (its series are removed). */
+  retire(id: bigint): void {
+    this.byId.delete(id);
+    this.gone.delete(id);
+    this.noted.delete(id);
+    this.removedAt.delete(id);
+  }
+
   resolve(id: bigint): string | undefined {
-    const cached = this.byId.get(id) ?? this.gone.get(id);
+    const cached = this.byId.get(id) ?? this.gone.get(id) ?? this.noted.get(id);
     if (cached !== undefined) {
       this._stats.hits++;
       return cached;
@@ -256,7 +351,7 @@ export class CgroupResolver {
 
   /** Cached path of an id, without walking or touching the stats. */
   pathOf(id: bigint): string | undefined {
-    return this.byId.get(id);
+    return this.byId.get(id) ?? this.noted.get(id);
   }
 
   /** Absolute directory of a resolved id (for reading its control files). */
@@ -272,7 +367,8 @@ export class CgroupResolver {
    * a walk) are not alive. A dead id is evicted from the cache.
    */
   isAlive(id: bigint): boolean {
-    const p = this.byId.get(id) ?? this.gone.get(id);
+    if (this.removedAt.has(id)) return false;
+    const p = this.byId.get(id) ?? this.gone.get(id) ?? this.noted.get(id);
     if (p === undefined) return false;
     let st: fs.BigIntStats | undefined;
     try {
@@ -281,6 +377,9 @@ export class CgroupResolver {
       st = undefined;
     }
     if (st && st.isDirectory() && st.ino === id) return true;
+    // Removed: the path stays resolvable until the linger ends (retire).
+    this.markRemoved(id, this.now());
+    if (!this.noted.has(id)) this.noted.set(id, p);
     this.byId.delete(id);
     this.gone.delete(id);
     return false;

@@ -46,6 +46,9 @@ export const configSchema = z.object({
     podLogsDir: z.string().min(1).default('/var/log/pods'),
     /** The kubelet's container log links (<pod>_<namespace>_<container>-<id>.log): id -> container. */
     containerLogsDir: z.string().min(1).default('/var/log/containers'),
+    /** How long a removed cgroup's series stay, so a scrape sees its final counts (the
+     * cgroup counterpart of kvm.exitedVmSeconds; README "Series lifecycle"). */
+    removedSeconds: z.number().min(0).max(3600).default(60),
   }).strict().default({}),
   kvm: z.object({
     /** Also count exits per vCPU (hvwatch_kvm_vcpu_exits_total): one series per vCPU. */

@@ -286,7 +286,7 @@ test.serial('resolve: unknown ids are unresolved and negatively cached', (t) => 
   t.false(r.isAlive(unknown));
 });
 
-test.serial('isAlive becomes false after rmdir; the id then no longer resolves', (t) => {
+test.serial('isAlive becomes false after rmdir; the id resolves through its linger, not after it is retired', (t) => {
   if (!hier) return t.fail('no memory hierarchy');
   const gone = path.join(testDir, 'gone');
   t.teardown(() => removeCgroupTree(gone));
@@ -311,12 +311,21 @@ test.serial('isAlive becomes false after rmdir; the id then no longer resolves',
   t.not(idNew, idGone);
   t.false(r.isAlive(idGone));
 
-  // After a rescan the old ids are gone from the cache and the new one resolves.
+  // A removed id keeps its path through its linger (README "Series lifecycle"), also after
+  // a rescan, and the new one resolves; once retired, the old ids no longer resolve.
+  now += 1000;
+  t.is(r.resolve(idGone), `/${testName}/gone`);
+  t.is(r.resolve(idNew), `/${testName}/gone`);
+  t.true(r.isAlive(idNew));
+  r.setLinger(5);
+  t.is(r.life(idGone, now, false), 'lingering');
+  t.is(r.life(idNew, now, true), 'alive');
+  t.is(r.life(idGone, now + 5000, false), 'expired');
+  r.retire(idGone);
+  r.retire(idChild);
   now += 1000;
   t.is(r.resolve(idGone), undefined);
   t.is(r.resolve(idChild), undefined);
-  t.is(r.resolve(idNew), `/${testName}/gone`);
-  t.true(r.isAlive(idNew));
   t.is(r.pathOf(idGone), undefined);
 });
 
@@ -380,4 +389,33 @@ test.serial('resolve after creating 2,000 cgroups (timing)', (t) => {
     `hierarchy holds ${r.lastWalk!.cgroups} cgroups; first resolve (cold walk) ${firstMs.toFixed(1)} ms; ` +
       `2,000 cached resolves ${allMs.toFixed(2)} ms; warm walks ${walks.map((w) => w.toFixed(1)).join(', ')} ms`,
   );
+});
+
+test('memoryHierarchyId: the memory line of /proc/PID/cgroup on v1, 0 on v2 (the cgroup_mkdir record\'s root)', async (t) => {
+  const { memoryHierarchyId } = await import('../agent/cgroups.js');
+  const v1 = { version: 1 as const, mountPoint: '/sys/fs/cgroup/memory' };
+  const v2 = { version: 2 as const, mountPoint: '/sys/fs/cgroup' };
+  const hybrid = '9:name=systemd:/\n5:devices:/\n4:memory:/a/b\n3:cpu,cpuacct:/\n0::/\n';
+  t.is(memoryHierarchyId(v1, hybrid), 4);
+  t.is(memoryHierarchyId(v2, '0::/user.slice\n'), 0);
+  t.is(memoryHierarchyId(v1, '0::/\n'), undefined);
+  t.is(memoryHierarchyId(v1, '7:cpu,memory:/\n'), 7, 'co-mounted controllers');
+});
+
+test('first sight: a cgroup learnt from cgroup_mkdir resolves without a walk; rmdir starts its linger; retire forgets it', async (t) => {
+  const { CgroupResolver } = await import('../agent/cgroups.js');
+  let now = 0;
+  const r = new CgroupResolver({ version: 1, mountPoint: '/nonexistent-hvwatch' }, { now: () => now });
+  r.setLinger(10);
+  r.learn(123n, '/job/a', false, 0);
+  t.is(r.resolve(123n), '/job/a');
+  t.is(r.stats.rescans, 0, 'no walk');
+  t.is(r.life(123n, 0, false), 'alive');
+  r.learn(123n, '/job/a', true, 1000);
+  t.is(r.life(123n, 5000, false), 'lingering');
+  t.is(r.resolve(123n), '/job/a', 'named through its linger');
+  t.is(r.life(123n, 11_000, false), 'expired');
+  r.retire(123n);
+  now = 20_000;
+  t.is(r.pathOf(123n), undefined);
 });

@@ -196,7 +196,7 @@ test('writeback-wait latency for real (tracepoint + sched_switch tier, opted in)
   t.true(value(s, `${M.memcgWbWaitTime.name}_sum`, labels)! > 0, 'some wait slept on its folio');
 });
 
-test('a deleted cgroup\'s entries and series are dropped at the next scrape after it vanishes', async (t) => {
+test('a deleted cgroup\'s entries and series linger after it vanishes (cgroups.removedSeconds), then are dropped', async (t) => {
   const cg = createCgroup(`hvwatch-gone-${process.pid}`);
   t.teardown(() => cg.remove());
   const agent = await mapsOnlyAgent();
@@ -207,6 +207,9 @@ test('a deleted cgroup\'s entries and series are dropped at the next scrape afte
   t.is(agent.store.get(M.memcgWbWaits, { cgroup: cg.path })?.value, 1);
   cg.remove();
   await new Promise((r) => setTimeout(r, 10_100)); // the liveness check runs every 10 s
+  await agent.collect();
+  t.is(agent.store.get(M.memcgWbWaits, { cgroup: cg.path })?.value, 1, 'its final count lingers');
+  agent.cgroups!.resolver.setLinger(0); // as if the linger had passed
   await agent.collect();
   t.is(agent.store.get(M.memcgWbWaits, { cgroup: cg.path }), undefined);
   t.is(fam.maps.get('memcg_stats')!.count(), 0);

@@ -275,3 +275,15 @@ if (kvmSkip) {
     t.pass();
   });
 }
+
+test('a first-sight record (hv_vm_seen cmdline bytes) parses like /proc/PID/cmdline; a truncated one loses its partial last word', async (t) => {
+  const { argvOfRecord } = await import('../agent/probes/vm-label.js');
+  const full = Buffer.from('qemu-system-x86_64\0-name\0guest=web01,debug-threads=on\0-m\x00512\0', 'utf8');
+  t.deepEqual(argvOfRecord(full, false), ['qemu-system-x86_64', '-name', 'guest=web01,debug-threads=on', '-m', '512']);
+  t.deepEqual(parseVmIdentity(argvOfRecord(full, false)), { name: 'web01', source: 'qemu' });
+  // Cut inside "-name guest=we": the partial value must not become a wrong name.
+  const cut = full.subarray(0, full.indexOf('guest=') + 8);
+  t.deepEqual(argvOfRecord(cut, true), ['qemu-system-x86_64', '-name']);
+  t.is(parseVmIdentity(argvOfRecord(cut, true)), undefined, 'no name rather than "we"');
+  t.deepEqual(parseVmIdentity(argvOfRecord(Buffer.from('firecracker\0--id\0fn-42\0'), false)), { name: 'fn-42', source: 'firecracker' });
+});

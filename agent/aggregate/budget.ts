@@ -1,7 +1,7 @@
 // Cardinality is a budget (DESIGN principle 6): at most `cap` distinct values per budgeted
 // label (cgroup, vm). Values past the cap are reported as "_other" and counted, so totals
 // stay right while the series count stays bounded. Values are released when their object
-// (cgroup, VM) goes away, which frees room for new ones.
+// (cgroup, VM) goes away, which frees room for new ones (not for values already refused).
 export const OVERFLOW_VALUE = '_other';
 
 export class LabelBudget {
@@ -16,6 +16,10 @@ export class LabelBudget {
     let set = this.admitted.get(label);
     if (!set) this.admitted.set(label, (set = new Set()));
     if (set.has(value)) return value;
+    // A refused value stays refused until its own object goes (release): admitting it when
+    // another's slot frees would move its counts out of "_other", and "_other" would go
+    // backwards (README "Series lifecycle").
+    if (this.refused.get(label)?.has(value)) return OVERFLOW_VALUE;
     if (set.size < cap) {
       set.add(value);
       return value;

@@ -7,9 +7,9 @@ import type { MapFd } from '../../bpf/libbpf.js';
 import type { MapView } from '../sources/source.js';
 import type { MetricDef } from '../catalog.js';
 import { isPerObject, M } from '../catalog.js';
-import type { Log2Range } from './histogram.js';
+import { log2Histogram, mergeInto, type Log2Histogram, type Log2Range } from './histogram.js';
 import type { MetricStore, Series } from '../export/store.js';
-import type { LabelBudget } from './budget.js';
+import { OVERFLOW_VALUE, type LabelBudget } from './budget.js';
 import type { CgroupResolver, MemoryHierarchy } from '../cgroups.js';
 import { NO_KUBE_LABELS, type KubeLabels } from '../k8s.js';
 
@@ -28,6 +28,11 @@ export type Decoder = (raw: bigint, ctx: CollectContext, field: (name: string) =
 
 export const UNKNOWN_CGROUP = 'unknown';
 
+/** What a decoder returns for an object past its linger whose counts were folded into
+ * "_other": the entry is deleted like for null, but its final counts stay in the "_other"
+ * series, which outlives any one object and so must never go backwards. */
+export const RETIRE_INTO_OTHER = '\u0000retire:_other';
+
 /** namespace/pod/container of a decoded cgroup label ('' when none: agent/k8s.ts). */
 export function cgroupLabels(ctx: CollectContext, cgPath: string): KubeLabels {
   return ctx.cgroups?.resolver.labelsOf(cgPath) ?? NO_KUBE_LABELS;
@@ -41,10 +46,13 @@ export const decoders: Record<string, Decoder> = {
     const path = r.resolve(raw);
     if (r.stats.unresolved > before) ctx.store.inc(M.cgroupUnresolved);
     if (path === undefined) return UNKNOWN_CGROUP;
-    if (ctx.gc && !r.isAlive(raw)) {
-      // The cgroup was removed: drop its map entry and series, free its budget slot.
+    // A removed cgroup keeps its entry and series through its linger (cgroups.removedSeconds),
+    // so a scrape sees its final counts; then they go and its budget slot is freed.
+    if (r.life(raw, ctx.now, ctx.gc) === 'expired') {
+      const label = ctx.budget.admit('cgroup', path);
       ctx.budget.release('cgroup', path);
-      return null;
+      r.retire(raw);
+      return label === OVERFLOW_VALUE ? RETIRE_INTO_OTHER : null;
     }
     return ctx.budget.admit('cgroup', path);
   },
@@ -132,6 +140,17 @@ function decoderOf(d: string | Decoder, map: string): Decoder {
 }
 
 const layoutCache = new WeakMap<MapExport, Decoded>();
+/** Final counts of retired entries folded into "_other", per map export (RETIRE_INTO_OTHER). */
+const retiredCounts = new WeakMap<MapExport, Map<MetricDef, Map<string, Series>>>();
+
+/** Adds a carried series (a retired entry's final counts) into `s`. */
+function addCarried(s: Series, fresh: boolean, c: Series): void {
+  if (c.hist) {
+    if (fresh || !s.hist) s.hist = { ...c.hist, slots: Float64Array.from(c.hist.slots) };
+    else mergeInto(s.hist, c.hist);
+    s.value = s.hist.count;
+  } else s.value = fresh ? c.value : s.value + c.value;
+}
 
 /** What collectMap knows of one metric it fills from a map. */
 interface Target {
@@ -249,6 +268,25 @@ export function collectMap(fam: LoadedFamily, e: MapExport, ctx: CollectContext)
     if (!f) throw new Error(`map ${e.map}: key has no field ${name}`);
     return u64(curKey, f.offset, f.size);
   };
+  // Final counts of entries retired into "_other" in earlier collections come first, so
+  // `_other` never goes backwards when those entries leave the map.
+  const retired = retiredCounts.get(e);
+  for (const [metric, carried] of retired ?? []) {
+    for (const [k, c] of carried) {
+      const got = store.visit(metric, k, () => ({ labels: { ...c.labels }, value: 0 }))!;
+      addCarried(got.s, got.fresh, c);
+    }
+  }
+  let carry: Map<MetricDef, Map<string, Series>> | undefined;
+  const carryInto = (t: Target, all: Readonly<Record<string, string>>, entryKey: string, value: number, hist?: Log2Histogram): void => {
+    if (!carry || t.metric.type === 'gauge') return;
+    let fam2 = carry.get(t.metric);
+    if (!fam2) carry.set(t.metric, (fam2 = new Map()));
+    const k = t.sameLabels ? entryKey : keyFor(t.metric.labels, all);
+    const labels: Record<string, string> = {};
+    for (const l of t.metric.labels) labels[l] = all[l] ?? '';
+    addCarried(fam2.get(k) ?? fam2.set(k, { labels, value: 0 }).get(k)!, false, { labels, value, hist });
+  };
 
   let entries = 0;
   const scalars: Record<string, number> = {};
@@ -257,34 +295,59 @@ export function collectMap(fam: LoadedFamily, e: MapExport, ctx: CollectContext)
     curKey = k;
     const labels: Record<string, string> = {};
     let gone = false;
+    let retire = false;
     for (const l of lay.labels) {
       const decoded = l.decode(u64(k, l.field.offset, l.field.size), ctx, field);
       if (decoded === null) { gone = true; break; }
-      labels[l.label] = decoded;
+      if (decoded === RETIRE_INTO_OTHER) retire = true;
+      labels[l.label] = decoded === RETIRE_INTO_OTHER ? OVERFLOW_VALUE : decoded;
     }
     if (gone) {
       map.delete(k);
       continue;
     }
+    if (retire) {
+      // Counted one last time into this collection and, from now on, from the carry.
+      carry = retiredCounts.get(e);
+      if (!carry) retiredCounts.set(e, (carry = new Map()));
+    }
     // The one place a cgroup label grows its Kubernetes labels (catalog CG), for every family.
     if (labels.cgroup !== undefined) Object.assign(labels, cgroupLabels(ctx, labels.cgroup));
     const entryKey = keyFor(mapLabels, labels);
+    // A per-object gauge is born with its object's first event, even at zero (in-flight
+    // pages that already drained are 0, not unknown): the entry has data when any of its
+    // counters or histograms does.
+    let hasData: boolean | undefined;
+    const entryHasData = (): boolean => (hasData ??= values.some(({ fx, field: f, range }) => fx.metric.type !== 'gauge' &&
+      (range ? anySlot(v, vOff, cpus, stride, f) : sumCpus(v, vOff + f.offset, cpus, stride, f.size) !== 0)));
     for (const { fx, field: f, sum, range, t } of values) {
       const all = fx.labels ? { ...labels, ...fx.labels } : labels;
       if (range) {
         const got = seriesFor(store, t, all, entryKey, () => anySlot(v, vOff, cpus, stride, f));
         if (got) fillHistogram(got.s, got.fresh, range, v, vOff, cpus, stride, f, sum);
+        if (carry) {
+          const h = log2Histogram([], range);
+          const tmp: Series = { labels: {}, value: 0, hist: h };
+          fillHistogram(tmp, true, range, v, vOff, cpus, stride, f, sum);
+          carryInto(t, all, entryKey, tmp.value, tmp.hist);
+        }
         continue;
       }
       const val = sumCpus(v, vOff + f.offset, cpus, stride, f.size);
       scalars[fx.field] = val;
-      const got = seriesFor(store, t, all, entryKey, () => val !== 0);
+      const got = seriesFor(store, t, all, entryKey, () => val !== 0 || (fx.metric.type === 'gauge' && entryHasData()));
       if (got) got.s.value = got.fresh ? val : got.s.value + val;
+      carryInto(t, all, entryKey, val);
     }
     for (const { d, t } of derived) {
       const val = d.compute(scalars);
-      const got = seriesFor(store, t, labels, entryKey, () => val !== 0);
+      const got = seriesFor(store, t, labels, entryKey, () => val !== 0 || (d.metric.type === 'gauge' && entryHasData()));
       if (got) got.s.value = got.fresh ? val : got.s.value + val;
+      carryInto(t, labels, entryKey, val);
+    }
+    if (retire) {
+      carry = undefined;
+      map.delete(k);
     }
   }
   for (const t of targets.values()) store.collected(t.metric);

@@ -7,7 +7,7 @@ import { existsSync } from 'node:fs';
 import { M } from '../catalog.js';
 import type { Decoder } from '../aggregate/collect.js';
 import type { FamilySpec, ProbeSpec } from './model.js';
-import { publishVmInfo, vmDecoder } from './vm-label.js';
+import { learnVms, publishVmInfo, vmDecoder } from './vm-label.js';
 
 const family = 'kvm_irq';
 
@@ -87,8 +87,9 @@ export const kvmIrqFamily: FamilySpec = {
       ],
     },
   ],
-  watchMaps: ['irq_vm_state', 'irq_ctx', 'irq_deliv'],
+  watchMaps: ['hv_vm_seen', 'irq_vm_state', 'irq_ctx', 'irq_deliv'],
   present: () => (existsSync('/sys/module/kvm') ? undefined : 'kvm is not loaded (no /sys/module/kvm)'),
+  prepare: (_ctx, fam) => learnVms(fam), // names at first sight (vm-label.ts)
   collect(ctx, store, fam) {
     publishVmInfo(ctx, store);
     const c = fam.maps.get('irq_counters');

@@ -4,7 +4,7 @@
 import { existsSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { M } from '../catalog.js';
-import { publishVmInfo, setExitedVmLinger, vmDecoder } from './vm-label.js';
+import { learnVms, publishVmInfo, setExitedVmLinger, vmDecoder } from './vm-label.js';
 import type { CollectContext, Decoder } from '../aggregate/collect.js';
 import type { FamilySpec, ProbeSpec } from './model.js';
 import { ISA, SVM_EXIT_REASONS, VMX_EXIT_REASONS } from './kvm-reasons.js';
@@ -194,7 +194,7 @@ export const kvmFamily: FamilySpec = {
       ],
     },
   ],
-  watchMaps: ['exit_pending', 'nested_pending', 'user_pending'],
+  watchMaps: ['hv_vm_seen', 'exit_pending', 'nested_pending', 'user_pending'],
   // /sys/module/kvm exists when kvm is loaded or built in. Probes are attached at start:
   // an agent started before `modprobe kvm` needs a restart to see VMs.
   present: () => (existsSync('/sys/module/kvm') ? undefined : 'kvm is not loaded (no /sys/module/kvm)'),
@@ -206,6 +206,7 @@ export const kvmFamily: FamilySpec = {
     setExitedVmLinger(cfg.kvm.exitedVmSeconds);
   },
   prepare(_ctx: CollectContext, fam) {
+    learnVms(fam); // names at first sight (vm-label.ts)
     // The consistency-check messages the BPF side interned, by hash (bounded: 512).
     for (const [k, v] of fam.maps.get('vmenter_msgs')?.entries() ?? []) {
       const h = k.readBigUInt64LE(0);

@@ -5,7 +5,7 @@
 import { kernelBtfs } from '../kernel.js';
 import { M } from '../catalog.js';
 import { hasKernelSymbol } from '../symbols.js';
-import { publishVmInfo, vmDecoder } from './vm-label.js';
+import { learnVms, publishVmInfo, vmDecoder } from './vm-label.js';
 import type { Decoder } from '../aggregate/collect.js';
 import type { FamilySpec, ProbeSpec } from './model.js';
 import { actionName, commandName, eventName, resultName, type KvmiAbi } from './kvmi-ids.js';
@@ -177,7 +177,7 @@ export const kvmiFamily: FamilySpec = {
       fields: [{ field: 'slots', metric: M.kvmiCommandTime, sumField: 'sum_ns' }],
     },
   ],
-  watchMaps: ['ev_pending', 'cmd_pending'],
+  watchMaps: ['hv_vm_seen', 'ev_pending', 'cmd_pending'],
   presentMetric: M.kvmiPresent,
   present: () => detectKvmi().reason,
   setup() {
@@ -185,6 +185,7 @@ export const kvmiFamily: FamilySpec = {
     if (d.abi) useKvmiAbi(d.abi);
     if (d.present) log('info', 'KVM introspection found', { abi: d.abi ?? `unknown, decoding as ${abi}`, functions: d.found.join(' ') });
   },
+  prepare: (_ctx, fam) => learnVms(fam), // names at first sight (vm-label.ts)
   collect(ctx, store, fam) {
     publishVmInfo(ctx, store);
     const un = fam.maps.get('kvmi_unpaired');

@@ -2,9 +2,13 @@
 // on this kernel; the function-level tiers (fentry/kprobe on __folio_end_writeback, the
 // uncharge functions) are declared here and carry the race indicators (bpf/src/memcg.bpf.c).
 import { M } from '../catalog.js';
-import { readMemoryStat, type MemoryStat } from '../cgroups.js';
+import { findMemoryHierarchy, memoryHierarchyId, readMemoryStat, type MemoryStat } from '../cgroups.js';
 import type { FamilySpec, ProbeSpec } from './model.js';
 import type { MetricStore, Series } from '../export/store.js';
+import type { CollectContext } from '../aggregate/collect.js';
+import type { FamilyView } from '../sources/source.js';
+import type { StructLayout } from '../../bpf/btf.js';
+import { log } from '../log.js';
 
 const family = 'memcg';
 
@@ -51,18 +55,71 @@ const probes: ProbeSpec[] = [
       { attach: 'tracepoint', target: 'writeback/folio_wait_writeback', programs: ['tp_folio_wait_writeback'] },
     ],
   },
+  {
+    name: 'cgroup_lifecycle', family,
+    description: 'Memory cgroups made and removed (path at mkdir, time of rmdir): names cgroups that are gone before a scrape',
+    candidates: [
+      { attach: 'tp_btf', target: 'cgroup_mkdir', programs: ['btf_cgroup_mkdir', 'btf_cgroup_rmdir'], targets: { btf_cgroup_rmdir: 'cgroup_rmdir' } },
+      { attach: 'tracepoint', target: 'cgroup/cgroup_mkdir', programs: ['tp_cgroup_mkdir', 'tp_cgroup_rmdir'], targets: { tp_cgroup_rmdir: 'cgroup/cgroup_rmdir' } },
+    ],
+  },
 ];
-
 
 const STAT_PER_SCRAPE = 256;
 /** memory.stat as last read, per agent (its store) and cgroup path. */
 const statCaches = new WeakMap<MetricStore, Map<string, { readAt: number; st: MemoryStat }>>();
+
+// ---- cgroup first sight: bpf/src/memcg.bpf.c cgroup_seen -> the shared CgroupResolver ----
+const seenLayouts = new WeakMap<FamilyView, StructLayout | null>();
+/** Removed cgroups whose linger ended with no stats entry left to retire them: forgotten at
+ * the next collection, once every family has decoded with them. */
+let pendingRetire: bigint[] = [];
+
+function learnCgroups(ctx: CollectContext, fam: FamilyView): void {
+  const r = ctx.cgroups?.resolver;
+  const map = fam.maps.get('cgroup_seen');
+  if (!r || !map) return;
+  for (const id of pendingRetire) if (r.life(id, ctx.now, false) === 'expired') r.retire(id);
+  pendingRetire = [];
+  let lay = seenLayouts.get(fam);
+  if (lay === undefined) seenLayouts.set(fam, (lay = fam.btf.structLayout('cgroup_seen') ?? null));
+  if (!lay) return;
+  const off = (name: string): number => lay.fields.find((f) => f.name === name)!.offset;
+  const [oRemoved, oLen, oTrunc, oPath] = [off('removed_ns'), off('path_len'), off('truncated'), off('path')];
+  for (const [k, v] of map.entries()) {
+    const id = k.readBigUInt64LE(0);
+    const removed = v.readBigUInt64LE(oRemoved) !== 0n;
+    if (removed && r.life(id, ctx.now, false) === 'expired') {
+      map.delete(k); // its linger is over (the decoders retire its stats entries)
+      pendingRetire.push(id);
+      continue;
+    }
+    const len = Math.min(v.readUInt32LE(oLen), v.length - oPath);
+    const path = len > 0 && v.readUInt32LE(oTrunc) === 0 ? v.toString('utf8', oPath, oPath + len) : undefined;
+    r.learn(id, path, removed, ctx.now);
+  }
+}
 
 export const memcgFamily: FamilySpec = {
   name: family,
   object: 'memcg.bpf.o',
   probes,
   sizes: { memcg_stats: 'perObject' },
+  watchMaps: ['cgroup_seen'],
+  setup(fam, cfg) {
+    const h = findMemoryHierarchy();
+    const id = h && memoryHierarchyId(h);
+    if (id === undefined) {
+      log('warn', 'memory hierarchy id not found in /proc/self/cgroup: cgroups are named by cgroupfs walks only', {});
+      return;
+    }
+    const k = Buffer.alloc(4);
+    const v = Buffer.alloc(4);
+    v.writeUInt32LE(id + 1);
+    fam.maps.get('cgroup_seen_cfg')!.update(k, v);
+    void cfg;
+  },
+  prepare: learnCgroups,
   maps: [
     {
       map: 'memcg_stats',

@@ -2,10 +2,20 @@
 // keyed by tgid in the BPF maps and named from its command line (agent/vms.ts). One module,
 // so the families agree on names, share one cardinality slot per VM, and publish one
 // hvwatch_kvm_vm_info.
+//
+// Identity at first sight (README "Series lifecycle"): the BPF side records each new VMM's
+// command line and start time in hv_vm_seen (bpf/src/hvwatch.h) the first time one of its
+// keys is inserted, so a VM that exits before any scrape is still named as its operator
+// named it. While the process lives, /proc is asked as before (argv beyond the recorded
+// bytes, the exe link, the cgroup); once it is gone, the first-sight record names it, and
+// its series linger for kvm.exitedVmSeconds before they go.
 import { M } from '../catalog.js';
-import { VmResolver, type VmIdentity } from '../vms.js';
-import type { CollectContext, Decoder } from '../aggregate/collect.js';
+import { VmResolver, parseVmIdentity, pidIdentity, type VmIdentity } from '../vms.js';
+import { RETIRE_INTO_OTHER, type CollectContext, type Decoder } from '../aggregate/collect.js';
+import { OVERFLOW_VALUE } from '../aggregate/budget.js';
 import type { MetricStore, Series } from '../export/store.js';
+import type { FamilyView, MapView } from '../sources/source.js';
+import type { StructLayout } from '../../bpf/btf.js';
 
 interface Vm {
   /** The label value: the VM's name, or "_other" past the cardinality budget. */
@@ -69,19 +79,95 @@ export const vmDecoder: Decoder = (raw, ctx) => {
 
 function resolve(pid: number, ctx: CollectContext): Vm | null {
   const id = identity(pid);
-  const prev = known.get(pid);
+  let prev = known.get(pid);
+  const first = firstSight.get(pid);
   if (id) {
-    if (prev && prev.id !== id.name) ctx.budget.release('vm', prev.id); // the pid was reused
-    const vm = { name: ctx.budget.admit('vm', id.name), id: id.name, source: id.source };
+    // A pid-only answer (argv unreadable, or rewritten) loses to the name seen at first sight.
+    const best = id.source === 'pid' && first?.identity ? first.identity : id;
+    if (prev && prev.id !== best.name) ctx.budget.release('vm', prev.id); // the pid was reused
+    const vm = { name: ctx.budget.admit('vm', best.name), id: best.name, source: best.source };
     known.set(pid, vm);
     return vm;
   }
-  if (!prev) return null;
+  if (!prev) {
+    // Gone before any collection saw it alive: named from its first sight (or pid-N when
+    // that could not be recorded), and it lingers like any exited VM.
+    const named = first?.identity ?? pidIdentity(pid);
+    prev = { name: ctx.budget.admit('vm', named.name), id: named.name, source: named.source };
+    known.set(pid, prev);
+  }
   prev.goneAt ??= ctx.now;
   if (ctx.now - prev.goneAt < lingerMs) return prev;
   ctx.budget.release('vm', prev.id);
   known.delete(pid);
-  return null;
+  retire(pid);
+  return prev.name === OVERFLOW_VALUE ? { ...prev, name: RETIRE_INTO_OTHER } : null;
+}
+
+// ---- first sight (hv_vm_seen) ----
+
+interface FirstSight {
+  /** /proc/PID/stat field 22 (clock ticks) of the VMM, from task_struct.start_boottime. */
+  startTicks: number;
+  identity?: VmIdentity;
+}
+
+/** By tgid: what the BPF side recorded when it first saw the VMM. */
+const firstSight = new Map<number, FirstSight>();
+/** Every family's hv_vm_seen map: an exited VM's record is deleted from all of them. */
+const seenMaps = new Set<MapView>();
+const seenLayouts = new WeakMap<FamilyView, StructLayout | null>();
+// USER_HZ: /proc/PID/stat reports start_boottime with nsec_to_clock_t (fs/proc/array.c
+// do_task_stat, v6.18), and USER_HZ is 100 on every Linux architecture we build for.
+const NS_PER_TICK = 10_000_000n;
+/** Beyond the linger, before an unclaimed first-sight record is swept. */
+const SWEEP_GRACE_MS = 60_000;
+
+function retire(pid: number): void {
+  firstSight.delete(pid);
+  const k = Buffer.alloc(4);
+  k.writeUInt32LE(pid);
+  for (const m of seenMaps) m.delete(k);
+}
+
+/** The argv recorded at first sight; a truncated record loses its last, partial, word. */
+export function argvOfRecord(bytes: Buffer, truncated: boolean): string[] {
+  const argv = bytes.toString('utf8').split('\0');
+  if (truncated || argv.at(-1) === '') argv.pop();
+  return argv;
+}
+
+/**
+ * Reads a VM family's hv_vm_seen records (call from the family's prepare hook, before its
+ * maps are decoded). Records are decoded by the struct's layout in the object's BTF.
+ */
+export function learnVms(fam: FamilyView): void {
+  const map = fam.maps.get('hv_vm_seen');
+  if (!map) return;
+  let lay = seenLayouts.get(fam);
+  if (lay === undefined) seenLayouts.set(fam, (lay = fam.btf.structLayout('hv_vm_seen') ?? null));
+  if (!lay) return;
+  seenMaps.add(map);
+  const off = (name: string): number => lay.fields.find((f) => f.name === name)!.offset;
+  const [oStart, oSeen, oLen, oTrunc, oCmd] = [off('start_boottime_ns'), off('seen_ns'), off('cmdline_len'), off('truncated'), off('cmdline')];
+  const nowNs = process.hrtime.bigint(); // CLOCK_MONOTONIC, as bpf_ktime_get_ns
+  for (const [k, v] of map.entries()) {
+    const pid = k.readUInt32LE(0);
+    const startTicks = Number(v.readBigUInt64LE(oStart) / NS_PER_TICK);
+    // A record no stats entry carries (its insert found the stats map full) is never retired
+    // by the decoders: sweep it once it is older than a linger and its process is gone (live
+    // only: a replayed trace's clock and processes are not this host's).
+    if (identity === fromProc && !known.has(pid) && nowNs - v.readBigUInt64LE(oSeen) > BigInt(lingerMs + SWEEP_GRACE_MS) * 1_000_000n && vms.startTime(pid) !== startTicks) {
+      map.delete(k);
+      firstSight.delete(pid);
+      continue;
+    }
+    const had = firstSight.get(pid);
+    if (had && had.startTicks === startTicks && had.identity) continue;
+    const len = Math.min(v.readUInt32LE(oLen), v.length - oCmd);
+    const argv = len > 0 ? argvOfRecord(v.subarray(oCmd, oCmd + len), v.readUInt32LE(oTrunc) !== 0) : [];
+    firstSight.set(pid, { startTicks, identity: argv.length > 0 ? parseVmIdentity(argv) : undefined });
+  }
 }
 
 /** hvwatch_kvm_vm_info from the VMs decoded in this collection, by any family. Each VM
@@ -89,6 +175,6 @@ function resolve(pid: number, ctx: CollectContext): Vm | null {
 export function publishVmInfo(ctx: CollectContext, store: MetricStore): void {
   begin(ctx);
   const info: Series[] = [];
-  for (const [pid, vm] of seen) if (vm) info.push({ labels: { vm: vm.name, pid: String(pid), source: vm.source }, value: 1 });
+  for (const [pid, vm] of seen) if (vm && vm.name !== RETIRE_INTO_OTHER) info.push({ labels: { vm: vm.name, pid: String(pid), source: vm.source }, value: 1 });
   store.replace(M.kvmVmInfo, info);
 }

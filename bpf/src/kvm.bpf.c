@@ -191,6 +191,7 @@ struct {
 } kvm_cfg SEC(".maps");
 
 DEFINE_ERROR_MAP();
+DEFINE_VM_SEEN_MAP();
 
 /* ---- pending halves of pairs, per thread (LRU: a dead thread's entry ages out) ---- */
 
@@ -282,7 +283,7 @@ static __always_inline void count_unpaired(u32 which)
 static __always_inline struct vm_stats *vm_stats(u32 tgid)
 {
 	struct vm_key k = { .tgid = tgid };
-	return lookup_or_init(&kvm_vms, &k, &zero_vm, &hv_errors);
+	return lookup_or_init_vm_seen(&kvm_vms, &k, &zero_vm, k.tgid);
 }
 
 /* ---- the logic: plain values in, map updates out ---- */
@@ -290,14 +291,14 @@ static __always_inline struct vm_stats *vm_stats(u32 tgid)
 static __always_inline void handle_exit(u32 tid, u32 tgid, u64 now, u32 vcpu_id, u32 isa, u32 reason)
 {
 	struct exit_key k = { .tgid = tgid, .isa = isa, .reason = reason };
-	struct exit_stats *s = lookup_or_init(&kvm_exits, &k, &zero_exit, &hv_errors);
+	struct exit_stats *s = lookup_or_init_vm_seen(&kvm_exits, &k, &zero_exit, k.tgid);
 	if (s)
 		s->exits++;
 	u32 zero = 0;
 	u32 *per_vcpu = bpf_map_lookup_elem(&kvm_cfg, &zero);
 	if (per_vcpu && *per_vcpu) {
 		struct vcpu_key vk = { .tgid = tgid, .vcpu_id = vcpu_id };
-		u64 *c = lookup_or_init(&kvm_vcpu_exits, &vk, &zero_u64, &hv_errors);
+		u64 *c = lookup_or_init_vm_seen(&kvm_vcpu_exits, &vk, &zero_u64, vk.tgid);
 		if (c)
 			(*c)++;
 	}
@@ -326,7 +327,7 @@ static __always_inline void handle_userspace_exit(u32 tid, u32 tgid, u64 now, u3
 	if (err < 0)
 		reason = err == -4 /* EINTR */ ? UEXIT_RESTART : UEXIT_ERROR;
 	struct uexit_key k = { .tgid = tgid, .reason = reason };
-	struct uexit_stats *s = lookup_or_init(&kvm_uexits, &k, &zero_uexit, &hv_errors);
+	struct uexit_stats *s = lookup_or_init_vm_seen(&kvm_uexits, &k, &zero_uexit, k.tgid);
 	if (s)
 		s->exits++;
 	struct user_pending p = { .ns = now, .tgid = tgid, .reason = reason };
@@ -389,7 +390,7 @@ static __always_inline void handle_emulate(u32 tgid, u32 failed)
 static __always_inline void count_nested(u32 tgid, u32 isa, u32 reason, bool l1)
 {
 	struct exit_key k = { .tgid = tgid, .isa = isa, .reason = reason };
-	struct nested_stats *s = lookup_or_init(&kvm_nested, &k, &zero_nested, &hv_errors);
+	struct nested_stats *s = lookup_or_init_vm_seen(&kvm_nested, &k, &zero_nested, k.tgid);
 	if (!s)
 		return;
 	if (l1)
@@ -460,7 +461,7 @@ static __always_inline void handle_nested_intr(u32 tgid)
 static __always_inline void handle_vmenter_failed(u32 tgid, u64 hash)
 {
 	struct fail_key k = { .tgid = tgid, .msg_hash = hash };
-	u64 *c = lookup_or_init(&kvm_vmenter_failures, &k, &zero_u64, &hv_errors);
+	u64 *c = lookup_or_init_vm_seen(&kvm_vmenter_failures, &k, &zero_u64, k.tgid);
 	if (c)
 		(*c)++;
 }
@@ -487,7 +488,7 @@ static __always_inline void handle_ioctl_enter(u32 tid, u32 tgid, u64 now, u32 c
 static __always_inline void handle_nstate_done(struct ioctl_pending *p, u64 now, s64 ret, u16 flags, bool flags_read)
 {
 	struct nstate_key k = { .tgid = p->tgid, .op = p->op, .err = ret < 0 ? (u32)-ret : 0 };
-	struct nstate_stats *s = lookup_or_init(&kvm_nstate, &k, &zero_nstate, &hv_errors);
+	struct nstate_stats *s = lookup_or_init_vm_seen(&kvm_nstate, &k, &zero_nstate, k.tgid);
 	if (!s)
 		return;
 	s->ops++;
@@ -711,6 +712,7 @@ enum kvm_test_op {
 	T_NESTED_VMENTER = 10,
 	T_NESTED_INTR = 11,
 	T_VMENTER_FAILED = 12, /* msg in `msg` */
+	T_FIRST_SIGHT = 13,    /* `reason` times: forget the caller's tgid, then see it first (bench/first-sight.ts) */
 };
 
 struct kvm_test_args {
@@ -752,6 +754,14 @@ int test_kvm(struct kvm_test_args *ctx)
 	case T_NESTED_VMENTER: handle_nested_vmenter(a.tid, a.tgid, a.now); break;
 	case T_NESTED_INTR: handle_nested_intr(a.tgid); break;
 	case T_VMENTER_FAILED: on_vmenter_failed(a.tgid, ctx->msg); break;
+	case T_FIRST_SIGHT: {
+		u32 me = bpf_get_current_pid_tgid() >> 32;
+		for (u32 i = 0; i < 256 && i < a.reason; i++) {
+			bpf_map_delete_elem(&hv_vm_seen, &me);
+			vm_first_sight(&hv_vm_seen, &hv_vm_seen_zero, &hv_errors, me);
+		}
+		break;
+	}
 	default: return -1;
 	}
 	return 0;

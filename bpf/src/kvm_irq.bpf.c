@@ -108,6 +108,7 @@ struct {
 } irq_counters SEC(".maps");
 
 DEFINE_ERROR_MAP();
+DEFINE_VM_SEEN_MAP();
 
 /* ---- state ---- */
 
@@ -182,7 +183,7 @@ static __always_inline void count(u32 which)
 static __always_inline struct irq_vm_stats *stats_of(u32 tgid)
 {
 	struct irq_vm_key k = { .tgid = tgid };
-	return lookup_or_init(&irq_vms, &k, &zero_stats, &hv_errors);
+	return lookup_or_init_vm_seen(&irq_vms, &k, &zero_stats, k.tgid);
 }
 
 static __always_inline u64 next_gen(void)

@@ -172,6 +172,7 @@ struct {
 } kvmi_unpaired SEC(".maps");
 
 DEFINE_ERROR_MAP();
+DEFINE_VM_SEEN_MAP();
 
 /* ---- pending halves ---- */
 
@@ -228,7 +229,7 @@ static __always_inline void count_unpaired(u32 which)
 static __always_inline void handle_event_send(u64 vcpu, u32 tid, u32 tgid, u64 now, u32 event)
 {
 	struct ev_key k = { .tgid = tgid, .event = event };
-	struct ev_stats *s = lookup_or_init(&kvmi_events, &k, &zero_ev, &hv_errors);
+	struct ev_stats *s = lookup_or_init_vm_seen(&kvmi_events, &k, &zero_ev, k.tgid);
 	if (s)
 		s->sent++;
 	struct ev_pending n = { .start_ns = now, .tid = tid, .tgid = tgid, .event = event };
@@ -253,7 +254,7 @@ static __always_inline void handle_event_done(u64 vcpu, u32 tid, u64 now, s64 er
 		return;
 	}
 	struct ev_key k = { .tgid = p->tgid, .event = p->event };
-	struct ev_stats *s = lookup_or_init(&kvmi_events, &k, &zero_ev, &hv_errors);
+	struct ev_stats *s = lookup_or_init_vm_seen(&kvmi_events, &k, &zero_ev, k.tgid);
 	if (s) {
 		if (err == 0)
 			hist_add(s->reply_slots, &s->reply_sum_ns, now - p->start_ns);
@@ -262,7 +263,7 @@ static __always_inline void handle_event_done(u64 vcpu, u32 tid, u64 now, s64 er
 	}
 	if (err == 0) {
 		struct reply_key rk = { .tgid = p->tgid, .event = p->event, .action = action };
-		u64 *c = lookup_or_init(&kvmi_replies, &rk, &zero_u64, &hv_errors);
+		u64 *c = lookup_or_init_vm_seen(&kvmi_replies, &rk, &zero_u64, rk.tgid);
 		if (c)
 			(*c)++;
 	}
@@ -279,7 +280,7 @@ static __always_inline u64 event_vcpu_of(u32 tid)
 static __always_inline void handle_unhook(u32 tgid)
 {
 	struct vm_key k = { .tgid = tgid };
-	u64 *c = lookup_or_init(&kvmi_unhooks, &k, &zero_u64, &hv_errors);
+	u64 *c = lookup_or_init_vm_seen(&kvmi_unhooks, &k, &zero_u64, k.tgid);
 	if (c)
 		(*c)++;
 }
@@ -297,7 +298,7 @@ static __always_inline void handle_cmd_start(u32 tid, u64 now, u32 id)
 static __always_inline void handle_cmd_reply(u32 tid, u32 tgid, u64 now, u32 id, s32 err)
 {
 	struct cmd_key k = { .tgid = tgid, .command = id, .result = err };
-	u64 *c = lookup_or_init(&kvmi_commands, &k, &zero_u64, &hv_errors);
+	u64 *c = lookup_or_init_vm_seen(&kvmi_commands, &k, &zero_u64, k.tgid);
 	if (c)
 		(*c)++;
 	struct cmd_pending *p = bpf_map_lookup_elem(&cmd_pending, &tid);
@@ -305,7 +306,7 @@ static __always_inline void handle_cmd_reply(u32 tid, u32 tgid, u64 now, u32 id,
 		return; /* no dispatch hook attached, or nothing dispatched on this thread */
 	if ((p->id == id || p->id == CMD_ANY) && now >= p->ns) {
 		struct cmd_time_key tk = { .tgid = tgid, .command = id };
-		struct cmd_time *t = lookup_or_init(&kvmi_command_time, &tk, &zero_cmd_time, &hv_errors);
+		struct cmd_time *t = lookup_or_init_vm_seen(&kvmi_command_time, &tk, &zero_cmd_time, tk.tgid);
 		if (t)
 			hist_add(t->slots, &t->sum_ns, now - p->ns);
 	} else {

@@ -334,6 +334,109 @@ struct memcg_test_args {
 	u32 _pad;
 };
 
+/* ---- cgroup first sight (DESIGN principle 8, bpf/src/hvwatch.h "First sight") ----
+ * cgroup:cgroup_mkdir / cgroup:cgroup_rmdir fire once per cgroup directory made or removed
+ * (kernel/cgroup/cgroup.c cgroup_mkdir / cgroup_destroy_locked, TRACE_CGROUP_PATH; record
+ * layout in include/trace/events/cgroup.h, v6.18: root = hierarchy id, id = kernfs id,
+ * path relative to the hierarchy's root). The path of a memory cgroup made and removed
+ * between two scrapes is kept here, so its counts are named after it is gone, and the
+ * removal is seen without a cgroupfs walk. Rare events: a few per container start/stop. */
+#define CGROUP_PATH_BYTES 256
+
+struct cgroup_seen {
+	u64 created_ns; /* bpf_ktime_get_ns() at mkdir; 0 when the cgroup predates the probe */
+	u64 removed_ns; /* at rmdir; 0 while it exists */
+	u32 path_len;   /* bytes of path; 0: could not be read */
+	u32 truncated;  /* the path filled the buffer (the agent then prefers a cgroupfs walk) */
+	char path[CGROUP_PATH_BYTES];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096); /* the agent deletes entries after their linger; full: counted, then cgroupfs walks */
+	__type(key, u64);          /* cgroup id, as memcg_stats */
+	__type(value, struct cgroup_seen);
+} cgroup_seen SEC(".maps");
+
+/* [0]: hierarchy id of the memory controller's hierarchy + 1 (0 for cgroup v2, as in
+ * /proc/PID/cgroup); 0 = not configured, record nothing. Set by the agent at setup. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, u32);
+} cgroup_seen_cfg SEC(".maps");
+
+static const struct cgroup_seen zero_cgroup_seen;
+
+/* path: a kernel pointer (the tracepoint's argument, or the classic record's string). */
+static __always_inline void handle_cgroup_change(int root, u64 id, const char *path, int removed, u64 now)
+{
+	u32 zero = 0;
+	u32 *want = bpf_map_lookup_elem(&cgroup_seen_cfg, &zero);
+	if (!want || *want != (u32)root + 1)
+		return;
+	struct cgroup_seen *v = bpf_map_lookup_elem(&cgroup_seen, &id);
+	if (!v) {
+		if (bpf_map_update_elem(&cgroup_seen, &id, &zero_cgroup_seen, BPF_NOEXIST) && !bpf_map_lookup_elem(&cgroup_seen, &id)) {
+			count_error(&hv_errors, HV_ERR_MAP_FULL);
+			return;
+		}
+		v = bpf_map_lookup_elem(&cgroup_seen, &id);
+		if (!v)
+			return;
+		long n = bpf_probe_read_kernel_str(v->path, sizeof(v->path), path);
+		if (n > 1) {
+			v->path_len = n - 1;
+			v->truncated = n >= CGROUP_PATH_BYTES;
+		}
+		if (!removed)
+			v->created_ns = now;
+	}
+	if (removed)
+		v->removed_ns = now;
+}
+
+static __always_inline void btf_cgroup_change(struct cgroup *cgrp, const char *path, int removed)
+{
+	handle_cgroup_change(BPF_CORE_READ(cgrp, root, hierarchy_id), BPF_CORE_READ(cgrp, kn, id), path, removed, bpf_ktime_get_ns());
+}
+
+SEC("tp_btf/cgroup_mkdir")
+int BPF_PROG(btf_cgroup_mkdir, struct cgroup *cgrp, const char *path)
+{
+	btf_cgroup_change(cgrp, path, 0);
+	return 0;
+}
+
+SEC("tp_btf/cgroup_rmdir")
+int BPF_PROG(btf_cgroup_rmdir, struct cgroup *cgrp, const char *path)
+{
+	btf_cgroup_change(cgrp, path, 1);
+	return 0;
+}
+
+/* __data_loc: low 16 bits the offset of the string in the record, high 16 its length. */
+static __always_inline void tp_cgroup_change(struct trace_event_raw_cgroup *ctx, int removed)
+{
+	u32 loc = ctx->__data_loc_path;
+	handle_cgroup_change(ctx->root, ctx->id, (const char *)ctx + (loc & 0xffff), removed, bpf_ktime_get_ns());
+}
+
+SEC("tracepoint/cgroup/cgroup_mkdir")
+int tp_cgroup_mkdir(struct trace_event_raw_cgroup *ctx)
+{
+	tp_cgroup_change(ctx, 0);
+	return 0;
+}
+
+SEC("tracepoint/cgroup/cgroup_rmdir")
+int tp_cgroup_rmdir(struct trace_event_raw_cgroup *ctx)
+{
+	tp_cgroup_change(ctx, 1);
+	return 0;
+}
+
 SEC("syscall")
 int test_memcg_handler(struct memcg_test_args *a)
 {

@@ -144,6 +144,18 @@ echo "t_delete_settled=$(ts)"
 echo '<<<metrics-final'; get "$URL/metrics"; echo 'metrics-final>>>'
 echo '<<<races'; get "$URL/api/races"; echo; echo 'races>>>'
 
+# ---- a cgroup made, written with fsync and removed between two scrapes (first sight, issue 17) ----
+CG2=$CG-gone
+mkdir "$CG2" || fail "mkdir $CG2"
+f2=/mnt/wb/gone
+touch $f2 && ino2=$(stat -c %i $f2)
+if [ -d $EV ]; then echo "ino == $ino2" > $EV/filter && echo > $TR/trace && echo 1 > $EV/enable; fi
+bash -c 'echo $$ > "$0/cgroup.procs" && exec dd if=/dev/zero of="$1" bs=1M count=4 conv=fsync,notrunc status=none' "$CG2" "$f2" || fail "dd in $CG2 status $?"
+if [ -d $EV ]; then echo 0 > $EV/enable; echo "gone_dirtied_folios=$(grep -c 'writeback_dirty_folio:' $TR/trace)"; fi
+rmdir "$CG2" || fail "rmdir $CG2"
+sleep 1
+echo '<<<metrics-gone'; get "$URL/metrics"; echo 'metrics-gone>>>'
+
 kill $AG; wait $AG; echo "agent_exit=$?"
 echo '<<<agent-stderr'; cat "$tmp/agent.err"; echo 'agent-stderr>>>'
 echo "t_end=$(ts)"
@@ -157,6 +169,7 @@ interface GuestRun {
   kv: Record<string, string>;
   write: Sample[]; // scrape after the write settled
   final: Sample[]; // scrape after the delete settled
+  gone: Sample[]; // the first scrape after a cgroup was made, written and removed
   races: unknown;
   racesText: string;
   agentStderr: string;
@@ -171,7 +184,7 @@ function parseGuest(g: GuestResult): GuestRun {
   const racesText = between(g.stdout, 'races')?.trim() ?? '';
   let races: unknown;
   try { races = JSON.parse(racesText); } catch { races = `unparseable: ${racesText}`; }
-  return { g, kv, write: scrape('metrics-write'), final: scrape('metrics-final'), races, racesText, agentStderr: between(g.stdout, 'agent-stderr') ?? '' };
+  return { g, kv, write: scrape('metrics-write'), final: scrape('metrics-final'), gone: scrape('metrics-gone'), races, racesText, agentStderr: between(g.stdout, 'agent-stderr') ?? '' };
 }
 
 const hist = (s: Sample[], name: string): { count: number; sum: number } =>
@@ -276,6 +289,19 @@ for (const [k, skip] of plan) {
       t.true(dur.sum > 0, 'uncharge duration sum > 0');
     }
     t.true(Number(kv['file_bytes_after_delete']) < Number(kv['file_bytes_after_write']) / 4, 'the cgroup\'s page cache went away');
+  });
+
+  run(title('a cgroup made, written with fsync and removed between two scrapes: its folios\' writeback is exact under its path (first sight)'), async (t) => {
+    const r = await guest(t, k);
+    if (!r) return;
+    const { kv, gone } = r;
+    const labels = { cgroup: `/${CGROUP}-gone` };
+    const count = value(gone, `${M.memcgWbLatency.name}_count`, labels);
+    const dirtied = Number(kv['gone_dirtied_folios']);
+    t.log(`removed cgroup: writeback latency count ${count}, folios dirtied (tracepoint) ${kv['gone_dirtied_folios']}; cgroup_lifecycle via ${attachedVia(gone, 'cgroup_lifecycle')}`);
+    t.truthy(attachedVia(gone, 'cgroup_lifecycle'));
+    t.true(dirtied > 0, 'the write dirtied folios');
+    t.is(count, dirtied, 'every folio it wrote back, under its path although it was gone');
   });
 
   run(title('the clean workload counts zero race events of every kind and /api/races is []'), async (t) => {
