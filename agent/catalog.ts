@@ -123,9 +123,9 @@ export const M = {
   memcgUnchargeBatchPages: hist('memcg', 'hvwatch_memcg_uncharge_batch_pages', CG,
     'Pages per uncharge batch, per memory cgroup (uncharge_batch, or PGPGOUT batch sizes on cgroup v1); its count is the batches, its sum the pages uncharged.', 'pages', PAGES),
   memcgStatDirty: def('memcg', 'hvwatch_memcg_stat_dirty_bytes', 'gauge', CG,
-    'Dirty page cache of the cgroup, from memory.stat at scrape time.', 'bytes'),
+    'Dirty page cache of the cgroup, from memory.stat (re-read per scrape for new cgroups and the oldest eighth, at least 256).', 'bytes'),
   memcgStatWriteback: def('memcg', 'hvwatch_memcg_stat_writeback_bytes', 'gauge', CG,
-    'Page cache under writeback in the cgroup, from memory.stat at scrape time.', 'bytes'),
+    'Page cache under writeback in the cgroup, from memory.stat (re-read per scrape for new cgroups and the oldest eighth, at least 256).', 'bytes'),
 
   // ---- memcg family, function tiers (fentry/kprobe) and race indicators ----
   memcgWbLatency: hist('memcg_fn', 'hvwatch_memcg_writeback_latency_seconds', CG,
