@@ -126,6 +126,7 @@ export class Agent {
     const decode = this.eventDecoders.get(fam.spec.name);
     if (!ev || !decode) return;
     let suppressed = 0;
+    const now = Date.now();
     const ctx: EventContext = {
       store: this.store,
       resolveCgroup: (id) => this.cgroups?.resolver.resolve(BigInt(id)) ?? UNKNOWN_CGROUP,
@@ -139,7 +140,7 @@ export class Agent {
         this.races.push(record);
         if (this.races.length > RACE_LOG_SIZE) this.races.shift();
         if (!logEnabled('warn')) return;
-        if (!this.raceLines.take()) {
+        if (!this.raceLines.take(now)) {
           suppressed++;
           return;
         }

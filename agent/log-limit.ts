@@ -7,18 +7,14 @@ export class LogLimiter {
   private last: number;
   private held = 0;
 
-  constructor(
-    private readonly burst: number,
-    private readonly perSecond: number,
-    private readonly now: () => number = Date.now,
-  ) {
+  constructor(private readonly burst: number, private readonly perSecond: number, now = Date.now()) {
     this.tokens = burst;
-    this.last = now();
+    this.last = now;
   }
 
-  /** Whether this line may be written; when not, it is counted as suppressed. */
-  take(): boolean {
-    const t = this.now();
+  /** Whether this line may be written; when not, it is counted as suppressed. `t` (ms) is
+   * the caller's clock, read once per batch of events rather than once per line. */
+  take(t: number): boolean {
     if (this.tokens < 1) {
       this.tokens = Math.min(this.burst, this.tokens + ((t - this.last) / 1000) * this.perSecond);
       this.last = t;
