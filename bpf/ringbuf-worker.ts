@@ -29,6 +29,7 @@ export interface WorkerInit { rings: WorkerRing[]; stop: SharedArrayBuffer; batc
 export type WorkerMessage =
   | { type: 'batch'; ring: number; data: ArrayBuffer }
   | { type: 'error'; ring?: number; message: string }
+  | { type: 'ready' }
   | { type: 'stopped' };
 
 const init = workerData as WorkerInit;
@@ -178,6 +179,7 @@ function run(): void {
     }
   });
   const events = Buffer.alloc(EPOLL_EVENT_SIZE * Math.max(1, rings.length));
+  post({ type: 'ready' });
   try {
     while (rings.length > 0 && Atomics.load(stop, 0) === 0) {
       const now = Date.now();

@@ -83,6 +83,10 @@ export class RingBufferReader {
   private readonly stopFlag = new SharedArrayBuffer(4);
   private stopped: Promise<void> | undefined;
   private stopping = false;
+  private markReady: (() => void) | undefined;
+  /** Resolves once the worker has mapped every ring and waits on them (or has died):
+   * until then nothing drains them, and a ring fills in about 33 ms at 100,000 events/s. */
+  readonly ready: Promise<void> = new Promise((resolve) => (this.markReady = resolve));
   /** Errors that concern no single ring (the worker itself). */
   errors: string[] = [];
 
@@ -100,7 +104,11 @@ export class RingBufferReader {
   }
 
   start(): void {
-    if (this.worker || this.rings.length === 0) return;
+    if (this.worker) return;
+    if (this.rings.length === 0) {
+      this.markReady?.();
+      return;
+    }
     const init: WorkerInit = {
       rings: this.rings.map((r) => ({ fd: r.mapFd, size: r.size })),
       stop: this.stopFlag,
@@ -113,15 +121,19 @@ export class RingBufferReader {
     this.stopped = new Promise((resolve) => {
       worker.on('message', (m: WorkerMessage) => {
         if (m.type === 'batch') this.rings[m.ring]?.deliver(m.data);
+        else if (m.type === 'ready') {
+          this.markReady?.();
+          if (!this.stopping) worker.unref(); // from here on the agent's own handles decide its life
+        }
         else if (m.type === 'error') this.fail(m.message, m.ring);
       });
       worker.on('error', (e) => this.fail(`ring buffer worker died: ${String(e)}`));
       worker.on('exit', (code) => {
+        this.markReady?.();
         if (!this.stopping) this.fail(`ring buffer worker exited (code ${code}) before it was stopped`);
         resolve();
       });
     });
-    worker.unref();
   }
 
   private fail(message: string, ring?: number): void {

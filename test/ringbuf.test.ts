@@ -50,7 +50,7 @@ test('one worker thread reads two objects\' ring buffers, each ring\'s records t
   const before = threads();
   rb.start();
   t.teardown(() => rb.stop());
-  await until(() => threads() > before, 2000);
+  await rb.ready;
   t.is(threads() - before, 1, 'one worker thread for both rings');
   // 16 KiB hold 512 records of 32 bytes: 15 rounds of 400 wrap each data area 11 times.
   for (let round = 0; round < 15; round++) {
@@ -73,6 +73,21 @@ test('a map that is not a ring buffer is refused with its type, before any worke
   const err = t.throws(() => rb.add(o.map('counters').fd, () => undefined));
   t.regex(err!.message, /map fd \d+ is of type 6, not a BPF ring buffer \(27\)/);
   t.is(rb.ringCount, 0);
+});
+
+test('a ring the worker cannot map is reported on that ring, and a worker left with nothing to read is reported dead', async (t) => {
+  const o = loaded();
+  const rb = new RingBufferReader();
+  const errors: string[] = [];
+  const ring = rb.add(o.map('events').fd, () => undefined, { onError: (m) => errors.push(m) });
+  o.close(); // the fd is gone before the worker maps it
+  rb.start();
+  await rb.ready;
+  await until(() => errors.length >= 2, 2000);
+  t.regex(errors[0]!, /mmap of the ring buffer \(fd \d+, \d+ bytes at 0\) failed: .* \(errno \d+\)/);
+  t.regex(errors[1]!, /ring buffer worker exited \(code 0\) before it was stopped/);
+  t.deepEqual(ring.errors, errors);
+  await rb.stop();
 });
 
 test('frame walk: discarded records are skipped, lengths come from the header, frames are 8-byte rounded', (t) => {

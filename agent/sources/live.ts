@@ -80,6 +80,12 @@ export class LiveSource implements Source {
     }
   }
 
+  /** Resolves when the ring-buffer worker drains every family's ring (start() returns
+   * before the worker thread has booted). */
+  eventsReady(): Promise<void> {
+    return this.reader?.ready ?? Promise.resolve();
+  }
+
   bpfStatsOn(): boolean {
     if (this.stats) return true;
     try {
