@@ -36,7 +36,7 @@ async function until(cond: () => boolean, ms = 5000): Promise<void> {
   while (!cond() && Date.now() < deadline) await sleep(10);
 }
 
-test('one worker thread reads two objects\' ring buffers, each ring\'s records to its own owner, in order, across many wraps', async (t) => {
+test.serial('one worker thread reads two objects\' ring buffers, each ring\'s records to its own owner, in order, across many wraps', async (t) => {
   const a = loaded();
   const b = loaded();
   t.teardown(() => { a.close(); b.close(); });
