@@ -179,7 +179,7 @@ function targetRows(r: Results): TargetRow[] {
         ? 'Measured by loading the families one at a time into an empty agent (this session): Node with the agent\'s imports is ~62 MB; ' +
           'memcg +1 MB, memcg_fn +13 MB (its ring-buffer worker thread is a second V8 isolate), kvm +2 MB, kvmi +82 MB (its presence check ' +
           'parses the vmlinux and every module BTF and the Btf cache keeps them), kvm_irq +11 MB; at scale the exposition\'s objects and strings add the rest. ' +
-          'Fix: detect KVMI from kallsyms or a name-only BTF scan and drop parsed BTF after start-up; one worker for all ring buffers; stream the exposition.'
+          'Since fixed: KVMI presence is a name-only scan (no parsed BTF kept), one worker thread reads every ring buffer. Left: stream the exposition.'
         : undefined,
     });
     rows.push({
