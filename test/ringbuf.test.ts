@@ -4,9 +4,11 @@
 // hand-made frames; the compiled event decoder against decodeStruct; the race log-line
 // limit, counted in hvwatch_log_lines_suppressed_total while /api/races keeps every event.
 import test from 'ava';
-import { readdirSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { BpfObject } from '../bpf/libbpf.js';
+import { BpfObject, possibleCpus } from '../bpf/libbpf.js';
+import { BENCH_DIR, compileBpf } from '../bench/common.js';
 import { Ring, RingBufferReader } from '../bpf/ringbuf.js';
 import { Btf, type StructLayout } from '../bpf/btf.js';
 import { BPF_BUILD_DIR } from '../agent/loader.js';
@@ -64,6 +66,51 @@ test.serial('one worker thread reads two objects\' ring buffers, each ring\'s re
   t.is(ringA.events + ringB.events, 12_000);
   t.is(a.map('hv_errors').handleForFd().counter(1), 0, 'no record refused while the reader keeps up');
   t.deepEqual([ringA.errors, ringB.errors, rb.errors], [[], [], []]);
+});
+
+test('records that wrap around the end of the data area arrive whole (the area is mapped twice): 88-byte frames in 256 KiB', async (t) => {
+  // bench/ringbuf_emit.bpf.c writes a 256-byte template with a u64 sequence number at
+  // seq_off; 80-byte records make 88-byte frames, which 262,144 is not a multiple of, so
+  // every lap of the ring ends with a frame split across its end.
+  const dir = mkdtempSync(join(tmpdir(), 'hvwatch-ringbuf-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const objPath = join(dir, 'ringbuf_emit.bpf.o');
+  compileBpf(join(BENCH_DIR, 'ringbuf_emit.bpf.c'), objPath);
+  const o = BpfObject.open(objPath);
+  t.teardown(() => o.close());
+  o.load();
+  const size = 80;
+  const tmpl = Buffer.alloc(256);
+  for (let i = 8; i < size; i++) tmpl[i] = i;
+  const v = Buffer.alloc(256 * possibleCpus);
+  for (let c = 0; c < possibleCpus; c++) tmpl.copy(v, c * 256);
+  o.map('tmpl').handleForFd().update(Buffer.alloc(4), v);
+  const args = Buffer.alloc(40);
+  args.writeUInt32LE(size, 16);
+  args.writeUInt32LE(0, 20); // seq at offset 0
+  let got = 0;
+  let bad = 0;
+  const rb = new RingBufferReader({ batchMs: 5 });
+  rb.add(o.map('events').fd, (recs) => {
+    for (const r of recs) {
+      if (r.length !== size || Number(r.readBigUInt64LE(0)) !== got || !r.subarray(8).equals(tmpl.subarray(8, size))) bad++;
+      got++;
+    }
+  });
+  rb.start();
+  t.teardown(() => rb.stop());
+  await rb.ready;
+  const perRound = 2000; // 176,000 bytes: each round goes 2/3 of the way round the ring
+  for (let round = 0; round < 12; round++) {
+    args.writeBigUInt64LE(BigInt(perRound), 0);
+    args.writeBigUInt64LE(BigInt(round * perRound), 8);
+    o.program('emit').testRun(args);
+    t.is(Number(args.readBigUInt64LE(24)), perRound, 'the kernel accepted every record');
+    await until(() => got >= (round + 1) * perRound);
+  }
+  await rb.stop();
+  t.is(got, 12 * perRound);
+  t.is(bad, 0, 'records out of order or with damaged bytes');
 });
 
 test('a map that is not a ring buffer is refused with its type, before any worker starts', (t) => {
