@@ -79,8 +79,15 @@ class Ring {
 
   constructor(readonly index: number, readonly size: number, fd: number, page: number) {
     if (size <= 0 || (size & (size - 1)) !== 0 || size % page !== 0) throw new Error(`ring size ${size} is not a power of 2 multiple of the page size`);
-    const consPtr = this.map(page, PROT_READ | PROT_WRITE, fd, 0);
-    const prodPtr = this.map(page + 2 * size, PROT_READ, fd, page);
+    let consPtr: unknown;
+    let prodPtr: unknown;
+    try {
+      consPtr = this.map(page, PROT_READ | PROT_WRITE, fd, 0);
+      prodPtr = this.map(page + 2 * size, PROT_READ, fd, page);
+    } catch (e) {
+      this.unmap(); // the consumer page, when only the second mapping failed
+      throw e;
+    }
     this.cons = new BigUint64Array(koffi.view(consPtr, 8));
     const prodArea = koffi.view(prodPtr, page + 2 * size);
     this.prod = new BigUint64Array(prodArea, 0, 1);
