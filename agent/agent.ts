@@ -1,7 +1,7 @@
 // The agent: loads the probe families, keeps the MetricStore current on each scrape, and
 // owns every kernel resource it created so that stop() leaves nothing attached.
 import { readFileSync } from 'node:fs';
-import { decodeStruct } from './aggregate/events.js';
+import { compileDecoder, type DecodedEvent } from './aggregate/events.js';
 import { M } from './catalog.js';
 import { MetricStore } from './export/store.js';
 import { LabelBudget } from './aggregate/budget.js';
@@ -13,17 +13,22 @@ import type { Loader, LoadedFamily, ProbeStatus } from './loader.js';
 import { FAMILIES } from './probes/index.js';
 import type { EventContext, FamilySpec, ProbeSpec } from './probes/model.js';
 import type { Config } from './config.js';
-import { log } from './log.js';
+import { log, logEnabled } from './log.js';
+import { LogLimiter } from './log-limit.js';
 import { kubeLabelerFor } from './k8s.js';
 import { LiveSource } from './sources/live.js';
 import { asLoaded, type FamilyView, type MapView, type Source } from './sources/source.js';
-import type { StructLayout } from '../bpf/btf.js';
 
 export const VERSION: string = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
 const GC_INTERVAL_MS = 10_000;
 /** How many race events the bounded log keeps (GET /api/races). */
 const RACE_LOG_SIZE = 256;
+// Race indicator log lines: a burst of 20, then 2 a second; the rest are counted
+// (hvwatch_log_lines_suppressed_total). A storm of races once cost one stderr write per
+// event, more than the decoding (bench/RESULTS.md).
+const RACE_LINES_BURST = 20;
+const RACE_LINES_PER_S = 2;
 // hv_errors indices (bpf/src/hvwatch.h enum hv_error).
 const HV_ERR_MAP_FULL = 0;
 const HV_ERR_RINGBUF_FULL = 1;
@@ -67,7 +72,8 @@ export class Agent {
   readonly cgroups: { resolver: CgroupResolver; hierarchy: MemoryHierarchy } | undefined;
   /** Where maps, events and host facts come from: live BPF, a recorder over it, or a trace. */
   readonly source: Source;
-  private readonly eventLayouts = new Map<string, StructLayout>();
+  private readonly eventDecoders = new Map<string, (record: Buffer) => DecodedEvent>();
+  private readonly raceLines = new LogLimiter(RACE_LINES_BURST, RACE_LINES_PER_S);
   /** The latest race events, newest last (GET /api/races). */
   readonly races: Record<string, unknown>[] = [];
   private lastGc = 0;
@@ -104,10 +110,11 @@ export class Agent {
         log('error', 'event ring buffer not usable; events of this family are lost', { family: fam.spec.name, map: ev.map, struct: ev.struct });
         continue;
       }
-      this.eventLayouts.set(fam.spec.name, layout);
+      this.eventDecoders.set(fam.spec.name, compileDecoder(layout));
       this.store.inc(M.ringbufEvents, { family: fam.spec.name }, 0);
     }
     initFixedSeries(this.store, this.source.families.map((f) => f.spec.name));
+    this.store.inc(M.logLinesSuppressed, { reason: 'race_indicator' }, 0);
     this.publishProbeStatus();
     this.store.set(M.buildInfo, { version: VERSION, kernel: this.source.build.kernel, libbpf: this.source.build.libbpf }, 1);
     this.ready = true;
@@ -116,8 +123,10 @@ export class Agent {
   // One decode + onEvents for every source: `maps` answers the handlers' lookups (stacks).
   private deliverEvents(fam: FamilyView, records: Buffer[], maps: ReadonlyMap<string, MapView>): void {
     const ev = fam.spec.events;
-    const layout = this.eventLayouts.get(fam.spec.name);
-    if (!ev || !layout) return;
+    const decode = this.eventDecoders.get(fam.spec.name);
+    if (!ev || !decode) return;
+    let suppressed = 0;
+    const now = Date.now();
     const ctx: EventContext = {
       store: this.store,
       resolveCgroup: (id) => this.cgroups?.resolver.resolve(BigInt(id)) ?? UNKNOWN_CGROUP,
@@ -130,11 +139,24 @@ export class Agent {
       logRace: (record) => {
         this.races.push(record);
         if (this.races.length > RACE_LOG_SIZE) this.races.shift();
+        if (!logEnabled('warn')) return;
+        if (!this.raceLines.take(now)) {
+          suppressed++;
+          return;
+        }
+        const held = this.raceLines.takeSuppressed();
+        if (held > 0) log('warn', 'race indicator lines suppressed by the rate limit; the events are all counted and in /api/races', { suppressed: held });
         log('warn', 'race indicator', { family: fam.spec.name, ...record, stack: (record.stack as string[] | undefined)?.slice(0, 8).join(' < ') });
       },
     };
     this.store.inc(M.ringbufEvents, { family: fam.spec.name }, records.length);
-    ev.onEvents(records.map((r) => decodeStruct(layout, r)), ctx);
+    const events: DecodedEvent[] = new Array<DecodedEvent>(records.length);
+    for (let i = 0; i < records.length; i++) events[i] = decode(records[i]!);
+    try {
+      ev.onEvents(events, ctx);
+    } finally {
+      if (suppressed > 0) this.store.inc(M.logLinesSuppressed, { reason: 'race_indicator' }, suppressed);
+    }
   }
 
   get status(): ProbeStatus[] {

@@ -72,6 +72,8 @@ export const M = {
     'Events received from a family\'s BPF ring buffer.'),
   ringbufDropped: def('agent', 'hvwatch_ringbuf_dropped_events_total', 'counter', ['family'],
     'Events the BPF side could not reserve in the ring buffer because it was full.'),
+  logLinesSuppressed: def('agent', 'hvwatch_log_lines_suppressed_total', 'counter', ['reason'],
+    'Log lines not written because of a rate limit (reason="race_indicator": one line per race event past a burst of 20, then 2 a second); the events themselves are all counted.'),
   mapFull: def('agent', 'hvwatch_bpf_map_full_errors_total', 'counter', ['family'],
     'Updates the BPF side could not make because a map was full.'),
   mapEntries: def('agent', 'hvwatch_bpf_map_entries', 'gauge', ['family', 'map'],

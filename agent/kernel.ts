@@ -2,7 +2,7 @@
 // skipped with a precise reason instead of a generic load error.
 import * as fs from 'node:fs';
 import { execFileSync } from 'node:child_process';
-import { Btf } from '../bpf/btf.js';
+import { Btf, btfNamesWithPrefix } from '../bpf/btf.js';
 import type { Candidate } from './probes/model.js';
 import { hasKernelSymbol } from './symbols.js';
 
@@ -41,18 +41,43 @@ function btfHasFunc(name: string): boolean {
   return loadedModulesWithBtf().some((m) => Btf.module(m)?.hasFunc(name));
 }
 
-/** Every kernel BTF there is: vmlinux (bpf.btfPath if set) and each loaded module's; none
- * when the kernel has no BTF (callers that can also ask kallsyms go on without it). */
-export function kernelBtfs(): Btf[] {
-  const out: Btf[] = [];
-  try {
-    out.push(Btf.vmlinux(vmlinuxPath));
-  } catch { /* no BTF */ }
-  for (const m of loadedModulesWithBtf()) {
+/** Every kernel BTF file there is: vmlinux (bpf.btfPath if set) and each loaded module's
+ * (the files themselves: callers that only need names scan them without a parse). */
+export function kernelBtfFiles(): string[] {
+  return [vmlinuxPath, ...loadedModulesWithBtf().map((m) => `/sys/kernel/btf/${m}`)];
+}
+
+/** Names starting with `prefix` in any kernel BTF's strings (bpf/btf.ts btfNamesWithPrefix);
+ * files that are missing or unreadable are skipped. */
+export function kernelBtfNamesWithPrefix(prefix: string): Set<string> {
+  const out = new Set<string>();
+  for (const file of kernelBtfFiles()) {
     try {
-      const b = Btf.module(m);
-      if (b) out.push(b);
-    } catch { /* a module unloading under us */ }
+      for (const n of btfNamesWithPrefix(fs.readFileSync(file), prefix)) out.add(n);
+    } catch { /* no BTF there, or a module unloading under us */ }
+  }
+  return out;
+}
+
+/** Function symbols (types t, T, w, W) starting with `prefix` in /proc/kallsyms, found in
+ * one scan of the file without building the symbol table (agent/symbols.ts keeps that,
+ * some 100,000 names, for the stacks it symbolizes). Lines are "addr type name" with
+ * "\t[module]" after module symbols (kernel/kallsyms.c s_show). */
+export function kallsymsWithPrefix(prefix: string, file = '/proc/kallsyms'): Set<string> {
+  const out = new Set<string>();
+  let b: Buffer;
+  try {
+    b = fs.readFileSync(file);
+  } catch {
+    return out;
+  }
+  const needle = Buffer.from(` ${prefix}`, 'latin1');
+  for (let at = b.indexOf(needle); at >= 0; at = b.indexOf(needle, at + 1)) {
+    const type = b[at - 1];
+    if (b[at - 2] !== 0x20 || (type !== 0x74 && type !== 0x54 && type !== 0x77 && type !== 0x57)) continue;
+    let stop = at + 1;
+    while (stop < b.length && b[stop] !== 0x0a && b[stop] !== 0x09 && b[stop] !== 0x20) stop++;
+    out.add(b.toString('latin1', at + 1, stop));
   }
   return out;
 }

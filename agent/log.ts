@@ -18,3 +18,8 @@ export function log(level: Level, msg: string, fields: Record<string, unknown> =
   for (const [k, v] of Object.entries(fields)) if (v !== undefined) line += ` ${k}=${fmt(v)}`;
   process.stderr.write(line + '\n');
 }
+
+/** Whether a line at `level` would be written (callers that limit lines count only those). */
+export function logEnabled(level: Level): boolean {
+  return ORDER[level] >= ORDER[threshold];
+}

@@ -72,6 +72,29 @@ function extraLen(kind: number, vlen: number): number {
 
 function fail(msg: string): never { throw new Error(`BTF: ${msg}`); }
 
+/** Every string in a BTF blob's string section that starts with `prefix` (function, type,
+ * member and parameter names alike), found by scanning that section alone: no type is
+ * parsed, so asking whether a kernel has a family of functions (KVMI's kvmi_*) costs one
+ * file read, not a parse of vmlinux and every module that would then have to be dropped. */
+export function btfNamesWithPrefix(buf: Uint8Array, prefix: string): Set<string> {
+  const b = Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength);
+  if (b.length < HDR_LEN) fail(`truncated header: ${b.length} bytes at byte offset 0, need ${HDR_LEN}`);
+  if (b.readUInt16LE(0) !== 0xeb9f) fail(`bad magic 0x${b.readUInt16LE(0).toString(16)} at byte offset 0, expected 0xeb9f`);
+  const hdrLen = b.readUInt32LE(4);
+  const start = hdrLen + b.readUInt32LE(16);
+  const end = start + b.readUInt32LE(20);
+  if (hdrLen < HDR_LEN || end > b.length) fail(`string section (${start}..${end}) runs past the end of the buffer (${b.length} bytes)`);
+  const out = new Set<string>();
+  // Every string but the first follows a NUL (the section starts with the empty string).
+  const needle = Buffer.from(`\0${prefix}`, 'latin1');
+  for (let at = b.indexOf(needle, start); at >= 0 && at < end; at = b.indexOf(needle, at + 1)) {
+    const stop = b.indexOf(0, at + 1);
+    if (stop < 0 || stop >= end) break;
+    out.add(b.toString('latin1', at + 1, stop));
+  }
+  return out;
+}
+
 export class Btf {
   private static readonly cache = new Map<string, Btf>();
   private readonly strCache = new Map<number, string>();

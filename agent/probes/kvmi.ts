@@ -2,9 +2,8 @@
 // unreplied), unhooks, and introspection commands with their KVM error codes and latency
 // (bpf/src/kvmi.bpf.c). KVMI is not upstream: the family is present only on kernels built
 // from the KVMI series (v7..v12), and reports "not present" everywhere else.
-import { kernelBtfs } from '../kernel.js';
+import { kallsymsWithPrefix, kernelBtfNamesWithPrefix } from '../kernel.js';
 import { M } from '../catalog.js';
-import { hasKernelSymbol } from '../symbols.js';
 import { learnVms, publishVmInfo, vmDecoder } from './vm-label.js';
 import type { Decoder } from '../aggregate/collect.js';
 import type { FamilySpec, ProbeSpec } from './model.js';
@@ -103,13 +102,19 @@ export function kvmiAbiOf(found: ReadonlySet<string>): KvmiAbi | undefined {
   return undefined;
 }
 
+// Presence is decided from names alone: the strings of the kernel BTFs (vmlinux, and the
+// modules: KVMI lives in kvm.ko) and the function symbols of /proc/kallsyms, each found in
+// one scan for "kvmi_". Parsing those BTFs (and loading the kallsyms table) to ask the same
+// question cost some 75 MB of RSS here, much of which stayed after start-up. A BTF string
+// may also be a type or member name; every name asked about is a function of the series.
 export function detectKvmi(): KvmiDetection {
-  const btfs = kernelBtfs();
+  const inBtfNames = kernelBtfNamesWithPrefix('kvmi_');
+  const inKallsymsNames = kallsymsWithPrefix('kvmi_');
   const names = new Set<string>();
   const found: string[] = [];
   for (const fn of [...KVMI_CORE_FUNCTIONS, ...KVMI_OTHER_FUNCTIONS]) {
-    const inBtf = btfs.some((b) => b.hasFunc(fn));
-    const inKallsyms = hasKernelSymbol(fn);
+    const inBtf = inBtfNames.has(fn);
+    const inKallsyms = inKallsymsNames.has(fn);
     if (inBtf || inKallsyms) {
       names.add(fn);
       found.push(`${fn} (${[inBtf && 'BTF', inKallsyms && 'kallsyms'].filter(Boolean).join('+')})`);

@@ -1,5 +1,6 @@
-// The live source: BPF objects loaded into this kernel (agent/loader.ts), ring buffers read
-// by worker threads, cgroup ids resolved against this host's memory hierarchy.
+// The live source: BPF objects loaded into this kernel (agent/loader.ts), every family's
+// ring buffer read by one worker thread, cgroup ids resolved against this host's memory
+// hierarchy.
 import { readFileSync } from 'node:fs';
 import { enableRunTimeStats, libbpfVersion, releaseFreedMemory } from '../../bpf/libbpf.js';
 import { RingBufferReader } from '../../bpf/ringbuf.js';
@@ -17,7 +18,7 @@ export class LiveSource implements Source {
   readonly loader: Loader;
   readonly host: HostView;
   private stats: { close(): void } | undefined;
-  private readonly readers: RingBufferReader[] = [];
+  private reader: RingBufferReader | undefined;
 
   constructor(private readonly config: Config, private readonly specs: readonly FamilySpec[], opts: LoadOptions) {
     this.loader = new Loader(opts);
@@ -58,22 +59,31 @@ export class LiveSource implements Source {
           log('error', 'family setup failed; it runs with defaults', { family: f.name, error: (e as Error).message });
         }
       }
-      if (fam && f.events) this.startEvents(fam, f.events.map, sink);
+      if (fam && f.events) this.addEvents(fam, f.events.map, sink);
     }
+    this.reader?.start();
     // Attach is over: the parsed kernel BTF served only the candidates' prechecks (a later
     // lookup reads it again), and libbpf's parsing left freed C heap behind.
     Btf.releaseCache();
     releaseFreedMemory();
   }
 
-  private startEvents(fam: LoadedFamily, mapName: string, sink: EventSink): void {
+  private addEvents(fam: LoadedFamily, mapName: string, sink: EventSink): void {
     const map = fam.maps.get(mapName);
     if (!map) return; // the agent reports the unusable ring buffer
-    const reader = new RingBufferReader(map.fd, (records) => sink(fam as FamilyView, records, fam.maps), {
-      onError: (message) => log('error', 'ring buffer reader failed; this family\'s events are no longer read', { family: fam.spec.name, error: message }),
-    });
-    reader.start();
-    this.readers.push(reader);
+    const onError = (message: string): void => log('error', 'ring buffer reader failed; this family\'s events are no longer read', { family: fam.spec.name, error: message });
+    try {
+      this.reader ??= new RingBufferReader();
+      this.reader.add(map.fd, (records) => sink(fam as FamilyView, records, fam.maps), { onError });
+    } catch (e) {
+      onError((e as Error).message);
+    }
+  }
+
+  /** Resolves when the ring-buffer worker drains every family's ring (start() returns
+   * before the worker thread has booted). */
+  eventsReady(): Promise<void> {
+    return this.reader?.ready ?? Promise.resolve();
   }
 
   bpfStatsOn(): boolean {
@@ -86,7 +96,8 @@ export class LiveSource implements Source {
   }
 
   async stop(): Promise<void> {
-    await Promise.all(this.readers.splice(0).map((r) => r.stop()));
+    await this.reader?.stop();
+    this.reader = undefined;
     this.loader.destroy();
     this.stats?.close();
     this.stats = undefined;
