@@ -116,8 +116,6 @@ export const M = {
     'Pages that entered writeback, per memory cgroup (NR_WRITEBACK increments).', 'pages'),
   memcgWbCompleted: def('memcg', 'hvwatch_memcg_writeback_completed_pages_total', 'counter', CG,
     'Pages whose writeback completed, per memory cgroup (NR_WRITEBACK decrements).', 'pages'),
-  memcgWbInflight: def('memcg', 'hvwatch_memcg_writeback_inflight_pages', 'gauge', CG,
-    'Pages started and not yet completed since the probe attached (writeback begun before attach is not counted).', 'pages'),
   memcgWbWaits: def('memcg', 'hvwatch_memcg_writeback_waits_total', 'counter', CG,
     'Times a task of this memory cgroup waited for a folio under writeback (writeback:folio_wait_writeback).'),
   memcgWbWaitTime: hist('memcg', 'hvwatch_memcg_writeback_wait_seconds', CG,
@@ -221,9 +219,8 @@ export type MetricKey = keyof typeof M;
 
 export const ALL_METRICS: readonly MetricDef[] = Object.values(M);
 
-/** Series of one cgroup or VM: a counter or histogram is born at its first event, a gauge
- * with its object's first event; all are removed with their object (README "Series
- * lifecycle"). Every other series is exported from start-up. */
+/** Series of one cgroup or VM: born at their first non-zero value, removed with their object
+ * (README "Series lifecycle"). Every other series is exported from start-up. */
 export function isPerObject(def: MetricDef): boolean {
   return def.labels.includes('cgroup') || def.labels.includes('vm');
 }

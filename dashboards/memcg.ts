@@ -9,6 +9,8 @@ import { nodeVar } from './fleet.js';
 const NODE = { instance: re('$node') };
 const CG = { ...NODE, cgroup: re('$cgroup') };
 
+/** A counter's value per node and cgroup. */
+const perCgroupValue = (d: MetricDef): string => `sum ${by(['instance', 'cgroup'], d)} (${series(d, CG)})`;
 /** Per-second rate per node and cgroup. */
 const perCgroup = (d: MetricDef): string => `sum ${by(['instance', 'cgroup'], d)} (rate(${series(d, CG)}[$__rate_interval]))`;
 /** Observations per bucket and interval, summed over the selected nodes and cgroups: a heatmap. */
@@ -34,7 +36,7 @@ export const memcg = () => dashboard({
         graph({ title: 'Pages completing writeback', unit: U.perSecond('pages'), description: 'Pages whose writeback completed per second (NR_WRITEBACK decrements), per node and cgroup. Needs the hot probe memcg_writeback.',
           queries: [{ expr: perCgroup(M.memcgWbCompleted), legend: LEG }] }),
         graph({ title: 'Pages in flight', unit: U.of('pages'), description: 'Pages started and not yet completed since the probe attached, per node and cgroup: a backlog that keeps growing is a device or throttling problem.',
-          queries: [{ expr: series(M.memcgWbInflight, CG), legend: LEG }] }),
+          queries: [{ expr: `clamp_min(${perCgroupValue(M.memcgWbStarted)} - ${perCgroupValue(M.memcgWbCompleted)}, 0)`, legend: LEG }] }),
         graph({ title: 'Dirty and under writeback (memory.stat)', unit: U.bytes, description: 'Dirty page cache and page cache under writeback per cgroup, read from memory.stat at scrape time.',
           queries: [
             { expr: series(M.memcgStatDirty, CG), legend: 'dirty {{instance}} {{cgroup}}' },

@@ -83,7 +83,7 @@ test('a recorded real memcg workload replays to the same /metrics as were served
   const pages = fsyncWriteInCgroup(cg, 8);
   const live = await until(async () => {
     const s = await rec.scrape();
-    return (value(s, M.memcgWbCompleted.name, { cgroup: cg.path }) ?? 0) >= pages && value(s, M.memcgWbInflight.name, { cgroup: cg.path }) === 0 ? s : undefined;
+    return (value(s, M.memcgWbCompleted.name, { cgroup: cg.path }) ?? 0) >= pages && value(s, M.memcgWbStarted.name, { cgroup: cg.path }) === value(s, M.memcgWbCompleted.name, { cgroup: cg.path }) ? s : undefined;
   }, 15_000, 'the workload\'s writeback in the recording agent');
   t.is(await rec.stop(), 0, rec.stderr);
   cg.remove(); // the replay must take the label from the trace, not from this host

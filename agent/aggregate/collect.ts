@@ -259,7 +259,6 @@ export function collectMap(fam: LoadedFamily, e: MapExport, ctx: CollectContext)
     return t;
   };
   const values = lay.values.map((x) => ({ ...x, t: targetOf(x.fx.metric, !!x.fx.labels) }));
-  const derived = (e.derived ?? []).map((d) => ({ d, t: targetOf(d.metric, false) }));
   const store = ctx.store;
   const keyFields = lay.keyFields;
   let curKey: Buffer = Buffer.alloc(0);
@@ -289,7 +288,6 @@ export function collectMap(fam: LoadedFamily, e: MapExport, ctx: CollectContext)
   };
 
   let entries = 0;
-  const scalars: Record<string, number> = {};
   for (const { k, v, vOff, cpus, stride } of mapEntries(map)) {
     entries++;
     curKey = k;
@@ -314,12 +312,6 @@ export function collectMap(fam: LoadedFamily, e: MapExport, ctx: CollectContext)
     // The one place a cgroup label grows its Kubernetes labels (catalog CG), for every family.
     if (labels.cgroup !== undefined) Object.assign(labels, cgroupLabels(ctx, labels.cgroup));
     const entryKey = keyFor(mapLabels, labels);
-    // A per-object gauge is born with its object's first event, even at zero (in-flight
-    // pages that already drained are 0, not unknown): the entry has data when any of its
-    // counters or histograms does.
-    let hasData: boolean | undefined;
-    const entryHasData = (): boolean => (hasData ??= values.some(({ fx, field: f, range }) => fx.metric.type !== 'gauge' &&
-      (range ? anySlot(v, vOff, cpus, stride, f) : sumCpus(v, vOff + f.offset, cpus, stride, f.size) !== 0)));
     for (const { fx, field: f, sum, range, t } of values) {
       const all = fx.labels ? { ...labels, ...fx.labels } : labels;
       if (range) {
@@ -334,16 +326,9 @@ export function collectMap(fam: LoadedFamily, e: MapExport, ctx: CollectContext)
         continue;
       }
       const val = sumCpus(v, vOff + f.offset, cpus, stride, f.size);
-      scalars[fx.field] = val;
-      const got = seriesFor(store, t, all, entryKey, () => val !== 0 || (fx.metric.type === 'gauge' && entryHasData()));
+      const got = seriesFor(store, t, all, entryKey, () => val !== 0);
       if (got) got.s.value = got.fresh ? val : got.s.value + val;
       carryInto(t, all, entryKey, val);
-    }
-    for (const { d, t } of derived) {
-      const val = d.compute(scalars);
-      const got = seriesFor(store, t, labels, entryKey, () => val !== 0 || (d.metric.type === 'gauge' && entryHasData()));
-      if (got) got.s.value = got.fresh ? val : got.s.value + val;
-      carryInto(t, labels, entryKey, val);
     }
     if (retire) {
       carry = undefined;

@@ -68,8 +68,7 @@ export class MetricStore {
 
   /** Replace every series of a metric at once: collectors publish whole snapshots. A
    * series whose label set was there before keeps its object (and the writer's caches); a
-   * per-object counter or histogram that would be born at zero is not born yet (catalog
-   * isPerObject; a collector publishes a per-object gauge only for objects it has). */
+   * per-object one that would be born at zero is not born yet (catalog isPerObject). */
   replace(def: MetricDef, series: Iterable<Series>): void {
     const prev = this.series.get(def);
     const fam = new Map<string, Series>();
@@ -77,7 +76,7 @@ export class MetricStore {
     for (const s of series) {
       const k = seriesKey(def, s.labels);
       const old = prev?.get(k);
-      if (!old && perObject && def.type !== 'gauge' && s.value === 0) continue;
+      if (!old && perObject && s.value === 0) continue;
       if (old) {
         old.value = s.value;
         old.hist = s.hist;

@@ -131,10 +131,6 @@ export const memcgFamily: FamilySpec = {
         { field: 'uncharge_batch_slots', metric: M.memcgUnchargeBatchPages, sumField: 'uncharged_pages' },
         { field: 'wb_wait_slots', metric: M.memcgWbWaitTime, sumField: 'wb_wait_sum_ns' },
       ],
-      derived: [
-        // Writeback that began before attach completes after it: clamp rather than go negative.
-        { metric: M.memcgWbInflight, compute: (v) => Math.max(0, (v.wb_started_pages ?? 0) - (v.wb_completed_pages ?? 0)) },
-      ],
     },
   ],
   // memory.stat of the cgroups the BPF side has seen (bounded by the cgroup budget). Reading

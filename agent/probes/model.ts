@@ -62,8 +62,6 @@ export interface MapExport {
   map: string;
   labels: KeyLabel[];
   fields: FieldExport[];
-  /** Metrics computed from one folded value (e.g. in-flight = started - completed). */
-  derived?: { metric: MetricDef; compute: (v: Readonly<Record<string, number>>) => number }[];
 }
 
 export interface EventContext {
