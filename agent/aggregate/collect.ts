@@ -167,33 +167,52 @@ function keyFor(labels: readonly string[], all: Readonly<Record<string, string>>
   return k;
 }
 
-/**
- * The series of this label set in the collection under way (MetricStore.visit). Undefined
- * for a per-object series that does not exist yet and would be born at zero: a cgroup or VM
- * gets a series for what happened to it, not one per catalog metric (README "Series
- * lifecycle"). `nonZero` is asked only then.
- */
-function seriesFor(store: MetricStore, t: Target, all: Readonly<Record<string, string>>, entryKey: string, nonZero: () => boolean): { s: Series; fresh: boolean } | undefined {
-  const k = t.sameLabels ? entryKey : keyFor(t.metric.labels, all);
-  return store.visit(t.metric, k, () => {
-    if (t.perObject && !nonZero()) return undefined;
-    // Only the metric's own labels: a map key often carries more (a nested-state key has op
-    // and result; its saves counter is per flag), and the exporter prints what a series has.
-    const labels: Record<string, string> = {};
-    for (const l of t.metric.labels) labels[l] = all[l] ?? '';
-    return { labels, value: 0 };
-  });
+/** A metric's series key for an entry's labels. */
+function keyOf(t: Target, all: Readonly<Record<string, string>>, entryKey: string): string {
+  return t.sameLabels ? entryKey : keyFor(t.metric.labels, all);
 }
 
-/** A u64 field summed over the CPUs of a per-CPU value (cpus = 1 for other maps). */
-function sumCpus(v: Buffer, off: number, cpus: number, stride: number, size: number): number {
+/**
+ * A series first met: undefined for a per-object one that would be born at zero (`nonZero`
+ * false): a cgroup or VM gets a series for what happened to it, not one per catalog metric
+ * (README "Series lifecycle").
+ */
+function born(store: MetricStore, t: Target, all: Readonly<Record<string, string>>, k: string, nonZero: boolean): Series | undefined {
+  if (t.perObject && !nonZero) return undefined;
+  // Only the metric's own labels: a map key often carries more (a nested-state key has op
+  // and result; its saves counter is per flag), and the exporter prints what a series has.
+  const labels: Record<string, string> = {};
+  for (const l of t.metric.labels) labels[l] = all[l] ?? '';
+  return store.adopt(t.metric, k, { labels, value: 0 });
+}
+
+/** One map value as collectMap reads it: `cpus` copies `stride` bytes apart (per-CPU maps
+ * in a batched read; 1 elsewhere) starting at byte `off` of `v`, with `w` the same bytes as
+ * 32-bit words for the u64 fields (slots, counters), which are 8-byte aligned in the C
+ * structs (bpf/src/*.bpf.c) and so in the value. */
+interface Value { v: Buffer; w: Uint32Array; off: number; cpus: number; stride: number }
+
+/** The buffer's bytes as 32-bit words (copied when the buffer is not 4-byte aligned). */
+function words(buf: Buffer): Uint32Array {
+  if (buf.byteOffset % 4 === 0) return new Uint32Array(buf.buffer, buf.byteOffset, buf.length >> 2);
+  const c = new Uint8Array(buf.length & ~3);
+  c.set(buf.subarray(0, c.length));
+  return new Uint32Array(c.buffer);
+}
+
+/** A field summed over the CPUs of a value. */
+function sumCpus(e: Value, fieldOff: number, size: number): number {
   let t = 0;
-  for (let c = 0; c < cpus; c++) t += uintAt(v, off + c * stride, size);
+  if (size === 8) {
+    for (let c = 0, i = (e.off + fieldOff) >> 2; c < e.cpus; c++, i += e.stride >> 2) t += e.w[i]! + e.w[i + 1]! * 4294967296;
+  } else {
+    for (let c = 0; c < e.cpus; c++) t += uintAt(e.v, e.off + fieldOff + c * e.stride, size);
+  }
   return t;
 }
 
-/** Per-CPU slots summed straight from the value buffer into the series' own array. */
-function fillHistogram(s: Series, fresh: boolean, range: Log2Range, v: Buffer, vOff: number, cpus: number, stride: number, f: Field, sum: Field | undefined): void {
+/** Per-CPU slots summed straight from the value into the series' own array. */
+function fillHistogram(s: Series, fresh: boolean, range: Log2Range, e: Value, f: Field, sum: Field | undefined): void {
   const n = f.nelems ?? 0;
   let h = s.hist;
   if (!h || h.slots.length !== n) h = { range, slots: new Float64Array(n), sum: 0, count: 0 };
@@ -205,42 +224,45 @@ function fillHistogram(s: Series, fresh: boolean, range: Log2Range, v: Buffer, v
   let count = 0;
   let est = 0;
   for (let i = 0; i < n; i++) {
-    const c = sumCpus(v, vOff + f.offset + i * 8, cpus, stride, 8);
+    const c = sumCpus(e, f.offset + i * 8, 8);
     if (c === 0) continue;
     h.slots[i]! += c;
     count += c;
     est += c * (i === 0 ? 1 : 1.5 * 2 ** i);
   }
   h.count += count;
-  h.sum += (sum ? sumCpus(v, vOff + sum.offset, cpus, stride, sum.size) : est) * range.scale;
+  h.sum += (sum ? sumCpus(e, sum.offset, sum.size) : est) * range.scale;
   s.hist = h;
   s.value = h.count;
 }
 
-/** Whether a histogram field holds any observation, before a series is made for it. */
-function anySlot(v: Buffer, vOff: number, cpus: number, stride: number, f: Field): boolean {
-  const n = f.nelems ?? 0;
-  for (let i = 0; i < n; i++) if (sumCpus(v, vOff + f.offset + i * 8, cpus, stride, 8) !== 0) return true;
+/** Whether a histogram field holds any observation: any non-zero word on any CPU. */
+function anySlot(e: Value, f: Field): boolean {
+  const words2 = (f.nelems ?? 0) * 2;
+  for (let c = 0; c < e.cpus; c++) {
+    const base = (e.off + c * e.stride + f.offset) >> 2;
+    for (let i = 0; i < words2; i++) if (e.w[base + i] !== 0) return true;
+  }
   return false;
 }
 
 /** Every entry of a map: one batched read into contiguous buffers where the map can
  * (bpf/libbpf.ts readAll; per-CPU values stay per CPU and are summed field by field here),
  * else entry by entry (replayed and recorded maps, already folded). */
-function* mapEntries(map: MapView): Generator<{ k: Buffer; v: Buffer; vOff: number; cpus: number; stride: number }> {
+function* mapEntries(map: MapView): Generator<{ k: Buffer; e: Value }> {
   if (map.readAll) {
     const r = map.readAll();
     const stride = map.percpu ? Math.ceil(map.valueSize / 8) * 8 : r.valueStride;
     const cpus = map.percpu ? r.valueStride / stride : 1;
-    const e = { k: r.keys, v: r.values, vOff: 0, cpus, stride };
+    const out = { k: r.keys, e: { v: r.values, w: words(r.values), off: 0, cpus, stride } };
     for (let i = 0; i < r.count; i++) {
-      e.k = r.keys.subarray(i * r.keySize, (i + 1) * r.keySize);
-      e.vOff = i * r.valueStride;
-      yield e;
+      out.k = r.keys.subarray(i * r.keySize, (i + 1) * r.keySize);
+      out.e.off = i * r.valueStride;
+      yield out;
     }
     return;
   }
-  for (const [k, v] of map.entries()) yield { k, v, vOff: 0, cpus: 1, stride: 0 };
+  for (const [k, v] of map.entries()) yield { k, e: { v, w: words(v), off: 0, cpus: 1, stride: 0 } };
 }
 
 export function collectMap(fam: LoadedFamily, e: MapExport, ctx: CollectContext): void {
@@ -272,8 +294,8 @@ export function collectMap(fam: LoadedFamily, e: MapExport, ctx: CollectContext)
   const retired = retiredCounts.get(e);
   for (const [metric, carried] of retired ?? []) {
     for (const [k, c] of carried) {
-      const got = store.visit(metric, k, () => ({ labels: { ...c.labels }, value: 0 }))!;
-      addCarried(got.s, got.fresh, c);
+      const s2 = store.visit(metric, k) ?? store.adopt(metric, k, { labels: { ...c.labels }, value: 0 });
+      addCarried(s2, store.fresh, c);
     }
   }
   let carry: Map<MetricDef, Map<string, Series>> | undefined;
@@ -281,14 +303,14 @@ export function collectMap(fam: LoadedFamily, e: MapExport, ctx: CollectContext)
     if (!carry || t.metric.type === 'gauge') return;
     let fam2 = carry.get(t.metric);
     if (!fam2) carry.set(t.metric, (fam2 = new Map()));
-    const k = t.sameLabels ? entryKey : keyFor(t.metric.labels, all);
+    const k = keyOf(t, all, entryKey);
     const labels: Record<string, string> = {};
     for (const l of t.metric.labels) labels[l] = all[l] ?? '';
     addCarried(fam2.get(k) ?? fam2.set(k, { labels, value: 0 }).get(k)!, false, { labels, value, hist });
   };
 
   let entries = 0;
-  for (const { k, v, vOff, cpus, stride } of mapEntries(map)) {
+  for (const { k, e: val } of mapEntries(map)) {
     entries++;
     curKey = k;
     const labels: Record<string, string> = {};
@@ -315,20 +337,22 @@ export function collectMap(fam: LoadedFamily, e: MapExport, ctx: CollectContext)
     for (const { fx, field: f, sum, range, t } of values) {
       const all = fx.labels ? { ...labels, ...fx.labels } : labels;
       if (range) {
-        const got = seriesFor(store, t, all, entryKey, () => anySlot(v, vOff, cpus, stride, f));
-        if (got) fillHistogram(got.s, got.fresh, range, v, vOff, cpus, stride, f, sum);
+        const k2 = keyOf(t, all, entryKey);
+        const s2 = store.visit(t.metric, k2) ?? born(store, t, all, k2, anySlot(val, f));
+        if (s2) fillHistogram(s2, store.fresh, range, val, f, sum);
         if (carry) {
           const h = log2Histogram([], range);
           const tmp: Series = { labels: {}, value: 0, hist: h };
-          fillHistogram(tmp, true, range, v, vOff, cpus, stride, f, sum);
+          fillHistogram(tmp, true, range, val, f, sum);
           carryInto(t, all, entryKey, tmp.value, tmp.hist);
         }
         continue;
       }
-      const val = sumCpus(v, vOff + f.offset, cpus, stride, f.size);
-      const got = seriesFor(store, t, all, entryKey, () => val !== 0);
-      if (got) got.s.value = got.fresh ? val : got.s.value + val;
-      carryInto(t, all, entryKey, val);
+      const n = sumCpus(val, f.offset, f.size);
+      const k2 = keyOf(t, all, entryKey);
+      const s2 = store.visit(t.metric, k2) ?? born(store, t, all, k2, n !== 0);
+      if (s2) s2.value = store.fresh ? n : s2.value + n;
+      carryInto(t, all, entryKey, n);
     }
     if (retire) {
       carry = undefined;

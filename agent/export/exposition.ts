@@ -153,10 +153,15 @@ function* protobufChunks(defs: readonly MetricDef[], store: MetricStore): Genera
     if (store.size(def) === 0) continue; // an empty family carries nothing in protobuf
     const metric: object[] = [];
     for (const s of store.each(def)) {
-      const label = labelPairs(def, s);
-      if (def.type === 'counter') metric.push({ label, counter: { value: s.value } });
-      else if (def.type === 'gauge') metric.push({ label, gauge: { value: s.value } });
-      else if (s.hist) {
+      if (def.type !== 'histogram') {
+        // One message object per series for its life, its value updated in place: a scrape
+        // allocates nothing per counter or gauge.
+        const c = (s.cache ??= {});
+        const m = (c.pbMetric ??= def.type === 'counter' ? { label: labelPairs(def, s), counter: { value: 0 } } : { label: labelPairs(def, s), gauge: { value: 0 } });
+        (m.counter ?? m.gauge)!.value = s.value;
+        metric.push(m);
+      } else if (s.hist) {
+        const label = labelPairs(def, s);
         const h = s.hist;
         const { spans, deltas } = nativeBuckets(h);
         metric.push({

@@ -3,7 +3,7 @@
 // /api/*, `hvwatch top` and the in-process alerts all read the same numbers.
 //
 // A series object lives as long as its label set does: collectors update it in place from
-// scrape to scrape (MetricStore.visit, then sweep() drops what a collection did not see), so
+// scrape to scrape (MetricStore.visit/adopt, then sweep() drops what a collection did not see), so
 // what the writer caches on it (its rendered labels) is computed once per series, not once
 // per scrape.
 import { isPerObject, type MetricDef } from '../catalog.js';
@@ -16,7 +16,11 @@ export interface Series {
   value: number;
   hist?: Log2Histogram;
   /** Writer caches (export/exposition.ts), derived from `labels` only. */
-  cache?: { text?: string; pb?: { name: string; value: string }[] };
+  cache?: {
+    text?: string;
+    pb?: { name: string; value: string }[];
+    pbMetric?: { label: { name: string; value: string }[]; counter?: { value: number }; gauge?: { value: number } };
+  };
   /** The collection that last visited it (MetricStore.visit). */
   epoch?: number;
 }
@@ -91,23 +95,27 @@ export class MetricStore {
     this.epoch++;
   }
 
-  /**
-   * The series of `key` in the collection under way. `fresh` is true on its first visit in
-   * this collection (the caller then replaces its value rather than adding to it: two raw map
-   * keys can fold into one label set, "_other"). `make` is asked for a series not seen before
-   * and may decline (a per-object series is not born at zero).
-   */
-  visit(def: MetricDef, key: string, make: () => Series | undefined): { s: Series; fresh: boolean } | undefined {
-    const fam = this.family(def);
-    let s = fam.get(key);
-    if (s && s.epoch === this.epoch) return { s, fresh: false };
-    if (!s) {
-      s = make();
-      if (!s) return undefined;
-      fam.set(key, s);
-    }
+  /** Whether the series the last visit() or adopt() returned is met for the first time in
+   * this collection (the caller then replaces its value rather than adding to it: two raw
+   * map keys can fold into one label set, "_other"). */
+  fresh = false;
+
+  /** The series of `key` in the collection under way, marked as seen; undefined when there
+   * is none yet (adopt() makes it; a per-object series is not born at zero). */
+  visit(def: MetricDef, key: string): Series | undefined {
+    const s = this.series.get(def)?.get(key);
+    if (!s) return undefined;
+    this.fresh = s.epoch !== this.epoch;
     s.epoch = this.epoch;
-    return { s, fresh: true };
+    return s;
+  }
+
+  /** A series first met in this collection. */
+  adopt(def: MetricDef, key: string, s: Series): Series {
+    s.epoch = this.epoch;
+    this.family(def).set(key, s);
+    this.fresh = true;
+    return s;
   }
 
   /** After a metric was collected whole: its series not visited in this collection are gone
