@@ -19,6 +19,8 @@ import { workloadSlowdown, type SlowdownResult, type SlowdownRow } from './workl
 import { guestBench, guestUnavailable, type GuestResult } from './kvm.js';
 import { agentCost, type AgentCostResult, type AgentRun, type ScrapeStats } from './agent-cost.js';
 import { ringbufBench, type RingbufResult } from './ringbuf.js';
+import { mapReadBench, mapReadMarkdown, type MapReadResult } from './map-read.js';
+import { firstSightBench, firstSightSummary, type FirstSightResult } from './first-sight.js';
 import { MISS_NOTES } from './notes.js';
 
 export const TARGET = {
@@ -68,7 +70,7 @@ function signTest(ratios: number[], target: number): Verdict {
 type Part<T> = { ok: true; value: T } | { ok: false; error: string };
 
 /** The parts `--only` can pick. */
-const PARTS = ['kernel', 'test-run', 'slowdown', 'guest', 'agent', 'ringbuf'] as const;
+const PARTS = ['kernel', 'test-run', 'slowdown', 'guest', 'agent', 'map-read', 'first-sight', 'ringbuf'] as const;
 type Part_ = (typeof PARTS)[number];
 
 async function part<T>(name: string, fn: () => Promise<T> | T): Promise<Part<T>> {
@@ -91,6 +93,8 @@ interface Results {
   slowdown: Part<SlowdownResult>;
   guest: Part<GuestResult>;
   agent: Part<AgentCostResult>;
+  mapRead: Part<MapReadResult>;
+  firstSight: Part<FirstSightResult>;
   ringbuf: Part<RingbufResult[]>;
 }
 
@@ -499,6 +503,20 @@ scrapes (10 ms ticks) divided by their number.
 
 ${agentTable(a)}
 ` : ''}
+### Map reads: BPF_MAP_LOOKUP_BATCH against the key-by-key walk
+
+${failed(r.mapRead)}${r.mapRead.ok ? `\`bench/map-read.ts\`: every entry of a real per-CPU hash read with one batched syscall per
+4,096 entries (bpf/libbpf.ts readAll), with the per-CPU fold, with the get_next_key + lookup
+walk it falls back to, and with the per-entry \`entries()\` the agent used before.
+
+${mapReadMarkdown(r.mapRead.value)}
+` : ''}
+### First sight: naming short-lived VMs and cgroups
+
+${failed(r.firstSight)}${r.firstSight.ok ? `\`bench/first-sight.ts\`, rounds interleaved with and without an agent:
+
+${firstSightSummary(r.firstSight.value).map((l) => `- ${l}`).join('\n')}
+` : ''}
 ### Ring-buffer decode
 
 ${failed(r.ringbuf)}${r.ringbuf.ok ? `An agent process (bench/ringbuf-child.ts: every family loaded, no probe attached, default
@@ -544,8 +562,10 @@ async function main(): Promise<void> {
     const why = guestUnavailable();
     const guest: Part<GuestResult> = !want('guest') ? await skipped('guest') : why ? { ok: false, error: why } : await part('guest', () => guestBench(scratch, quick));
     const agent = want('agent') ? await part('agent', () => agentCost(scratch, quick, opts.baseline)) : await skipped<AgentCostResult>('agent');
+    const mapRead = want('map-read') ? await part('map reads', () => mapReadBench({ trials: quick ? 5 : 11 })) : await skipped<MapReadResult>('map-read');
+    const firstSight = want('first-sight') ? await part('first sight', () => firstSightBench(quick)) : await skipped<FirstSightResult>('first-sight');
     const ringbuf = want('ringbuf') ? await part('ring buffer', () => ringbufBench(scratch, quick)) : await skipped<RingbufResult[]>('ringbuf');
-    r = { machine: m, quick, elapsedS: (Date.now() - t0) / 1000, dataDir: scratch.data.description, kernel, testRun, slowdown, guest, agent, ringbuf };
+    r = { machine: m, quick, elapsedS: (Date.now() - t0) / 1000, dataDir: scratch.data.description, kernel, testRun, slowdown, guest, agent, mapRead, firstSight, ringbuf };
   } finally {
     scratch.cleanup();
   }
