@@ -7,7 +7,7 @@ import type { MapFd } from '../../bpf/libbpf.js';
 import type { MapView } from '../sources/source.js';
 import type { MetricDef } from '../catalog.js';
 import { isPerObject, M } from '../catalog.js';
-import { log2Histogram, mergeInto, type Log2Histogram, type Log2Range } from './histogram.js';
+import { mergeInto, type Log2Histogram, type Log2Range } from './histogram.js';
 import type { MetricStore, Series } from '../export/store.js';
 import { OVERFLOW_VALUE, type LabelBudget } from './budget.js';
 import type { CgroupResolver, MemoryHierarchy } from '../cgroups.js';
@@ -341,8 +341,7 @@ export function collectMap(fam: LoadedFamily, e: MapExport, ctx: CollectContext)
         const s2 = store.visit(t.metric, k2) ?? born(store, t, all, k2, anySlot(val, f));
         if (s2) fillHistogram(s2, store.fresh, range, val, f, sum);
         if (carry) {
-          const h = log2Histogram([], range);
-          const tmp: Series = { labels: {}, value: 0, hist: h };
+          const tmp: Series = { labels: {}, value: 0 };
           fillHistogram(tmp, true, range, val, f, sum);
           carryInto(t, all, entryKey, tmp.value, tmp.hist);
         }
