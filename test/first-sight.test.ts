@@ -118,7 +118,8 @@ test('counters without labels or with fixed label values are exported as 0 from 
   t.is(value(s, M.memcgWbUnpairedEnds.name), 0);
 });
 
-test('a cgroup whose linger is over leaves with its map entries; cgroups.removedSeconds is validated', async (t) => {
+// Serial: it counts every record in cgroup_seen, and the other tests here make cgroups.
+test.serial('a cgroup whose linger is over leaves with its map entries; cgroups.removedSeconds is validated', async (t) => {
   const bad = await import('../agent/config.js').then((c) => c.configSchema.safeParse({ cgroups: { removedSeconds: -1 } }));
   t.false(bad.success);
   const cfg = writeConfig(`probes:

@@ -14,7 +14,7 @@ import { CgroupResolver } from '../agent/cgroups.js';
 import { configSchema, parseConfig, ConfigError } from '../agent/config.js';
 import { M } from '../agent/catalog.js';
 import { AgentProcess, pick, until, writeConfig, type Sample } from './helpers/agent.js';
-import { fsyncWriteInCgroup, memoryHierarchy, type TestCgroup } from './helpers/memcg.js';
+import { dirtyWriteInCgroup, fsyncWriteInCgroup, memoryHierarchy, type TestCgroup } from './helpers/memcg.js';
 
 const hex = (c: string): string => c.repeat(64);
 const UID_A = '1a2b3c4d-0000-4000-8000-00000000000a';
@@ -204,9 +204,20 @@ test('end to end: real kubelet-shaped memory cgroups (cgroupfs and systemd drive
     t.deepEqual(labelsOf(cgs.systemd), { namespace: 'kube-system', pod: 'coredns-7d8f', container: 'coredns' });
     t.deepEqual(labelsOf(cgs.systemdGuaranteed), { namespace: 'vms', pod: 'virt-launcher-db1', container: 'compute' });
     t.deepEqual(labelsOf(cgs.unknownPod), {}, 'unresolvable: the plain cgroup label only');
-    // memory.stat gauges carry the same labels as the map series (one decoding point).
-    const stat = pick(samples, M.memcgStatDirty.name, { cgroup: cgs.systemd.path });
-    t.true(stat.length === 1 && stat[0]!.labels.pod === 'coredns-7d8f', JSON.stringify(stat));
+    // memory.stat gauges carry the same labels as the map series (one decoding point). A
+    // per-cgroup gauge is born at its first non-zero value (README "Series lifecycle"), so
+    // leave dirty pages in the cgroup first.
+    const dirtyFile = `/var/tmp/hvwatch-k8s-dirty-${process.pid}.bin`;
+    dirtyWriteInCgroup(cgs.systemd, 4, dirtyFile);
+    try {
+      const stat = await until(async () => {
+        const x = pick(await agent.scrape(), M.memcgStatDirty.name, { cgroup: cgs.systemd.path });
+        return x.length ? x : undefined;
+      }, 20_000, 'the dirty pages in memory.stat');
+      t.true(stat.length === 1 && stat[0]!.labels.pod === 'coredns-7d8f' && stat[0]!.value > 0, JSON.stringify(stat));
+    } finally {
+      fs.rmSync(dirtyFile, { force: true });
+    }
     // A series outside Kubernetes' tree is untouched.
     t.true(samples.filter((s) => s.name === started && !s.labels.cgroup!.startsWith(`/${base}/`)).every((s) => s.labels.pod === undefined));
   } finally {

@@ -42,6 +42,15 @@ export function createCgroup(name: string): TestCgroup {
   };
 }
 
+/** Writes `mib` MiB into `file` from a shell placed in the cgroup, without fsync: the pages
+ * stay dirty (charged to the cgroup) until the flusher writes them, ~30 s by default
+ * (vm.dirty_expire_centisecs). The caller removes the file. */
+export function dirtyWriteInCgroup(cg: TestCgroup, mib: number, file: string): void {
+  const script = `echo $$ > ${cg.dir}/cgroup.procs && dd if=/dev/zero of=${file} bs=1M count=${mib} status=none`;
+  const r = spawnSync('sh', ['-c', script], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`workload failed (${r.status}): ${r.stderr}`);
+}
+
 /** Writes `mib` MiB with fsync from a shell placed in the cgroup; returns pages written. */
 export function fsyncWriteInCgroup(cg: TestCgroup, mib: number, file = `/var/tmp/hvwatch-wb-${process.pid}.bin`): number {
   const script = `echo $$ > ${cg.dir}/cgroup.procs && dd if=/dev/zero of=${file} bs=1M count=${mib} conv=fsync status=none && rm -f ${file}`;
