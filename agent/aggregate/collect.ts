@@ -179,11 +179,15 @@ function keyOf(t: Target, all: Readonly<Record<string, string>>, entryKey: strin
  */
 function born(store: MetricStore, t: Target, all: Readonly<Record<string, string>>, k: string, nonZero: boolean): Series | undefined {
   if (t.perObject && !nonZero) return undefined;
-  // Only the metric's own labels: a map key often carries more (a nested-state key has op
-  // and result; its saves counter is per flag), and the exporter prints what a series has.
+  return store.adopt(t.metric, k, { labels: ownLabels(t.metric, all), value: 0 });
+}
+
+/** Only the metric's own labels: a map key often carries more (a nested-state key has op and
+ * result; its saves counter is per flag), and the exporter prints what a series has. */
+function ownLabels(metric: MetricDef, all: Readonly<Record<string, string>>): Record<string, string> {
   const labels: Record<string, string> = {};
-  for (const l of t.metric.labels) labels[l] = all[l] ?? '';
-  return store.adopt(t.metric, k, { labels, value: 0 });
+  for (const l of metric.labels) labels[l] = all[l] ?? '';
+  return labels;
 }
 
 /** One map value as collectMap reads it: `cpus` copies `stride` bytes apart (per-CPU maps
@@ -304,8 +308,7 @@ export function collectMap(fam: LoadedFamily, e: MapExport, ctx: CollectContext)
     let fam2 = carry.get(t.metric);
     if (!fam2) carry.set(t.metric, (fam2 = new Map()));
     const k = keyOf(t, all, entryKey);
-    const labels: Record<string, string> = {};
-    for (const l of t.metric.labels) labels[l] = all[l] ?? '';
+    const labels = ownLabels(t.metric, all);
     addCarried(fam2.get(k) ?? fam2.set(k, { labels, value: 0 }).get(k)!, false, { labels, value, hist });
   };
 

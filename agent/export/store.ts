@@ -60,16 +60,6 @@ export class MetricStore {
     else fam.set(k, { labels, value: by });
   }
 
-  setHistogram(def: MetricDef, labels: Labels, hist: Log2Histogram): void {
-    const fam = this.family(def);
-    const k = seriesKey(def, labels);
-    const s = fam.get(k);
-    if (s) {
-      s.hist = hist;
-      s.value = hist.count;
-    } else fam.set(k, { labels, value: hist.count, hist });
-  }
-
   /** Replace every series of a metric at once: collectors publish whole snapshots. A
    * series whose label set was there before keeps its object (and the writer's caches); a
    * per-object one that would be born at zero is not born yet (catalog isPerObject). */

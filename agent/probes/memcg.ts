@@ -106,7 +106,7 @@ export const memcgFamily: FamilySpec = {
   probes,
   sizes: { memcg_stats: 'perObject' },
   watchMaps: ['cgroup_seen'],
-  setup(fam, cfg) {
+  setup(fam) {
     const h = findMemoryHierarchy();
     const id = h && memoryHierarchyId(h);
     if (id === undefined) {
@@ -117,7 +117,6 @@ export const memcgFamily: FamilySpec = {
     const v = Buffer.alloc(4);
     v.writeUInt32LE(id + 1);
     fam.maps.get('cgroup_seen_cfg')!.update(k, v);
-    void cfg;
   },
   prepare: learnCgroups,
   maps: [
