@@ -38,9 +38,11 @@ function hist(family: string, name: string, labels: readonly string[], help: str
   return { name, type: 'histogram', help, labels, family, unit, buckets };
 }
 
-// Classic buckets every CLASSIC_STEP-th kernel slot: a factor of 4 between `le` bounds
-// (README "Histograms"). Native histograms keep every slot.
-const CLASSIC_STEP = 2;
+// Classic buckets at every CLASSIC_STEP-th power of two: le = 2^(4k) - 1 ns (4.095e-06,
+// 6.5535e-05, 0.001048575, ... s) or pages (15, 255, 4095), plus the top of the range; a
+// factor of 16 between bounds (README "Histograms"). A classic scraper gets 8 bucket lines
+// per latency series instead of 27; native histograms (protobuf) keep every slot.
+const CLASSIC_STEP = 4;
 /** Nanosecond slots minSlot..maxSlot exported in seconds (slot i: [2^i, 2^(i+1)) ns). */
 const NS = (minSlot: number, maxSlot: number): Log2Range => ({ minSlot, maxSlot, scale: 1e-9, classicStep: CLASSIC_STEP });
 /** Pages per batch, 1 .. 8191. */

@@ -71,7 +71,7 @@ export const memcg = () => dashboard({
           queries: [{ expr: histogramRate('count', M.memcgUnchargeBatchPages, ['instance', 'cgroup'], '$__rate_interval', CG), legend: LEG }] }),
         graph({ title: 'Pages uncharged', unit: U.perSecond('pages'), description: 'Pages uncharged per second (sum of PGPGOUT batch sizes), per node and cgroup.',
           queries: [{ expr: histogramRate('sum', M.memcgUnchargeBatchPages, ['instance', 'cgroup'], '$__rate_interval', CG), legend: LEG }] }),
-        heat({ title: 'Pages per uncharge batch', unit: U.of('pages'), description: 'Uncharge batches by size in pages (log2 buckets, le = 1, 3, 7, …), over the selected nodes and cgroups.',
+        heat({ title: 'Pages per uncharge batch', unit: U.of('pages'), description: 'Uncharge batches by size in pages (native: log2 buckets; classic: le = 15, 255, 4095, 8191), over the selected nodes and cgroups.',
           queries: heatmapQueries(M.memcgUnchargeBatchPages, CG) }),
         heat({ title: 'Time inside uncharge', unit: U.seconds, description: 'Calls of __mem_cgroup_uncharge[_folios] by time spent inside (log2 buckets; function tier).',
           queries: heatmapQueries(M.memcgUnchargeDuration, CG) }),

@@ -5,7 +5,7 @@ import {
   classicCumulative, classicLayout, folded, log2Bounds, log2Histogram, mergeFolded, mergeInto, nativeBuckets, nativeIndex,
   type Log2Range,
 } from '../agent/aggregate/histogram.js';
-import { ALL_METRICS } from '../agent/catalog.js';
+import { ALL_METRICS, M } from '../agent/catalog.js';
 import { foldPerCpuU64 } from '../bpf/libbpf.js';
 
 const R = (minSlot: number, maxSlot: number, scale = 1, classicStep = 1): Log2Range => ({ minSlot, maxSlot, scale, classicStep });
@@ -40,18 +40,18 @@ test('slots below minSlot fold into the first bucket; slots above maxSlot count 
   t.is(h.sum, 5 + 3 + 24 + 168);
 });
 
-test('the classic le set is every step-th slot bound plus maxSlot, the same for every series of a metric', (t) => {
+test('the classic le set is every step-th power of two plus maxSlot, the same for every series of a metric', (t) => {
   const r = R(8, 34, 1e-9, 2);
   const lay = classicLayout(r);
-  t.deepEqual(lay.lastSlot, [8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30, 32, 34]);
-  t.is(lay.bounds[0], 511e-9);
+  t.deepEqual(lay.lastSlot, [9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31, 33, 34]);
+  t.is(lay.bounds[0], 1023e-9);
   t.is(lay.text.at(-1), String(Number(((2 ** 35 - 1) * 1e-9).toPrecision(12))));
   t.is(classicLayout(r), lay, 'computed once per range');
-  // Slots 0..8 land in le=511ns, 9..10 in le=2047ns; slot 40 only in +Inf.
+  // Slots 0..9 land in le=1023ns, 10..11 in le=4095ns; slot 40 only in +Inf.
   const slots = new Array(41).fill(0);
   slots[3] = 2; slots[8] = 1; slots[9] = 4; slots[11] = 1; slots[40] = 5;
   const cum = classicCumulative(log2Histogram(slots, r), []);
-  t.deepEqual(cum.slice(0, 3), [3, 7, 8]);
+  t.deepEqual(cum.slice(0, 3), [7, 8, 8]);
   t.is(cum.at(-2), 8);
   t.is(cum.at(-1), 13);
   // Every catalogued histogram has buckets, and its classic bounds strictly increase.
@@ -59,8 +59,13 @@ test('the classic le set is every step-th slot bound plus maxSlot, the same for 
     t.truthy(d.buckets, d.name);
     const b = classicLayout(d.buckets!).bounds;
     t.true(b.every((v, i) => i === 0 || v > b[i - 1]!), d.name);
-    t.true(b.length <= 15, `${d.name}: ${b.length} classic buckets`);
+    t.true(b.length <= 8, `${d.name}: ${b.length} classic buckets`);
   }
+  // The catalog's grid: every 4th power of two of nanoseconds, the same le values for every
+  // seconds histogram, plus the top of each range.
+  t.deepEqual(classicLayout(M.memcgWbWaitTime.buckets!).text,
+    ['0.000004095', '0.000065535', '0.001048575', '0.016777215', '0.268435455', '4.294967295', '34.359738367']);
+  t.deepEqual(classicLayout(M.memcgUnchargeBatchPages.buckets!).text, ['15', '255', '4095', '8191']);
 });
 
 test('native schema 0: slot i maps to bucket i+1 for unit values and i-29 for nanoseconds exported in seconds', (t) => {

@@ -109,9 +109,14 @@ test.serial('Prometheus 2.42 with native histograms scrapes protobuf; its quanti
   const pn = Number(qn[0]!.value[1]);
   const pc = Number(qc[0]!.value[1]);
   t.true(pn > 0 && pc > 0, `native p99 ${pn}, classic p99 ${pc}`);
-  // One classic bucket is a factor 4 (classicStep 2): the two p99s are within it.
-  const ratio = Math.max(pn, pc) / Math.min(pn, pc);
-  t.true(ratio <= 4, `native p99 ${pn} s vs classic p99 ${pc} s (ratio ${ratio.toFixed(2)})`);
+  // Within one bucket: the native p99 lies in the classic bucket that holds the classic p99
+  // (a factor 16 wide: catalog CLASSIC_STEP). Native schema-0 buckets sit up to 7 % below the
+  // kernel slots they hold (agent/aggregate/histogram.ts), hence the 0.9 on the lower edge.
+  const bounds = classicLayout(M.kvmUserspaceTime.buckets!).bounds;
+  const b = bounds.findIndex((le) => pc <= le * (1 + 1e-9));
+  t.true(b >= 0, `classic p99 ${pc} s below the top finite bucket`);
+  const [lo, hi] = [b > 0 ? bounds[b - 1]! : 0, bounds[b]!];
+  t.true(pn >= lo * 0.9 && pn <= hi * (1 + 1e-9), `native p99 ${pn} s vs classic p99 ${pc} s in classic bucket (${lo}, ${hi}]`);
   t.log(`p99 of ${total} userspace exits: native ${(pn * 1e6).toFixed(1)} us, classic ${(pc * 1e6).toFixed(1)} us`);
 
   // A scrape costs the native server fewer samples for the same agent.

@@ -4,7 +4,7 @@
 // inclusive upper bound is 2^(i+1) - 1, scaled into the metric's base unit (ns -> seconds).
 //
 // - Classic (text, OpenMetrics): a fixed `le` set per metric (catalog `buckets`: every
-//   `classicStep`-th slot bound from minSlot to maxSlot), identical for every series of the
+//   `classicStep`-th power of two in [minSlot, maxSlot], plus maxSlot), identical for every series of the
 //   metric so that `sum by (le)` stays right. The bounds are exact slot bounds, so no count
 //   is ever attributed to the wrong bucket; only resolution is given up.
 // - Native (protobuf, schema 0): bucket k holds (2^(k-1), 2^k]. Slot i goes to the k nearest
@@ -67,13 +67,15 @@ export interface ClassicLayout {
 
 const classicCache = new WeakMap<Log2Range, ClassicLayout>();
 
-/** The metric's fixed classic `le` set: the slot bounds at minSlot, minSlot + step, ...,
- * and maxSlot itself so the top of the range stays a finite bucket. */
+/** The metric's fixed classic `le` set: the bounds of the slots i in [minSlot, maxSlot] with
+ * (i + 1) % classicStep === 0, i.e. le = 2^(classicStep k) - 1 raw units (every
+ * classicStep-th power of two, the same grid for every metric of a unit), and maxSlot itself
+ * so the top of the range stays a finite bucket. Slots below the first bound fold into it. */
 export function classicLayout(r: Log2Range): ClassicLayout {
   let c = classicCache.get(r);
   if (c) return c;
   const lastSlot: number[] = [];
-  for (let i = r.minSlot; i <= r.maxSlot; i += r.classicStep) lastSlot.push(i);
+  for (let i = r.minSlot; i <= r.maxSlot; i++) if ((i + 1) % r.classicStep === 0) lastSlot.push(i);
   if (lastSlot.at(-1) !== r.maxSlot) lastSlot.push(r.maxSlot);
   const bounds = lastSlot.map((i) => slotBound(i, r.scale));
   c = { bounds, lastSlot, text: bounds.map(formatNumber) };

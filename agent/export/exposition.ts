@@ -6,10 +6,12 @@
 //
 // prom-client is not on this path any more: at 2,000 cgroups x 200 VMs it built one object
 // per sample and one string per label set per scrape (bench/RESULTS.md). The agent's own
-// metrics are in the same catalog and go through this writer too.
+// metrics are in the same catalog and go through this writer too. In protobuf each series is
+// encoded once and its bytes reused while its value is unchanged (seriesBytes).
 import type { MetricDef } from '../catalog.js';
 import type { MetricStore, Series } from './store.js';
 import { classicCumulative, classicLayout, formatNumber, nativeBuckets } from '../aggregate/histogram.js';
+import protobuf from 'protobufjs';
 import { METRIC_TYPE, MetricFamilyType, PROTOBUF_CONTENT_TYPE } from './metrics-proto.js';
 
 export type Format = 'text' | 'openmetrics' | 'protobuf';
@@ -148,38 +150,79 @@ export function* exposition(format: Format, defs: readonly MetricDef[], store: M
 
 const ZERO_THRESHOLD = 2 ** -128;
 
+/** What a series' protobuf message is, for a value and the exporter's encoding of it. */
+function metricMessage(def: MetricDef, s: Series): object | undefined {
+  const label = labelPairs(def, s);
+  if (def.type === 'counter') return { label, counter: { value: s.value } };
+  if (def.type === 'gauge') return { label, gauge: { value: s.value } };
+  const h = s.hist;
+  if (!h) return undefined;
+  const { spans, deltas } = nativeBuckets(h);
+  return {
+    label,
+    histogram: {
+      // zero_threshold 2^-128 is client_golang's default (DefNativeHistogramZeroThreshold);
+      // it is also what makes a histogram without observations read as native in
+      // Prometheus 2.40-2.46, whose parser needs a delta, a zero count or a threshold
+      // (model/textparse/protobufparse.go isNativeHistogram): a series first scraped as
+      // classic there never became native. Later servers also accept a (0, 0) span.
+      sampleCount: h.count, sampleSum: h.sum, schema: 0, zeroThreshold: ZERO_THRESHOLD, zeroCount: 0,
+      positiveSpan: spans.length ? spans : [{ offset: 0, length: 0 }],
+      positiveDelta: deltas,
+    },
+  };
+}
+
+/**
+ * A series' bytes inside its family: MetricFamily{metric: [this series]} as protobufjs encodes
+ * it. Protobuf concatenates repeated fields, so a family is its header message followed by
+ * these, and each is encoded once and reused while the series' value stays the same (most do
+ * between two scrapes at fleet scale). A histogram is the same while its count and sum are:
+ * its slots only grow (BPF log2 counts), so an observation changes the count.
+ */
+function seriesBytes(def: MetricDef, s: Series): Uint8Array | undefined {
+  const c = (s.cache ??= {});
+  const h = s.hist;
+  const v = h ? h.count : s.value;
+  const sum = h ? h.sum : 0;
+  if (c.pbBytes && Object.is(c.pbValue, v) && Object.is(c.pbSum, sum)) return c.pbBytes;
+  const m = metricMessage(def, s);
+  if (!m) return undefined;
+  c.pbValue = v;
+  c.pbSum = sum;
+  return (c.pbBytes = MetricFamilyType.encode({ metric: [m] }).finish());
+}
+
+const familyHeaders = new WeakMap<MetricDef, Uint8Array>();
+
 function* protobufChunks(defs: readonly MetricDef[], store: MetricStore): Generator<Uint8Array> {
   for (const def of defs) {
     if (store.size(def) === 0) continue; // an empty family carries nothing in protobuf
-    const metric: object[] = [];
+    let header = familyHeaders.get(def);
+    if (!header) familyHeaders.set(def, (header = MetricFamilyType.encode({ name: def.name, help: def.help, type: METRIC_TYPE[def.type] }).finish()));
+    const parts: Uint8Array[] = [header];
+    let len = header.length;
     for (const s of store.each(def)) {
-      if (def.type !== 'histogram') {
-        // One message object per series for its life, its value updated in place: a scrape
-        // allocates nothing per counter or gauge.
-        const c = (s.cache ??= {});
-        const m = (c.pbMetric ??= def.type === 'counter' ? { label: labelPairs(def, s), counter: { value: 0 } } : { label: labelPairs(def, s), gauge: { value: 0 } });
-        (m.counter ?? m.gauge)!.value = s.value;
-        metric.push(m);
-      } else if (s.hist) {
-        const label = labelPairs(def, s);
-        const h = s.hist;
-        const { spans, deltas } = nativeBuckets(h);
-        metric.push({
-          label,
-          histogram: {
-            // zero_threshold 2^-128 is client_golang's default (DefNativeHistogramZeroThreshold);
-            // it is also what makes a histogram without observations read as native in
-            // Prometheus 2.40-2.46, whose parser needs a delta, a zero count or a threshold
-            // (model/textparse/protobufparse.go isNativeHistogram): a series first scraped as
-            // classic there never became native. Later servers also accept a (0, 0) span.
-            sampleCount: h.count, sampleSum: h.sum, schema: 0, zeroThreshold: ZERO_THRESHOLD, zeroCount: 0,
-            positiveSpan: spans.length ? spans : [{ offset: 0, length: 0 }],
-            positiveDelta: deltas,
-          },
-        });
+      const b = seriesBytes(def, s);
+      if (!b) continue;
+      parts.push(b);
+      len += b.length;
+    }
+    // Delimited: the family's length as a varint (protobufjs' writer), then the family.
+    parts.unshift(protobuf.Writer.create().uint32(len).finish());
+    // About CHUNK bytes at a time, so a scrape is streamed rather than held whole.
+    let batch: Uint8Array[] = [];
+    let batchLen = 0;
+    for (const p of parts) {
+      batch.push(p);
+      batchLen += p.length;
+      if (batchLen >= CHUNK) {
+        yield Buffer.concat(batch, batchLen);
+        batch = [];
+        batchLen = 0;
       }
     }
-    yield MetricFamilyType.encodeDelimited({ name: def.name, help: def.help, type: METRIC_TYPE[def.type], metric }).finish();
+    if (batchLen) yield Buffer.concat(batch, batchLen);
   }
 }
 

@@ -19,7 +19,11 @@ export interface Series {
   cache?: {
     text?: string;
     pb?: { name: string; value: string }[];
-    pbMetric?: { label: { name: string; value: string }[]; counter?: { value: number }; gauge?: { value: number } };
+    /** The series' encoded protobuf (exposition.ts seriesBytes) and the count/value and sum
+     * it was encoded for. */
+    pbBytes?: Uint8Array;
+    pbValue?: number;
+    pbSum?: number;
   };
   /** The collection that last visited it (MetricStore.visit). */
   epoch?: number;
