@@ -140,6 +140,47 @@ function decoderOf(d: string | Decoder, map: string): Decoder {
 }
 
 const layoutCache = new WeakMap<MapExport, Decoded>();
+
+/**
+ * What the last collection made of one map entry, by its raw key: the decoded key labels,
+ * a hash of its value bytes (every CPU's copy) and the series each value field went to.
+ * Most entries do not change between two scrapes at fleet scale; when an entry's labels
+ * decode the same (decoders still run every time: cgroup linger, budget, VM exits) and its
+ * bytes hash the same, its series keep their values and are only marked as seen, skipping
+ * the series-key strings, the store lookups and the per-CPU folding. Only for series that
+ * entry alone fills (MetricStore.keepable); any doubt takes the full path.
+ */
+interface EntryMemo {
+  labels: string[];
+  h1: number;
+  h2: number;
+  series: (Series | undefined)[];
+  collection: number;
+}
+const memos = new WeakMap<MapExport, Map<string, EntryMemo>>();
+
+/** Two 32-bit lanes over the value's bytes on every CPU (FNV-1a-like and a multiply-rotate
+ * mix), word by word, then any trailing bytes. */
+function hashValue(e: Value, out: { h1: number; h2: number }): void {
+  let h1 = 0x811c9dc5;
+  let h2 = 0x9e3779b9;
+  const bytes = e.stride || e.v.length;
+  const wordsPer = bytes >> 2;
+  for (let c = 0; c < e.cpus; c++) {
+    const off = e.off + c * bytes;
+    const base = off >> 2;
+    for (let i = base; i < base + wordsPer; i++) {
+      const x = e.w[i]!;
+      h1 = Math.imul(h1 ^ x, 0x01000193);
+      h2 = Math.imul((h2 ^ x) + i, 0x85ebca6b);
+      h2 = (h2 << 13) | (h2 >>> 19);
+    }
+    for (let b = off + wordsPer * 4; b < off + bytes; b++) h1 = Math.imul(h1 ^ e.v[b]!, 0x01000193);
+  }
+  out.h1 = h1;
+  out.h2 = h2;
+}
+
 /** Final counts of retired entries folded into "_other", per map export (RETIRE_INTO_OTHER). */
 const retiredCounts = new WeakMap<MapExport, Map<MetricDef, Map<string, Series>>>();
 
@@ -202,6 +243,12 @@ function words(buf: Buffer): Uint32Array {
   const c = new Uint8Array(buf.length & ~3);
   c.set(buf.subarray(0, c.length));
   return new Uint32Array(c.buffer);
+}
+
+function sameStrings(a: readonly string[], b: readonly string[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }
 
 /** A field summed over the CPUs of a value. */
@@ -312,6 +359,11 @@ export function collectMap(fam: LoadedFamily, e: MapExport, ctx: CollectContext)
     addCarried(fam2.get(k) ?? fam2.set(k, { labels, value: 0 }).get(k)!, false, { labels, value, hist });
   };
 
+  let memo = memos.get(e);
+  if (!memo) memos.set(e, (memo = new Map()));
+  const collection = store.collection;
+  const hash = { h1: 0, h2: 0 };
+  const decodedNow: string[] = [];
   let entries = 0;
   for (const { k, e: val } of mapEntries(map)) {
     entries++;
@@ -319,14 +371,26 @@ export function collectMap(fam: LoadedFamily, e: MapExport, ctx: CollectContext)
     const labels: Record<string, string> = {};
     let gone = false;
     let retire = false;
+    decodedNow.length = 0;
     for (const l of lay.labels) {
       const decoded = l.decode(u64(k, l.field.offset, l.field.size), ctx, field);
       if (decoded === null) { gone = true; break; }
       if (decoded === RETIRE_INTO_OTHER) retire = true;
+      decodedNow.push(decoded);
       labels[l.label] = decoded === RETIRE_INTO_OTHER ? OVERFLOW_VALUE : decoded;
     }
+    const rawKey = k.toString('latin1');
     if (gone) {
       map.delete(k);
+      memo.delete(rawKey);
+      continue;
+    }
+    hashValue(val, hash);
+    const m = memo.get(rawKey);
+    if (!retire && !carry && m && m.collection === collection - 1 && m.h1 === hash.h1 && m.h2 === hash.h2 && sameStrings(m.labels, decodedNow) &&
+        m.series.every((x) => x === undefined || store.keepable(x))) {
+      for (const x of m.series) if (x) store.keep(x);
+      m.collection = collection;
       continue;
     }
     if (retire) {
@@ -337,11 +401,13 @@ export function collectMap(fam: LoadedFamily, e: MapExport, ctx: CollectContext)
     // The one place a cgroup label grows its Kubernetes labels (catalog CG), for every family.
     if (labels.cgroup !== undefined) Object.assign(labels, cgroupLabels(ctx, labels.cgroup));
     const entryKey = keyFor(mapLabels, labels);
+    const memoSeries: (Series | undefined)[] = [];
     for (const { fx, field: f, sum, range, t } of values) {
       const all = fx.labels ? { ...labels, ...fx.labels } : labels;
       if (range) {
         const k2 = keyOf(t, all, entryKey);
         const s2 = store.visit(t.metric, k2) ?? born(store, t, all, k2, anySlot(val, f));
+        memoSeries.push(s2);
         if (s2) fillHistogram(s2, store.fresh, range, val, f, sum);
         if (carry) {
           const tmp: Series = { labels: {}, value: 0 };
@@ -353,14 +419,17 @@ export function collectMap(fam: LoadedFamily, e: MapExport, ctx: CollectContext)
       const n = sumCpus(val, f.offset, f.size);
       const k2 = keyOf(t, all, entryKey);
       const s2 = store.visit(t.metric, k2) ?? born(store, t, all, k2, n !== 0);
+      memoSeries.push(s2);
       if (s2) s2.value = store.fresh ? n : s2.value + n;
       carryInto(t, all, entryKey, n);
     }
     if (retire) {
       carry = undefined;
       map.delete(k);
-    }
+      memo.delete(rawKey);
+    } else memo.set(rawKey, { labels: decodedNow.slice(), h1: hash.h1, h2: hash.h2, series: memoSeries, collection });
   }
+  for (const [rk, x] of memo) if (x.collection !== collection) memo.delete(rk); // entries gone from the map
   for (const t of targets.values()) store.collected(t.metric);
   ctx.store.set(M.mapEntries, { family: fam.spec.name, map: e.map }, entries);
   ctx.store.set(M.mapCapacity, { family: fam.spec.name, map: e.map }, map.maxEntries);

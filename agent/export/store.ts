@@ -25,8 +25,11 @@ export interface Series {
     pbValue?: number;
     pbSum?: number;
   };
-  /** The collection that last visited it (MetricStore.visit). */
+  /** The collection that last visited it (MetricStore.visit); -1 once removed. */
   epoch?: number;
+  /** How many visits it had in that collection: more than one when several map entries
+   * fold into it ("_other"), which rules out collect.ts's unchanged-entry shortcut. */
+  visits?: number;
 }
 
 // A label left out is an empty one, as in Prometheus: a cgroup that is not a pod's has no
@@ -69,6 +72,7 @@ export class MetricStore {
    * per-object one that would be born at zero is not born yet (catalog isPerObject). */
   replace(def: MetricDef, series: Iterable<Series>): void {
     const prev = this.series.get(def);
+    for (const s of prev?.values() ?? []) s.epoch = -1; // those kept get their epoch back below
     const fam = new Map<string, Series>();
     const perObject = isPerObject(def);
     for (const s of series) {
@@ -78,8 +82,12 @@ export class MetricStore {
       if (old) {
         old.value = s.value;
         old.hist = s.hist;
+        old.epoch = this.epoch;
         fam.set(k, old);
-      } else fam.set(k, s);
+      } else {
+        s.epoch = this.epoch;
+        fam.set(k, s);
+      }
     }
     this.series.set(def, fam);
   }
@@ -100,6 +108,7 @@ export class MetricStore {
     const s = this.series.get(def)?.get(key);
     if (!s) return undefined;
     this.fresh = s.epoch !== this.epoch;
+    s.visits = this.fresh ? 1 : (s.visits ?? 0) + 1;
     s.epoch = this.epoch;
     return s;
   }
@@ -107,9 +116,30 @@ export class MetricStore {
   /** A series first met in this collection. */
   adopt(def: MetricDef, key: string, s: Series): Series {
     s.epoch = this.epoch;
+    s.visits = 1;
     this.family(def).set(key, s);
     this.fresh = true;
     return s;
+  }
+
+  /**
+   * Whether `s` can be kept as it is in this collection: it is still in the store, was
+   * visited exactly once in the previous collection and not yet in this one, so its value is
+   * that one visitor's alone. collect.ts asks this for a map entry whose bytes did not change.
+   */
+  keepable(s: Series): boolean {
+    return s.epoch === this.epoch - 1 && s.visits === 1;
+  }
+
+  /** Marks a keepable() series as visited in this collection, value unchanged. */
+  keep(s: Series): void {
+    s.epoch = this.epoch;
+    s.visits = 1;
+  }
+
+  /** The collection under way (collect.ts tells its memo entries apart by it). */
+  get collection(): number {
+    return this.epoch;
   }
 
   /** After a metric was collected whole: its series not visited in this collection are gone
@@ -122,7 +152,7 @@ export class MetricStore {
   sweep(): void {
     for (const def of this.swept) {
       const fam = this.series.get(def);
-      if (fam) for (const [k, s] of fam) if (s.epoch !== this.epoch) fam.delete(k);
+      if (fam) for (const [k, s] of fam) if (s.epoch !== this.epoch) { fam.delete(k); s.epoch = -1; }
     }
     this.swept.clear();
   }
@@ -131,7 +161,7 @@ export class MetricStore {
     const fam = this.series.get(def);
     if (!fam) return 0;
     let n = 0;
-    for (const [k, s] of fam) if (match(s.labels)) { fam.delete(k); n++; }
+    for (const [k, s] of fam) if (match(s.labels)) { fam.delete(k); s.epoch = -1; n++; }
     return n;
   }
 
