@@ -239,10 +239,11 @@ test('the decoded samples on /metrics via BPF_PROG_TEST_RUN (logic, not attach):
   t.is(value(s, M.kvmiUnhooks.name, { vm }), 1);
   t.is(value(s, `${M.kvmiReplyTime.name}_count`, pf), 1);
   t.is(Math.round(value(s, `${M.kvmiReplyTime.name}_sum`, pf)! * 1e9), 300_000);
-  // 300 us is in log2 slot 18 ([2^18, 2^19) ns): the classic bucket ending with that slot has
-  // le 2^19 - 1 ns; the one before (every second slot: catalog buckets) ends with slot 16.
-  t.is(value(s, `${M.kvmiReplyTime.name}_bucket`, { ...pf, le: String((2 ** 19 - 1) / 1e9) }), 1);
-  t.is(value(s, `${M.kvmiReplyTime.name}_bucket`, { ...pf, le: String((2 ** 17 - 1) / 1e9) }), 0);
+  // 300 us is in log2 slot 18 ([2^18, 2^19) ns): the classic bucket holding it ends with slot
+  // 19, le 2^20 - 1 ns; the one before (every fourth power of two: catalog buckets) ends with
+  // slot 15, le 2^16 - 1 ns.
+  t.is(value(s, `${M.kvmiReplyTime.name}_bucket`, { ...pf, le: String((2 ** 20 - 1) / 1e9) }), 1);
+  t.is(value(s, `${M.kvmiReplyTime.name}_bucket`, { ...pf, le: String((2 ** 16 - 1) / 1e9) }), 0);
   t.is(value(s, M.kvmiCommands.name, { vm, command: 'KVMI_VCPU_GET_XSAVE', result: 'KVM_EINVAL' }), 1);
   t.is(Math.round(value(s, `${M.kvmiCommandTime.name}_sum`, { vm, command: 'KVMI_VCPU_GET_XSAVE' })! * 1e9), 50_000);
   // Every kvmi series carries exactly its catalog labels (plus le on buckets).
