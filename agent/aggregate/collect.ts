@@ -150,7 +150,7 @@ export function checkDecoders(spec: FamilySpec): void {
       try {
         decoderOf(kl.decoder, e.map);
       } catch (err) {
-        throw new Error(`family ${spec.name}, label ${kl.label} of ${(err as Error).message}`);
+        throw new Error(`family ${spec.name}, label ${kl.label} of ${(err as Error).message}`, { cause: err });
       }
     }
   }
