@@ -69,8 +69,9 @@ export interface EventContext {
   resolveCgroup: (id: number) => string;
   /** Kernel stack of a stack id from the family's `stacks` map, symbolized. */
   stack: (id: number) => string[];
-  /** Append to the agent's bounded log of recent race events (GET /api/races). */
-  logRace: (record: Record<string, unknown>) => void;
+  /** Append to the agent's bounded log of recent race events (GET /api/races) and log it,
+   * rate-limited, at `level` (default warn; info for an indicator that is also normal life). */
+  logRace: (record: Record<string, unknown>, level?: 'warn' | 'info') => void;
 }
 
 export interface FamilySpec {
