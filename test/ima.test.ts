@@ -35,11 +35,13 @@ test('detection: built and active, built but left out by lsm=, built with securi
   t.teardown(() => fs.rmSync(root, { recursive: true, force: true }));
   t.deepEqual(detectIma(root, names), { built: true, active: undefined }, 'empty: securityfs not mounted, cannot tell, so attach');
   fs.writeFileSync(path.join(root, 'lsm'), 'lockdown,capability,landlock,yama,apparmor,bpf\n');
-  const off = detectIma(root, names);
+  const off = detectIma(root, names, true);
   t.false(off.active);
   t.regex(off.reason!, /^IMA is built into this kernel but off: not among the active LSMs \(\/sys\/kernel\/security\/lsm: lockdown,capability,landlock,yama,apparmor,bpf; lsm= /);
   fs.writeFileSync(path.join(root, 'lsm'), 'lockdown,capability,ima,evm\n');
-  t.regex(detectIma(root, names).reason!, /^IMA is built into this kernel but off: listed in \/sys\/kernel\/security\/lsm but it never initialized/);
+  t.regex(detectIma(root, names, true).reason!, /^IMA is built into this kernel but off: securityfs is mounted but it never initialized/);
+  fs.writeFileSync(path.join(root, 'lsm'), 'lockdown,capability,yama,apparmor\n');
+  t.regex(detectIma(root, names, false).reason!, /^IMA is built into this kernel but off: securityfs is mounted but it never initialized/, 'before 6.9 IMA is no LSM: the list says nothing');
   fs.mkdirSync(path.join(root, 'ima'));
   t.deepEqual(detectIma(root, names), { built: true, active: true });
   t.is(detectIma(root, { btf: new Set(), kallsyms: new Set(['ima_bprm_check']) }).built, true, 'kallsyms alone is enough');

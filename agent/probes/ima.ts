@@ -5,7 +5,7 @@
 // that reason ("not present"), not failed.
 import fs from 'node:fs';
 import { M } from '../catalog.js';
-import { kallsymsWithPrefix, kernelBtfNamesWithPrefix } from '../kernel.js';
+import { kallsymsWithPrefix, kernelAtLeast, kernelBtfNamesWithPrefix } from '../kernel.js';
 import type { Decoder } from '../aggregate/collect.js';
 import type { FamilySpec, ProbeSpec } from './model.js';
 
@@ -26,7 +26,9 @@ function timedCandidates(fns: string[], progs: [string, string], kprogs: [string
   ];
 }
 
-// Symbols and their kernels: the comment at the top of bpf/src/ima.bpf.c. No IMA tracepoint
+// Symbols and their kernels: the comment at the top of bpf/src/ima.bpf.c (which also says why
+// 6.1 takes fentry on ima_file_check and kprobe for the appraisal: its x86 trampoline takes
+// at most 6 arguments, and those two functions have 7). No IMA tracepoint
 // exists in 6.1 or 6.12 (no ima events in tracefs, no btf_trace_ima*), so there is no
 // tracepoint tier.
 const probes: ProbeSpec[] = [
@@ -88,11 +90,12 @@ const IMA_CORE = ['ima_file_check', 'ima_bprm_check'] as const;
  * Built or not, from names alone (the kernel BTFs' strings and kallsyms' function symbols,
  * as kvmi does); active or not, from securityfs: IMA creates /sys/kernel/security/ima when
  * it initializes (ima_fs_init, security/integrity/ima/ima_fs.c, 6.1 and 6.12), and on 6.9+
- * /sys/kernel/security/lsm lists it among the active LSMs (or not, when lsm= left it out).
+ * /sys/kernel/security/lsm lists it among the active LSMs (or not, when lsm= left it out;
+ * measured: the 6.1 guest lists no ima there although IMA runs, as it is no LSM before 6.9).
  * With securityfs not mounted, activity cannot be told: the family is then attached (a hook
  * of an inactive IMA never fires, which costs nothing) and the log says so.
  */
-export function detectIma(root = '/sys/kernel/security', names?: { btf: Set<string>; kallsyms: Set<string> }): ImaDetection {
+export function detectIma(root = '/sys/kernel/security', names?: { btf: Set<string>; kallsyms: Set<string> }, lsmIma = kernelAtLeast(6, 9)): ImaDetection {
   const btf = names?.btf ?? kernelBtfNamesWithPrefix('ima_');
   const ksyms = names?.kallsyms ?? kallsymsWithPrefix('ima_');
   const built = IMA_CORE.some((f) => btf.has(f) || ksyms.has(f));
@@ -107,8 +110,12 @@ export function detectIma(root = '/sys/kernel/security', names?: { btf: Set<stri
   let lsm: string | undefined;
   try { lsm = fs.readFileSync(`${root}/lsm`, 'utf8').trim(); } catch { /* not mounted, or before 4.15 */ }
   if (lsm !== undefined) {
-    const off = lsm.split(',').includes('ima') ? 'listed in /sys/kernel/security/lsm but' : `not among the active LSMs (/sys/kernel/security/lsm: ${lsm}; lsm= on the kernel command line leaves it out), so`;
-    return { built, active: false, reason: `IMA is built into this kernel but off: ${off} it never initialized (no ${root}/ima)` };
+    // IMA is an LSM of its own from 6.9 (security/integrity/ima/ima_main.c DEFINE_LSM(ima));
+    // before, it is called from the security hooks directly and never listed in the lsm file.
+    const why = lsmIma && !lsm.split(',').includes('ima')
+      ? `not among the active LSMs (/sys/kernel/security/lsm: ${lsm}; lsm= on the kernel command line leaves it out), so`
+      : 'securityfs is mounted but';
+    return { built, active: false, reason: `IMA is built into this kernel but off: ${why} it never initialized (no ${root}/ima)` };
   }
   // Not mounted (nothing in the directory), or an old kernel without the lsm file.
   return { built, active: undefined };

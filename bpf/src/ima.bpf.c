@@ -25,6 +25,10 @@
  *    it is freed by ima_inode_free_rcu(inode_security) from an RCU callback that has only
  *    the blob, so the free is seen at security_inode_free(inode) (security/security.c 6.12),
  *    which queues that callback, with S_IMA telling whether the inode has an iint.
+ *  - fentry/fexit on process_measurement and ima_appraise_measurement (7 arguments) needs
+ *    6.6+: 6.1's x86 trampoline refuses more than 6 (arch/x86/net/bpf_jit_comp.c v6.1
+ *    "if (nr_regs > 6) return -ENOTSUPP"; v6.12 takes MAX_BPF_FUNC_ARGS, 12). Measured in the
+ *    6.1 guest: the check takes fentry on ima_file_check, the appraisal kprobe.
  *  - S_IMA is (1 << 10) in include/linux/fs.h (6.1 and 6.12); inode->i_ino, i_generation,
  *    i_sb->s_dev and file->f_inode are in this object's vmlinux.h and in both kernels.
  *
