@@ -144,6 +144,7 @@ export const imaFamily: FamilySpec = {
     { map: 'reuse_counts', labels: [{ label: 'kind', field: 'key', decoder: reuseKind }], fields: [{ field: 'value', metric: M.imaInodeReuse }] },
   ],
   watchMaps: ['ima_inodes'],
+  benchEventsPerRun: { bench_ima_cycle: 6 }, // check, get (alloc), hash, log entry, get (hit), free
   collect(_ctx, store, fam) {
     const c = fam.maps.get('ima_counters');
     if (!c) return;

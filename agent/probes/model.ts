@@ -100,6 +100,9 @@ export interface FamilySpec {
   /** A gauge the agent sets to 1 when present() finds the subsystem and 0 when not, so
    * "not present" is a sample, not a missing series (hvwatch_kvmi_present). */
   presentMetric?: MetricDef;
+  /** Hook events one run of each of the object's SEC("tc") bench_* programs stands for
+   * (bench/test-run-cost.ts divides by it; its comment in the .bpf.c says why). */
+  benchEventsPerRun?: Readonly<Record<string, number>>;
   /** Once after load: write configuration into the family's BPF maps. */
   setup?: (fam: LoadedFamily, cfg: Config) => void;
 }
