@@ -15,6 +15,7 @@ import { detectIma, devName, imaFamily, REUSE_KINDS } from '../agent/probes/ima.
 import { AgentProcess, pick, value } from './helpers/agent.js';
 import { createCgroup } from './helpers/memcg.js';
 import { setLogLevel } from '../agent/log.js';
+import { trampolineMaxArgs } from '../agent/kernel.js';
 
 setLogLevel('error'); // reuse events are logged: expected here, noise in the test log
 
@@ -202,4 +203,13 @@ test('measurements, violations and the three latency histograms per cgroup via B
 test('devName: a kernel dev_t as major:minor (include/linux/kdev_t.h)', (t) => {
   t.is(devName((259 << 20) | 3), '259:3');
   t.is(devName(0), '0:0');
+});
+
+test('trampoline argument limit the fentry precheck applies: x86-64 takes 6 before 6.6 and 12 from 6.6; other arches are not limited here', (t) => {
+  t.is(trampolineMaxArgs('x64', false), 6);
+  t.is(trampolineMaxArgs('x64', true), 12);
+  t.is(trampolineMaxArgs('arm64', false), undefined);
+  // The two 7-argument IMA functions have a fallback that fits 6 (ima_file_check) or a kprobe.
+  const check = imaFamily.probes.find((p) => p.name === 'ima_check')!;
+  t.deepEqual(check.candidates.filter((c) => c.attach === 'fentry').map((c) => c.target), ['process_measurement', 'ima_file_check']);
 });
