@@ -11,7 +11,7 @@ import type { FamilySpec, ProbeSpec } from './model.js';
 
 const family = 'ima';
 
-/** enum reuse_kind in bpf/src/ima.bpf.c, in order. README "Race indicators" says how to read them. */
+/** enum reuse_kind in bpf/src/ima.bpf.c, in order. docs/metrics.md "Race indicators" says how to read them. */
 export const REUSE_KINDS = ['after_free', 'live_state'] as const;
 /** enum ima_counter, as hvwatch_ima_state_events_total{kind} (index 0 and 1 are the cache's own metrics). */
 const IC = { allocs: 0, frees: 1, untrackedFrees: 2, unpaired: 3 } as const;
