@@ -90,8 +90,8 @@ const IMA_CORE = ['ima_file_check', 'ima_bprm_check'] as const;
  * Built or not, from names alone (the kernel BTFs' strings and kallsyms' function symbols,
  * as kvmi does); active or not, from securityfs: IMA creates /sys/kernel/security/ima when
  * it initializes (ima_fs_init, security/integrity/ima/ima_fs.c, 6.1 and 6.12), and on 6.9+
- * /sys/kernel/security/lsm lists it among the active LSMs (or not, when lsm= left it out;
- * measured: the 6.1 guest lists no ima there although IMA runs, as it is no LSM before 6.9).
+ * /sys/kernel/security/lsm lists it among the active LSMs (measured: the 6.12 guest lists
+ * "ima,evm" there; the 6.1 guest lists no ima although IMA runs, as it is no LSM before 6.9).
  * With securityfs not mounted, activity cannot be told: the family is then attached (a hook
  * of an inactive IMA never fires, which costs nothing) and the log says so.
  */
@@ -110,10 +110,13 @@ export function detectIma(root = '/sys/kernel/security', names?: { btf: Set<stri
   let lsm: string | undefined;
   try { lsm = fs.readFileSync(`${root}/lsm`, 'utf8').trim(); } catch { /* not mounted, or before 4.15 */ }
   if (lsm !== undefined) {
-    // IMA is an LSM of its own from 6.9 (security/integrity/ima/ima_main.c DEFINE_LSM(ima));
+    // IMA is an LSM of its own from 6.9 (security/integrity/ima/ima_main.c DEFINE_LSM(ima),
+    // LSM_ORDER_LAST: appended whatever lsm= says, security/security.c v6.12 ordered_lsm_init);
     // before, it is called from the security hooks directly and never listed in the lsm file.
+    // Either way the usual cause of "built but off" is ima_init() failing at boot (the kernel
+    // log says why), which leaves no securityfs directory.
     const why = lsmIma && !lsm.split(',').includes('ima')
-      ? `not among the active LSMs (/sys/kernel/security/lsm: ${lsm}; lsm= on the kernel command line leaves it out), so`
+      ? `not among the active LSMs (/sys/kernel/security/lsm: ${lsm}), so`
       : 'securityfs is mounted but';
     return { built, active: false, reason: `IMA is built into this kernel but off: ${why} it never initialized (no ${root}/ima)` };
   }
