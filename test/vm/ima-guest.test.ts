@@ -10,6 +10,8 @@
 //  - files are created, read and deleted one by one until the agent reports an inode pointer
 //    reuse: the reuse is counted, and its /api/races event pairs two identities the script really
 //    created, in order (each file's i_ino and i_generation are recorded with lsattr -v).
+//  - the same churn with the ima_cache_free probe disabled: each reuse is then live_state (the
+//    old entry was never seen freed), the kind the alert fires on.
 // The hosts we run on have no IMA (and no fentry/kprobes), so this is where these probes meet
 // real kernel events. Skips, with the reason in the title, when QEMU/tools/kernels are unavailable.
 import fs from 'node:fs';
@@ -23,7 +25,7 @@ import { GUEST_AGENT_SHELL, describeRun, guestPlan, runInGuest, vmUnavailableRea
 
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url)); // dist/test/vm/ -> repo root
 const HVWATCH = path.join(ROOT, 'bin/hvwatch');
-const GUEST_TIMEOUT_MS = 180_000;
+const GUEST_TIMEOUT_MS = 240_000;
 const CGROUP = 'hvwatch-guest-ima';
 const LABELS = { cgroup: `/${CGROUP}` };
 const N = 40; // new files read: N measurements
@@ -125,6 +127,30 @@ echo '<<<races'; get "$URL/api/races"; echo; echo 'races>>>'
 
 kill $AG; wait $AG; echo "agent_exit=$?"
 echo '<<<agent-stderr'; cat "$tmp/agent.err"; echo 'agent-stderr>>>'
+
+# ---- the same churn with the free hook off: each reuse must now be live_state ----
+read T0 _ < /proc/uptime # start_agent's 90 s budget counts from T0: a second agent gets its own
+start_agent ${OTHERS_OFF} --disable ima_cache_free
+live="${M.imaInodeReuse.name}{kind=\"live_state\"}"
+mkdir -p /mnt/ima/churn2
+echo '<<<idents2'
+for r in $(seq ${MAX_REUSE_ROUNDS}); do
+  f=/mnt/ima/churn2/c$r
+  echo "churn2 $r $RANDOM" > $f
+  echo "$r $(stat -c %i $f) $(lsattr -v $f | awk '{ print $1 }')"
+  cat $f > /dev/null
+  rm -f $f
+  if [ $((r % 10)) = 0 ]; then
+    sleep 0.2
+    v=$(metric "$live"); [ "\${v:-0}" -ge 1 ] && break
+  fi
+done
+echo 'idents2>>>'
+echo "live_rounds=$r"
+sleep 1
+echo '<<<metrics-nofree'; get "$URL/metrics"; echo 'metrics-nofree>>>'
+echo '<<<races-nofree'; get "$URL/api/races"; echo; echo 'races-nofree>>>'
+kill $AG; wait $AG; echo "agent2_exit=$?"
 echo "t_end=$(ts)"
 exit 0
 `;
@@ -139,6 +165,9 @@ interface GuestRun {
   probes: { name: string; candidates: { attach: string; target: string; ok: boolean; error?: string }[] }[];
   idents: { round: number; ino: number; gen: number }[];
   agentStderr: string;
+  nofree: Sample[];
+  racesNofree: Record<string, unknown>[] | string;
+  idents2: { round: number; ino: number; gen: number }[];
 }
 
 const between = (s: string, tag: string): string | undefined =>
@@ -150,13 +179,18 @@ function parseGuest(g: GuestResult): GuestRun {
   const racesText = between(g.stdout, 'races')?.trim() ?? '';
   let races: GuestRun['races'];
   try { races = JSON.parse(racesText) as Record<string, unknown>[]; } catch { races = `unparseable: ${racesText.slice(0, 500)}`; }
-  const idents = (between(g.stdout, 'idents') ?? '').split('\n').flatMap((l) => {
+  const identsOf = (tag: string): GuestRun['idents'] => (between(g.stdout, tag) ?? '').split('\n').flatMap((l) => {
     const m = /^(\d+) (\d+) (\d+)$/.exec(l.trim());
     return m ? [{ round: Number(m[1]), ino: Number(m[2]), gen: Number(m[3]) }] : [];
   });
+  const idents = identsOf('idents');
+  const racesNofreeText = between(g.stdout, 'races-nofree')?.trim() ?? '';
+  let racesNofree: GuestRun['racesNofree'];
+  try { racesNofree = JSON.parse(racesNofreeText) as Record<string, unknown>[]; } catch { racesNofree = `unparseable: ${racesNofreeText.slice(0, 500)}`; }
   let probes: GuestRun['probes'] = [];
   try { probes = JSON.parse(between(g.stdout, 'probes') ?? '[]') as GuestRun['probes']; } catch { /* asserted on below */ }
-  return { g, kv, probes, start: scrape('metrics-start'), measured: scrape('metrics-measured'), final: scrape('metrics-final'), races, idents, agentStderr: between(g.stdout, 'agent-stderr') ?? '' };
+  return { g, kv, probes, start: scrape('metrics-start'), measured: scrape('metrics-measured'), final: scrape('metrics-final'), races, idents, agentStderr: between(g.stdout, 'agent-stderr') ?? '',
+    nofree: scrape('metrics-nofree'), racesNofree, idents2: identsOf('idents2') };
 }
 
 const attachedVia = (s: Sample[], probe: string): string | undefined => pick(s, M.probeInfo.name, { probe })[0]?.labels['attach'];
@@ -264,5 +298,25 @@ for (const [k, skip] of plan) {
     }
     t.true((value(final, M.imaCacheFrees.name) ?? 0) >= Number(kv['reuse_rounds']) - 1, 'each deleted file\'s iint was freed');
     t.true((value(final, M.imaCacheEntries.name) ?? 0) >= N, 'the N measured files still exist: their entries are live');
+  });
+
+  run(title('the same churn with the free hook disabled: every reuse is live_state (the old entry never seen freed), paired with identities the script created'), async (t) => {
+    const r = await guest(t, k);
+    if (!r) return;
+    const { kv, nofree, racesNofree, idents2 } = r;
+    const live = value(nofree, M.imaInodeReuse.name, { kind: 'live_state' }) ?? 0;
+    t.log(`rounds ${kv['live_rounds']}; live_state=${live} after_free=${value(nofree, M.imaInodeReuse.name, { kind: 'after_free' })}; agent exit ${kv['agent2_exit']}`);
+    t.is(attachedVia(nofree, 'ima_cache_free'), undefined, 'the free probe is off');
+    t.true(live >= 1, 'a reuse counted as live_state');
+    t.is(value(nofree, M.imaInodeReuse.name, { kind: 'after_free' }), 0, 'no free seen, so no after_free');
+    if (!Array.isArray(racesNofree)) { t.fail(racesNofree); return; }
+    const pos = (id: { ino: number; generation: number }): number => idents2.findIndex((x) => x.ino === id.ino && x.gen === id.generation);
+    const evs = racesNofree.filter((e) => e['kind'] === 'live_state' && pos(e['old'] as { ino: number; generation: number }) >= 0);
+    t.true(evs.length >= 1, `a live_state event about the churned files: ${JSON.stringify(racesNofree.slice(0, 2))}`);
+    for (const e of evs) {
+      t.true(pos(e['new'] as { ino: number; generation: number }) > pos(e['old'] as { ino: number; generation: number }));
+      t.is(e['since_free_ns'], 0, 'never freed as far as the agent knows');
+    }
+    t.is(kv['agent2_exit'], '0');
   });
 }
