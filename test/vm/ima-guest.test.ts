@@ -131,7 +131,7 @@ echo '<<<agent-stderr'; cat "$tmp/agent.err"; echo 'agent-stderr>>>'
 # ---- the same churn with the free hook off: each reuse must now be live_state ----
 read T0 _ < /proc/uptime # start_agent's 90 s budget counts from T0: a second agent gets its own
 start_agent ${OTHERS_OFF} --disable ima_cache_free
-live="${M.imaInodeReuse.name}{kind=\"live_state\"}"
+live="${M.imaInodeReuse.name}{kind=\\"live_state\\"}"
 mkdir -p /mnt/ima/churn2
 echo '<<<idents2'
 for r in $(seq ${MAX_REUSE_ROUNDS}); do
@@ -206,6 +206,8 @@ function boot(k: KernelEntry): Promise<GuestRun> {
   return p;
 }
 async function guest(t: ExecutionContext, k: KernelEntry): Promise<GuestRun | undefined> {
+  // Two boot attempts of GUEST_TIMEOUT_MS each, on CPUs other jobs share: past ava's default.
+  t.timeout(2 * GUEST_TIMEOUT_MS + 60_000);
   const r = await boot(k);
   if (r.g.status === 0 && r.final.length) return r;
   t.fail(`guest script did not complete (${r.kv['guest_error'] ?? `status ${r.g.status}`})\n${r.agentStderr}\n${describeRun(r.g)}\n--- stdout ---\n${r.g.stdout.slice(-4000)}`);
