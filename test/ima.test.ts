@@ -38,11 +38,18 @@ test('detection: built and active, built but not among the active LSMs (6.9+), b
   fs.writeFileSync(path.join(root, 'lsm'), 'lockdown,capability,landlock,yama,apparmor,bpf\n');
   const off = detectIma(root, names, true);
   t.false(off.active);
-  t.is(off.reason, `IMA is built into this kernel but off: not among the active LSMs (/sys/kernel/security/lsm: lockdown,capability,landlock,yama,apparmor,bpf), so it never initialized (no ${root}/ima)`);
+  t.is(
+    off.reason,
+    `IMA is built into this kernel but off: not among the active LSMs (/sys/kernel/security/lsm: lockdown,capability,landlock,yama,apparmor,bpf), so it never initialized (no ${root}/ima)`,
+  );
   fs.writeFileSync(path.join(root, 'lsm'), 'lockdown,capability,ima,evm\n');
   t.regex(detectIma(root, names, true).reason!, /^IMA is built into this kernel but off: securityfs is mounted but it never initialized/);
   fs.writeFileSync(path.join(root, 'lsm'), 'lockdown,capability,yama,apparmor\n');
-  t.regex(detectIma(root, names, false).reason!, /^IMA is built into this kernel but off: securityfs is mounted but it never initialized/, 'before 6.9 IMA is no LSM: the list says nothing');
+  t.regex(
+    detectIma(root, names, false).reason!,
+    /^IMA is built into this kernel but off: securityfs is mounted but it never initialized/,
+    'before 6.9 IMA is no LSM: the list says nothing',
+  );
   fs.mkdirSync(path.join(root, 'ima'));
   t.deepEqual(detectIma(root, names), { built: true, active: true });
   t.is(detectIma(root, { btf: new Set(), kallsyms: new Set(['ima_bprm_check']) }).built, true, 'kallsyms alone is enough');
@@ -57,23 +64,53 @@ test('a running agent on this kernel: hvwatch_ima_present 0, the ima probes off 
     t.deepEqual(pick(s, M.probeAttached.name, { probe }), [], `${probe}: not an attach failure`);
     t.deepEqual(pick(s, M.probeAttachFailures.name, { probe }), [], probe);
   }
-  t.deepEqual(s.filter((x) => x.name.startsWith('hvwatch_ima_') && x.name !== M.imaPresent.name), [], 'no ima series without IMA');
-  const status = await (await fetch(`${agent.url}/api/probes`)).json() as { name: string; family: string; enabled: boolean; skipped?: string; candidates: unknown[] }[];
+  t.deepEqual(
+    s.filter((x) => x.name.startsWith('hvwatch_ima_') && x.name !== M.imaPresent.name),
+    [],
+    'no ima series without IMA',
+  );
+  const status = (await (await fetch(`${agent.url}/api/probes`)).json()) as {
+    name: string;
+    family: string;
+    enabled: boolean;
+    skipped?: string;
+    candidates: unknown[];
+  }[];
   const ima = status.filter((x) => x.family === 'ima');
-  t.deepEqual(ima.map((x) => x.name), IMA_PROBES);
+  t.deepEqual(
+    ima.map((x) => x.name),
+    IMA_PROBES,
+  );
   for (const x of ima) {
     t.false(x.enabled);
     t.regex(x.skipped!, /^IMA is not built into this kernel/);
     t.deepEqual(x.candidates, [], 'nothing tried, so nothing failed');
   }
   const lines = agent.stderr.split('\n').filter((l) => /family=ima|probe=ima_/.test(l));
-  t.deepEqual(lines.filter((l) => !/level=info/.test(l)), [], 'only info lines about ima');
+  t.deepEqual(
+    lines.filter((l) => !/level=info/.test(l)),
+    [],
+    'only info lines about ima',
+  );
 });
 
 // ---- the logic, through BPF_PROG_TEST_RUN ----
 
 const OP = { get: 0, free: 1, check: 2, measure: 3, appraise: 4, add: 5 } as const;
-interface Step { op: number; inode?: bigint; ino?: number; gen?: number; dev?: number; hadIma?: boolean; iint?: bigint; now?: bigint; enter?: bigint; cg?: bigint; ret?: number; violation?: boolean }
+interface Step {
+  op: number;
+  inode?: bigint;
+  ino?: number;
+  gen?: number;
+  dev?: number;
+  hadIma?: boolean;
+  iint?: bigint;
+  now?: bigint;
+  enter?: bigint;
+  cg?: bigint;
+  ret?: number;
+  violation?: boolean;
+}
 
 /** struct ima_test_args in bpf/src/ima.bpf.c. */
 function encode(s: Step, cg: bigint): Buffer {
@@ -99,7 +136,10 @@ function logicAgent(t: import('ava').ExecutionContext, name: string) {
   const cg = createCgroup(`hvwatch-ima-${name}-${process.pid}`);
   const agent = new Agent(configSchema.parse({ probes: { disable: IMA_PROBES } }), [{ ...imaFamily, present: () => undefined }]);
   agent.start();
-  t.teardown(async () => { await agent.stop(); cg.remove(); });
+  t.teardown(async () => {
+    await agent.stop();
+    cg.remove();
+  });
   const fam = agent.family('ima')!;
   const prog = fam.testProgram('test_ima');
   const run = (s: Step): number => prog.testRun(encode(s, cg.id)).retval;
@@ -130,9 +170,14 @@ test('pointer reuse after the iint was freed, same i_ino with a new i_generation
   t.deepEqual(await reuse(), { after_free: 1, live_state: 0 });
   const [ev] = await events(1);
   t.like(ev, {
-    kind: 'after_free', inode: `0x${I.toString(16)}`,
-    old: { dev: '8:1', ino: 4242, generation: 7 }, new: { dev: '8:1', ino: 4242, generation: 8 },
-    since_alloc_ns: 5_000_000, since_free_ns: 3_000_000, old_cgroup: cg.path, cgroup: cg.path,
+    kind: 'after_free',
+    inode: `0x${I.toString(16)}`,
+    old: { dev: '8:1', ino: 4242, generation: 7 },
+    new: { dev: '8:1', ino: 4242, generation: 8 },
+    since_alloc_ns: 5_000_000,
+    since_free_ns: 3_000_000,
+    old_cgroup: cg.path,
+    cgroup: cg.path,
   });
   await agent.collect();
   t.is(agent.store.get(M.imaCacheAllocations, { cgroup: cg.path })?.value, 2);
@@ -143,7 +188,7 @@ test('pointer reuse after the iint was freed, same i_ino with a new i_generation
   t.deepEqual(await reuse(), { after_free: 1, live_state: 0 });
 });
 
-test('pointer reuse while the old identity\'s iint was never freed via BPF_PROG_TEST_RUN (logic, not attach): counted live_state, each identity field on its own', async (t) => {
+test("pointer reuse while the old identity's iint was never freed via BPF_PROG_TEST_RUN (logic, not attach): counted live_state, each identity field on its own", async (t) => {
   const { run, reuse, events } = logicAgent(t, 'live');
   run({ op: OP.get, inode: I, ino: 10, gen: 1, dev: DEV, now: 1000n * MS });
   t.is(run({ op: OP.get, inode: I, ino: 10, gen: 2, dev: DEV, hadIma: true, now: 1001n * MS }), 2, 'new generation: live_state (+1)');
@@ -152,11 +197,14 @@ test('pointer reuse while the old identity\'s iint was never freed via BPF_PROG_
   t.is(run({ op: OP.get, inode: I, ino: 11, gen: 2, dev: DEV + 1, hadIma: true, now: 1004n * MS }), 0, 'same identity again: a hit');
   t.deepEqual(await reuse(), { after_free: 0, live_state: 3 });
   const ev = await events(3);
-  t.deepEqual(ev.map((e) => [e.kind, e.old, e.new, e.since_free_ns]), [
-    ['live_state', { dev: '8:1', ino: 10, generation: 1 }, { dev: '8:1', ino: 10, generation: 2 }, 0],
-    ['live_state', { dev: '8:1', ino: 10, generation: 2 }, { dev: '8:1', ino: 11, generation: 2 }, 0],
-    ['live_state', { dev: '8:1', ino: 11, generation: 2 }, { dev: '8:2', ino: 11, generation: 2 }, 0],
-  ]);
+  t.deepEqual(
+    ev.map((e) => [e.kind, e.old, e.new, e.since_free_ns]),
+    [
+      ['live_state', { dev: '8:1', ino: 10, generation: 1 }, { dev: '8:1', ino: 10, generation: 2 }, 0],
+      ['live_state', { dev: '8:1', ino: 10, generation: 2 }, { dev: '8:1', ino: 11, generation: 2 }, 0],
+      ['live_state', { dev: '8:1', ino: 11, generation: 2 }, { dev: '8:2', ino: 11, generation: 2 }, 0],
+    ],
+  );
 });
 
 test('cache bookkeeping via BPF_PROG_TEST_RUN (logic, not attach): iints from before attach are not tracked, their frees are counted apart, other pointers never pair', async (t) => {
@@ -211,5 +259,8 @@ test('trampoline argument limit the fentry precheck applies: x86-64 takes 6 befo
   t.is(trampolineMaxArgs('arm64', false), undefined);
   // The two 7-argument IMA functions have a fallback that fits 6 (ima_file_check) or a kprobe.
   const check = imaFamily.probes.find((p) => p.name === 'ima_check')!;
-  t.deepEqual(check.candidates.filter((c) => c.attach === 'fentry').map((c) => c.target), ['process_measurement', 'ima_file_check']);
+  t.deepEqual(
+    check.candidates.filter((c) => c.attach === 'fentry').map((c) => c.target),
+    ['process_measurement', 'ima_file_check'],
+  );
 });

@@ -33,24 +33,28 @@ function timedCandidates(fns: string[], progs: [string, string], kprogs: [string
 // tracepoint tier.
 const probes: ProbeSpec[] = [
   {
-    name: 'ima_check', family,
+    name: 'ima_check',
+    family,
     description: 'Each IMA check of a file (open, exec, mmap, module/firmware read): time inside process_measurement, per cgroup',
     candidates: timedCandidates(['process_measurement', 'ima_file_check'], ['fentry_check', 'fexit_check'], ['kprobe_check', 'kretprobe_check']),
   },
   {
-    name: 'ima_measure', family,
+    name: 'ima_measure',
+    family,
     description: 'Each file measurement: time reading and hashing it (ima_collect_measurement), per cgroup',
     candidates: timedCandidates(['ima_collect_measurement'], ['fentry_measure', 'fexit_measure'], ['kprobe_measure', 'kretprobe_measure']),
   },
   {
-    name: 'ima_appraise', family,
+    name: 'ima_appraise',
+    family,
     description: 'Each appraisal of a file against its security.ima value (ima_appraise_measurement), timed, per cgroup',
     // Only kernels with CONFIG_IMA_APPRAISE have it: absent, not failed, elsewhere.
     optional: true,
     candidates: timedCandidates(['ima_appraise_measurement'], ['fentry_appraise', 'fexit_appraise'], ['kprobe_appraise', 'kretprobe_appraise']),
   },
   {
-    name: 'ima_log_entry', family,
+    name: 'ima_log_entry',
+    family,
     description: 'Entries added to the measurement list (ima_add_template_entry returning 0): measurements and violations, per cgroup',
     candidates: [
       { attach: 'fentry', target: 'ima_add_template_entry', programs: ['fexit_add_entry'] },
@@ -58,13 +62,17 @@ const probes: ProbeSpec[] = [
     ],
   },
   {
-    name: 'ima_cache_get', family,
-    description: 'Integrity-cache lookups that may allocate (integrity_inode_get, 6.1; ima_inode_get, 6.9+): allocations, and inode pointers seen again with another identity',
+    name: 'ima_cache_get',
+    family,
+    description:
+      'Integrity-cache lookups that may allocate (integrity_inode_get, 6.1; ima_inode_get, 6.9+): allocations, and inode pointers seen again with another identity',
     candidates: timedCandidates(['integrity_inode_get', 'ima_inode_get'], ['fentry_get', 'fexit_get'], ['kprobe_get', 'kretprobe_get']),
   },
   {
-    name: 'ima_cache_free', family,
-    description: 'Integrity-cache frees with their inode (integrity_inode_free, 6.1; security_inode_free with S_IMA set, 6.9+ where the iint lives in the inode\'s LSM blob)',
+    name: 'ima_cache_free',
+    family,
+    description:
+      "Integrity-cache frees with their inode (integrity_inode_free, 6.1; security_inode_free with S_IMA set, 6.9+ where the iint lives in the inode's LSM blob)",
     candidates: [
       { attach: 'fentry', target: 'integrity_inode_free', programs: ['fentry_free'] },
       { attach: 'fentry', target: 'security_inode_free', programs: ['fentry_free'] },
@@ -101,23 +109,33 @@ export function detectIma(root = '/sys/kernel/security', names?: { btf: Set<stri
   const built = IMA_CORE.some((f) => btf.has(f) || ksyms.has(f));
   if (!built) {
     return {
-      built, active: false,
+      built,
+      active: false,
       reason: `IMA is not built into this kernel (CONFIG_IMA off): no ${IMA_CORE.join(' or ')} in its BTF or /proc/kallsyms`,
     };
   }
-  const exists = (p: string): boolean => { try { fs.accessSync(p); return true; } catch { return false; } };
+  const exists = (p: string): boolean => {
+    try {
+      fs.accessSync(p);
+      return true;
+    } catch {
+      return false;
+    }
+  };
   if (exists(`${root}/ima`)) return { built, active: true };
   let lsm: string | undefined;
-  try { lsm = fs.readFileSync(`${root}/lsm`, 'utf8').trim(); } catch { /* not mounted, or before 4.15 */ }
+  try {
+    lsm = fs.readFileSync(`${root}/lsm`, 'utf8').trim();
+  } catch {
+    /* not mounted, or before 4.15 */
+  }
   if (lsm !== undefined) {
     // IMA is an LSM of its own from 6.9 (security/integrity/ima/ima_main.c DEFINE_LSM(ima),
     // LSM_ORDER_LAST: appended whatever lsm= says, security/security.c v6.12 ordered_lsm_init);
     // before, it is called from the security hooks directly and never listed in the lsm file.
     // Either way the usual cause of "built but off" is ima_init() failing at boot (the kernel
     // log says why), which leaves no securityfs directory.
-    const why = lsmIma && !lsm.split(',').includes('ima')
-      ? `not among the active LSMs (/sys/kernel/security/lsm: ${lsm}), so`
-      : 'securityfs is mounted but';
+    const why = lsmIma && !lsm.split(',').includes('ima') ? `not among the active LSMs (/sys/kernel/security/lsm: ${lsm}), so` : 'securityfs is mounted but';
     return { built, active: false, reason: `IMA is built into this kernel but off: ${why} it never initialized (no ${root}/ima)` };
   }
   // Not mounted (nothing in the directory), or an old kernel without the lsm file.
@@ -165,18 +183,23 @@ export const imaFamily: FamilySpec = {
       const time = new Date().toISOString(); // one clock read per batch (memcg-fn.ts)
       for (const e of events) {
         const kind = REUSE_KINDS[e.kind as number] ?? `kind_${e.kind}`;
-        ctx.logRace({
-          kind, time,
-          inode: `0x${BigInt(e.inode ?? 0).toString(16)}`,
-          old: { dev: devName(Number(e.old_dev)), ino: Number(e.old_ino), generation: Number(e.old_gen) },
-          new: { dev: devName(Number(e.new_dev)), ino: Number(e.new_ino), generation: Number(e.new_gen) },
-          since_alloc_ns: Number(e.since_alloc_ns),
-          since_free_ns: Number(e.since_free_ns),
-          old_cgroup: e.old_cgroup_id ? ctx.resolveCgroup(Number(e.old_cgroup_id)) : null,
-          cgroup: e.cgroup_id ? ctx.resolveCgroup(Number(e.cgroup_id)) : null,
-          pid: e.pid, comm: e.comm,
-          // After-free reuse is a slab object's normal second life: recorded, logged at info.
-        }, kind === 'after_free' ? 'info' : 'warn');
+        ctx.logRace(
+          {
+            kind,
+            time,
+            inode: `0x${BigInt(e.inode ?? 0).toString(16)}`,
+            old: { dev: devName(Number(e.old_dev)), ino: Number(e.old_ino), generation: Number(e.old_gen) },
+            new: { dev: devName(Number(e.new_dev)), ino: Number(e.new_ino), generation: Number(e.new_gen) },
+            since_alloc_ns: Number(e.since_alloc_ns),
+            since_free_ns: Number(e.since_free_ns),
+            old_cgroup: e.old_cgroup_id ? ctx.resolveCgroup(Number(e.old_cgroup_id)) : null,
+            cgroup: e.cgroup_id ? ctx.resolveCgroup(Number(e.cgroup_id)) : null,
+            pid: e.pid,
+            comm: e.comm,
+            // After-free reuse is a slab object's normal second life: recorded, logged at info.
+          },
+          kind === 'after_free' ? 'info' : 'warn',
+        );
       }
     },
   },

@@ -67,15 +67,15 @@ struct ima_cg_key {
 };
 
 struct ima_stats {
-	u64 check_slots[HIST_SLOTS];   /* log2 ns inside process_measurement */
+	u64 check_slots[HIST_SLOTS]; /* log2 ns inside process_measurement */
 	u64 check_sum_ns;
 	u64 measure_slots[HIST_SLOTS]; /* log2 ns inside ima_collect_measurement */
 	u64 measure_sum_ns;
 	u64 appraise_slots[HIST_SLOTS]; /* log2 ns inside ima_appraise_measurement */
 	u64 appraise_sum_ns;
-	u64 measurements;               /* entries added to the measurement list */
-	u64 violations;                 /* violation entries added (open-writers / ToMToU) */
-	u64 cache_allocs;               /* iints allocated for this cgroup's opens */
+	u64 measurements; /* entries added to the measurement list */
+	u64 violations;   /* violation entries added (open-writers / ToMToU) */
+	u64 cache_allocs; /* iints allocated for this cgroup's opens */
 };
 
 struct {
@@ -150,7 +150,7 @@ enum call_fn { FN_CHECK = 1, FN_MEASURE = 2, FN_APPRAISE = 3, FN_GET = 4, FN_ADD
 
 struct ima_reuse_event {
 	u64 ts_ns;
-	u64 inode;          /* the reused pointer */
+	u64 inode; /* the reused pointer */
 	u64 old_ino;
 	u64 new_ino;
 	u64 since_alloc_ns; /* old identity's iint allocation -> this sight */
@@ -161,7 +161,7 @@ struct ima_reuse_event {
 	u32 new_gen;
 	u32 old_dev;
 	u32 new_dev;
-	u32 kind;           /* enum reuse_kind */
+	u32 kind; /* enum reuse_kind */
 	u32 pid;
 	char comm[16];
 };
@@ -222,8 +222,7 @@ static __always_inline bool after_free_budget(u64 now)
 	return true;
 }
 
-static __always_inline void emit_reuse(u32 kind, u64 inode, const struct ima_inode_state *old,
-				       const struct ima_ident *id, u64 now, u64 cgroup_id)
+static __always_inline void emit_reuse(u32 kind, u64 inode, const struct ima_inode_state *old, const struct ima_ident *id, u64 now, u64 cgroup_id)
 {
 	u64 *c = bpf_map_lookup_elem(&reuse_counts, &kind);
 	if (c)
@@ -256,8 +255,7 @@ static __always_inline void emit_reuse(u32 kind, u64 inode, const struct ima_ino
 /* A cache get returned `iint` for `inode` (identity `id`); `had_ima`: S_IMA was set at
  * entry, so the kernel found an existing iint rather than allocating one. Returns the
  * reuse kind + 1 when this sight is a pointer reuse, else 0. */
-static __always_inline int handle_cache_get(u64 inode, const struct ima_ident *id, u32 had_ima, u64 iint,
-					    u64 now, u64 cgroup_id)
+static __always_inline int handle_cache_get(u64 inode, const struct ima_ident *id, u32 had_ima, u64 iint, u64 now, u64 cgroup_id)
 {
 	if (!iint)
 		return 0; /* allocation failed: nothing cached */
@@ -496,8 +494,7 @@ int BPF_KRETPROBE(kretprobe_appraise)
 /* One measurement-list entry: ima_add_template_entry(entry, violation, op, inode, filename)
  * (ima_queue.c, 6.1 and 6.12): fexit sees the arguments and the return value. */
 SEC("fexit/ima_add_template_entry")
-int BPF_PROG(fexit_add_entry, void *entry, int violation, const char *op, struct inode *inode,
-	     const unsigned char *filename, int ret)
+int BPF_PROG(fexit_add_entry, void *entry, int violation, const char *op, struct inode *inode, const unsigned char *filename, int ret)
 {
 	handle_add_entry(violation, ret, bpf_get_current_cgroup_id());
 	return 0;
