@@ -148,17 +148,17 @@ export class Agent {
         const raw = maps.get('stacks')?.lookupRaw(k);
         return raw ? decodeStack(raw) : [];
       },
-      logRace: (record) => {
+      logRace: (record, level = 'warn') => {
         this.races.push(record);
         if (this.races.length > RACE_LOG_SIZE) this.races.shift();
-        if (!logEnabled('warn')) return;
+        if (!logEnabled(level)) return;
         if (!this.raceLines.take(now)) {
           suppressed++;
           return;
         }
         const held = this.raceLines.takeSuppressed();
         if (held > 0) log('warn', 'race indicator lines suppressed by the rate limit; the events are all counted and in /api/races', { suppressed: held });
-        log('warn', 'race indicator', { family: fam.spec.name, ...record, stack: (record.stack as string[] | undefined)?.slice(0, 8).join(' < ') });
+        log(level, 'race indicator', { family: fam.spec.name, ...record, stack: (record.stack as string[] | undefined)?.slice(0, 8).join(' < ') });
       },
     };
     this.store.inc(M.ringbufEvents, { family: fam.spec.name }, records.length);

@@ -41,6 +41,24 @@ function btfHasFunc(name: string): boolean {
   return loadedModulesWithBtf().some((m) => Btf.module(m)?.hasFunc(name));
 }
 
+/** The parameter count of a kernel function, from the BTF that has it (undefined if none). */
+function btfFuncArgs(name: string): number | undefined {
+  for (const btf of [Btf.vmlinux(vmlinuxPath), ...loadedModulesWithBtf().map((m) => Btf.module(m))]) {
+    const f = btf?.find(name, 'func');
+    if (f?.type) return btf!.resolve(f.type).params?.length;
+  }
+  return undefined;
+}
+
+/** How many arguments this kernel's BPF trampoline (fentry/fexit) passes, where it is known
+ * to be fewer than a function may have: x86-64 refuses more than 6 before 6.6
+ * (arch/x86/net/bpf_jit_comp.c v6.1 arch_prepare_bpf_trampoline: "if (nr_regs > 6) return
+ * -ENOTSUPP"), and takes MAX_BPF_FUNC_ARGS (12) from 6.6 (v6.12 same file). */
+export function trampolineMaxArgs(arch = process.arch, atLeast66 = kernelAtLeast(6, 6)): number | undefined {
+  if (arch !== 'x64') return undefined;
+  return atLeast66 ? 12 : 6;
+}
+
 /** Every kernel BTF file there is: vmlinux (bpf.btfPath if set) and each loaded module's
  * (the files themselves: callers that only need names scan them without a parse). */
 export function kernelBtfFiles(): string[] {
@@ -118,8 +136,14 @@ function loadedModulesWithBtf(): string[] {
 export function precheck(c: Candidate): string | undefined {
   switch (c.attach) {
     case 'fentry':
-    case 'fexit':
-      return btfHasFunc(c.target) ? undefined : `function ${c.target} not in kernel BTF`;
+    case 'fexit': {
+      if (!btfHasFunc(c.target)) return `function ${c.target} not in kernel BTF`;
+      const max = trampolineMaxArgs();
+      const n = max === undefined ? undefined : btfFuncArgs(c.target);
+      return n !== undefined && max !== undefined && n > max
+        ? `function ${c.target} has ${n} arguments; this kernel's BPF trampoline takes at most ${max} (x86-64 before 6.6)`
+        : undefined;
+    }
     case 'kprobe':
     case 'kretprobe':
       if (!kprobesAvailable()) return 'kernel has no kprobes (CONFIG_KPROBES off)';

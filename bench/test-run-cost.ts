@@ -11,8 +11,9 @@ import { FAMILIES } from '../agent/probes/index.js';
 import { median, progress, type Scratch } from './common.js';
 import { Floor } from './hooks.js';
 
-/** Hook events one run of a bench program stands for (its comment in the .bpf.c says so);
- * a program not listed counts as one event per run, and the table says so. */
+/** Hook events one run of a bench program stands for (its comment in the .bpf.c says so),
+ * for families that do not declare it themselves (FamilySpec.benchEventsPerRun); a program
+ * listed nowhere counts as one event per run, and the table says so. */
 const EVENTS_PER_RUN: Record<string, number> = {
   bench_race_cycle: 4, // writeback start, end enter, end exit, uncharge (memcg_fn.bpf.c)
   bench_exit_entry: 2, // one kvm_exit and one kvm_entry (kvm.bpf.c)
@@ -68,8 +69,9 @@ export function testRunCost(scratch: Scratch, quick: boolean): TestRunResult {
           }
           const nsPerRun = median(runs);
           const floorNs = median(empty);
-          const known = b.name in EVENTS_PER_RUN;
-          const eventsPerRun = EVENTS_PER_RUN[b.name] ?? 1;
+          const declared = fam.benchEventsPerRun?.[b.name] ?? EVENTS_PER_RUN[b.name];
+          const known = declared !== undefined;
+          const eventsPerRun = declared ?? 1;
           rows.push({
             family: fam.name, program: b.name, repeat, trials, nsPerRun, eventsPerRun, eventsPerRunKnown: known,
             nsPerEvent: nsPerRun / eventsPerRun, floorNs, ratio: nsPerRun / eventsPerRun / floorNs,

@@ -14,6 +14,7 @@ import { fleet } from './fleet.js';
 import { memcg } from './memcg.js';
 import { kvm } from './kvm.js';
 import { introspection } from './introspection.js';
+import { ima } from './ima.js';
 
 /** File name -> dashboard. */
 export function buildDashboards(): Map<string, DashboardJson> {
@@ -22,6 +23,7 @@ export function buildDashboards(): Map<string, DashboardJson> {
     ['memcg.json', memcg() as DashboardJson],
     ['kvm.json', kvm() as DashboardJson],
     ['introspection.json', introspection() as DashboardJson],
+    ['ima.json', ima() as DashboardJson],
   ]);
 }
 

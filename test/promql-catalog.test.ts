@@ -101,8 +101,8 @@ test('the same check fails for the committed artifacts when the catalog loses a 
 test('committed dashboards, provisioning and README equal freshly generated ones', (t) => {
   const files = generateDashboards();
   t.deepEqual([...files.keys()].sort(), [
-    'dashboards/README.md', 'dashboards/json/fleet.json', 'dashboards/json/introspection.json', 'dashboards/json/kvm.json', 'dashboards/json/memcg.json',
-    'dashboards/preview/fleet.svg', 'dashboards/preview/introspection.svg', 'dashboards/preview/kvm.svg', 'dashboards/preview/memcg.svg', 'dashboards/provisioning/hvwatch.yaml',
+    'dashboards/README.md', 'dashboards/json/fleet.json', 'dashboards/json/ima.json', 'dashboards/json/introspection.json', 'dashboards/json/kvm.json', 'dashboards/json/memcg.json',
+    'dashboards/preview/fleet.svg', 'dashboards/preview/ima.svg', 'dashboards/preview/introspection.svg', 'dashboards/preview/kvm.svg', 'dashboards/preview/memcg.svg', 'dashboards/provisioning/hvwatch.yaml',
   ]);
   t.deepEqual(staleArtifacts(files), [], 'run `npm run build` and commit the result');
   t.deepEqual(orphanedJson(files), []);
@@ -112,7 +112,7 @@ test('committed dashboards, provisioning and README equal freshly generated ones
 
 test('dashboards: every panel has a unit and a description; ids and uids are unique; variables are as specified', (t) => {
   const ds = committedDashboards();
-  t.deepEqual([...ds.keys()].sort(), ['fleet.json', 'introspection.json', 'kvm.json', 'memcg.json']);
+  t.deepEqual([...ds.keys()].sort(), ['fleet.json', 'ima.json', 'introspection.json', 'kvm.json', 'memcg.json']);
   const uids = new Set<string>();
   for (const [file, d] of ds) {
     t.false(uids.has(d.uid!), `duplicate uid ${d.uid}`);
@@ -138,13 +138,14 @@ test('dashboards: every panel has a unit and a description; ids and uids are uni
     const vars = (d.templating?.list ?? []).map((v) => v.name);
     t.deepEqual(vars.slice(0, 2), ['datasource', 'node'], file);
   }
-  t.true(ds.get('memcg.json')!.templating!.list!.some((v) => v.name === 'cgroup'));
+  for (const f of ['memcg.json', 'ima.json']) t.true(ds.get(f)!.templating!.list!.some((v) => v.name === 'cgroup'), f);
   for (const f of ['kvm.json', 'introspection.json']) t.true(ds.get(f)!.templating!.list!.some((v) => v.name === 'vm'), f);
   // The panels the issue asks for.
   const titles = (f: string): string[] => allPanels(ds.get(f)!).map((p) => `${p.type}:${p.title}`);
   for (const want of ['bargauge:Top VMs by exit rate', 'bargauge:Top cgroups by writeback latency (p99)', 'table:Probes that did not attach', 'timeseries:Race indicators by node and kind']) t.true(titles('fleet.json').includes(want), want);
   for (const want of ['heatmap:Writeback latency', 'heatmap:Pages per uncharge batch', 'heatmap:Time inside uncharge']) t.true(titles('memcg.json').includes(want), want);
   for (const want of ['timeseries:VM-exits by reason', 'timeseries:Nested exits: L0 vs L1', 'heatmap:L1 handling time', 'timeseries:Risky saves: GUEST_MODE and RUN_PENDING', 'timeseries:Userspace exits by reason']) t.true(titles('kvm.json').includes(want), want);
+  for (const want of ['timeseries:Measurements', 'heatmap:Hashing time per measurement', 'timeseries:Appraisal p99', 'timeseries:Live cache entries', 'timeseries:Inode pointer reuse', 'stat:Live-state pointer reuse, in range']) t.true(titles('ima.json').includes(want), want);
   for (const want of ['heatmap:Reply time (vCPU paused)', 'timeseries:Reply actions', 'timeseries:Command errors', 'timeseries:Injections by path', 'heatmap:Delivery delay', 'timeseries:Injections after teardown']) t.true(titles('introspection.json').includes(want), want);
 });
 

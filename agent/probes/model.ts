@@ -69,8 +69,9 @@ export interface EventContext {
   resolveCgroup: (id: number) => string;
   /** Kernel stack of a stack id from the family's `stacks` map, symbolized. */
   stack: (id: number) => string[];
-  /** Append to the agent's bounded log of recent race events (GET /api/races). */
-  logRace: (record: Record<string, unknown>) => void;
+  /** Append to the agent's bounded log of recent race events (GET /api/races) and log it,
+   * rate-limited, at `level` (default warn; info for an indicator that is also normal life). */
+  logRace: (record: Record<string, unknown>, level?: 'warn' | 'info') => void;
 }
 
 export interface FamilySpec {
@@ -99,6 +100,9 @@ export interface FamilySpec {
   /** A gauge the agent sets to 1 when present() finds the subsystem and 0 when not, so
    * "not present" is a sample, not a missing series (hvwatch_kvmi_present). */
   presentMetric?: MetricDef;
+  /** Hook events one run of each of the object's SEC("tc") bench_* programs stands for
+   * (bench/test-run-cost.ts divides by it; its comment in the .bpf.c says why). */
+  benchEventsPerRun?: Readonly<Record<string, number>>;
   /** Once after load: write configuration into the family's BPF maps. */
   setup?: (fam: LoadedFamily, cfg: Config) => void;
 }

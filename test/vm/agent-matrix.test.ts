@@ -67,6 +67,12 @@ for tp in ${TRACEPOINTS.map(q).join(' ')}; do [ -e "$T/events/$tp" ] && echo "ho
 grep -oE "^\\[[0-9]+\\] (TYPEDEF '(${alt(BTF_TYPEDEFS)})'|FUNC '(${alt(BTF_FUNCS)})')" "$tmp/btf" | sed -E "s/^\\[[0-9]+\\] (\\w+) '(.*)'/hook \\1 \\2 yes/"
 awk -v l=${q(BTF_FUNCS.join(' '))} 'BEGIN { n = split(l, a, " "); for (i = 1; i <= n; i++) w[a[i]] = 1 }
   ($1 in w) { print "hook ftrace " $1 " yes"; delete w[$1] }' $T/available_filter_functions 2>/dev/null; echo "ftrace_status=$?"
+# Each function's parameter count: the vlen of the FUNC_PROTO its FUNC points at, taken when the
+# FUNC is read if the prototype came before it (module split BTFs reuse ids), else at the end.
+awk -v l=${q(BTF_FUNCS.join(' '))} 'BEGIN { n = split(l, a, " "); for (i = 1; i <= n; i++) w["'"'"'" a[i] "'"'"'"] = a[i] }
+  $2 == "FUNC_PROTO" { id = substr($1, 2, length($1) - 2); for (i = 3; i <= NF; i++) if ($i ~ /^vlen=/) v[id] = substr($i, 6) }
+  $2 == "FUNC" && ($3 in w) { for (i = 4; i <= NF; i++) if ($i ~ /^type_id=/) { t = substr($i, 9); if (t in v) print "hook funcargs " w[$3] " " v[t]; else later[w[$3]] = t } }
+  END { for (f in later) if (later[f] in v) print "hook funcargs " f " " v[later[f]] }' "$tmp/btf"
 { [ -e /sys/bus/event_source/devices/kprobe ] || [ -e $T/kprobe_events ]; } && echo "kprobes=yes" || echo "kprobes=no"
 for s in ${KSYMS.map(q).join(' ')}; do awk -v s="$s" '$3 == s { f = 1 } END { exit !f }' /proc/kallsyms && echo "hook ksym $s yes" || echo "hook ksym $s no"; done
 rm -rf "$tmp"
@@ -83,6 +89,7 @@ interface Run {
   report: ReportProbe[] | null;
   agentStderr: string;
   facts: Map<string, boolean>; // "tracepoint memcg/x", "TYPEDEF btf_trace_x", "FUNC f", "ksym s" -> exists
+  funcArgs: Map<string, number>; // a BTF function's parameter count (bpftool's FUNC_PROTO vlen)
   oracleOk: string | undefined; // why the oracle could not answer
   problems: string[];
 }
@@ -99,9 +106,12 @@ function parseRun(label: string, stdout: string): Run {
   for (const name of BTF_TYPEDEFS) facts.set(`TYPEDEF ${name}`, false);
   for (const name of BTF_FUNCS) { facts.set(`FUNC ${name}`, false); facts.set(`ftrace ${name}`, false); }
   for (const name of KSYMS) facts.set(`ksym ${name}`, false);
+  const funcArgs = new Map<string, number>();
   for (const l of stdout.split('\n')) {
     const m = /^hook (\S+) (\S+) (yes|no)$/.exec(l);
     if (m) facts.set(`${m[1]} ${m[2]}`, m[3] === 'yes');
+    const a = /^hook funcargs (\S+) (\d+)$/.exec(l);
+    if (a) funcArgs.set(a[1]!, Number(a[2]));
   }
   facts.set('kprobes', kv['kprobes'] === 'yes');
   let report: ReportProbe[] | null;
@@ -112,7 +122,7 @@ function parseRun(label: string, stdout: string): Run {
   const run: Run = {
     label, status: kv['agent_status'] !== undefined ? Number(kv['agent_status']) : null,
     agentSeconds: kv['agent_seconds'] !== undefined ? Number(kv['agent_seconds']) : null, release: kv['release'] ?? '?',
-    report, agentStderr: between(stdout, 'agent-stderr') ?? '', facts, oracleOk, problems: [],
+    report, agentStderr: between(stdout, 'agent-stderr') ?? '', facts, funcArgs, oracleOk, problems: [],
   };
   run.problems = verdict(run);
   return run;
@@ -138,14 +148,22 @@ function hookExists(r: Run, c: Candidate | ReportCandidate, probe?: string): boo
     case 'tp_btf': case 'raw_tracepoint': return r.facts.get(`TYPEDEF btf_trace_${c.target}`) ?? false;
     // A trampoline needs the function in BTF and ftrace-able (a kernel that hides
     // available_filter_functions, as a restricted host does, refuses fentry too).
-    case 'fentry': case 'fexit': return !!r.facts.get(`FUNC ${c.target}`) && !!r.facts.get(`ftrace ${c.target}`);
+    // And the function's arguments must fit the trampoline: at most 6 on x86-64 before 6.6
+    // (arch/x86/net/bpf_jit_comp.c v6.1), 12 from 6.6 (MAX_BPF_FUNC_ARGS).
+    case 'fentry': case 'fexit': return !!r.facts.get(`FUNC ${c.target}`) && !!r.facts.get(`ftrace ${c.target}`)
+      && (r.funcArgs.get(c.target) ?? 0) <= (releaseAtLeast(r.release, 6, 6) ? 12 : 6);
     case 'kprobe': case 'kretprobe': return !!r.facts.get('kprobes') && !!r.facts.get(`ksym ${c.target}`);
     default: return false;
   }
 }
 
+function releaseAtLeast(release: string, major: number, minor: number): boolean {
+  const m = /^(\d+)\.(\d+)/.exec(release);
+  return !!m && (Number(m[1]) > major || (Number(m[1]) === major && Number(m[2]) >= minor));
+}
+
 // A candidate the kernel cannot have is refused by the agent's precheck with one of these (agent/kernel.ts).
-const MISSING_HOOK = /not in kernel BTF|not found in \S+\/events|not in \/proc\/kallsyms|kernel has no kprobes/;
+const MISSING_HOOK = /not in kernel BTF|not found in \S+\/events|not in \/proc\/kallsyms|kernel has no kprobes|BPF trampoline takes at most \d+/;
 // Any other failure must at least be a libbpf/kernel error carrying its errno; anything else is a crash.
 const EXPLAINED = new RegExp(`${MISSING_HOOK.source}|^tracepoint \\S+ has parameters \\(|\\(errno \\d+\\)`);
 

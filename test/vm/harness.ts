@@ -35,6 +35,7 @@ export interface GuestOptions {
   smp?: number; // default 2
   modules?: string[]; // modprobe lines run before the script, e.g. ['kvm_amd nested=1']; failure => status 254
   env?: Record<string, string>; // extra environment for the script
+  append?: string[]; // extra kernel command-line parameters, e.g. ['ima_appraise=fix']
 }
 export interface GuestResult {
   status: number | null; // script exit status; null = no result (hang/crash)
@@ -274,7 +275,7 @@ async function bootOnce(k: KernelEntry, files: { vmlinuz: string; modulesDir: st
   const esc = (p: string): string => p.replace(/,/g, ',,');
   const args = ['-accel', 'tcg', '-cpu', opts.cpu ?? 'EPYC', '-m', String(opts.memMb ?? 2048), '-smp', String(opts.smp ?? 2),
     '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot', '-serial', `file:${path.join(dir, 'console.log')}`,
-    '-kernel', files.vmlinuz, '-initrd', files.initrd, '-append', 'console=ttyS0 panic=-1 quiet loglevel=4 rw',
+    '-kernel', files.vmlinuz, '-initrd', files.initrd, '-append', ['console=ttyS0 panic=-1 quiet loglevel=4 rw', ...(opts.append ?? [])].join(' '),
     '-virtfs', 'local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap,id=hostroot',
     '-virtfs', `local,path=${esc(dir)},mount_tag=out,security_model=none,id=out`];
   const log = fs.openSync(path.join(dir, 'qemu.log'), 'w');
