@@ -263,11 +263,17 @@ function targetRows(r: Results): TargetRow[] {
   return rows;
 }
 
-/** hvwatch's slowdown as a fraction of each peer's, measured in the same rounds. */
+/** hvwatch's slowdown as a fraction of each peer's, measured in the same rounds. A peer whose
+ * median shows no slowdown leaves nothing to divide by: its median is given instead. */
 function peerText(g: GuestResult): string {
   const parts: string[] = [];
-  if (g.vsPeer.perf !== undefined) parts.push(`${f2(g.vsPeer.perf)}x perf kvm stat record's (${pct(g.ratios.perf.median)})`);
-  if (g.vsPeer.bpftrace !== undefined) parts.push(`${f2(g.vsPeer.bpftrace)}x the bpftrace exit counter's (${pct(g.ratios.bpftrace.median)})`);
+  const one = (name: string, peer: 'perf' | 'bpftrace'): void => {
+    const m = g.ratios[peer].median;
+    if (g.vsPeer[peer] === undefined) return;
+    parts.push(m > 1 ? `${f2(g.vsPeer[peer])}x ${name}'s (${pct(m)})` : `n/a against ${name} (its median ${pct(m)}: no slowdown resolved)`);
+  };
+  one('perf kvm stat record', 'perf');
+  one('the bpftrace exit counter', 'bpftrace');
   return parts.length ? `; hvwatch's slowdown is ${parts.join(' and ')}` : '';
 }
 

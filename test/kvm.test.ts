@@ -75,7 +75,7 @@ for (const threadState of ['auto', 'hash'] as const) kvmTest(`a real /dev/kvm gu
 // ---- the handlers through BPF_PROG_TEST_RUN (logic, not attach) ----
 
 // struct kvm_test_args and enum kvm_test_op in bpf/src/kvm.bpf.c.
-const T = { EXIT: 0, ENTRY: 1, USERSPACE_EXIT: 2, IOCTL_ENTER: 3, IOCTL_EXIT: 4, PIO: 5, MMIO: 6, EMULATE: 7, NESTED_VMEXIT: 8, NESTED_INJECT: 9, NESTED_VMENTER: 10, NESTED_INTR: 11, VMENTER_FAILED: 12, TS_USERSPACE_EXIT: 14, TS_IOCTL_ENTER: 15, TS_IOCTL_EXIT: 16 } as const;
+const T = { EXIT: 0, ENTRY: 1, USERSPACE_EXIT: 2, IOCTL_ENTER: 3, IOCTL_EXIT: 4, PIO: 5, MMIO: 6, EMULATE: 7, NESTED_VMEXIT: 8, NESTED_INJECT: 9, NESTED_VMENTER: 10, NESTED_INTR: 11, VMENTER_FAILED: 12, TS_USERSPACE_EXIT: 14, TS_IOCTL_ENTER: 15, TS_IOCTL_EXIT: 16, TS_EXIT: 17, TS_ENTRY: 18 } as const;
 interface Ev { tid?: number; tgid?: number; vcpu?: number; now?: number; isa?: number; reason?: number; ret?: number; arg?: bigint; msg?: string }
 const SVM = 2;
 const KVM_RUN = 0xae80;
@@ -127,6 +127,25 @@ test('exit->entry pairing per vCPU via BPF_PROG_TEST_RUN (logic, not attach): la
   t.is(Math.round(agent.store.get(M.kvmExitHandling, npf)!.hist!.sum * 1e9), 1_000);
   t.is(agent.store.get(M.kvmUnpaired, { pairing: 'exit_entry' })?.value, 0);
   t.is(agent.store.get(M.kvmVcpuExits, { vm, vcpu: '0' }), undefined, 'per-vCPU series only when configured');
+});
+
+test('exit->entry pairing via BPF_PROG_TEST_RUN (logic, not attach; task-storage tier, the calling thread\'s slot): latency per reason, no double pairing, another VM\'s or vCPU\'s exit unpaired', async (t) => {
+  const { agent, run, vm } = await logicAgent(t);
+  run(T.TS_ENTRY, { now: 500 }); // no exit seen yet: nothing to close
+  run(T.TS_EXIT, { now: 1_000, vcpu: 0, reason: 0x7b });
+  run(T.TS_ENTRY, { now: 1_400, vcpu: 0 });
+  run(T.TS_ENTRY, { now: 1_900, vcpu: 0 }); // a second entry pairs with nothing
+  run(T.TS_EXIT, { now: 2_000, vcpu: 0, reason: 0x7c });
+  run(T.TS_ENTRY, { now: 2_900, vcpu: 1 }); // another vCPU on this thread: unpaired
+  run(T.TS_EXIT, { now: 3_000, vcpu: 0, reason: 0x7b, tgid: DEAD_PID });
+  run(T.TS_ENTRY, { now: 3_100, vcpu: 0 }); // another VM's exit: unpaired
+  await agent.collect();
+  const h = agent.store.get(M.kvmExitHandling, { vm, isa: 'svm', reason: exitReasonName(SVM, 0x7b) })!.hist!;
+  t.is(h.count, 1);
+  t.is(Math.round(h.sum * 1e9), 400);
+  t.is(agent.store.get(M.kvmExits, { vm, isa: 'svm', reason: exitReasonName(SVM, 0x7c) })?.value, 1);
+  t.is(agent.store.get(M.kvmExitHandling, { vm, isa: 'svm', reason: exitReasonName(SVM, 0x7c) })?.hist?.count ?? 0, 0, 'its entry was another vCPU\'s');
+  t.is(agent.family('kvm')!.maps.get('unpaired')!.counter(0 /* UNPAIRED_EXIT_ENTRY */), 2);
 });
 
 test('a vCPU thread id reused by another VM does not pair via BPF_PROG_TEST_RUN (logic, not attach): counted as unpaired', async (t) => {

@@ -31,7 +31,8 @@ const probes: ProbeSpec[] = [
   {
     name: 'kvm_exit', family,
     description: 'VM-exits per VM and reason, and the time from each exit to the vCPU\'s next entry',
-    candidates: [
+    // The pending exit per thread: task storage, else the exit_pending hash.
+    candidates: inStateTiers([
       {
         attach: 'tp_btf', target: 'kvm_exit', programs: ['btf_kvm_exit_legacy', 'btf_kvm_entry'],
         targets: { btf_kvm_entry: 'kvm_entry' }, params: { kvm_exit: LEGACY_EXIT },
@@ -44,7 +45,7 @@ const probes: ProbeSpec[] = [
         attach: 'tracepoint', target: 'kvm/kvm_exit', programs: ['tp_kvm_exit', 'tp_kvm_entry'],
         targets: { tp_kvm_entry: 'kvm/kvm_entry' },
       },
-    ],
+    ]),
   },
   {
     name: 'kvm_userspace_exit', family,

@@ -261,6 +261,7 @@ struct {
  * it; the loader keeps the family on one tier (Candidate.state) since the halves of a pair
  * are written and read by different probes. */
 struct kvm_task {
+	struct exit_pending exit;   /* the pending VM-exit */
 	struct user_pending user;   /* the pending return to userspace */
 	struct ioctl_pending ioctl; /* the nested-state ioctl in flight; ioctl.op 0 when none */
 };
@@ -314,7 +315,8 @@ static __always_inline struct vm_stats *vm_stats(u32 tgid)
 
 /* ---- the logic: plain values in, map updates out ---- */
 
-static __always_inline void handle_exit(u32 tid, u32 tgid, u64 now, u32 vcpu_id, u32 isa, u32 reason)
+/* Counts the exit (and per vCPU where configured). */
+static __always_inline void count_exit(u32 tgid, u32 vcpu_id, u32 isa, u32 reason)
 {
 	struct exit_key k = { .tgid = tgid, .isa = isa, .reason = reason };
 	struct exit_stats *s = lookup_or_init_vm_seen(&kvm_exits, &k, &zero_exit, k.tgid);
@@ -328,13 +330,18 @@ static __always_inline void handle_exit(u32 tid, u32 tgid, u64 now, u32 vcpu_id,
 		if (c)
 			(*c)++;
 	}
+}
+
+static __always_inline void handle_exit(u32 tid, u32 tgid, u64 now, u32 vcpu_id, u32 isa, u32 reason)
+{
+	count_exit(tgid, vcpu_id, isa, reason);
 	struct exit_pending p = { .ns = now, .tgid = tgid, .vcpu_id = vcpu_id, .isa = isa, .reason = reason };
 	set_pending(&exit_pending, tid, &p, sizeof(p));
 }
 
-static __always_inline void handle_entry(u32 tid, u32 tgid, u64 now, u32 vcpu_id)
+/* The vCPU enters again: its handling time since the pending exit (either tier) ends. */
+static __always_inline void close_exit(struct exit_pending *p, u32 tgid, u64 now, u32 vcpu_id)
 {
-	struct exit_pending *p = bpf_map_lookup_elem(&exit_pending, &tid);
 	if (!p || !p->ns)
 		return; /* the first entry of a vCPU, or one after an unobserved exit */
 	if (p->tgid != tgid || p->vcpu_id != vcpu_id || now < p->ns) {
@@ -346,6 +353,11 @@ static __always_inline void handle_entry(u32 tid, u32 tgid, u64 now, u32 vcpu_id
 			hist_add(s->handling_slots, &s->handling_sum_ns, now - p->ns);
 	}
 	p->ns = 0; /* consumed: cheaper than a delete, and the next exit overwrites it */
+}
+
+static __always_inline void handle_entry(u32 tid, u32 tgid, u64 now, u32 vcpu_id)
+{
+	close_exit(bpf_map_lookup_elem(&exit_pending, &tid), tgid, now, vcpu_id);
 }
 
 /* Counts the return to userspace; the reason its pending half carries. */
@@ -546,6 +558,18 @@ static __always_inline void handle_nstate_done(struct ioctl_pending *p, u64 now,
 
 /* ---- the task-storage tier of the per-thread halves ---- */
 
+static __always_inline void handle_exit_ts(struct kvm_task *t, u32 tgid, u64 now, u32 vcpu_id, u32 isa, u32 reason)
+{
+	count_exit(tgid, vcpu_id, isa, reason);
+	if (!t)
+		return;
+	t->exit.ns = now;
+	t->exit.tgid = tgid;
+	t->exit.vcpu_id = vcpu_id;
+	t->exit.isa = isa;
+	t->exit.reason = reason;
+}
+
 static __always_inline void handle_userspace_exit_ts(struct kvm_task *t, u32 tgid, u64 now, u32 reason, s32 err)
 {
 	reason = count_userspace_exit(tgid, reason, err);
@@ -621,6 +645,22 @@ int tp_kvm_exit(struct trace_event_raw_kvm_exit *ctx)
 	return 0;
 }
 
+SEC("tp_btf/kvm_exit")
+int BPF_PROG(btf_kvm_exit_legacy_ts, unsigned int exit_reason, struct kvm_vcpu *vcpu, u32 isa)
+{
+	if (!vcpu)
+		return 0;
+	handle_exit_ts(task_state(true), (u32)(bpf_get_current_pid_tgid() >> 32), bpf_ktime_get_ns(), vcpu->vcpu_id, isa, exit_reason);
+	return 0;
+}
+
+SEC("tracepoint/kvm/kvm_exit")
+int tp_kvm_exit_ts(struct trace_event_raw_kvm_exit *ctx)
+{
+	handle_exit_ts(task_state(true), (u32)(bpf_get_current_pid_tgid() >> 32), bpf_ktime_get_ns(), BPF_CORE_READ(ctx, vcpu_id), BPF_CORE_READ(ctx, isa), BPF_CORE_READ(ctx, exit_reason));
+	return 0;
+}
+
 /* kvm_entry(vcpu[, force_immediate_exit]) (v6.9+, and 6.1.149): the first argument is the
  * vCPU in every generation, so one tp_btf program fits all. */
 SEC("tp_btf/kvm_entry")
@@ -636,6 +676,28 @@ SEC("tracepoint/kvm/kvm_entry")
 int tp_kvm_entry(struct trace_event_raw_kvm_entry *ctx)
 {
 	handle_entry(CUR_IDS(bpf_get_current_pid_tgid()), bpf_ktime_get_ns(), BPF_CORE_READ(ctx, vcpu_id));
+	return 0;
+}
+
+/* Task storage is looked up without F_CREATE at an entry: a thread with no exit seen has
+ * nothing to close. */
+SEC("tp_btf/kvm_entry")
+int BPF_PROG(btf_kvm_entry_ts, struct kvm_vcpu *vcpu)
+{
+	if (!vcpu)
+		return 0;
+	struct kvm_task *t = task_state(false);
+	if (t)
+		close_exit(&t->exit, (u32)(bpf_get_current_pid_tgid() >> 32), bpf_ktime_get_ns(), vcpu->vcpu_id);
+	return 0;
+}
+
+SEC("tracepoint/kvm/kvm_entry")
+int tp_kvm_entry_ts(struct trace_event_raw_kvm_entry *ctx)
+{
+	struct kvm_task *t = task_state(false);
+	if (t)
+		close_exit(&t->exit, (u32)(bpf_get_current_pid_tgid() >> 32), bpf_ktime_get_ns(), BPF_CORE_READ(ctx, vcpu_id));
 	return 0;
 }
 
@@ -825,6 +887,8 @@ enum kvm_test_op {
 	T_TS_USERSPACE_EXIT = 14,
 	T_TS_IOCTL_ENTER = 15,
 	T_TS_IOCTL_EXIT = 16,
+	T_TS_EXIT = 17,
+	T_TS_ENTRY = 18,
 };
 
 struct kvm_test_args {
@@ -874,6 +938,13 @@ int test_kvm(struct kvm_test_args *ctx)
 		}
 		break;
 	}
+	case T_TS_EXIT: handle_exit_ts(task_state(true), a.tgid, a.now, a.vcpu_id, a.isa, a.reason); break;
+	case T_TS_ENTRY: {
+		struct kvm_task *t = task_state(false);
+		if (t)
+			close_exit(&t->exit, a.tgid, a.now, a.vcpu_id);
+		break;
+	}
 	case T_TS_USERSPACE_EXIT: handle_userspace_exit_ts(task_state(true), a.tgid, a.now, a.reason, a.ret); break;
 	case T_TS_IOCTL_ENTER:
 		if (!kvm_ioctl_cmd(a.reason))
@@ -903,6 +974,18 @@ int bench_exit_entry(struct __sk_buff *skb)
 	u32 tid = 1000 + (i & 63);
 	handle_exit(tid, 999, i * 1000, tid & 3, 2, 0x7b);
 	handle_entry(tid, 999, i * 1000 + 500, tid & 3);
+	return 0;
+}
+
+/* The same pair on the task-storage tier (the bench thread's own slot, as a vCPU thread's). */
+SEC("tc")
+int bench_exit_entry_ts(struct __sk_buff *skb)
+{
+	u64 i = bench_iter++;
+	handle_exit_ts(task_state(true), 999, i * 1000, 1, 2, 0x7b);
+	struct kvm_task *t = task_state(false);
+	if (t)
+		close_exit(&t->exit, 999, i * 1000 + 500, 1);
 	return 0;
 }
 
