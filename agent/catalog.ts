@@ -39,7 +39,7 @@ function hist(family: string, name: string, labels: readonly string[], help: str
 }
 
 // Classic buckets every CLASSIC_STEP-th kernel slot: a factor of 4 between `le` bounds
-// (README "Histograms"). Native histograms keep every slot.
+// (docs/metrics.md "Histograms"). Native histograms keep every slot.
 const CLASSIC_STEP = 2;
 /** Nanosecond slots minSlot..maxSlot exported in seconds (slot i: [2^i, 2^(i+1)) ns). */
 const NS = (minSlot: number, maxSlot: number): Log2Range => ({ minSlot, maxSlot, scale: 1e-9, classicStep: CLASSIC_STEP });
@@ -137,7 +137,7 @@ export const M = {
   memcgUnchargedFolios: def('memcg_fn', 'hvwatch_memcg_uncharged_folios_total', 'counter', CG,
     'Folios uncharged (uncharge_folio), per memory cgroup.'),
   memcgRaceEvents: def('memcg_fn', 'hvwatch_memcg_race_events_total', 'counter', ['kind'],
-    'memcg writeback/uncharge race indicators by kind (README "Race indicators"); any increase deserves a look.'),
+    'memcg writeback/uncharge race indicators by kind (docs/metrics.md "Race indicators"); any increase deserves a look.'),
   memcgRaceStateEvictions: def('memcg_fn', 'hvwatch_memcg_race_state_evictions_total', 'counter', [],
     'Per-folio race-tracking entries evicted by the LRU bound before their writeback ended.'),
   memcgRaceStateReaped: def('memcg_fn', 'hvwatch_memcg_race_state_reaped_total', 'counter', [],
@@ -179,7 +179,7 @@ export const M = {
   kvmNestedStateOpTime: hist('kvm', 'hvwatch_kvm_nested_state_op_seconds', ['vm', 'op'],
     'Time inside KVM_GET_NESTED_STATE / KVM_SET_NESTED_STATE ioctls per VM.', 'seconds', NS(6, 30)),
   kvmNestedStateSaves: def('kvm', 'hvwatch_kvm_nested_state_saves_total', 'counter', ['vm', 'flag'],
-    'Successful KVM_GET_NESTED_STATE saves per VM whose flags had GUEST_MODE or RUN_PENDING set (seed 000: the risky saves).'),
+    'Successful KVM_GET_NESTED_STATE saves per VM whose flags had GUEST_MODE or RUN_PENDING set: the saves that are risky to restore elsewhere.'),
   kvmUnpaired: def('kvm', 'hvwatch_kvm_unpaired_events_total', 'counter', ['pairing'],
     'Paired events whose opening half was missing or belonged to another VM (exit_entry, nested_l1, userspace), so no latency was recorded.'),
   // ---- kvmi family: VM introspection events and commands (seed 001; KVMI v7..v12 kernels only) ----
@@ -210,7 +210,7 @@ export const M = {
   kvmIrqTeardowns: def('kvm_irq', 'hvwatch_kvm_irq_teardowns_total', 'counter', ['vm', 'kind'],
     'Irqchip and device teardown steps begun per VM (kind: device_release, destroy_devices, free_irq_routing).'),
   kvmIrqAfterTeardown: def('kvm_irq', 'hvwatch_kvm_irq_after_teardown_total', 'counter', ['vm', 'path'],
-    'Interrupt injections on a VM after its irqchip or device teardown began (seed 003: an injection that can reach a destroyed irqchip).'),
+    'Interrupt injections on a VM after its irqchip or device teardown began: such an injection can reach a destroyed irqchip.'),
   kvmIrqStateEvents: def('kvm_irq', 'hvwatch_kvm_irq_state_events_total', 'counter', ['kind'],
     'Interrupt-probe state the BPF side could not use as asked, by kind: reaped (a destroyed VM\'s state dropped when its address came back, or replaced at KVM_CREATE_VM), stale_context (an injection whose ioctl saw an older generation of its VM), unpaired (kvm_inj_virq with no acceptance recorded for its vCPU and vector), no_vm (an injection outside any VM\'s ioctl: counted under vm="unknown").'),
 } as const satisfies Record<string, MetricDef>;

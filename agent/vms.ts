@@ -10,8 +10,8 @@
 // removed and the length is bounded (a hash suffix keeps long names distinct).
 //
 // A pid is reused once its process is gone, so the cache is keyed by pid *and* process
-// start time (/proc/PID/stat field 22): an entry is only trusted while both match (the
-// generation check of DESIGN.md principle 3).
+// start time (/proc/PID/stat field 22): an entry is only trusted while both match (a generation
+// check: a reused identifier must never inherit its predecessor's state).
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 

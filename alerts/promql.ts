@@ -6,7 +6,7 @@ import type { MetricDef } from '../agent/catalog.js';
 /** Labels Prometheus adds to every scraped series. */
 export const TARGET_LABELS = ['instance', 'job'] as const;
 
-/** The scrape job the rules and dashboards expect (README "Prometheus and Alertmanager"). */
+/** The scrape job the rules and dashboards expect (alerts/README.md, first section). */
 export const JOB = 'hvwatch';
 
 export type Matcher = string | { re: string } | { ne: string } | { nre: string };
@@ -64,7 +64,7 @@ export function recorded(rule: { record: string; labels: readonly string[] }, ma
   return selector(rule.record, rule.labels, matchers);
 }
 
-// Both histogram kinds (README "Histograms"): a Prometheus with native histograms on scrapes
+// Both histogram kinds (docs/metrics.md "Histograms"): a Prometheus with native histograms on scrapes
 // protobuf and stores `name` as one native series; one without stores `name_bucket{le}`.
 // Each expression below reads the native form where it exists and the classic one elsewhere,
 // per label set, so one rule serves a fleet with both kinds of Prometheus.

@@ -43,7 +43,7 @@ export const NESTED_L1_P99_SECONDS = 0.002;
  * 10 ms at p99 is a guest that visibly stalls.
  */
 export const KVMI_REPLY_P99_SECONDS = 0.01;
-/** In-kernel BPF time per node, in CPU-seconds per second (0.05 = 5 % of one core); DESIGN's budget is ~1-3 % of a workload. */
+/** In-kernel BPF time per node, in CPU-seconds per second (0.05 = 5 % of one core); the cost targets of docs/cost.md are ~1-3 % of a workload. */
 export const BPF_CPU_BUDGET = 0.05;
 /** Label value of hvwatch_kvm_nested_state_saves_total{flag} for KVM_STATE_NESTED_RUN_PENDING. */
 export const FLAG_RUN_PENDING = 'run_pending';
@@ -104,12 +104,12 @@ const memcgAlerts: AlertRule[] = [
     expr: increased(M.memcgRaceEvents, EVENT_WINDOW),
     for: '0m',
     runbook: {
-      meaning: 'One of the four in-kernel race state machines (README "Race indicators") saw its race on this node within the last 10 minutes. ' +
+      meaning: 'One of the four in-kernel race state machines (docs/metrics.md "Race indicators") saw its race on this node within the last 10 minutes. ' +
         'It fires at the first evaluation that sees the counter move and resolves 10 minutes after the last increase.',
       check: [
         '`curl -s http://NODE:9477/api/races | jq .` lists the latest events: kind, both cgroups, pid, comm, CPU, time since the paired event, kernel stack.',
         'The agent log has one `race indicator` line per event (`journalctl -u hvwatch | grep "race indicator"`).',
-        '`uname -r` on the node: kernels without the seed 002 fix turn `memcg_cleared_under_writeback` into a NULL dereference.',
+        '`uname -r` on the node: kernels without the page refcount fix for this race turn `memcg_cleared_under_writeback` into a NULL dereference.',
       ],
       act: [
         'Treat the node as at risk of a panic: drain its VMs if the kind is `memcg_cleared_under_writeback` or `writeback_end_zero_refcount`.',
@@ -172,7 +172,7 @@ const kvmAlerts: AlertRule[] = [
       meaning: `\`${M.kvmNestedVmenterFailures.name}\` kept rising for one VM: KVM refused L1's VMLAUNCH/VMRESUME/VMRUN of an L2 guest for a failed consistency check.`,
       check: [
         `\`${M.kvmNestedVmenterFailures.name}{vm="<vm>"}\` by \`message\`: the kernel's reason (e.g. an invalid control field).`,
-        'Whether the VM was just migrated or restored: a nested state restored from another kernel version can be inconsistent (seed 000).',
+        'Whether the VM was just migrated or restored: a nested state restored from another kernel version can be inconsistent.',
       ],
       act: [
         'A VM that was migrated/restored: restart its L2 guests; report the host kernel pair to the kernel team.',
@@ -186,7 +186,7 @@ const kvmAlerts: AlertRule[] = [
     for: '0m',
     severity: 'warning',
     summary: 'nested state of VM {{ $labels.vm }} was saved with RUN_PENDING on {{ $labels.instance }}',
-    description: 'KVM_GET_NESTED_STATE on VM {{ $labels.vm }} on {{ $labels.instance }} saved a vCPU with a nested VM-entry still pending (KVM_STATE_NESTED_RUN_PENDING). If the restoring side ignores that flag, the L2 guest resumes with mixed L1/L2 state (seed 000).',
+    description: 'KVM_GET_NESTED_STATE on VM {{ $labels.vm }} on {{ $labels.instance }} saved a vCPU with a nested VM-entry still pending (KVM_STATE_NESTED_RUN_PENDING). If the restoring side ignores that flag, the L2 guest resumes with mixed L1/L2 state.',
     runbook: {
       meaning: `\`${M.kvmNestedStateSaves.name}{flag="${FLAG_RUN_PENDING}"}\` rose: a save (live migration, snapshot) caught a vCPU between L1's VM-entry instruction and the entry itself.`,
       check: [
@@ -230,7 +230,7 @@ const irqAlerts: AlertRule[] = [
     for: '0m',
     runbook: {
       meaning: `\`${M.kvmIrqAfterTeardown.name}\` rose: an interrupt was injected (KVM_IRQ_LINE, MSI, irqfd, or an APIC path) into a VM after its irqchip or device teardown began. ` +
-        'Seed 003 is this race: the injection reached an irqchip already freed. It needs the function-tier teardown probes (fentry/kprobe), so it cannot fire on kernels without them.',
+        'This is the race the probe exists for: the injection reached an irqchip already freed. It needs the function-tier teardown probes (fentry/kprobe), so it cannot fire on kernels without them.',
       check: [
         'The agent log on the node and `hvwatch_kvm_irq_teardowns_total` for that VM: which teardown step (device_release, destroy_devices, free_irq_routing) came first.',
         'The VMM of that VM: was it being destroyed, hot-unplugging a device, or restarting? Which thread still injected (`path` label)?',

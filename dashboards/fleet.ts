@@ -31,7 +31,7 @@ export const fleet = () => dashboard({
           queries: [{ expr: `count(${series(M.probeAttached, NODE)} == 0) or vector(0)` }] }),
         single({ title: 'Race indicators in range', unit: U.of('events'), redAbove: 1, description: 'memcg writeback/uncharge race indicators counted on the selected nodes in the dashboard\'s time range (alert HvwatchMemcgRaceIndicator).',
           queries: [{ expr: `sum(increase(${series(M.memcgRaceEvents, NODE)}[$__range])) or vector(0)` }] }),
-        single({ title: 'Interrupts after teardown in range', unit: U.of('injections'), redAbove: 1, description: 'Interrupt injections on a VM after its irqchip or device teardown began, on the selected nodes in the time range (alert HvwatchKvmIrqAfterTeardown; seed 003).',
+        single({ title: 'Interrupts after teardown in range', unit: U.of('injections'), redAbove: 1, description: 'Interrupt injections on a VM after its irqchip or device teardown began, on the selected nodes in the time range (alert HvwatchKvmIrqAfterTeardown).',
           queries: [{ expr: `sum(increase(${series(M.kvmIrqAfterTeardown, NODE)}[$__range])) or vector(0)` }] }),
         single({ title: 'Ring-buffer drops in range', unit: U.of('events'), redAbove: 1, description: 'Events the BPF side dropped because a ring buffer was full, in the time range (counters stay exact; event details are lost).',
           queries: [{ expr: `sum(increase(${series(M.ringbufDropped, NODE)}[$__range])) or vector(0)` }] }),
@@ -55,9 +55,9 @@ export const fleet = () => dashboard({
     {
       row: 'Race indicators',
       panels: [
-        graph({ title: 'Race indicators by node and kind', unit: U.of('events'), bars: true, w: 24, description: 'memcg race indicators per scrape interval, by node and kind (README "Race indicators"). Any bar deserves a look: GET /api/races on the node has the events.',
+        graph({ title: 'Race indicators by node and kind', unit: U.of('events'), bars: true, w: 24, description: 'memcg race indicators per scrape interval, by node and kind (hvwatch docs/metrics.md "Race indicators"). Any bar deserves a look: GET /api/races on the node has the events.',
           queries: [{ expr: `sum ${by(['instance', 'kind'], M.memcgRaceEvents)} (increase(${series(M.memcgRaceEvents, NODE)}[$__rate_interval])) > 0`, legend: '{{instance}} {{kind}}' }] }),
-        graph({ title: 'Interrupts after teardown by node and VM', unit: U.of('injections'), bars: true, w: 24, description: 'Interrupt injections after irqchip/device teardown began, per scrape interval, by node, VM and path (seed 003). The introspection and interrupts dashboard has the VM\'s teardown steps.',
+        graph({ title: 'Interrupts after teardown by node and VM', unit: U.of('injections'), bars: true, w: 24, description: 'Interrupt injections after irqchip/device teardown began, per scrape interval, by node, VM and path. The introspection and interrupts dashboard has the VM\'s teardown steps.',
           queries: [{ expr: `sum ${by(['instance', 'vm', 'path'], M.kvmIrqAfterTeardown)} (increase(${series(M.kvmIrqAfterTeardown, NODE)}[$__rate_interval])) > 0`, legend: '{{instance}} {{vm}} {{path}}' }] }),
       ],
     },

@@ -20,7 +20,7 @@ const inRange = (d: MetricDef): string => `sum(increase(${series(d, VM)}[$__rang
 export const introspection = () => dashboard({
   uid: 'hvwatch-introspection',
   title: 'hvwatch / Introspection and interrupts',
-  description: 'Per VM: KVM introspection (KVMI) events, the vCPU time paused waiting for replies, commands and their errors (seed 001); interrupt injections by path, delivery delay, irqchip teardown and injections after it (seed 003).',
+  description: 'Per VM: KVM introspection (KVMI) events, the vCPU time paused waiting for replies, commands and their errors; interrupt injections by path, delivery delay, irqchip teardown and injections after it.',
   variables: [datasourceVar(), nodeVar(), vmVar()],
   sections: [
     {
@@ -42,7 +42,7 @@ export const introspection = () => dashboard({
           queries: [{ expr: increaseBy(M.kvmiUnhooks, ['instance', 'vm']), legend: '{{instance}} {{vm}}' }] }),
         graph({ title: 'Commands by result', unit: U.perSecond('commands'), description: 'Introspection commands the tool sent per second by command and result ("ok" or the KVM error, e.g. KVM_EINVAL, KVM_EAGAIN, KVM_ENOMEM).',
           queries: [{ expr: rateBy(M.kvmiCommands, ['instance', 'vm', 'command', 'result']), legend: '{{instance}} {{vm}} {{command}} {{result}}' }] }),
-        graph({ title: 'Command errors', unit: U.perSecond('commands'), description: 'Introspection commands that failed per second, by command and KVM error: e.g. GET_XSAVE failing with KVM_EINVAL (seed 001).',
+        graph({ title: 'Command errors', unit: U.perSecond('commands'), description: 'Introspection commands that failed per second, by command and KVM error: e.g. GET_XSAVE failing with KVM_EINVAL.',
           queries: [{ expr: `${rateBy(M.kvmiCommands, ['instance', 'vm', 'command', 'result'], { ...VM, result: { ne: 'ok' } })} > 0`, legend: '{{instance}} {{vm}} {{command}} {{result}}' }] }),
         graph({ title: 'Command handling p99', unit: U.seconds, description: '99th percentile of the time KVM took to handle one introspection command, by command, over the selected VMs.',
           queries: [{ expr: p99By(M.kvmiCommandTime, ['command']), legend: '{{command}}' }] }),
@@ -51,7 +51,7 @@ export const introspection = () => dashboard({
     {
       row: 'Interrupt injection',
       panels: [
-        single({ title: 'Injections after teardown, in range', unit: U.of('injections'), redAbove: 1, description: 'Interrupt injections on a VM after its irqchip or device teardown began, in the time range (alert HvwatchKvmIrqAfterTeardown; seed 003). Needs the function-tier teardown probes.',
+        single({ title: 'Injections after teardown, in range', unit: U.of('injections'), redAbove: 1, description: 'Interrupt injections on a VM after its irqchip or device teardown began, in the time range (alert HvwatchKvmIrqAfterTeardown). Needs the function-tier teardown probes.',
           queries: [{ expr: inRange(M.kvmIrqAfterTeardown) }] }),
         single({ title: 'Teardown steps, in range', unit: U.of('steps'), description: 'Irqchip and device teardown steps begun on the selected VMs in the time range (device_release, destroy_devices, free_irq_routing).',
           queries: [{ expr: inRange(M.kvmIrqTeardowns) }] }),
@@ -65,7 +65,7 @@ export const introspection = () => dashboard({
           queries: [{ expr: p99By(M.kvmIrqDelivery, ['instance', 'vm']), legend: '{{instance}} {{vm}}' }] }),
         graph({ title: 'Teardown steps', unit: U.of('steps'), bars: true, description: 'Irqchip and device teardown steps per interval by VM and kind: a VM being destroyed or a device hot-unplugged.',
           queries: [{ expr: increaseBy(M.kvmIrqTeardowns, ['instance', 'vm', 'kind']), legend: '{{instance}} {{vm}} {{kind}}' }] }),
-        graph({ title: 'Injections after teardown', unit: U.of('injections'), bars: true, description: 'Injections on a VM after its teardown began, per interval by VM and path. Any bar is the seed 003 race: an injection that can reach a freed irqchip.',
+        graph({ title: 'Injections after teardown', unit: U.of('injections'), bars: true, description: 'Injections on a VM after its teardown began, per interval by VM and path. Any bar is the teardown race: an injection that can reach a freed irqchip.',
           queries: [{ expr: `${increaseBy(M.kvmIrqAfterTeardown, ['instance', 'vm', 'path'])} > 0`, legend: '{{instance}} {{vm}} {{path}}' }] }),
       ],
     },

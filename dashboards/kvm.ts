@@ -19,7 +19,7 @@ export const vmVar = (): ReturnType<typeof labelVar> =>
 export const kvm = () => dashboard({
   uid: 'hvwatch-kvm',
   title: 'hvwatch / KVM exits and nested virtualization',
-  description: 'Per VM: VM-exits by reason, returns to the VMM, L0 against L1 handling of nested exits, L1 handling time, nested VM-entry failures and nested-state saves (seed 000).',
+  description: 'Per VM: VM-exits by reason, returns to the VMM, L0 against L1 handling of nested exits, L1 handling time, nested VM-entry failures and nested-state saves.',
   variables: [datasourceVar(), nodeVar(), vmVar()],
   sections: [
     {

@@ -25,7 +25,7 @@ const LEG = '{{instance}} {{cgroup}}';
 export const memcg = () => dashboard({
   uid: 'hvwatch-memcg',
   title: 'hvwatch / memcg writeback and uncharge',
-  description: 'Writeback and uncharge per node and memory cgroup: pages and backlog (tracepoints), latency heatmaps (function tier), race indicators (seed 002).',
+  description: 'Writeback and uncharge per node and memory cgroup: pages and backlog (tracepoints), latency heatmaps (function tier), race indicators.',
   variables: [datasourceVar(), nodeVar(), cgroupVar()],
   sections: [
     {

@@ -97,7 +97,7 @@ export function templateSource(): Source {
   };
 }
 
-/** Each added capability and why (the README privileges table is generated from this too). */
+/** Each added capability and why (docs/security.md "Privileges" lists them; test/deploy.test.ts checks each reason is inline in the DaemonSet). */
 export const CAPABILITIES: { cap: string; why: string; when?: string }[] = [
   { cap: 'BPF', why: 'create maps, load BTF and programs (bpf(2); kernel >= 5.8)' },
   { cap: 'PERFMON', why: 'load tracing programs, attach tracepoints/tp_btf/fentry/kprobes, read kernel memory in them (kernel >= 5.8)' },

@@ -24,7 +24,7 @@ test('memcg tracepoint probes count a 50 MiB fsync\'d write under its cgroup pat
   t.is(value(s, M.probeAttached.name, { probe: 'memcg_writeback' }), 1);
   t.is(pick(s, M.probeInfo.name, { probe: 'memcg_writeback' })[0]?.labels.attach, 'tp_btf');
 
-  // In flight is started - completed (PromQL computes it; README "Metrics"): it drains to 0.
+  // In flight is started - completed (PromQL computes it; docs/metrics.md): it drains to 0.
   const drained = await until(async () => {
     const x = await agent.scrape();
     const inFlight = value(x, M.memcgWbStarted.name, labels)! - value(x, M.memcgWbCompleted.name, labels)!;

@@ -1,4 +1,4 @@
-// Cardinality is a budget (DESIGN principle 6): at most `cap` distinct values per budgeted
+// Cardinality is a budget (README "Series lifecycle"): at most `cap` distinct values per budgeted
 // label (cgroup, vm). Values past the cap are reported as "_other" and counted, so totals
 // stay right while the series count stays bounded. Values are released when their object
 // (cgroup, VM) goes away, which frees room for new ones (not for values already refused).

@@ -32,7 +32,7 @@ export const RACE: Condition = {
   kind: 'increase',
   summary: (l) => `memcg race indicator ${l.kind} on ${l.instance}`,
   description: (l) => `hvwatch counted the memcg writeback/uncharge race indicator ${l.kind} on ${l.instance}. ` +
-    'This is the race class that ends in a NULL memcg dereference in writeback end (seed 002). ' +
+    'This is the race class that ends in a NULL memcg dereference in writeback end. ' +
     'The events, with both cgroups, pid, comm, CPU and kernel stack, are at GET /api/races on the node.',
 };
 
@@ -63,7 +63,7 @@ export const IRQ_AFTER_TEARDOWN: Condition = {
   kind: 'increase',
   summary: (l) => `interrupt injected into VM ${l.vm} after its irqchip teardown began, on ${l.instance}`,
   description: (l) => `hvwatch saw an interrupt injection (${l.path}) into VM ${l.vm} on ${l.instance} after that VM's irqchip or device teardown had begun. ` +
-    'An injection that reaches a destroyed irqchip is a use-after-free in the host kernel (seed 003).',
+    'An injection that reaches a destroyed irqchip is a use-after-free in the host kernel.',
 };
 
 /** What the agent evaluates in process: the host-local conditions that should not wait for a scrape. */

@@ -8,7 +8,7 @@ import type { Decoder } from '../aggregate/collect.js';
 
 const family = 'memcg_fn';
 
-/** enum race_kind in bpf/src/memcg_fn.bpf.c, in order. How to read each: README "Race indicators". */
+/** enum race_kind in bpf/src/memcg_fn.bpf.c, in order. How to read each: docs/metrics.md "Race indicators". */
 export const RACE_KINDS = [
   'uncharge_during_writeback_end',
   'uncharge_under_writeback',

@@ -137,7 +137,7 @@ export const memcgFamily: FamilySpec = {
   // cgroups (bench/RESULTS.md), so each scrape re-reads only the cgroups new since the last
   // one plus the oldest of the rest, STAT_PER_SCRAPE or an eighth of them, whichever is more:
   // up to STAT_PER_SCRAPE cgroups every scrape reads them all, and at 2,000 a value is at most
-  // eight scrapes old (README "Metrics").
+  // eight scrapes old (docs/metrics.md).
   collect(ctx, store) {
     const cg = ctx.cgroups;
     if (!cg) return;

@@ -1,7 +1,7 @@
 // The probe model. A family is one BPF object; its probes each declare attach candidates
 // in priority order; the loader (agent/loader.ts) takes the first that loads and attaches
 // on this kernel. How maps become metrics is declared here too, so a new family touches
-// only its own files (DESIGN "The shape of a probe family").
+// only its own files (docs/ARCHITECTURE.md "Where a new family goes today").
 import type { AttachKind } from '../../bpf/libbpf.js';
 import type { MetricDef } from '../catalog.js';
 import type { MetricStore } from '../export/store.js';

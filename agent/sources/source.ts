@@ -1,4 +1,4 @@
-// One source interface, two sources (DESIGN principle 4). The agent's pipeline (collectMap,
+// One source interface, two sources (live BPF, a recorded trace: docs/ARCHITECTURE.md). The agent's pipeline (collectMap,
 // each family's prepare/collect, ring-buffer decode + onEvents) reads only these views, so
 // live eBPF maps and a recorded trace go through the same aggregation code.
 import type { Btf } from '../../bpf/btf.js';

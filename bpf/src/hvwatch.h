@@ -69,7 +69,7 @@ static __always_inline void *lookup_or_init(void *map, const void *key, const vo
 	return bpf_map_lookup_elem(map, key);
 }
 
-/* ---- First sight: an object is named while it still exists (DESIGN principle 8) ----
+/* ---- First sight: an object is named while it still exists (docs/metrics.md "Series lifecycle") ----
  *
  * A VM (its VMM tgid) or a cgroup that starts and ends between two scrapes would otherwise
  * be named by the agent only at scrape time, from /proc or cgroupfs, where it no longer is.

@@ -27,7 +27,7 @@
  * one is drawn at KVM_CREATE_VM (sys_exit_ioctl; the new fd's private_data), at the first
  * teardown step of a VM not seen before, and when a pointer whose VM was destroyed more
  * than STALE_NS ago shows up again. A new VM at a freed address therefore never inherits
- * the old VM's "teardown began" (seed 004's lesson, DESIGN principle 3). A thread's
+ * the old VM's "teardown began" (a reused identifier never inherits its predecessor's state). A thread's
  * KVM_IRQ_LINE context records the generation it saw; an injection whose context no longer
  * matches the VM's current generation is not counted (stale), and an entry whose VM was
  * destroyed more than STALE_NS ago is reaped when next looked up. Both are counted.

@@ -334,7 +334,7 @@ struct memcg_test_args {
 	u32 _pad;
 };
 
-/* ---- cgroup first sight (DESIGN principle 8, bpf/src/hvwatch.h "First sight") ----
+/* ---- cgroup first sight (bpf/src/hvwatch.h "First sight", docs/metrics.md "Series lifecycle") ----
  * cgroup:cgroup_mkdir / cgroup:cgroup_rmdir fire once per cgroup directory made or removed
  * (kernel/cgroup/cgroup.c cgroup_mkdir / cgroup_destroy_locked, TRACE_CGROUP_PATH; record
  * layout in include/trace/events/cgroup.h, v6.18: root = hierarchy id, id = kernfs id,
