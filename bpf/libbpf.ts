@@ -124,6 +124,7 @@ export const possibleCpus: number = f.numPossibleCpus();
 export const BPF_MAP_TYPE_PERCPU_HASH = 5;
 export const BPF_F_NO_PREALLOC = 1;
 export const BPF_MAP_TYPE_PROG_ARRAY = 3;
+export const BPF_MAP_TYPE_TASK_STORAGE = 29;
 
 const mapTypeSupport = new Map<number, boolean>();
 /** Whether this kernel creates maps of this type (libbpf_probe_bpf_map_type: 1 yes, 0 no). */
@@ -549,6 +550,13 @@ export class MapFd {
   ) {
     // Per-CPU lookups fill one 8-byte-aligned slot per possible CPU (kernel/bpf/syscall.c).
     this.rawSize = percpu ? Math.ceil(valueSize / 8) * 8 * possibleCpus : valueSize;
+  }
+
+  /** Whether user space can walk this map's entries. Not a prog array (its values are
+   * program fds, unreadable) nor task storage (keyed by pidfd, no get_next_key:
+   * kernel/bpf/bpf_task_storage.c). */
+  get walkable(): boolean {
+    return this.type !== BPF_MAP_TYPE_PROG_ARRAY && this.type !== BPF_MAP_TYPE_TASK_STORAGE;
   }
 
   /** The read mode this map uses: undefined until the first whole-map read. */
