@@ -5,7 +5,7 @@ import { compileDecoder, type DecodedEvent } from './aggregate/events.js';
 import { M } from './catalog.js';
 import { MetricStore } from './export/store.js';
 import { LabelBudget } from './aggregate/budget.js';
-import { collectMap, UNKNOWN_CGROUP, type CollectContext } from './aggregate/collect.js';
+import { checkDecoders, collectMap, UNKNOWN_CGROUP, type CollectContext } from './aggregate/collect.js';
 import { initFixedSeries } from './aggregate/initial.js';
 import { decodeStack } from './symbols.js';
 import type { CgroupResolver, MemoryHierarchy } from './cgroups.js';
@@ -29,6 +29,14 @@ const RACE_LOG_SIZE = 256;
 // event, more than the decoding (bench/RESULTS.md).
 const RACE_LINES_BURST = 20;
 const RACE_LINES_PER_S = 2;
+// A family whose collection step throws does so at every scrape: its error line is written
+// a burst of 3 times, then once a minute per family and stage; every failure is counted
+// (hvwatch_collect_errors_total) and the lines held back too.
+const COLLECT_LINES_BURST = 3;
+const COLLECT_LINES_PER_S = 1 / 60;
+/** Where in a family's collection a step threw (hvwatch_collect_errors_total{stage}). */
+export const COLLECT_STAGES = ['prepare', 'map', 'collect', 'events'] as const;
+export type CollectStage = (typeof COLLECT_STAGES)[number];
 // hv_errors indices (bpf/src/hvwatch.h enum hv_error).
 const HV_ERR_MAP_FULL = 0;
 const HV_ERR_RINGBUF_FULL = 1;
@@ -79,6 +87,7 @@ export class Agent {
   readonly source: Source;
   private readonly eventDecoders = new Map<string, (record: Buffer) => DecodedEvent>();
   private readonly raceLines = new LogLimiter(RACE_LINES_BURST, RACE_LINES_PER_S);
+  private readonly collectLines = new Map<string, LogLimiter>();
   /** The latest race events, newest last (GET /api/races). */
   readonly races: Record<string, unknown>[] = [];
   private lastGc = 0;
@@ -86,6 +95,7 @@ export class Agent {
   ready = false;
 
   constructor(readonly config: Config, readonly families: readonly FamilySpec[] = FAMILIES, source?: Source) {
+    for (const f of families) checkDecoders(f); // an unknown decoder name is an error here, before any load
     this.budget = new LabelBudget({ cgroup: config.cardinality.cgroups, vm: config.cardinality.vms },
       (label) => this.store.inc(M.cardinalityDropped, { label }));
     this.source = source ?? liveSource(config, families);
@@ -120,6 +130,8 @@ export class Agent {
     }
     initFixedSeries(this.store, this.source.families.map((f) => f.spec.name));
     this.store.inc(M.logLinesSuppressed, { reason: 'race_indicator' }, 0);
+    this.store.inc(M.logLinesSuppressed, { reason: 'collect_error' }, 0);
+    for (const fam of this.source.families) for (const stage of COLLECT_STAGES) this.store.inc(M.collectErrors, { family: fam.spec.name, stage }, 0);
     this.publishProbeStatus();
     this.store.set(M.buildInfo, { version: VERSION, kernel: this.source.build.kernel, libbpf: this.source.build.libbpf }, 1);
     this.ready = true;
@@ -159,6 +171,8 @@ export class Agent {
     for (let i = 0; i < records.length; i++) events[i] = decode(records[i]!);
     try {
       ev.onEvents(events, ctx);
+    } catch (err) {
+      this.collectFailed(fam.spec.name, 'events', err);
     } finally {
       if (suppressed > 0) this.store.inc(M.logLinesSuppressed, { reason: 'race_indicator' }, suppressed);
     }
@@ -208,33 +222,60 @@ export class Agent {
     this.store.beginCollection();
     for (const view of this.source.families) {
       const fam = asLoaded(view);
+      // Each step of each family is isolated: one that throws is counted and logged, and
+      // the family's other steps, the other families and the self-metrics still export.
       try {
         fam.spec.prepare?.(ctx, fam);
       } catch (err) {
-        log('error', 'preparing a family\'s collection failed', { family: fam.spec.name, error: (err as Error).message });
+        this.collectFailed(fam.spec.name, 'prepare', err);
       }
       for (const e of fam.spec.maps) {
         try {
           collectMap(fam, e, ctx);
         } catch (err) {
-          log('error', 'collecting map failed', { family: fam.spec.name, map: e.map, error: (err as Error).message });
+          this.collectFailed(fam.spec.name, 'map', err, { map: e.map });
         }
       }
-      this.source.beforeFamilyCollect?.(view);
-      fam.spec.collect?.(ctx, this.store, fam);
-      for (const name of fam.spec.watchMaps ?? []) {
-        const m = fam.maps.get(name);
-        if (!m) continue;
-        this.store.set(M.mapEntries, { family: fam.spec.name, map: name }, m.count());
-        this.store.set(M.mapCapacity, { family: fam.spec.name, map: name }, m.maxEntries);
+      try {
+        this.source.beforeFamilyCollect?.(view);
+        fam.spec.collect?.(ctx, this.store, fam);
+      } catch (err) {
+        this.collectFailed(fam.spec.name, 'collect', err);
       }
-      this.collectErrors(fam);
+      try {
+        for (const name of fam.spec.watchMaps ?? []) {
+          const m = fam.maps.get(name);
+          if (!m) continue;
+          this.store.set(M.mapEntries, { family: fam.spec.name, map: name }, m.count());
+          this.store.set(M.mapCapacity, { family: fam.spec.name, map: name }, m.maxEntries);
+        }
+        this.collectErrors(fam);
+      } catch (err) {
+        this.collectFailed(fam.spec.name, 'map', err, { map: 'hv_errors/watched maps' });
+      }
     }
     this.store.sweep(); // series the maps no longer have (their entries were deleted)
     this.collectProgramStats();
     this.store.set(M.bpfStatsEnabled, {}, this.source.bpfStatsOn() ? 1 : 0);
     this.source.endCollect?.(clock);
     this.store.set(M.collectSeconds, {}, Number(process.hrtime.bigint() - t0) / 1e9);
+  }
+
+  /** A family's collection step threw: counted always, logged within the rate limit. */
+  private collectFailed(family: string, stage: CollectStage, err: unknown, fields: Record<string, string> = {}): void {
+    this.store.inc(M.collectErrors, { family, stage });
+    const key = `${family}\u0000${stage}`;
+    let lines = this.collectLines.get(key);
+    if (!lines) this.collectLines.set(key, (lines = new LogLimiter(COLLECT_LINES_BURST, COLLECT_LINES_PER_S)));
+    if (!logEnabled('error')) return;
+    if (!lines.take(Date.now())) {
+      this.store.inc(M.logLinesSuppressed, { reason: 'collect_error' });
+      return;
+    }
+    const held = lines.takeSuppressed();
+    log('error', `collecting family ${family} failed (${stage}); the other families and the agent's own metrics are still exported`, {
+      family, stage, ...fields, error: err instanceof Error ? err.message : String(err), suppressed: held > 0 ? held : undefined,
+    });
   }
 
   private collectErrors(fam: FamilyView): void {

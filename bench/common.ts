@@ -87,7 +87,7 @@ export class Scratch {
       execFileSync('clang', ['-O2', '-Wall', '-o', driver, path.join(BENCH_DIR, 'hvbench.c')], { stdio: ['ignore', 'ignore', 'pipe'] });
     } catch (e) {
       fs.rmSync(dir, { recursive: true, force: true });
-      throw new Error(`compiling bench/hvbench.c with clang failed: ${(e as Error).message}`);
+      throw new Error(`compiling bench/hvbench.c with clang failed: ${(e as Error).message}`, { cause: e });
     }
     const h = findMemoryHierarchy();
     if (!h) {
@@ -232,7 +232,7 @@ export function compileBpf(src: string, out: string): void {
       '-I', path.join(REPO_ROOT, 'bpf/include'), '-I', path.join(REPO_ROOT, 'bpf/src'),
       '-Wall', '-Wno-unused-function', '-c', src, '-o', out], { stdio: ['ignore', 'ignore', 'pipe'] });
   } catch (e) {
-    throw new Error(`compiling ${src} failed: ${((e as { stderr?: Buffer }).stderr ?? '').toString().trim() || (e as Error).message}`);
+    throw new Error(`compiling ${src} failed: ${((e as { stderr?: Buffer }).stderr ?? '').toString().trim() || (e as Error).message}`, { cause: e });
   }
 }
 

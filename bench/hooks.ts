@@ -36,7 +36,7 @@ export function eventOf(h: Hook): string | undefined {
     eventIndex = new Map();
     const root = TRACEFS.find((d) => fs.existsSync(d));
     for (const cat of root ? fs.readdirSync(root) : []) {
-      let names: string[] = [];
+      let names: string[];
       try { names = fs.readdirSync(path.join(root!, cat)); } catch { continue; }
       for (const n of names) if (!eventIndex.has(n)) eventIndex.set(n, cat);
     }

@@ -13,7 +13,7 @@ import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import { setLogLevel } from '../agent/log.js';
 import { BENCH_DIR, machine, progress, Scratch, type Machine } from './common.js';
-import { kernelCost, type CostRow, type KernelCostResult } from './kernel-cost.js';
+import { kernelCost, type KernelCostResult } from './kernel-cost.js';
 import { testRunCost, type TestRunResult } from './test-run-cost.js';
 import { workloadSlowdown, type SlowdownResult, type SlowdownRow } from './workload.js';
 import { guestBench, guestUnavailable, type GuestResult } from './kvm.js';
@@ -162,7 +162,7 @@ function targetRows(r: Results): TargetRow[] {
         why: v === 'pass' ? undefined : v === 'inconclusive'
           ? `The per-round spread (${pct(row.min)} .. ${pct(row.max)}) of this shared 2-CPU machine is far wider than the target, so ${row.ratios.length} rounds cannot resolve it; ` +
             'the in-kernel estimate is the better guide. Fix: more rounds on an idle host with pinned CPUs.'
-          : `The in-kernel estimate says what the programs themselves add; the rest is this machine\'s noise or effects off the measured task. Fix: see the programs on this workload\'s hooks in section 1.`,
+          : `The in-kernel estimate says what the programs themselves add; the rest is this machine's noise or effects off the measured task. Fix: see the programs on this workload's hooks in section 1.`,
       });
     }
   }
@@ -568,7 +568,7 @@ async function main(): Promise<void> {
   const bad = only?.filter((p) => !(PARTS as readonly string[]).includes(p));
   if (bad?.length) throw new Error(`--only: unknown part ${bad.join(', ')} (parts: ${PARTS.join(', ')})`);
   const want = (p: Part_): boolean => !only || only.includes(p);
-  const skipped = <T>(p: Part_): Promise<Part<T>> => Promise.resolve({ ok: false, error: `not run (--only ${only?.join(',')})` });
+  const skipped = <T>(_part: Part_): Promise<Part<T>> => Promise.resolve({ ok: false, error: `not run (--only ${only?.join(',')})` });
   if (process.getuid?.() !== 0) throw new Error('run as root: the benchmark loads BPF programs and creates memory cgroups');
   setLogLevel('error'); // probes this kernel cannot attach are expected; the tables say what attached
   const t0 = Date.now();

@@ -163,7 +163,7 @@ export class Btf {
         buf = readFileSync(path);
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code === 'ENOENT') {
-          throw new Error(`no kernel BTF at ${path} (kernel built without CONFIG_DEBUG_INFO_BTF, or sysfs not mounted)`);
+          throw new Error(`no kernel BTF at ${path} (kernel built without CONFIG_DEBUG_INFO_BTF, or sysfs not mounted)`, { cause: e });
         }
         throw e;
       }

@@ -94,9 +94,39 @@ export function generateDeploy(root = REPO_ROOT): Map<string, string> {
   }
   out.set(`${CHART_DIR}/Chart.yaml`, chartYaml());
   out.set(`${CHART_DIR}/values.yaml`, valuesYaml());
-  for (const [f, content] of files.dashboards) out.set(`${CHART_DIR}/dashboards/${f}`, content);
   out.set(`${CHART_DIR}/files/prometheusrule-spec.yaml`, stringifySpec((parse(files.prometheusRule) as { spec: unknown }).spec));
   return out;
 }
 
-if (isMain(import.meta.url)) generatorMain('deploy/generate', generateDeploy());
+/** The chart reads its dashboards (`.Files.Get "dashboards/<f>.json"`) through this symlink
+ * to dashboards/json, so the dashboards' JSON is stored once in the repository: Helm follows
+ * symlinks in a chart directory (and `helm package` stores the linked files' contents). The
+ * plain manifests cannot point at a file, so 70-dashboards.yaml embeds the JSON, generated
+ * and checked like every other manifest. */
+export const CHART_DASHBOARDS = `${CHART_DIR}/dashboards`;
+export const CHART_DASHBOARDS_TARGET = '../../../dashboards/json';
+
+/** Whether the chart's dashboards link is there and points at dashboards/json. */
+export function chartDashboardsLinked(root = REPO_ROOT): boolean {
+  try {
+    return fs.readlinkSync(join(root, CHART_DASHBOARDS)) === CHART_DASHBOARDS_TARGET;
+  } catch {
+    return false;
+  }
+}
+
+function linkChartDashboards(root = REPO_ROOT): void {
+  if (chartDashboardsLinked(root)) return;
+  fs.rmSync(join(root, CHART_DASHBOARDS), { recursive: true, force: true });
+  fs.symlinkSync(CHART_DASHBOARDS_TARGET, join(root, CHART_DASHBOARDS));
+}
+
+if (isMain(import.meta.url)) {
+  if (process.argv.includes('--check')) {
+    if (!chartDashboardsLinked()) {
+      process.stderr.write(`deploy/generate: ${CHART_DASHBOARDS} is not a symlink to ${CHART_DASHBOARDS_TARGET} (run npm run build)\n`);
+      process.exitCode = 1;
+    }
+  } else linkChartDashboards();
+  generatorMain('deploy/generate', generateDeploy());
+}

@@ -12,7 +12,7 @@ import { ConfigMap, Namespace, Service, ServiceAccount } from 'kubernetes-models
 import { DaemonSet } from 'kubernetes-models/apps/v1';
 import { PrometheusRule, ServiceMonitor } from '@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1';
 import { REPO_ROOT, staleArtifacts } from '../alerts/artifacts.js';
-import { CHART_DIR, MANIFEST_DIR, generateDeploy } from '../deploy/generate.js';
+import { CHART_DASHBOARDS, CHART_DASHBOARDS_TARGET, CHART_DIR, MANIFEST_DIR, chartDashboardsLinked, generateDeploy } from '../deploy/generate.js';
 import { renderTemplate } from '../deploy/helm-render.js';
 import { CAPABILITIES, DEFAULT_VALUES, HOST_MOUNTS } from '../deploy/model.js';
 import { configSchema } from '../agent/config.js';
@@ -163,6 +163,18 @@ test('dashboards ConfigMap carries every dashboards/json file, labelled for the 
   for (const f of files) t.is(dash.data[f], read(`dashboards/json/${f}`));
   const pr = m.get('60-prometheusrule.yaml') as Obj & { spec: unknown };
   t.deepEqual(pr.spec, (parse(read('alerts/prometheusrule.yaml')) as { spec: unknown }).spec);
+});
+
+test('the dashboards JSON is stored once: the chart reads dashboards/json through a symlink, and its rendered ConfigMap carries each file', (t) => {
+  t.true(fs.lstatSync(join(REPO_ROOT, CHART_DASHBOARDS)).isSymbolicLink(), `${CHART_DASHBOARDS} is a symlink`);
+  t.is(fs.readlinkSync(join(REPO_ROOT, CHART_DASHBOARDS)), CHART_DASHBOARDS_TARGET);
+  t.true(chartDashboardsLinked());
+  t.false([...generateDeploy().keys()].some((k) => k.startsWith(`${CHART_DASHBOARDS}/`)), 'the generator writes no copy into the chart');
+  const cm = renderChart().find((o) => o.kind === 'ConfigMap' && o.metadata.name?.endsWith('-dashboards')) as (Obj & { data: Record<string, string> }) | undefined;
+  t.truthy(cm, 'the chart renders the dashboards ConfigMap');
+  const files = fs.readdirSync(join(REPO_ROOT, 'dashboards/json')).filter((f) => f.endsWith('.json')).sort();
+  t.deepEqual(Object.keys(cm!.data).sort(), files);
+  for (const f of files) t.is(cm!.data[f], read(`dashboards/json/${f}`), f);
 });
 
 test('VM identity reads the host /proc the DaemonSet mounts (HVWATCH_PROC_ROOT)', (t) => {

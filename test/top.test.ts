@@ -268,7 +268,7 @@ test('renderer: every line fits 80 columns and has no ANSI when not a TTY', (t) 
     t.false(l.includes('\x1b'), l);
     t.false(/[\u0000-\u001f]/.test(l), JSON.stringify(l));
   }
-  t.regex(lines[0]!, /^hvwatch top  \d\d:\d\d:\d\d  4 VMs  \S+ exits\/s  http:\/\/127\.0\.0\.1:9477\/p+…$/);
+  t.regex(lines[0]!, /^hvwatch top {2}\d\d:\d\d:\d\d {2}4 VMs {2}\S+ exits\/s {2}http:\/\/127\.0\.0\.1:9477\/p+…$/);
   t.true(lines.some((l) => l.startsWith('evil?[2Jname')));
   t.true(lines.some((l) => l.startsWith('fb *')));
   t.true(lines.some((l) => l.startsWith('* VM total counts userspace exits')));

@@ -2,7 +2,7 @@
 // keys and values are decoded by field name, so the C structs are the one source of truth.
 import type { Btf, StructLayout } from '../../bpf/btf.js';
 import type { LoadedFamily } from '../loader.js';
-import type { FieldExport, MapExport } from '../probes/model.js';
+import type { FamilySpec, FieldExport, MapExport } from '../probes/model.js';
 import type { MapFd } from '../../bpf/libbpf.js';
 import type { MapView } from '../sources/source.js';
 import type { MetricDef } from '../catalog.js';
@@ -134,9 +134,26 @@ function resolve(fam: LoadedFamily, e: MapExport, map: MapFd): Decoded {
 
 function decoderOf(d: string | Decoder, map: string): Decoder {
   if (typeof d === 'function') return d;
-  const found = decoders[d];
+  // Own keys only: "constructor" or "toString" must not resolve to Object.prototype's.
+  const found = Object.hasOwn(decoders, d) ? decoders[d] : undefined;
   if (!found) throw new Error(`map ${map}: unknown label decoder "${d}" (known: ${Object.keys(decoders).join(', ')})`);
   return found;
+}
+
+/** Every label decoder a family names must exist. The agent checks this when it is built,
+ * before any BPF is loaded: a misspelt name is one line at start, not a map that never
+ * exports (collectMap would only find out at the first scrape, and then at every one). */
+export function checkDecoders(spec: FamilySpec): void {
+  for (const e of spec.maps) {
+    for (const kl of e.labels) {
+      if (typeof kl.decoder === 'function') continue;
+      try {
+        decoderOf(kl.decoder, e.map);
+      } catch (err) {
+        throw new Error(`family ${spec.name}, label ${kl.label} of ${(err as Error).message}`, { cause: err });
+      }
+    }
+  }
 }
 
 const layoutCache = new WeakMap<MapExport, Decoded>();

@@ -104,7 +104,7 @@ function parseRun(label: string, stdout: string): Run {
     if (m) facts.set(`${m[1]} ${m[2]}`, m[3] === 'yes');
   }
   facts.set('kprobes', kv['kprobes'] === 'yes');
-  let report: ReportProbe[] | null = null;
+  let report: ReportProbe[] | null;
   const json = between(stdout, 'probes-json');
   try { report = json ? JSON.parse(json) as ReportProbe[] : null; } catch { report = null; }
   const oracleOk = kv['bpftool_status'] !== '0' ? `bpftool btf dump failed (status ${kv['bpftool_status'] ?? 'none'})`

@@ -54,7 +54,7 @@ async function run(cmd: string, args: string[], cwd: string, env?: NodeJS.Proces
   } catch (e) {
     const x = e as { stdout?: string; stderr?: string; code?: unknown; message: string };
     const out = `${x.stdout ?? ''}${x.stderr ?? ''}`.trim() || x.message;
-    throw new Error(`${[cmd, ...args].join(' ').slice(0, 300)} failed (exit ${String(x.code)}):\n${tail(out)}`);
+    throw new Error(`${[cmd, ...args].join(' ').slice(0, 300)} failed (exit ${String(x.code)}):\n${tail(out)}`, { cause: e });
   }
 }
 
