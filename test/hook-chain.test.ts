@@ -16,7 +16,12 @@ const skip = kvmUsable() ?? (spawnSync('bpftool', ['version']).status === 0 ? un
 if (skip) test('hook-chain tests are skipped here', (t) => t.log(`skipped: ${skip}`) ?? t.pass());
 const kvmTest = skip ? test.serial.skip : test.serial;
 
-interface PerfLink { pid: number; prog_id: number; fd_type: string; tracepoint?: string }
+interface PerfLink {
+  pid: number;
+  prog_id: number;
+  fd_type: string;
+  tracepoint?: string;
+}
 
 /** Tracepoint programs this process has attached, by tracepoint (bpftool perf show). */
 function attachedHere(): Map<string, number> {
@@ -38,36 +43,39 @@ function agentWith(t: import('ava').ExecutionContext, enabled: string[]): Agent 
   return agent;
 }
 
-kvmTest('two families on sys_enter/exit_ioctl attach one program per hook; the second runs after the first by tail call and sees a real guest\'s KVM_CREATE_VM', async (t) => {
-  const agent = agentWith(t, [...IOCTL_PROBES, 'kvm_userspace_exit']);
-  const st = (n: string) => agent.status.find((s) => s.name === n)!;
-  t.truthy(st('kvm_ioctl').chosen, 'kvm_ioctl attached');
-  t.is(st('kvm_ioctl').chosen!.chained, undefined, 'the first on the hooks attaches');
-  t.deepEqual(st('kvm_irq_ioctl').chosen?.chained, [
-    { hook: 'tracepoint:syscalls/sys_enter_ioctl', after: 'kvm_ioctl' },
-    { hook: 'tracepoint:syscalls/sys_exit_ioctl', after: 'kvm_ioctl' },
-  ]);
-  const here = attachedHere();
-  t.is(here.get('sys_enter_ioctl'), 1, 'one program on sys_enter_ioctl for two families');
-  t.is(here.get('sys_exit_ioctl'), 1, 'one program on sys_exit_ioctl for two families');
+kvmTest(
+  "two families on sys_enter/exit_ioctl attach one program per hook; the second runs after the first by tail call and sees a real guest's KVM_CREATE_VM",
+  async (t) => {
+    const agent = agentWith(t, [...IOCTL_PROBES, 'kvm_userspace_exit']);
+    const st = (n: string) => agent.status.find((s) => s.name === n)!;
+    t.truthy(st('kvm_ioctl').chosen, 'kvm_ioctl attached');
+    t.is(st('kvm_ioctl').chosen!.chained, undefined, 'the first on the hooks attaches');
+    t.deepEqual(st('kvm_irq_ioctl').chosen?.chained, [
+      { hook: 'tracepoint:syscalls/sys_enter_ioctl', after: 'kvm_ioctl' },
+      { hook: 'tracepoint:syscalls/sys_exit_ioctl', after: 'kvm_ioctl' },
+    ]);
+    const here = attachedHere();
+    t.is(here.get('sys_enter_ioctl'), 1, 'one program on sys_enter_ioctl for two families');
+    t.is(here.get('sys_exit_ioctl'), 1, 'one program on sys_exit_ioctl for two families');
 
-  const N = 300;
-  const guest = await startGuest({ name: `hvwatch-chain-${process.pid}`, writes: N, holdMs: 30_000 });
-  t.teardown(() => guest.kill());
-  guest.go();
-  t.is((await guest.result).io_exits, N);
-  // kvm_irq (chained): KVM_CREATE_VM's context at sys_enter_ioctl, the new VM's generation at
-  // sys_exit_ioctl (struct irq_vm_state: tgid at offset 32).
-  const states = [...agent.family('kvm_irq')!.maps.get('irq_vm_state')!.entries()].filter(([, v]) => v.readUInt32LE(32) === guest.pid);
-  t.is(states.length, 1, 'the guest\'s VM got its generation from the chained program');
-  t.true(states[0]![1].readBigUInt64LE(8) > 0n, 'created_ns: KVM_CREATE_VM was seen, not a later first sight');
-  // kvm (attached): each IO exit closed by the next KVM_RUN.
-  await agent.collect();
-  const vm = { vm: `hvwatch-chain-${process.pid}` };
-  t.is(agent.store.get(M.kvmUserspaceTime, { ...vm, reason: 'IO' })?.hist?.count, N);
-});
+    const N = 300;
+    const guest = await startGuest({ name: `hvwatch-chain-${process.pid}`, writes: N, holdMs: 30_000 });
+    t.teardown(() => guest.kill());
+    guest.go();
+    t.is((await guest.result).io_exits, N);
+    // kvm_irq (chained): KVM_CREATE_VM's context at sys_enter_ioctl, the new VM's generation at
+    // sys_exit_ioctl (struct irq_vm_state: tgid at offset 32).
+    const states = [...agent.family('kvm_irq')!.maps.get('irq_vm_state')!.entries()].filter(([, v]) => v.readUInt32LE(32) === guest.pid);
+    t.is(states.length, 1, "the guest's VM got its generation from the chained program");
+    t.true(states[0]![1].readBigUInt64LE(8) > 0n, 'created_ns: KVM_CREATE_VM was seen, not a later first sight');
+    // kvm (attached): each IO exit closed by the next KVM_RUN.
+    await agent.collect();
+    const vm = { vm: `hvwatch-chain-${process.pid}` };
+    t.is(agent.store.get(M.kvmUserspaceTime, { ...vm, reason: 'IO' })?.hist?.count, N);
+  },
+);
 
-kvmTest('with the first family\'s probe off, the other family\'s program attaches to the hooks itself', (t) => {
+kvmTest("with the first family's probe off, the other family's program attaches to the hooks itself", (t) => {
   const agent = agentWith(t, ['kvm_irq_ioctl']);
   const irq = agent.status.find((s) => s.name === 'kvm_irq_ioctl')!;
   t.truthy(irq.chosen);

@@ -16,21 +16,21 @@
 #ifndef HVWATCH_HOOK_CHAIN_H
 #define HVWATCH_HOOK_CHAIN_H
 
-#define HV_CHAINED_PROG(sec, prog, ctx_type, ctx)                              \
-	struct {                                                               \
-		__uint(type, BPF_MAP_TYPE_PROG_ARRAY);                         \
-		__uint(max_entries, 1);                                        \
-		__type(key, u32);                                              \
-		__type(value, u32);                                            \
-	} hv_next_##prog SEC(".maps");                                         \
-	static __always_inline void prog##_body(ctx_type ctx);                 \
-	SEC(sec)                                                               \
-	int prog(ctx_type ctx)                                                 \
-	{                                                                      \
-		prog##_body(ctx);                                              \
-		bpf_tail_call(ctx, &hv_next_##prog, 0);                        \
-		return 0;                                                      \
-	}                                                                      \
+#define HV_CHAINED_PROG(sec, prog, ctx_type, ctx)              \
+	struct {                                               \
+		__uint(type, BPF_MAP_TYPE_PROG_ARRAY);         \
+		__uint(max_entries, 1);                        \
+		__type(key, u32);                              \
+		__type(value, u32);                            \
+	} hv_next_##prog SEC(".maps");                         \
+	static __always_inline void prog##_body(ctx_type ctx); \
+	SEC(sec)                                               \
+	int prog(ctx_type ctx)                                 \
+	{                                                      \
+		prog##_body(ctx);                              \
+		bpf_tail_call(ctx, &hv_next_##prog, 0);        \
+		return 0;                                      \
+	}                                                      \
 	static __always_inline void prog##_body(ctx_type ctx)
 
 #endif
