@@ -11,7 +11,7 @@ import { decodeStack } from './symbols.js';
 import type { CgroupResolver, MemoryHierarchy } from './cgroups.js';
 import type { Loader, LoadedFamily, ProbeStatus } from './loader.js';
 import { FAMILIES } from './probes/index.js';
-import type { EventContext, FamilySpec, ProbeSpec } from './probes/model.js';
+import { HASH_MAP, type EventContext, type FamilySpec, type ProbeSpec } from './probes/model.js';
 import type { Config } from './config.js';
 import { log, logEnabled } from './log.js';
 import { LogLimiter } from './log-limit.js';
@@ -57,9 +57,13 @@ function candidatesFor(cfg: Config, p: ProbeSpec): ProbeSpec['candidates'] {
   const o = cfg.probes.attach[p.name];
   if (!o) return p.candidates;
   // An override keeps the declared programs of the same tier and swaps the target.
-  return o.map((c) => {
-    const decl = p.candidates.find((d) => d.attach === c.attach && !d.hot) ?? p.candidates.find((d) => d.attach === c.attach);
-    return { attach: c.attach, target: c.target, programs: decl?.programs ?? [], targets: decl?.targets, hot: decl?.hot };
+  // An override keeps the declared programs of the same tier (each per-thread state variant
+  // of it) and swaps the target.
+  return o.flatMap((c): ProbeSpec['candidates'] => {
+    const same = p.candidates.filter((d) => d.attach === c.attach);
+    const decls = same.some((d) => !d.hot) ? same.filter((d) => !d.hot) : same.slice(0, 1);
+    if (decls.length === 0) return [{ attach: c.attach, target: c.target, programs: [] }];
+    return decls.map((decl) => ({ attach: c.attach, target: c.target, programs: decl.programs, targets: decl.targets, hot: decl.hot, state: decl.state }));
   });
 }
 
@@ -71,6 +75,7 @@ export function liveSource(config: Config, families: readonly FamilySpec[] = FAM
     hotAllowed: (p) => hotOptedIn(config, p),
     mapSizes: { perObject: config.bpf.mapEntries, perFolio: config.bpf.raceStateEntries },
     btfCustomPath: config.bpf.btfPath,
+    stateAllowed: (state) => config.bpf.threadState === 'auto' || state === HASH_MAP,
   });
 }
 

@@ -35,6 +35,9 @@ export const configSchema = z.object({
     raceStateEntries: z.number().int().min(1024).max(1 << 24).default(65536),
     /** External BTF for kernels without /sys/kernel/btf/vmlinux (e.g. from BTFHub). */
     btfPath: z.string().optional(),
+    /** Where probes keep per-thread state: "auto" (task storage where the kernel has it, else
+     * hash maps) or "hash" (always the hash-map tier). */
+    threadState: z.enum(['auto', 'hash']).default('auto'),
   }).strict().default({}),
   cgroups: z.object({
     /** Mount point of the memory cgroup hierarchy; detected from mountinfo when unset. */

@@ -3,7 +3,8 @@
 // Each candidate is its own object instance sharing the family's maps (bpf_map__reuse_fd),
 // because libbpf loads an object all-or-nothing: one failing program would sink the rest.
 import { fileURLToPath } from 'node:url';
-import { ATTACH_KINDS, BPF_F_NO_PREALLOC, BPF_MAP_TYPE_PERCPU_HASH, BpfError, BpfObject, type AttachKind, type BpfLink, type BpfProgram, type MapFd } from '../bpf/libbpf.js';
+import { ATTACH_KINDS, BPF_F_NO_PREALLOC, BPF_MAP_TYPE_PERCPU_HASH, BpfError, BpfObject, mapTypeSupported, type AttachKind, type BpfLink, type BpfProgram, type MapFd } from '../bpf/libbpf.js';
+import { CHAIN_MAP_PREFIX, HookChains } from './hook-chain.js';
 import { Btf } from '../bpf/btf.js';
 import { kernelAtLeast, precheck } from './kernel.js';
 import { log } from './log.js';
@@ -30,6 +31,11 @@ export interface CandidateResult {
   error?: string;
   /** The verifier's (or libbpf's) last lines, when a load failed. */
   log?: string[];
+  /** Where the candidate keeps per-thread state (Candidate.state). */
+  state?: string;
+  /** Hooks this candidate shares with other probes: it runs after `after` there, by tail
+   * call, instead of attaching another program (agent/hook-chain.ts). */
+  chained?: { hook: string; after: string }[];
 }
 
 export interface ProbeStatus {
@@ -41,7 +47,7 @@ export interface ProbeStatus {
   skipped?: string;
   hot?: string;
   candidates: CandidateResult[];
-  chosen: { attach: string; target: string } | null;
+  chosen: { attach: string; target: string; state?: string; chained?: CandidateResult['chained'] } | null;
   /** Off because this kernel lacks what it watches (FamilySpec.present, or an optional
    * probe none of whose hooks exist): not a failure. */
   absent?: boolean;
@@ -57,6 +63,9 @@ export interface LoadOptions {
   hotAllowed?: (p: ProbeSpec) => boolean;
   mapSizes?: { perObject: number; perFolio: number };
   btfCustomPath?: string;
+  /** Whether candidates keeping per-thread state this way may be tried (config
+   * bpf.threadState forces the hash tier). Default: all. */
+  stateAllowed?: (state: string) => boolean;
 }
 
 interface AttachedProgram {
@@ -79,9 +88,9 @@ export class LoadedFamily {
   private readonly testInstances = new Map<string, BpfObject>();
   private readonly sections = new Map<string, string>();
 
-  constructor(readonly spec: FamilySpec, private readonly owner: BpfObject, private readonly opts: LoadOptions) {
+  constructor(readonly spec: FamilySpec, private readonly owner: BpfObject, private readonly opts: LoadOptions, private readonly hooks = new HookChains()) {
     for (const m of owner.maps()) {
-      if (!isSharedMap(m.name)) continue;
+      if (!isSharedMap(m.name) || m.fd < 0) continue; // not created: a map type this kernel lacks
       this.maps.set(m.name, m.handleForFd());
       this.typeIds.set(m.name, { key: m.btfKeyTypeId, value: m.btfValueTypeId });
     }
@@ -104,6 +113,7 @@ export class LoadedFamily {
       for (const m of inst.maps()) {
         const shared = this.maps.get(m.name);
         if (shared) m.reuseFd(shared.fd);
+        else if (isSharedMap(m.name)) m.setAutocreate(false); // the owner could not create it either
       }
       inst.load();
       return inst;
@@ -114,7 +124,7 @@ export class LoadedFamily {
   }
 
   tryCandidate(probe: ProbeSpec, c: Candidate): CandidateResult {
-    const res: CandidateResult = { attach: c.attach, target: c.target, ok: false };
+    const res: CandidateResult = { attach: c.attach, target: c.target, ok: false, ...(c.state ? { state: c.state } : {}) };
     if (c.programs.length === 0) return { ...res, error: `probe ${probe.name} has no program for the ${c.attach} tier` };
     const targetOf = (prog: string): string => c.targets?.[prog] ?? c.target;
     const hooks = new Map(c.programs.map((n) => [`${this.kindOf(n, c.attach)} ${targetOf(n)}`, { attach: this.kindOf(n, c.attach), target: targetOf(n) }]));
@@ -128,17 +138,39 @@ export class LoadedFamily {
     }
     let inst: BpfObject | undefined;
     const links: BpfLink[] = [];
+    const undo: (() => void)[] = [];
     try {
       inst = this.openInstance(c.programs, (p) => {
         const sectionTarget = p.section.split('/').slice(1).join('/');
         if (['fentry', 'fexit', 'tp_btf'].includes(this.kindOf(p.name, c.attach)) && sectionTarget !== targetOf(p.name)) p.setAttachTarget(targetOf(p.name));
       });
-      for (const name of c.programs) links.push(inst.program(name).attach(this.kindOf(name, c.attach), targetOf(name)));
+      // A chainable program joins the chain of a hook another probe already holds; the
+      // others attach. Chain links are made last, so nothing is undone but them.
+      const toChain: { name: string; hook: string; next: MapFd }[] = [];
+      const heads: { name: string; hook: string; next: MapFd }[] = [];
+      for (const name of c.programs) {
+        const hook = `${this.kindOf(name, c.attach)}:${targetOf(name)}`;
+        const next = this.maps.get(`${CHAIN_MAP_PREFIX}${name}`);
+        if (next && this.hooks.tail(hook)) {
+          toChain.push({ name, hook, next });
+          continue;
+        }
+        links.push(inst.program(name).attach(this.kindOf(name, c.attach), targetOf(name)));
+        if (next) heads.push({ name, hook, next });
+      }
+      const chained: NonNullable<CandidateResult['chained']> = [];
+      for (const m of toChain) {
+        const after = this.hooks.tail(m.hook)!;
+        undo.push(this.hooks.append(m.hook, { probe: probe.name, program: inst.program(m.name), next: m.next }));
+        chained.push({ hook: m.hook, after });
+      }
+      for (const h of heads) this.hooks.head(h.hook, { probe: probe.name, program: inst.program(h.name), next: h.next });
       this.instances.push(inst);
       this.links.push(...links);
       for (const name of c.programs) this.programs.push({ probe: probe.name, program: inst.program(name) });
-      return { ...res, ok: true };
+      return { ...res, ok: true, ...(chained.length ? { chained } : {}) };
     } catch (e) {
+      for (const u of undo.reverse()) u();
       for (const l of links) l.destroy();
       inst?.close();
       const err = e instanceof BpfError ? e : new BpfError(String(e), 0);
@@ -174,6 +206,10 @@ export class Loader {
   readonly families: LoadedFamily[] = [];
   readonly status: ProbeStatus[] = [];
   readonly familyErrors: { family: string; error: string }[] = [];
+  /** Hooks shared between probes of any family (agent/hook-chain.ts). */
+  readonly hooks = new HookChains();
+  /** Per family, where the probes chosen so far keep per-thread state (Candidate.state). */
+  private readonly familyState = new Map<string, string>();
 
   constructor(private readonly opts: LoadOptions) {}
 
@@ -195,6 +231,9 @@ export class Loader {
       if (LAZY_PERCPU_MAPS) {
         for (const m of owner.maps()) if (m.type === BPF_MAP_TYPE_PERCPU_HASH) m.setFlags(m.flags | BPF_F_NO_PREALLOC);
       }
+      // A map type this kernel lacks (task storage before 5.11) is left out: the candidates
+      // using it fail to load and the next tier is taken, instead of the family failing.
+      for (const m of owner.maps()) if (isSharedMap(m.name) && !mapTypeSupported(m.type)) m.setAutocreate(false);
       owner.load(); // creates the maps only: every program is off
     } catch (e) {
       owner?.close();
@@ -204,7 +243,7 @@ export class Loader {
       for (const p of spec.probes) this.status.push(this.probeStatus(p, true, `family ${spec.name} failed: ${msg}`));
       return undefined;
     }
-    const fam = new LoadedFamily(spec, owner, this.opts);
+    const fam = new LoadedFamily(spec, owner, this.opts, this.hooks);
     this.families.push(fam);
     for (const p of spec.probes) this.attachProbe(fam, p);
     return fam;
@@ -225,13 +264,19 @@ export class Loader {
     }
     const st = this.probeStatus(p, true);
     this.status.push(st);
-    for (const c of this.opts.candidates?.(p) ?? p.candidates) {
+    // Per-thread state: the halves of a pair are written by one probe and read by another, so
+    // once a probe of the family chose where it keeps them, the others keep them there too.
+    const state = this.familyState.get(p.family);
+    const cands = (this.opts.candidates?.(p) ?? p.candidates)
+      .filter((c) => !c.state || ((state === undefined || c.state === state) && (this.opts.stateAllowed?.(c.state) ?? true)));
+    for (const c of cands) {
       const r = c.hot && !this.opts.hotAllowed?.(p)
         ? { attach: c.attach, target: c.target, ok: false, error: `hot, not opted in (--hot ${p.name}): ${c.hot}` }
         : fam.tryCandidate(p, c);
       st.candidates.push(r);
       if (r.ok) {
-        st.chosen = { attach: c.attach, target: c.target };
+        st.chosen = { attach: c.attach, target: c.target, ...(c.state ? { state: c.state } : {}), ...(r.chained ? { chained: r.chained } : {}) };
+        if (c.state) this.familyState.set(p.family, c.state);
         break;
       }
     }

@@ -49,9 +49,10 @@ const EQUIVALENTS: Record<string, (c: Consts) => string> = {
   kvm_emulate_insn: () => 'tracepoint:kvm:kvm_emulate_insn { @emul[pid, args->failed] = count(); }',
 };
 
-/** hvwatch names a program `<tier prefix>_<what>`: btf_, tp_, raw_ (or none). */
+/** hvwatch names a program `<tier prefix>_<what>[_ts]`: btf_, tp_, raw_ (or none); `_ts`
+ * for its task-storage variant (agent/probes/model.ts inStateTiers). */
 function equivalentKey(program: string): string {
-  return program.replace(/^(btf|tp|raw)_/, '');
+  return program.replace(/^(btf|tp|raw)_/, '').replace(/_ts$/, '');
 }
 
 /** bpftrace's one-liner for an hvwatch program on `event` ("cat:name"), or why there is none. */

@@ -122,6 +122,12 @@ export async function kernelCost(scratch: Scratch, quick: boolean): Promise<Kern
           notAttached.set(s.name, { family: s.family, probe: s.name, why });
         }
       }
+      for (const s of probe.status) {
+        for (const h of s.chosen?.chained ?? []) {
+          const n = `\`${s.name}\`'s program on ${h.hook} runs by tail call after \`${h.after}\`'s (one attached program per hook, agent/hook-chain.ts): its time is inside that row, and it is listed as silent`;
+          if (!notes.includes(n)) notes.push(n);
+        }
+      }
       await probe.stop();
       const hooks: Hook[] = progs.map((p) => ({ kind: p.kind, target: p.target }));
       for (const p of progs) { const ch = classicHook(p.event); if (ch) hooks.push(ch); }

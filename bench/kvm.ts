@@ -1,6 +1,7 @@
-// A /dev/kvm guest doing port writes (test/helpers/kvm-guest.c), run three ways interleaved
-// round by round: alone, under the agent's default probe set, and under
-// `perf kvm stat record` (Debian's linux-perf), the tool operators compare hvwatch with.
+// A /dev/kvm guest doing port writes (test/helpers/kvm-guest.c), run four ways interleaved
+// round by round: alone, under the agent's default probe set, under `perf kvm stat record`
+// (Debian's linux-perf) and under a bpftrace one-liner counting exits per VM and reason, the
+// tools operators compare hvwatch with.
 // Judged on the guest's own run time (vCPU release to last HLT), so neither tool's start-up
 // counts; also the bytes each keeps: perf.data on disk vs the agent's BPF map memory.
 import { spawnSync } from 'node:child_process';
@@ -8,6 +9,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Agent } from '../agent/agent.js';
 import { configSchema } from '../agent/config.js';
+import { Bpftrace, bpftraceVersion } from './bpftrace.js';
 import { lastJsonLine, mapMemlockBytes, median, progress, REPO_ROOT, runAsync, type Scratch } from './common.js';
 
 const GUEST_BIN = path.join(REPO_ROOT, 'test/helpers/build/kvm-guest');
@@ -46,14 +48,24 @@ async function guestRunAsync(writes: number, tick?: () => unknown): Promise<numb
   return check(lastJsonLine<GuestOut>(await runAsync(GUEST!, ['-name', 'guest=hvwatch-bench', '--writes', String(writes)], tick)), writes);
 }
 
-export type GuestSetup = 'baseline' | 'hvwatch' | 'perf';
+export type GuestSetup = 'baseline' | 'hvwatch' | 'perf' | 'bpftrace';
+export type GuestPeer = Exclude<GuestSetup, 'baseline'>;
+
+/** The bpftrace peer: exits per VM (pid) and reason, on every exit tracepoint that can fire
+ * (kvm_exit does not on this paravirtual host; kvm_userspace_exit does, once per write). */
+export const BPFTRACE_EXITS = new Map([
+  ['kvm:kvm_exit', 'tracepoint:kvm:kvm_exit { @exits[pid, args->exit_reason] = count(); }'],
+  ['kvm:kvm_userspace_exit', 'tracepoint:kvm:kvm_userspace_exit { @uexits[pid, args->reason] = count(); }'],
+]);
 
 export interface GuestResult {
   writes: number;
   rounds: number;
   ms: Record<GuestSetup, number[]>;
   /** Per-round ratios to the same round's baseline. */
-  ratios: Record<'hvwatch' | 'perf', { ratios: number[]; median: number; min: number; max: number }>;
+  ratios: Record<GuestPeer, { ratios: number[]; median: number; min: number; max: number }>;
+  /** hvwatch's slowdown (median ratio - 1) as a fraction of each peer's. */
+  vsPeer: Partial<Record<'perf' | 'bpftrace', number>>;
   /** perf.data bytes per run (median), and per port write. */
   perfDataBytes: number;
   /** Kernel memory of the agent's BPF maps (memlock, /proc/self/fdinfo), and what it writes. */
@@ -62,12 +74,15 @@ export interface GuestResult {
   attached: string[];
   perfCommand: string;
   perfWhy?: string;
+  bpftraceCommand: string;
+  bpftraceWhy?: string;
 }
 
 export async function guestBench(scratch: Scratch, quick: boolean): Promise<GuestResult> {
   const writes = quick ? 100_000 : 1_000_000;
   const rounds = quick ? 2 : 5;
-  const ms: GuestResult['ms'] = { baseline: [], hvwatch: [], perf: [] };
+  const ms: GuestResult['ms'] = { baseline: [], hvwatch: [], perf: [], bpftrace: [] };
+  let bpftraceWhy: string | undefined = bpftraceVersion() ? undefined : 'bpftrace is not installed';
   const perfBytes: number[] = [];
   let mapBytes = 0;
   const byFamily: Record<string, number> = {};
@@ -104,29 +119,46 @@ export async function guestBench(scratch: Scratch, quick: boolean): Promise<Gues
       fs.rmSync(perfFile, { force: true });
       return t;
     },
+    bpftrace: async () => {
+      const bt = await Bpftrace.start(BPFTRACE_EXITS);
+      try {
+        return await guestRunAsync(writes);
+      } finally {
+        await bt.stop();
+      }
+    },
   };
-  const setups: GuestSetup[] = ['baseline', 'hvwatch', 'perf'];
+  const setups: GuestSetup[] = ['baseline', 'hvwatch', 'perf', 'bpftrace'];
   guestRun(Math.min(writes, 20_000)); // warm-up, discarded
   for (let r = 0; r < rounds; r++) {
     // Rotate the order each round so no setup always runs first or last.
     for (let i = 0; i < setups.length; i++) {
       const s = setups[(i + r) % setups.length]!;
-      if (s === 'perf' && perfWhy) continue;
+      if ((s === 'perf' && perfWhy) || (s === 'bpftrace' && bpftraceWhy)) continue;
       progress(`guest: round ${r + 1}/${rounds}, ${s} (${writes.toLocaleString('en-US')} port writes)`);
       try {
         ms[s].push(await run[s]());
       } catch (e) {
-        if (s !== 'perf') throw e;
-        perfWhy = `perf kvm stat record failed: ${(e as Error).message.split('\n').slice(-2).join(' ')}`;
+        const msg = (e as Error).message.split('\n').slice(-2).join(' ');
+        if (s === 'perf') perfWhy = `perf kvm stat record failed: ${msg}`;
+        else if (s === 'bpftrace') bpftraceWhy = `bpftrace failed: ${msg}`;
+        else throw e;
       }
     }
   }
-  const ratio = (s: 'hvwatch' | 'perf'): GuestResult['ratios']['hvwatch'] => {
+  // A peer that failed midway has fewer runs: its ratios pair with the rounds it ran in.
+  const ratio = (s: GuestPeer): GuestResult['ratios']['hvwatch'] => {
     const rs = ms[s].map((x, i) => x / ms.baseline[i]!);
-    return { ratios: rs, median: median(rs), min: Math.min(...rs), max: Math.max(...rs) };
+    return { ratios: rs, median: rs.length ? median(rs) : NaN, min: Math.min(...rs), max: Math.max(...rs) };
   };
+  const ratios = { hvwatch: ratio('hvwatch'), perf: ratio('perf'), bpftrace: ratio('bpftrace') };
+  const vsPeer: GuestResult['vsPeer'] = {};
+  for (const p of ['perf', 'bpftrace'] as const) {
+    if (ms[p].length) vsPeer[p] = (ratios.hvwatch.median - 1) / (ratios[p].median - 1);
+  }
   return {
-    writes, rounds, ms, ratios: { hvwatch: ratio('hvwatch'), perf: ratio('perf') },
+    writes, rounds, ms, ratios, vsPeer,
+    bpftraceCommand: `bpftrace -e '${[...BPFTRACE_EXITS.values()].join(' ')}'`, bpftraceWhy,
     perfDataBytes: median(perfBytes), hvwatchMapBytes: mapBytes, hvwatchMapBytesByFamily: byFamily, attached,
     perfCommand: `perf kvm stat record -o perf.data -- kvm-guest --writes ${writes}`, perfWhy,
   };

@@ -94,6 +94,8 @@ const f = {
   mapSetMaxEntries: lib.func('int bpf_map__set_max_entries(bpf_map *map, uint32_t n)'),
   mapFlags: lib.func('uint32_t bpf_map__map_flags(bpf_map *map)'),
   mapSetFlags: lib.func('int bpf_map__set_map_flags(bpf_map *map, uint32_t flags)'),
+  mapSetAutocreate: lib.func('int bpf_map__set_autocreate(bpf_map *map, bool autocreate)'),
+  probeMapType: lib.func('int libbpf_probe_bpf_map_type(int map_type, const void *opts)'),
   mapReuseFd: lib.func('int bpf_map__reuse_fd(bpf_map *map, int fd)'),
   mapBtfKeyTypeId: lib.func('uint32_t bpf_map__btf_key_type_id(bpf_map *map)'),
   mapBtfValueTypeId: lib.func('uint32_t bpf_map__btf_value_type_id(bpf_map *map)'),
@@ -121,6 +123,16 @@ export const possibleCpus: number = f.numPossibleCpus();
 // BPF map types whose lookups return one value per possible CPU (include/uapi/linux/bpf.h).
 export const BPF_MAP_TYPE_PERCPU_HASH = 5;
 export const BPF_F_NO_PREALLOC = 1;
+export const BPF_MAP_TYPE_PROG_ARRAY = 3;
+export const BPF_MAP_TYPE_TASK_STORAGE = 29;
+
+const mapTypeSupport = new Map<number, boolean>();
+/** Whether this kernel creates maps of this type (libbpf_probe_bpf_map_type: 1 yes, 0 no). */
+export function mapTypeSupported(type: number): boolean {
+  let ok = mapTypeSupport.get(type);
+  if (ok === undefined) mapTypeSupport.set(type, (ok = f.probeMapType(type, null) === 1));
+  return ok;
+}
 const PERCPU_MAP_TYPES = new Set([BPF_MAP_TYPE_PERCPU_HASH, 6 /* PERCPU_ARRAY */, 10 /* LRU_PERCPU_HASH */, 21 /* PERCPU_CGROUP_STORAGE */]);
 // Deterministic bucket placement (hash seed 0), CAP_SYS_ADMIN only; tests use it to build
 // bucket-heavy hash maps (kernel/bpf/hashtab.c htab_map_alloc_check, include/uapi/linux/bpf.h).
@@ -364,6 +376,12 @@ export class BpfMap {
     const r = f.mapSetFlags(this.handle, flags);
     if (r < 0) fail(`set flags of map ${this.name}`, r, logMark());
   }
+  /** Leave this map out of the object's load (its type is missing on this kernel): the
+   * programs that use it fail to load, the others load. */
+  setAutocreate(on: boolean): void {
+    const r = f.mapSetAutocreate(this.handle, on);
+    if (r < 0) fail(`set autocreate of map ${this.name}`, r, logMark());
+  }
   // Share one kernel map between object instances (every attach candidate is its own
   // object instance; the family's maps are created once).
   reuseFd(fd: number): void {
@@ -532,6 +550,13 @@ export class MapFd {
   ) {
     // Per-CPU lookups fill one 8-byte-aligned slot per possible CPU (kernel/bpf/syscall.c).
     this.rawSize = percpu ? Math.ceil(valueSize / 8) * 8 * possibleCpus : valueSize;
+  }
+
+  /** Whether user space can walk this map's entries. Not a prog array (its values are
+   * program fds, unreadable) nor task storage (keyed by pidfd, no get_next_key:
+   * kernel/bpf/bpf_task_storage.c). */
+  get walkable(): boolean {
+    return this.type !== BPF_MAP_TYPE_PROG_ARRAY && this.type !== BPF_MAP_TYPE_TASK_STORAGE;
   }
 
   /** The read mode this map uses: undefined until the first whole-map read. */

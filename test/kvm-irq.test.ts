@@ -16,6 +16,8 @@ import { allProbeNames } from '../agent/probes/index.js';
 import { IRQ_COUNTERS, IRQ_PATHS, TEARDOWN_KINDS } from '../agent/probes/kvm-irq.js';
 import { tracefsRoot } from '../agent/kernel.js';
 import { M } from '../agent/catalog.js';
+import type { ProbeStatus } from '../agent/loader.js';
+import { HASH_MAP, TASK_STORAGE } from '../agent/probes/model.js';
 import { AgentProcess, ROOT, pick, until, value, writeConfig } from './helpers/agent.js';
 import { kvmUsable } from './helpers/kvm.js';
 
@@ -117,8 +119,11 @@ const INJECTION_PROBES = {
   kvm_irq_pic: 'kvm_pic_set_irq', kvm_irq_apic_accept: 'kvm_apic_accept_irq', kvm_irq_inj_virq: 'kvm_inj_virq',
 } as const;
 
-for (const tier of ['tp_btf', 'tracepoint'] as const) (skip ? test.skip : test)(`a real /dev/kvm guest with an in-kernel irqchip (${tier} tier): KVM_IRQ_LINE and KVM_SIGNAL_MSI counted per VM and path, equal to the kernel's own trace (kvm_inj_virq does not fire on this kvm_pvm host)`, async (t) => {
-  const name = `hvwatch-irq-${tier}-${process.pid}`;
+const RUNS = [
+  { tier: 'tp_btf', threadState: 'auto' }, { tier: 'tracepoint', threadState: 'auto' }, { tier: 'tp_btf', threadState: 'hash' },
+] as const;
+for (const { tier, threadState } of RUNS) (skip ? test.skip : test)(`a real /dev/kvm guest with an in-kernel irqchip (${tier} tier, thread context in ${threadState === 'auto' ? 'task storage' : 'hash maps: the fallback tier forced by bpf.threadState: hash'}): KVM_IRQ_LINE and KVM_SIGNAL_MSI counted per VM and path, equal to the kernel's own trace (kvm_inj_virq does not fire on this kvm_pvm host)`, async (t) => {
+  const name = `hvwatch-irq-${tier}-${threadState}-${process.pid}`;
   const N = 20;
   const MSI = 15;
   const guest = await startIrqGuest(['-name', `guest=${name},debug-threads=on`, '--irq-line', String(N), '--msi', String(MSI), '--hold-ms', '60000']);
@@ -131,8 +136,10 @@ for (const tier of ['tp_btf', 'tracepoint'] as const) (skip ? test.skip : test)(
   // Each injection probe pinned to this tier (probes.attach), so both tiers run for real.
   const pins = Object.entries(INJECTION_PROBES)
     .map(([p, tp]) => `    ${p}:\n      - { attach: ${tier}, target: ${tier === 'tp_btf' ? tp : `kvm/${tp}`} }`).join('\n');
-  const agent = await AgentProcess.start(['--config', writeConfig(`probes:\n  attach:\n${pins}\n`)]);
+  const agent = await AgentProcess.start(['--config', writeConfig(`probes:\n  attach:\n${pins}\nbpf:\n  threadState: ${threadState}\n`)]);
   t.teardown(() => agent.stop());
+  const status = await (await fetch(`${agent.url}/api/probes`)).json() as ProbeStatus[];
+  for (const p of [...Object.keys(INJECTION_PROBES), 'kvm_irq_ioctl']) t.is(status.find((s) => s.name === p)?.chosen?.state, threadState === 'auto' ? TASK_STORAGE : HASH_MAP, p);
   const trace = kernelTrace(guest.pid);
   t.teardown(() => trace.remove());
 
@@ -185,13 +192,13 @@ for (const tier of ['tp_btf', 'tracepoint'] as const) (skip ? test.skip : test)(
 // ---- the handlers through BPF_PROG_TEST_RUN (logic, not attach) ----
 
 // struct irq_test_args, enum irq_test_op, enum irq_path, enum td_kind in bpf/src/kvm_irq.bpf.c.
-const T = { INJECT: 0, TEARDOWN: 1, IOCTL_ENTER: 2, IOCTL_EXIT: 3 } as const;
+const T = { INJECT: 0, TEARDOWN: 1, IOCTL_ENTER: 2, IOCTL_EXIT: 3, RUN_VM: 4, CREATE_VCPU: 5 } as const;
 const P = { SET_IRQ: 0, MSI: 1, IOAPIC: 2, PIC: 3, APIC_ACCEPT: 4, INJ_VIRQ: 5 } as const;
 const TD = { DEVICE_RELEASE: 0, DESTROY_DEVICES: 1, FREE_IRQ_ROUTING: 2 } as const;
 const IOCTL = { KVM_RUN: 0xae80, KVM_IRQ_LINE: 0x4008ae61, KVM_SIGNAL_MSI: 0x4020aea5, KVM_CREATE_VM: 0xae01 } as const;
 const SEC = 1_000_000_000;
 
-interface Ev { path?: number; tid?: number; tgid?: number; now?: number; kvm?: bigint; arg0?: number; arg1?: number; flags?: number }
+interface Ev { path?: number; tid?: number; tgid?: number; now?: number; kvm?: bigint; arg0?: number; arg1?: number; flags?: number; ts?: boolean }
 
 function encode(op: number, e: Ev): Buffer {
   const b = Buffer.alloc(48);
@@ -204,15 +211,17 @@ function encode(op: number, e: Ev): Buffer {
   b.writeUInt32LE((e.arg0 ?? 0) >>> 0, 32);
   b.writeUInt32LE(e.arg1 ?? 0, 36);
   b.writeUInt32LE(e.flags ?? 0, 40);
+  b.writeUInt32LE(e.ts ? 1 : 0, 44);
   return b;
 }
 
-async function logicAgent(t: import('ava').ExecutionContext) {
+/** ts: drive the task-storage tier (every op on the calling thread's slot) instead of the hash tier. */
+async function logicAgent(t: import('ava').ExecutionContext, ts = false) {
   const agent = new Agent(configSchema.parse({ probes: { disable: allProbeNames() } }));
   agent.start();
   t.teardown(() => agent.stop());
   const fam = agent.family('kvm_irq')!;
-  const run = (op: number, e: Ev = {}): number => fam.testProgram('test_kvm_irq').testRun(encode(op, e)).retval;
+  const run = (op: number, e: Ev = {}): number => fam.testProgram('test_kvm_irq').testRun(encode(op, { ts, ...e })).retval;
   const counter = (name: (typeof IRQ_COUNTERS)[number]): number => fam.maps.get('irq_counters')!.counter(IRQ_COUNTERS.indexOf(name));
   const vm = `pid-${process.pid}`;
   const inj = (path: string) => agent.store.get(M.kvmIrqInjections, { vm, path })?.value;
@@ -233,6 +242,30 @@ async function logicAgent(t: import('ava').ExecutionContext) {
 }
 
 const VM_A = 0xffff_8880_1234_0000n;
+/** A pid that is certainly not running: pid_max is at most 2^22. */
+const DEAD_TGID = 4_194_304 + 7;
+
+for (const ts of [false, true]) test(`KVM_RUN's VM is resolved once per vCPU fd and reused while the fd, tgid and vCPU-fd generation match via BPF_PROG_TEST_RUN (logic, not attach; ${ts ? 'task-storage' : 'hash-map'} tier)`, async (t) => {
+  const { agent, run, vmm, after } = await logicAgent(t, ts);
+  const VM_B = VM_A + 0x10000n;
+  // KVM_RUN on fd `fd` whose fd table (synthetic) holds (kvm, vcpu): 1 when the thread's cache answered.
+  const kvmRun = (fd: number, kvm: bigint, vcpu: number, now: number, tgid = process.pid) => run(T.RUN_VM, { tid: 30, path: fd, kvm, arg1: vcpu, now, tgid });
+  t.is(kvmRun(7, VM_A, 1, 1_000), 0, 'first KVM_RUN of the thread: resolved from the fd table');
+  t.is(kvmRun(7, VM_B, 2, 2_000), 1, 'the next one on the same fd: from the cache');
+  t.is(kvmRun(8, VM_B, 0, 3_000), 0, 'another fd: resolved again');
+  t.is(kvmRun(8, VM_A, 0, 4_000), 1);
+  run(T.CREATE_VCPU);
+  t.is(kvmRun(8, VM_B, 3, 5_000), 0, 'a KVM_CREATE_VCPU since (an fd number may now name another vCPU): resolved again');
+  t.is(kvmRun(8, VM_A, 3, 6_000), 1);
+  t.is(kvmRun(8, VM_A, 3, 7_000, DEAD_TGID), 0, 'another process on that thread slot: resolved again');
+  t.is(kvmRun(8, VM_B, 3, 8_000), 0, 'and back: the cache now holds the other process\'s');
+  t.is(kvmRun(8, VM_A, 3, 9_000), 1, 'hit: the context names VM_B, from the cache');
+  // The injection inside that KVM_RUN is tied to the cached VM (VM_B), whose teardown began.
+  vmm.teardown(VM_B, 10_000, TD.DEVICE_RELEASE);
+  vmm.inject(30, 11_000, P.SET_IRQ);
+  await agent.collect();
+  t.is(after('set_irq'), 1, 'counted after VM_B\'s teardown: the cached VM, not the (ignored) fd table\'s VM_A');
+});
 
 test('teardown race via BPF_PROG_TEST_RUN (logic, not attach): injections after a device release and during kvm_destroy_vm are counted per path', async (t) => {
   const { agent, vmm, inj, after, teardowns } = await logicAgent(t);

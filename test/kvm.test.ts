@@ -9,6 +9,8 @@ import { configSchema } from '../agent/config.js';
 import { allProbeNames } from '../agent/probes/index.js';
 import { exitReasonName, errnoName } from '../agent/probes/kvm.js';
 import { M } from '../agent/catalog.js';
+import type { ProbeStatus } from '../agent/loader.js';
+import { HASH_MAP, TASK_STORAGE } from '../agent/probes/model.js';
 import { AgentProcess, pick, until, value, writeConfig } from './helpers/agent.js';
 import { kvmUsable, startGuest } from './helpers/kvm.js';
 
@@ -16,11 +18,16 @@ const skip = kvmUsable();
 const kvmTest = skip ? test.skip : test;
 if (skip) test('real-guest kvm tests are skipped here', (t) => t.log(`skipped: ${skip}`) ?? t.pass());
 
-kvmTest('a real /dev/kvm guest: N port writes counted exactly under its vm label, nested-state errors counted, series removed on exit', async (t) => {
+for (const threadState of ['auto', 'hash'] as const) kvmTest(`a real /dev/kvm guest (per-thread state in ${threadState === 'auto' ? 'task storage' : 'hash maps, the fallback tier forced by bpf.threadState: hash'}): N port writes counted exactly under its vm label, nested-state errors counted, series removed on exit`, async (t) => {
   // A short linger: the series must outlive the VMM by that long, then go.
-  const agent = await AgentProcess.start(['--config', writeConfig('kvm:\n  exitedVmSeconds: 3\n')]);
+  const agent = await AgentProcess.start(['--config', writeConfig(`kvm:\n  exitedVmSeconds: 3\nbpf:\n  threadState: ${threadState}\n`)]);
   t.teardown(() => agent.stop());
-  const name = `hvwatch-test-${process.pid}`;
+  const status = await (await fetch(`${agent.url}/api/probes`)).json() as ProbeStatus[];
+  const want = threadState === 'auto' ? TASK_STORAGE : HASH_MAP;
+  for (const p of ['kvm_userspace_exit', 'kvm_ioctl', 'kvm_irq_ioctl']) t.is(status.find((s) => s.name === p)?.chosen?.state, want, p);
+  // kvm_ioctl holds the ioctl hooks; kvm_irq_ioctl runs after it there, by tail call.
+  t.deepEqual(status.find((s) => s.name === 'kvm_irq_ioctl')?.chosen?.chained?.map((c) => c.after), ['kvm_ioctl', 'kvm_ioctl']);
+  const name = `hvwatch-test-${threadState}-${process.pid}`;
   const N = 2000;
   const guest = await startGuest({ name, writes: N, holdMs: 60_000, nestedState: true });
   t.teardown(() => guest.kill());
@@ -68,7 +75,7 @@ kvmTest('a real /dev/kvm guest: N port writes counted exactly under its vm label
 // ---- the handlers through BPF_PROG_TEST_RUN (logic, not attach) ----
 
 // struct kvm_test_args and enum kvm_test_op in bpf/src/kvm.bpf.c.
-const T = { EXIT: 0, ENTRY: 1, USERSPACE_EXIT: 2, IOCTL_ENTER: 3, IOCTL_EXIT: 4, PIO: 5, MMIO: 6, EMULATE: 7, NESTED_VMEXIT: 8, NESTED_INJECT: 9, NESTED_VMENTER: 10, NESTED_INTR: 11, VMENTER_FAILED: 12 } as const;
+const T = { EXIT: 0, ENTRY: 1, USERSPACE_EXIT: 2, IOCTL_ENTER: 3, IOCTL_EXIT: 4, PIO: 5, MMIO: 6, EMULATE: 7, NESTED_VMEXIT: 8, NESTED_INJECT: 9, NESTED_VMENTER: 10, NESTED_INTR: 11, VMENTER_FAILED: 12, TS_USERSPACE_EXIT: 14, TS_IOCTL_ENTER: 15, TS_IOCTL_EXIT: 16, TS_EXIT: 17, TS_ENTRY: 18 } as const;
 interface Ev { tid?: number; tgid?: number; vcpu?: number; now?: number; isa?: number; reason?: number; ret?: number; arg?: bigint; msg?: string }
 const SVM = 2;
 const KVM_RUN = 0xae80;
@@ -120,6 +127,25 @@ test('exit->entry pairing per vCPU via BPF_PROG_TEST_RUN (logic, not attach): la
   t.is(Math.round(agent.store.get(M.kvmExitHandling, npf)!.hist!.sum * 1e9), 1_000);
   t.is(agent.store.get(M.kvmUnpaired, { pairing: 'exit_entry' })?.value, 0);
   t.is(agent.store.get(M.kvmVcpuExits, { vm, vcpu: '0' }), undefined, 'per-vCPU series only when configured');
+});
+
+test('exit->entry pairing via BPF_PROG_TEST_RUN (logic, not attach; task-storage tier, the calling thread\'s slot): latency per reason, no double pairing, another VM\'s or vCPU\'s exit unpaired', async (t) => {
+  const { agent, run, vm } = await logicAgent(t);
+  run(T.TS_ENTRY, { now: 500 }); // no exit seen yet: nothing to close
+  run(T.TS_EXIT, { now: 1_000, vcpu: 0, reason: 0x7b });
+  run(T.TS_ENTRY, { now: 1_400, vcpu: 0 });
+  run(T.TS_ENTRY, { now: 1_900, vcpu: 0 }); // a second entry pairs with nothing
+  run(T.TS_EXIT, { now: 2_000, vcpu: 0, reason: 0x7c });
+  run(T.TS_ENTRY, { now: 2_900, vcpu: 1 }); // another vCPU on this thread: unpaired
+  run(T.TS_EXIT, { now: 3_000, vcpu: 0, reason: 0x7b, tgid: DEAD_PID });
+  run(T.TS_ENTRY, { now: 3_100, vcpu: 0 }); // another VM's exit: unpaired
+  await agent.collect();
+  const h = agent.store.get(M.kvmExitHandling, { vm, isa: 'svm', reason: exitReasonName(SVM, 0x7b) })!.hist!;
+  t.is(h.count, 1);
+  t.is(Math.round(h.sum * 1e9), 400);
+  t.is(agent.store.get(M.kvmExits, { vm, isa: 'svm', reason: exitReasonName(SVM, 0x7c) })?.value, 1);
+  t.is(agent.store.get(M.kvmExitHandling, { vm, isa: 'svm', reason: exitReasonName(SVM, 0x7c) })?.hist?.count ?? 0, 0, 'its entry was another vCPU\'s');
+  t.is(agent.family('kvm')!.maps.get('unpaired')!.counter(0 /* UNPAIRED_EXIT_ENTRY */), 2);
 });
 
 test('a vCPU thread id reused by another VM does not pair via BPF_PROG_TEST_RUN (logic, not attach): counted as unpaired', async (t) => {
@@ -195,6 +221,35 @@ test('userspace time and nested-state saves via BPF_PROG_TEST_RUN (logic, not at
   t.is(agent.store.get(M.kvmNestedStateSaves, { vm, flag: 'guest_mode' })?.value, 1);
   t.is(agent.store.get(M.kvmNestedStateSaves, { vm, flag: 'run_pending' })?.value, 1);
   t.is(agent.store.get(M.kvmNestedStateOpTime, { vm, op: 'get' })?.hist?.count, 3);
+});
+
+test('userspace time and nested-state saves via BPF_PROG_TEST_RUN (logic, not attach; task-storage tier, the calling thread\'s slot): KVM_RUN pairing, one nested-state ioctl at a time', async (t) => {
+  const { agent, run, vm } = await logicAgent(t);
+  t.is(run(T.TS_IOCTL_EXIT, { now: 500 }), 1, 'no ioctl in flight: sys_exit_ioctl leaves at the flag');
+  run(T.TS_USERSPACE_EXIT, { now: 1_000, reason: 2 /* KVM_EXIT_IO */ });
+  run(T.TS_IOCTL_ENTER, { now: 8_000, reason: KVM_RUN });
+  run(T.TS_IOCTL_ENTER, { now: 8_500, reason: KVM_RUN });
+  run(T.TS_USERSPACE_EXIT, { now: 9_000, reason: 2, ret: -4 /* -EINTR */ });
+  run(T.TS_IOCTL_ENTER, { now: 10_000, reason: 0x5401 /* TCGETS: not ours */ });
+  t.is(run(T.TS_IOCTL_EXIT, { now: 10_500 }), 1, 'an ioctl that is not ours raised no flag');
+  run(T.TS_IOCTL_ENTER, { now: 20_000, reason: GET_NESTED_STATE, arg: 0x7000n });
+  t.is(run(T.TS_IOCTL_EXIT, { now: 23_000, ret: 0, arg: 0x3n }), 0);
+  t.is(run(T.TS_IOCTL_EXIT, { now: 24_000 }), 1, 'the flag is down once the save is counted');
+  run(T.TS_IOCTL_ENTER, { now: 30_000, reason: GET_NESTED_STATE, arg: 0x7000n });
+  t.is(run(T.TS_IOCTL_EXIT, { now: 31_000, ret: -22 }), 0);
+  // A pending return to userspace written by another process is never closed by this one.
+  run(T.TS_USERSPACE_EXIT, { now: 40_000, reason: 2, tgid: DEAD_PID });
+  run(T.TS_IOCTL_ENTER, { now: 41_000, reason: KVM_RUN });
+  await agent.collect();
+  const io = agent.store.get(M.kvmUserspaceTime, { vm, reason: 'IO' })!.hist!;
+  t.is(io.count, 1, 'the second KVM_RUN found the pending half consumed');
+  t.is(Math.round(io.sum * 1e9), 7_000);
+  t.is(agent.store.get(M.kvmUserspaceExits, { vm, reason: 'restart' })?.value, 1);
+  t.is(agent.store.get(M.kvmNestedStateOps, { vm, op: 'get', result: 'ok' })?.value, 1);
+  t.is(agent.store.get(M.kvmNestedStateOps, { vm, op: 'get', result: 'EINVAL' })?.value, 1);
+  t.is(agent.store.get(M.kvmNestedStateSaves, { vm, flag: 'guest_mode' })?.value, 1);
+  t.is(agent.store.get(M.kvmNestedStateOpTime, { vm, op: 'get' })?.hist?.count, 2);
+  t.is(agent.family('kvm')!.maps.get('unpaired')!.counter(2 /* UNPAIRED_USERSPACE */), 1, 'the other process\'s half: unpaired');
 });
 
 test('nested VM-entry failure messages and per-vCPU exits via BPF_PROG_TEST_RUN (logic, not attach)', async (t) => {

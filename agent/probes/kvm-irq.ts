@@ -6,7 +6,7 @@
 import { existsSync } from 'node:fs';
 import { M } from '../catalog.js';
 import type { Decoder } from '../aggregate/collect.js';
-import type { FamilySpec, ProbeSpec } from './model.js';
+import { inStateTiers, type FamilySpec, type ProbeSpec } from './model.js';
 import { learnVms, publishVmInfo, vmDecoder } from './vm-label.js';
 
 const family = 'kvm_irq';
@@ -25,10 +25,11 @@ export const IRQ_COUNTERS = ['reaped', 'stale_context', 'unpaired', 'no_vm'] as 
 function tracepointProbe(name: string, tp: string, description: string, params?: string[]): ProbeSpec {
   return {
     name, family, description,
-    candidates: [
+    // Each reads the thread's ioctl context that kvm_irq_ioctl writes: the same tier for all.
+    candidates: inStateTiers([
       { attach: 'tp_btf', target: tp, programs: [`btf_${tp}`], ...(params ? { params: { [tp]: params } } : {}) },
       { attach: 'tracepoint', target: `kvm/${tp}`, programs: [`tp_${tp}`] },
-    ],
+    ]),
   };
 }
 
@@ -54,12 +55,13 @@ const probes: ProbeSpec[] = [
   {
     name: 'kvm_irq_ioctl', family,
     description: 'The VM behind KVM_IRQ_LINE / KVM_IRQ_LINE_STATUS / KVM_SIGNAL_MSI, and each KVM_CREATE_VM (a new generation for its struct kvm)',
-    candidates: [
+    // Both hooks are shared with the kvm family's kvm_ioctl: one program runs per hook.
+    candidates: inStateTiers([
       {
         attach: 'tracepoint', target: 'syscalls/sys_enter_ioctl', programs: ['tp_irq_sys_enter_ioctl', 'tp_irq_sys_exit_ioctl'],
         targets: { tp_irq_sys_exit_ioctl: 'syscalls/sys_exit_ioctl' },
       },
-    ],
+    ]),
   },
   functionProbe('kvm_irq_device_release', 'kvm_device_release', 'A KVM device fd\'s last close (an irqchip device goes away while its VM lives): teardown begins'),
   functionProbe('kvm_irq_destroy_devices', 'kvm_destroy_devices', 'The VM\'s devices destroyed in kvm_destroy_vm(): teardown begins'),

@@ -6,7 +6,7 @@ import { constants as osConstants } from 'node:os';
 import { M } from '../catalog.js';
 import { learnVms, publishVmInfo, setExitedVmLinger, vmDecoder } from './vm-label.js';
 import type { CollectContext, Decoder } from '../aggregate/collect.js';
-import type { FamilySpec, ProbeSpec } from './model.js';
+import { inStateTiers, type FamilySpec, type ProbeSpec } from './model.js';
 import { ISA, SVM_EXIT_REASONS, VMX_EXIT_REASONS } from './kvm-reasons.js';
 
 const family = 'kvm';
@@ -14,6 +14,11 @@ const family = 'kvm';
 // Parameter names of the raw tracepoints, from btf_trace_<name> (arch/x86/kvm/trace.h,
 // include/trace/events/kvm.h). The loader checks them before trying a tp_btf candidate.
 const LEGACY_EXIT = ['exit_reason', 'vcpu', 'isa']; // v5.10-v5.15; (vcpu, isa) since v5.16
+
+/* kvm_emulate_insn fires 3x per port write on this host (bench/RESULTS.md, 6.18): for every
+ * PIO/MMIO exit it says again what kvm_io says: 3 x 97-123 ns per write, measured under
+ * contention, about a fifth of the exit path's in-kernel cost before issue 16. */
+const HOT_EMULATE = 'kvm:kvm_emulate_insn fires ~3x per port write, repeating what kvm_io counts; 290-370 ns per write (bench/RESULTS.md)';
 
 const NESTED_PROGRAMS = {
   tp_kvm_nested_vmexit: 'kvm/kvm_nested_vmexit',
@@ -27,7 +32,8 @@ const probes: ProbeSpec[] = [
   {
     name: 'kvm_exit', family,
     description: 'VM-exits per VM and reason, and the time from each exit to the vCPU\'s next entry',
-    candidates: [
+    // The pending exit per thread: task storage, else the exit_pending hash.
+    candidates: inStateTiers([
       {
         attach: 'tp_btf', target: 'kvm_exit', programs: ['btf_kvm_exit_legacy', 'btf_kvm_entry'],
         targets: { btf_kvm_entry: 'kvm_entry' }, params: { kvm_exit: LEGACY_EXIT },
@@ -40,39 +46,48 @@ const probes: ProbeSpec[] = [
         attach: 'tracepoint', target: 'kvm/kvm_exit', programs: ['tp_kvm_exit', 'tp_kvm_entry'],
         targets: { tp_kvm_entry: 'kvm/kvm_entry' },
       },
-    ],
+    ]),
   },
   {
     name: 'kvm_userspace_exit', family,
     description: 'Returns from KVM_RUN to the VMM per VM and KVM_EXIT_* reason',
-    candidates: [
+    // The pending return is closed by kvm_ioctl's KVM_RUN: both keep it in the same tier.
+    candidates: inStateTiers([
       { attach: 'tp_btf', target: 'kvm_userspace_exit', programs: ['btf_kvm_userspace_exit'], params: { kvm_userspace_exit: ['reason', 'errno'] } },
       { attach: 'tracepoint', target: 'kvm/kvm_userspace_exit', programs: ['tp_kvm_userspace_exit'] },
-    ],
+    ]),
   },
   {
     name: 'kvm_ioctl', family,
     description: 'KVM_RUN (ends the VMM\'s userspace time) and KVM_GET/SET_NESTED_STATE with result, latency and saved flags',
-    candidates: [
+    // Both hooks are shared with kvm_irq_ioctl: one program runs per hook (agent/hook-chain.ts).
+    candidates: inStateTiers([
       {
         attach: 'tracepoint', target: 'syscalls/sys_enter_ioctl', programs: ['tp_sys_enter_ioctl', 'tp_sys_exit_ioctl'],
         targets: { tp_sys_exit_ioctl: 'syscalls/sys_exit_ioctl' },
       },
-    ],
+    ]),
   },
   {
     name: 'kvm_io', family,
-    description: 'Port I/O and MMIO exits, and emulated instructions, per VM',
+    description: 'Port I/O and MMIO exits per VM',
     candidates: [
       {
-        attach: 'tp_btf', target: 'kvm_pio', programs: ['btf_kvm_pio', 'btf_kvm_mmio', 'btf_kvm_emulate_insn'],
-        targets: { btf_kvm_mmio: 'kvm_mmio', btf_kvm_emulate_insn: 'kvm_emulate_insn' },
-        params: { kvm_pio: ['rw'], kvm_mmio: ['type'], kvm_emulate_insn: ['vcpu', 'failed'] },
+        attach: 'tp_btf', target: 'kvm_pio', programs: ['btf_kvm_pio', 'btf_kvm_mmio'],
+        targets: { btf_kvm_mmio: 'kvm_mmio' }, params: { kvm_pio: ['rw'], kvm_mmio: ['type'] },
       },
       {
-        attach: 'tracepoint', target: 'kvm/kvm_pio', programs: ['tp_kvm_pio', 'tp_kvm_mmio', 'tp_kvm_emulate_insn'],
-        targets: { tp_kvm_mmio: 'kvm/kvm_mmio', tp_kvm_emulate_insn: 'kvm/kvm_emulate_insn' },
+        attach: 'tracepoint', target: 'kvm/kvm_pio', programs: ['tp_kvm_pio', 'tp_kvm_mmio'],
+        targets: { tp_kvm_mmio: 'kvm/kvm_mmio' },
       },
+    ],
+  },
+  {
+    name: 'kvm_emulate', family, hot: HOT_EMULATE,
+    description: 'Instructions emulated by KVM per VM, and the ones that failed',
+    candidates: [
+      { attach: 'tp_btf', target: 'kvm_emulate_insn', programs: ['btf_kvm_emulate_insn'], params: { kvm_emulate_insn: ['vcpu', 'failed'] } },
+      { attach: 'tracepoint', target: 'kvm/kvm_emulate_insn', programs: ['tp_kvm_emulate_insn'] },
     ],
   },
   {

@@ -26,6 +26,11 @@ export interface Candidate {
   params?: Readonly<Record<string, readonly string[]>>;
   /** A hot hook: tried only when the probe is opted in (probes.hot), like a hot probe. */
   hot?: string;
+  /** Where the candidate keeps per-thread state ('task storage', 'hash'). A pair's halves
+   * are often written by one probe and read by another, so once one probe of a family has
+   * chosen a candidate with a state, the family's other probes try only candidates with the
+   * same state (or none). Declare the preferred state's candidates first. */
+  state?: string;
 }
 
 export interface ProbeSpec {
@@ -105,4 +110,23 @@ export interface FamilySpec {
   benchEventsPerRun?: Readonly<Record<string, number>>;
   /** Once after load: write configuration into the family's BPF maps. */
   setup?: (fam: LoadedFamily, cfg: Config) => void;
+}
+
+/** Candidate.state values. */
+export const TASK_STORAGE = 'task storage';
+export const HASH_MAP = 'hash';
+
+/** Candidates in both tiers of per-thread state, task storage first (BPF_MAP_TYPE_TASK_STORAGE,
+ * 5.11+: the program `<name>_ts`), then the hash-map fallback (`<name>`): every candidate in
+ * the first tier before any in the second, so a kernel with task storage never ends up on
+ * the hash tier only because its first attach kind failed. */
+export function inStateTiers(cands: readonly Candidate[]): Candidate[] {
+  const ts = (n: string): string => `${n}_ts`;
+  return [
+    ...cands.map((c) => ({
+      ...c, state: TASK_STORAGE, programs: c.programs.map(ts),
+      ...(c.targets ? { targets: Object.fromEntries(Object.entries(c.targets).map(([k, v]) => [ts(k), v])) } : {}),
+    })),
+    ...cands.map((c) => ({ ...c, state: HASH_MAP })),
+  ];
 }

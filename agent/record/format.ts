@@ -70,7 +70,13 @@ export const headerSchema = z.object({
     skipped: z.string().optional(),
     hot: z.string().optional(),
     candidates: z.array(z.object({ attach: z.string(), target: z.string(), ok: z.boolean(), error: z.string().optional() }).strict()),
-    chosen: z.object({ attach: z.string(), target: z.string() }).strict().nullable(),
+    chosen: z.object({
+      attach: z.string(), target: z.string(),
+      /** Where the probe keeps per-thread state (task storage, hash), when it keeps any. */
+      state: z.string().optional(),
+      /** Shared hooks it runs on by tail call after another probe's program. */
+      chained: z.array(z.object({ hook: z.string(), after: z.string() }).strict()).optional(),
+    }).strict().nullable(),
     absent: z.boolean().optional(),
   }).strict()),
   families: z.array(z.object({

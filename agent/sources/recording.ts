@@ -112,6 +112,7 @@ export class RecordingSource implements Source {
       const exported = new Set(live.spec.maps.map((e) => e.map));
       const metas: TraceMapMeta[] = [];
       for (const [name, m] of live.maps) {
+        if (!m.walkable) continue; // per-thread state and hook chains: nothing the pipeline reads
         const ids = live.typeIds.get(name) ?? { key: 0, value: 0 };
         // Maps the pipeline only counts (pointer-keyed state) are recorded as their count.
         const countOnly = m.keySize === 0 || (live.spec.watchMaps?.includes(name) && !exported.has(name));

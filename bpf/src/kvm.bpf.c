@@ -18,6 +18,7 @@
 #include <bpf/bpf_tracing.h>
 #include "hvwatch.h"
 #include "kvm_ioctl.h"
+#include "hook_chain.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -254,6 +255,32 @@ struct {
 	__type(value, struct ioctl_pending);
 } ioctl_pending SEC(".maps");
 
+/* The same per-thread halves in task-local storage (kernel 5.11+, kernel/bpf/bpf_task_storage.c):
+ * found from the task pointer without hashing a key, freed with the thread, never evicted
+ * by another thread's insert. The hash maps above are the fallback tier for kernels without
+ * it; the loader keeps the family on one tier (Candidate.state) since the halves of a pair
+ * are written and read by different probes. */
+struct kvm_task {
+	struct exit_pending exit;   /* the pending VM-exit */
+	struct user_pending user;   /* the pending return to userspace */
+	struct ioctl_pending ioctl; /* the nested-state ioctl in flight; ioctl.op 0 when none */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct kvm_task);
+} kvm_task SEC(".maps");
+
+static __always_inline struct kvm_task *task_state(bool create)
+{
+	struct kvm_task *t = bpf_task_storage_get(&kvm_task, bpf_get_current_task_btf(), 0, create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
+	if (!t && create)
+		count_error(&hv_errors, HV_ERR_MAP_FULL);
+	return t;
+}
+
 static const struct exit_stats zero_exit;
 static const struct uexit_stats zero_uexit;
 static const struct vm_stats zero_vm;
@@ -288,7 +315,8 @@ static __always_inline struct vm_stats *vm_stats(u32 tgid)
 
 /* ---- the logic: plain values in, map updates out ---- */
 
-static __always_inline void handle_exit(u32 tid, u32 tgid, u64 now, u32 vcpu_id, u32 isa, u32 reason)
+/* Counts the exit (and per vCPU where configured). */
+static __always_inline void count_exit(u32 tgid, u32 vcpu_id, u32 isa, u32 reason)
 {
 	struct exit_key k = { .tgid = tgid, .isa = isa, .reason = reason };
 	struct exit_stats *s = lookup_or_init_vm_seen(&kvm_exits, &k, &zero_exit, k.tgid);
@@ -302,13 +330,18 @@ static __always_inline void handle_exit(u32 tid, u32 tgid, u64 now, u32 vcpu_id,
 		if (c)
 			(*c)++;
 	}
+}
+
+static __always_inline void handle_exit(u32 tid, u32 tgid, u64 now, u32 vcpu_id, u32 isa, u32 reason)
+{
+	count_exit(tgid, vcpu_id, isa, reason);
 	struct exit_pending p = { .ns = now, .tgid = tgid, .vcpu_id = vcpu_id, .isa = isa, .reason = reason };
 	set_pending(&exit_pending, tid, &p, sizeof(p));
 }
 
-static __always_inline void handle_entry(u32 tid, u32 tgid, u64 now, u32 vcpu_id)
+/* The vCPU enters again: its handling time since the pending exit (either tier) ends. */
+static __always_inline void close_exit(struct exit_pending *p, u32 tgid, u64 now, u32 vcpu_id)
 {
-	struct exit_pending *p = bpf_map_lookup_elem(&exit_pending, &tid);
 	if (!p || !p->ns)
 		return; /* the first entry of a vCPU, or one after an unobserved exit */
 	if (p->tgid != tgid || p->vcpu_id != vcpu_id || now < p->ns) {
@@ -322,7 +355,13 @@ static __always_inline void handle_entry(u32 tid, u32 tgid, u64 now, u32 vcpu_id
 	p->ns = 0; /* consumed: cheaper than a delete, and the next exit overwrites it */
 }
 
-static __always_inline void handle_userspace_exit(u32 tid, u32 tgid, u64 now, u32 reason, s32 err)
+static __always_inline void handle_entry(u32 tid, u32 tgid, u64 now, u32 vcpu_id)
+{
+	close_exit(bpf_map_lookup_elem(&exit_pending, &tid), tgid, now, vcpu_id);
+}
+
+/* Counts the return to userspace; the reason its pending half carries. */
+static __always_inline u32 count_userspace_exit(u32 tgid, u32 reason, s32 err)
 {
 	if (err < 0)
 		reason = err == -4 /* EINTR */ ? UEXIT_RESTART : UEXIT_ERROR;
@@ -330,14 +369,19 @@ static __always_inline void handle_userspace_exit(u32 tid, u32 tgid, u64 now, u3
 	struct uexit_stats *s = lookup_or_init_vm_seen(&kvm_uexits, &k, &zero_uexit, k.tgid);
 	if (s)
 		s->exits++;
-	struct user_pending p = { .ns = now, .tgid = tgid, .reason = reason };
+	return reason;
+}
+
+static __always_inline void handle_userspace_exit(u32 tid, u32 tgid, u64 now, u32 reason, s32 err)
+{
+	struct user_pending p = { .ns = now, .tgid = tgid, .reason = count_userspace_exit(tgid, reason, err) };
 	set_pending(&user_pending, tid, &p, sizeof(p));
 }
 
-/* KVM_RUN again: the VMM's time in userspace since the last return ends. */
-static __always_inline void handle_kvm_run(u32 tid, u32 tgid, u64 now)
+/* KVM_RUN again: the VMM's time in userspace since the last return ends. p: this thread's
+ * pending return (from either tier), or NULL. */
+static __always_inline void close_userspace(struct user_pending *p, u32 tgid, u64 now)
 {
-	struct user_pending *p = bpf_map_lookup_elem(&user_pending, &tid);
 	if (!p || !p->ns)
 		return;
 	if (p->tgid != tgid || now < p->ns) {
@@ -349,6 +393,11 @@ static __always_inline void handle_kvm_run(u32 tid, u32 tgid, u64 now)
 			hist_add(s->user_slots, &s->user_sum_ns, now - p->ns);
 	}
 	p->ns = 0;
+}
+
+static __always_inline void handle_kvm_run(u32 tid, u32 tgid, u64 now)
+{
+	close_userspace(bpf_map_lookup_elem(&user_pending, &tid), tgid, now);
 }
 
 static __always_inline void handle_pio(u32 tgid, u32 rw)
@@ -466,18 +515,19 @@ static __always_inline void handle_vmenter_failed(u32 tgid, u64 hash)
 		(*c)++;
 }
 
+static __always_inline u32 nstate_op(u32 cmd)
+{
+	return cmd == KVM_GET_NESTED_STATE_IOCTL ? OP_GET : cmd == KVM_SET_NESTED_STATE_IOCTL ? OP_SET : 0;
+}
+
 static __always_inline void handle_ioctl_enter(u32 tid, u32 tgid, u64 now, u32 cmd, u64 arg)
 {
-	u32 op;
 	if (cmd == KVM_RUN_IOCTL) {
 		handle_kvm_run(tid, tgid, now);
 		return;
 	}
-	if (cmd == KVM_GET_NESTED_STATE_IOCTL)
-		op = OP_GET;
-	else if (cmd == KVM_SET_NESTED_STATE_IOCTL)
-		op = OP_SET;
-	else
+	u32 op = nstate_op(cmd);
+	if (!op)
 		return;
 	struct ioctl_pending p = { .ns = now, .arg = arg, .tgid = tgid, .op = op };
 	if (bpf_map_update_elem(&ioctl_pending, &tid, &p, BPF_ANY))
@@ -504,6 +554,47 @@ static __always_inline void handle_nstate_done(struct ioctl_pending *p, u64 now,
 		s->saves_guest_mode++;
 	if (flags & KVM_STATE_NESTED_RUN_PENDING)
 		s->saves_run_pending++;
+}
+
+/* ---- the task-storage tier of the per-thread halves ---- */
+
+static __always_inline void handle_exit_ts(struct kvm_task *t, u32 tgid, u64 now, u32 vcpu_id, u32 isa, u32 reason)
+{
+	count_exit(tgid, vcpu_id, isa, reason);
+	if (!t)
+		return;
+	t->exit.ns = now;
+	t->exit.tgid = tgid;
+	t->exit.vcpu_id = vcpu_id;
+	t->exit.isa = isa;
+	t->exit.reason = reason;
+}
+
+static __always_inline void handle_userspace_exit_ts(struct kvm_task *t, u32 tgid, u64 now, u32 reason, s32 err)
+{
+	reason = count_userspace_exit(tgid, reason, err);
+	if (!t)
+		return;
+	t->user.ns = now;
+	t->user.tgid = tgid;
+	t->user.reason = reason;
+}
+
+static __always_inline void handle_ioctl_enter_ts(struct kvm_task *t, u32 tgid, u64 now, u32 cmd, u64 arg)
+{
+	if (!t)
+		return;
+	if (cmd == KVM_RUN_IOCTL) {
+		close_userspace(&t->user, tgid, now);
+		return;
+	}
+	u32 op = nstate_op(cmd);
+	if (!op)
+		return;
+	t->ioctl.ns = now;
+	t->ioctl.arg = arg;
+	t->ioctl.tgid = tgid;
+	t->ioctl.op = op;
 }
 
 /* FNV-1a over a NUL-terminated message of at most MSG_LEN bytes. */
@@ -554,6 +645,22 @@ int tp_kvm_exit(struct trace_event_raw_kvm_exit *ctx)
 	return 0;
 }
 
+SEC("tp_btf/kvm_exit")
+int BPF_PROG(btf_kvm_exit_legacy_ts, unsigned int exit_reason, struct kvm_vcpu *vcpu, u32 isa)
+{
+	if (!vcpu)
+		return 0;
+	handle_exit_ts(task_state(true), (u32)(bpf_get_current_pid_tgid() >> 32), bpf_ktime_get_ns(), vcpu->vcpu_id, isa, exit_reason);
+	return 0;
+}
+
+SEC("tracepoint/kvm/kvm_exit")
+int tp_kvm_exit_ts(struct trace_event_raw_kvm_exit *ctx)
+{
+	handle_exit_ts(task_state(true), (u32)(bpf_get_current_pid_tgid() >> 32), bpf_ktime_get_ns(), BPF_CORE_READ(ctx, vcpu_id), BPF_CORE_READ(ctx, isa), BPF_CORE_READ(ctx, exit_reason));
+	return 0;
+}
+
 /* kvm_entry(vcpu[, force_immediate_exit]) (v6.9+, and 6.1.149): the first argument is the
  * vCPU in every generation, so one tp_btf program fits all. */
 SEC("tp_btf/kvm_entry")
@@ -572,6 +679,28 @@ int tp_kvm_entry(struct trace_event_raw_kvm_entry *ctx)
 	return 0;
 }
 
+/* Task storage is looked up without F_CREATE at an entry: a thread with no exit seen has
+ * nothing to close. */
+SEC("tp_btf/kvm_entry")
+int BPF_PROG(btf_kvm_entry_ts, struct kvm_vcpu *vcpu)
+{
+	if (!vcpu)
+		return 0;
+	struct kvm_task *t = task_state(false);
+	if (t)
+		close_exit(&t->exit, (u32)(bpf_get_current_pid_tgid() >> 32), bpf_ktime_get_ns(), vcpu->vcpu_id);
+	return 0;
+}
+
+SEC("tracepoint/kvm/kvm_entry")
+int tp_kvm_entry_ts(struct trace_event_raw_kvm_entry *ctx)
+{
+	struct kvm_task *t = task_state(false);
+	if (t)
+		close_exit(&t->exit, (u32)(bpf_get_current_pid_tgid() >> 32), bpf_ktime_get_ns(), BPF_CORE_READ(ctx, vcpu_id));
+	return 0;
+}
+
 SEC("tp_btf/kvm_userspace_exit")
 int BPF_PROG(btf_kvm_userspace_exit, u32 reason, int errno)
 {
@@ -583,6 +712,20 @@ SEC("tracepoint/kvm/kvm_userspace_exit")
 int tp_kvm_userspace_exit(struct trace_event_raw_kvm_userspace_exit *ctx)
 {
 	handle_userspace_exit(CUR_IDS(bpf_get_current_pid_tgid()), bpf_ktime_get_ns(), ctx->reason, ctx->errno);
+	return 0;
+}
+
+SEC("tp_btf/kvm_userspace_exit")
+int BPF_PROG(btf_kvm_userspace_exit_ts, u32 reason, int errno)
+{
+	handle_userspace_exit_ts(task_state(true), (u32)(bpf_get_current_pid_tgid() >> 32), bpf_ktime_get_ns(), reason, errno);
+	return 0;
+}
+
+SEC("tracepoint/kvm/kvm_userspace_exit")
+int tp_kvm_userspace_exit_ts(struct trace_event_raw_kvm_userspace_exit *ctx)
+{
+	handle_userspace_exit_ts(task_state(true), (u32)(bpf_get_current_pid_tgid() >> 32), bpf_ktime_get_ns(), ctx->reason, ctx->errno);
 	return 0;
 }
 
@@ -669,31 +812,58 @@ int tp_kvm_nested_vmenter_failed(struct trace_event_raw_kvm_nested_vmenter_faile
 }
 
 /* KVM_RUN and the nested-state ioctls, from the ioctl syscall tracepoints (kvm_ioctl.h):
- * the command is filtered first, so any other ioctl costs one compare. */
-SEC("tracepoint/syscalls/sys_enter_ioctl")
-int tp_sys_enter_ioctl(struct sys_enter_ioctl_args *ctx)
+ * the command is filtered first, so any other ioctl costs one compare. Other families watch
+ * these hooks too: the programs are chained (hook_chain.h). */
+static __always_inline bool kvm_ioctl_cmd(u32 cmd)
 {
-	u32 cmd = ctx->cmd;
-	if (cmd != KVM_RUN_IOCTL && cmd != KVM_GET_NESTED_STATE_IOCTL && cmd != KVM_SET_NESTED_STATE_IOCTL)
-		return 0;
-	handle_ioctl_enter(CUR_IDS(bpf_get_current_pid_tgid()), bpf_ktime_get_ns(), cmd, ctx->arg);
-	return 0;
+	return cmd == KVM_RUN_IOCTL || cmd == KVM_GET_NESTED_STATE_IOCTL || cmd == KVM_SET_NESTED_STATE_IOCTL;
 }
 
-SEC("tracepoint/syscalls/sys_exit_ioctl")
-int tp_sys_exit_ioctl(struct sys_exit_args *ctx)
+/* After a successful GET, the saved flags are read back from the caller's buffer. */
+static __always_inline void finish_nstate(struct ioctl_pending *p, s64 ret)
+{
+	u16 flags = 0;
+	bool ok = false;
+	if (p->op == OP_GET && ret >= 0)
+		ok = bpf_probe_read_user(&flags, sizeof(flags), (void *)p->arg) == 0;
+	handle_nstate_done(p, bpf_ktime_get_ns(), ret, flags, ok);
+}
+
+HV_CHAINED_PROG("tracepoint/syscalls/sys_enter_ioctl", tp_sys_enter_ioctl_ts, struct sys_enter_ioctl_args *, ctx)
+{
+	u32 cmd = ctx->cmd;
+	if (!kvm_ioctl_cmd(cmd))
+		return;
+	handle_ioctl_enter_ts(task_state(true), (u32)(bpf_get_current_pid_tgid() >> 32), bpf_ktime_get_ns(), cmd, ctx->arg);
+}
+
+/* Every ioctl of the host ends here: a thread with no nested-state ioctl in flight (nearly
+ * all) leaves after the storage lookup and one load. */
+HV_CHAINED_PROG("tracepoint/syscalls/sys_exit_ioctl", tp_sys_exit_ioctl_ts, struct sys_exit_args *, ctx)
+{
+	struct kvm_task *t = task_state(false);
+	if (!t || !t->ioctl.op)
+		return;
+	finish_nstate(&t->ioctl, ctx->ret);
+	t->ioctl.op = 0;
+}
+
+HV_CHAINED_PROG("tracepoint/syscalls/sys_enter_ioctl", tp_sys_enter_ioctl, struct sys_enter_ioctl_args *, ctx)
+{
+	u32 cmd = ctx->cmd;
+	if (!kvm_ioctl_cmd(cmd))
+		return;
+	handle_ioctl_enter(CUR_IDS(bpf_get_current_pid_tgid()), bpf_ktime_get_ns(), cmd, ctx->arg);
+}
+
+HV_CHAINED_PROG("tracepoint/syscalls/sys_exit_ioctl", tp_sys_exit_ioctl, struct sys_exit_args *, ctx)
 {
 	u32 tid = (u32)bpf_get_current_pid_tgid();
 	struct ioctl_pending *p = bpf_map_lookup_elem(&ioctl_pending, &tid);
 	if (!p)
-		return 0;
-	u16 flags = 0;
-	bool ok = false;
-	if (p->op == OP_GET && ctx->ret >= 0)
-		ok = bpf_probe_read_user(&flags, sizeof(flags), (void *)p->arg) == 0;
-	handle_nstate_done(p, bpf_ktime_get_ns(), ctx->ret, flags, ok);
+		return;
+	finish_nstate(p, ctx->ret);
 	bpf_map_delete_elem(&ioctl_pending, &tid);
-	return 0;
 }
 
 /* ---- BPF_PROG_TEST_RUN entry points: the same handlers, synthetic arguments ---- */
@@ -713,6 +883,12 @@ enum kvm_test_op {
 	T_NESTED_INTR = 11,
 	T_VMENTER_FAILED = 12, /* msg in `msg` */
 	T_FIRST_SIGHT = 13,    /* `reason` times: forget the caller's tgid, then see it first (bench/first-sight.ts) */
+	/* The task-storage tier: the calling thread's slot (tid unused). */
+	T_TS_USERSPACE_EXIT = 14,
+	T_TS_IOCTL_ENTER = 15,
+	T_TS_IOCTL_EXIT = 16,
+	T_TS_EXIT = 17,
+	T_TS_ENTRY = 18,
 };
 
 struct kvm_test_args {
@@ -762,6 +938,27 @@ int test_kvm(struct kvm_test_args *ctx)
 		}
 		break;
 	}
+	case T_TS_EXIT: handle_exit_ts(task_state(true), a.tgid, a.now, a.vcpu_id, a.isa, a.reason); break;
+	case T_TS_ENTRY: {
+		struct kvm_task *t = task_state(false);
+		if (t)
+			close_exit(&t->exit, a.tgid, a.now, a.vcpu_id);
+		break;
+	}
+	case T_TS_USERSPACE_EXIT: handle_userspace_exit_ts(task_state(true), a.tgid, a.now, a.reason, a.ret); break;
+	case T_TS_IOCTL_ENTER:
+		if (!kvm_ioctl_cmd(a.reason))
+			break;
+		handle_ioctl_enter_ts(task_state(true), a.tgid, a.now, a.reason, a.arg);
+		break;
+	case T_TS_IOCTL_EXIT: {
+		struct kvm_task *t = task_state(false);
+		if (!t || !t->ioctl.op)
+			return 1;
+		handle_nstate_done(&t->ioctl, a.now, a.ret, (u16)a.arg, a.arg != (u64)-1);
+		t->ioctl.op = 0;
+		break;
+	}
 	default: return -1;
 	}
 	return 0;
@@ -777,6 +974,18 @@ int bench_exit_entry(struct __sk_buff *skb)
 	u32 tid = 1000 + (i & 63);
 	handle_exit(tid, 999, i * 1000, tid & 3, 2, 0x7b);
 	handle_entry(tid, 999, i * 1000 + 500, tid & 3);
+	return 0;
+}
+
+/* The same pair on the task-storage tier (the bench thread's own slot, as a vCPU thread's). */
+SEC("tc")
+int bench_exit_entry_ts(struct __sk_buff *skb)
+{
+	u64 i = bench_iter++;
+	handle_exit_ts(task_state(true), 999, i * 1000, 1, 2, 0x7b);
+	struct kvm_task *t = task_state(false);
+	if (t)
+		close_exit(&t->exit, 999, i * 1000 + 500, 1);
 	return 0;
 }
 

@@ -45,6 +45,7 @@
 #include <bpf/bpf_tracing.h>
 #include "hvwatch.h"
 #include "kvm_ioctl.h"
+#include "hook_chain.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -148,6 +149,13 @@ struct irq_ctx {
 	u32 op;      /* enum ctx_op */
 	u32 vcpu_id; /* CTX_VCPU */
 	u32 _pad;
+	/* The VM and vCPU behind the thread's KVM_RUN fd, resolved at its first KVM_RUN and
+	 * reused while the fd, the tgid and the vCPU-fd generation (irq_fd_gen) match: resolving
+	 * walks the fd table, about two thirds of this program's cost on every exit to the VMM. */
+	u64 run_kvm; /* 0: nothing cached */
+	u64 run_fd_gen;
+	u32 run_fd;
+	u32 run_vcpu_id;
 };
 
 struct {
@@ -156,6 +164,27 @@ struct {
 	__type(key, u32);
 	__type(value, struct irq_ctx);
 } irq_ctx SEC(".maps");
+
+/* The same per-thread context in task-local storage (5.11+): no key hashed, freed with the
+ * thread. irq_ctx is the fallback tier; every probe of the family takes the same one
+ * (Candidate.state in agent/probes/model.ts). */
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct irq_ctx);
+} irq_task SEC(".maps");
+
+/* [0]: bumped at every KVM_CREATE_VCPU. A vCPU fd comes only from KVM_CREATE_VCPU, so an fd
+ * number closed and reused for another vCPU (another VM) bumps it in between, and a cached
+ * resolution from before is not trusted. Not covered: a vCPU fd dup2()ed or received over a
+ * unix socket onto a number a thread already ran on. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, u64);
+} irq_fd_gen SEC(".maps");
 
 /* An accepted interrupt waiting for its injection: per VM, vCPU and vector. The LAPIC keeps
  * one IRR bit per vector, so a second acceptance before the injection is the same pending
@@ -289,31 +318,81 @@ static __always_inline void handle_vm_created(u32 tgid, u64 now, u64 kvm)
 	new_state(kvm, tgid, now);
 }
 
-/* kvm: the struct kvm behind the ioctl's fd (for KVM_RUN: the vCPU's), vcpu_id for KVM_RUN. */
-static __always_inline void handle_ioctl_enter(u32 tid, u32 tgid, u64 now, u32 cmd, u64 kvm, u32 vcpu_id)
+/* The thread's context slot: task storage (ts) or the irq_ctx hash entry; created when asked. */
+static __always_inline struct irq_ctx *ctx_slot(bool ts, u32 tid, bool create)
 {
-	struct irq_ctx c = { .tgid = tgid };
-	if (cmd == KVM_CREATE_VM_IOCTL) {
-		c.op = CTX_CREATE_VM;
-	} else {
-		if (!kvm)
-			return;
-		struct irq_vm_state *s = live_state(kvm, now);
-		c.op = cmd == KVM_RUN_IOCTL ? CTX_VCPU : CTX_VM;
-		c.kvm = kvm;
-		c.gen = s ? s->gen : 0;
-		c.vcpu_id = vcpu_id;
+	if (ts) {
+		struct irq_ctx *c = bpf_task_storage_get(&irq_task, bpf_get_current_task_btf(), 0, create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
+		if (!c && create)
+			count_error(&hv_errors, HV_ERR_MAP_FULL);
+		return c;
 	}
-	struct irq_ctx *cur = bpf_map_lookup_elem(&irq_ctx, &tid);
-	if (cur)
-		*cur = c;
-	else if (bpf_map_update_elem(&irq_ctx, &tid, &c, BPF_ANY))
+	struct irq_ctx *c = bpf_map_lookup_elem(&irq_ctx, &tid);
+	if (c || !create)
+		return c;
+	static const struct irq_ctx zero_ctx;
+	if (bpf_map_update_elem(&irq_ctx, &tid, &zero_ctx, BPF_ANY)) {
 		count_error(&hv_errors, HV_ERR_MAP_FULL);
+		return 0;
+	}
+	return bpf_map_lookup_elem(&irq_ctx, &tid);
 }
 
-static __always_inline void handle_ioctl_exit(u32 tid, u64 now, s64 ret, u64 new_kvm)
+static __always_inline u64 vcpu_fd_gen(void)
 {
-	struct irq_ctx *c = bpf_map_lookup_elem(&irq_ctx, &tid);
+	u32 zero = 0;
+	u64 *g = bpf_map_lookup_elem(&irq_fd_gen, &zero);
+	return g ? *g : 0;
+}
+
+static __always_inline void bump_vcpu_fd_gen(void)
+{
+	u32 zero = 0;
+	u64 *g = bpf_map_lookup_elem(&irq_fd_gen, &zero);
+	if (g)
+		__sync_fetch_and_add(g, 1);
+}
+
+/* Whether cur holds this thread's resolution of KVM_RUN's fd. */
+static __always_inline bool run_cached(const struct irq_ctx *cur, u32 tgid, u32 fd, u64 fd_gen)
+{
+	return cur->run_kvm && cur->run_fd == fd && cur->tgid == tgid && cur->run_fd_gen == fd_gen;
+}
+
+static __always_inline u64 run_cache(struct irq_ctx *cur, u32 fd, u64 fd_gen, u64 kvm, u32 vcpu_id)
+{
+	cur->run_kvm = kvm;
+	cur->run_vcpu_id = vcpu_id;
+	cur->run_fd = fd;
+	cur->run_fd_gen = fd_gen;
+	return kvm;
+}
+
+/* kvm: the struct kvm behind the ioctl's fd (for KVM_RUN: the vCPU's), vcpu_id for KVM_RUN.
+ * cur: the thread's context slot (kept: its KVM_RUN cache fields). */
+static __always_inline void handle_ioctl_enter(struct irq_ctx *cur, u32 tgid, u64 now, u32 cmd, u64 kvm, u32 vcpu_id)
+{
+	if (!cur)
+		return;
+	if (cmd == KVM_CREATE_VM_IOCTL) {
+		cur->op = CTX_CREATE_VM;
+		cur->tgid = tgid;
+		cur->kvm = 0;
+		cur->gen = 0;
+		return;
+	}
+	if (!kvm)
+		return;
+	struct irq_vm_state *s = live_state(kvm, now);
+	cur->op = cmd == KVM_RUN_IOCTL ? CTX_VCPU : CTX_VM;
+	cur->tgid = tgid;
+	cur->kvm = kvm;
+	cur->gen = s ? s->gen : 0;
+	cur->vcpu_id = vcpu_id;
+}
+
+static __always_inline void handle_ioctl_exit(struct irq_ctx *c, u64 now, s64 ret, u64 new_kvm)
+{
 	if (!c || c->op == CTX_NONE)
 		return;
 	if (c->op == CTX_CREATE_VM && ret >= 0)
@@ -329,9 +408,8 @@ struct who {
 };
 
 /* The VM of this thread's current ioctl (VM-fd injection or KVM_RUN). */
-static __always_inline void ctx_vm(u32 tid, u32 tgid, struct who *w)
+static __always_inline void ctx_vm(const struct irq_ctx *c, u32 tgid, struct who *w)
 {
-	struct irq_ctx *c = bpf_map_lookup_elem(&irq_ctx, &tid);
 	if (!c || (c->op != CTX_VM && c->op != CTX_VCPU) || c->tgid != tgid)
 		return;
 	w->kvm = c->kvm;
@@ -342,7 +420,7 @@ static __always_inline void ctx_vm(u32 tid, u32 tgid, struct who *w)
 
 /* ---- kernel context: who is injecting ---- */
 
-static __always_inline void on_inject(u32 path, u32 arg0, u32 arg1, u32 flags)
+static __always_inline void on_inject(bool ts, u32 path, u32 arg0, u32 arg1, u32 flags)
 {
 	u64 id = bpf_get_current_pid_tgid();
 	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
@@ -351,7 +429,7 @@ static __always_inline void on_inject(u32 path, u32 arg0, u32 arg1, u32 flags)
 	if (BPF_CORE_READ(t, flags) & PF_KTHREAD)
 		tgid = 0;
 	else
-		ctx_vm((u32)id, tgid, &w);
+		ctx_vm(ctx_slot(ts, (u32)id, false), tgid, &w);
 	/* kvm_inj_virq runs on the vCPU: its id comes from KVM_RUN, not from the arguments. */
 	if (path == P_INJ_VIRQ) {
 		arg1 = arg0;
@@ -386,18 +464,31 @@ static __always_inline u64 fd_private(u64 fd)
  * kernels had a fifth `coalesced`: apicid and vec keep their places), kvm_inj_virq(vector, soft, reinjected) (since v5.19; (irq) before).
  * Only kvm_apic_accept_irq's and kvm_inj_virq's arguments are read. */
 /* The four whose arguments are not read: one count from either tier. */
-#define INJECT_PROGRAMS(tp, path)        \
-	SEC("tp_btf/" #tp)               \
-	int BPF_PROG(btf_##tp)           \
-	{                                \
-		on_inject(path, 0, 0, 0); \
-		return 0;                \
-	}                                \
-	SEC("tracepoint/kvm/" #tp)       \
-	int tp_##tp(void *ctx)           \
-	{                                \
-		on_inject(path, 0, 0, 0); \
-		return 0;                \
+/* Each in two tiers of the thread context: the hash map, and task storage (_ts). */
+#define INJECT_PROGRAMS(tp, path)               \
+	SEC("tp_btf/" #tp)                      \
+	int BPF_PROG(btf_##tp)                  \
+	{                                       \
+		on_inject(false, path, 0, 0, 0); \
+		return 0;                       \
+	}                                       \
+	SEC("tracepoint/kvm/" #tp)              \
+	int tp_##tp(void *ctx)                  \
+	{                                       \
+		on_inject(false, path, 0, 0, 0); \
+		return 0;                       \
+	}                                       \
+	SEC("tp_btf/" #tp)                      \
+	int BPF_PROG(btf_##tp##_ts)             \
+	{                                       \
+		on_inject(true, path, 0, 0, 0);  \
+		return 0;                       \
+	}                                       \
+	SEC("tracepoint/kvm/" #tp)              \
+	int tp_##tp##_ts(void *ctx)             \
+	{                                       \
+		on_inject(true, path, 0, 0, 0);  \
+		return 0;                       \
 	}
 
 INJECT_PROGRAMS(kvm_set_irq, P_SET_IRQ)
@@ -405,34 +496,29 @@ INJECT_PROGRAMS(kvm_msi_set_irq, P_MSI)
 INJECT_PROGRAMS(kvm_ioapic_set_irq, P_IOAPIC)
 INJECT_PROGRAMS(kvm_pic_set_irq, P_PIC)
 
-SEC("tp_btf/kvm_apic_accept_irq")
-int BPF_PROG(btf_kvm_apic_accept_irq, __u32 apicid, __u16 dm, __u16 tm, __u8 vec)
-{
-	on_inject(P_APIC_ACCEPT, apicid, vec, 0);
-	return 0;
-}
+#define APIC_ACCEPT_PROGRAMS(suffix, ts)                                                                   \
+	SEC("tp_btf/kvm_apic_accept_irq")                                                                 \
+	int BPF_PROG(btf_kvm_apic_accept_irq##suffix, __u32 apicid, __u16 dm, __u16 tm, __u8 vec)         \
+	{                                                                                                 \
+		on_inject(ts, P_APIC_ACCEPT, apicid, vec, 0);                                             \
+		return 0;                                                                                 \
+	}                                                                                                 \
+	SEC("tracepoint/kvm/kvm_apic_accept_irq")                                                         \
+	int tp_kvm_apic_accept_irq##suffix(struct trace_event_raw_kvm_apic_accept_irq *ctx)               \
+	{                                                                                                 \
+		on_inject(ts, P_APIC_ACCEPT, BPF_CORE_READ(ctx, apicid), BPF_CORE_READ(ctx, vec), 0);     \
+		return 0;                                                                                 \
+	}
 
-SEC("tracepoint/kvm/kvm_apic_accept_irq")
-int tp_kvm_apic_accept_irq(struct trace_event_raw_kvm_apic_accept_irq *ctx)
-{
-	on_inject(P_APIC_ACCEPT, BPF_CORE_READ(ctx, apicid), BPF_CORE_READ(ctx, vec), 0);
-	return 0;
-}
-
-SEC("tp_btf/kvm_inj_virq")
-int BPF_PROG(btf_kvm_inj_virq, unsigned int vector, bool soft, bool reinjected)
-{
-	on_inject(P_INJ_VIRQ, vector, 0, (soft ? 1 : 0) | (reinjected ? 2 : 0));
-	return 0;
-}
+APIC_ACCEPT_PROGRAMS(, false)
+APIC_ACCEPT_PROGRAMS(_ts, true)
 
 /* The record before v5.19 had only `irq` (the vector). */
 struct trace_event_raw_kvm_inj_virq___old {
 	unsigned int irq;
 } __attribute__((preserve_access_index));
 
-SEC("tracepoint/kvm/kvm_inj_virq")
-int tp_kvm_inj_virq(struct trace_event_raw_kvm_inj_virq *ctx)
+static __always_inline void tp_inj_virq(bool ts, struct trace_event_raw_kvm_inj_virq *ctx)
 {
 	u32 vector, flags = 0;
 	if (bpf_core_field_exists(ctx->vector)) {
@@ -441,46 +527,101 @@ int tp_kvm_inj_virq(struct trace_event_raw_kvm_inj_virq *ctx)
 	} else {
 		vector = BPF_CORE_READ((struct trace_event_raw_kvm_inj_virq___old *)ctx, irq);
 	}
-	on_inject(P_INJ_VIRQ, vector, 0, flags);
-	return 0;
+	on_inject(ts, P_INJ_VIRQ, vector, 0, flags);
 }
+
+#define INJ_VIRQ_PROGRAMS(suffix, ts)                                                          \
+	SEC("tp_btf/kvm_inj_virq")                                                            \
+	int BPF_PROG(btf_kvm_inj_virq##suffix, unsigned int vector, bool soft, bool reinjected) \
+	{                                                                                     \
+		on_inject(ts, P_INJ_VIRQ, vector, 0, (soft ? 1 : 0) | (reinjected ? 2 : 0));  \
+		return 0;                                                                     \
+	}                                                                                     \
+	SEC("tracepoint/kvm/kvm_inj_virq")                                                    \
+	int tp_kvm_inj_virq##suffix(struct trace_event_raw_kvm_inj_virq *ctx)                 \
+	{                                                                                     \
+		tp_inj_virq(ts, ctx);                                                         \
+		return 0;                                                                     \
+	}
+
+INJ_VIRQ_PROGRAMS(, false)
+INJ_VIRQ_PROGRAMS(_ts, true)
 
 /* ---- attach points: the VM behind a VM-fd ioctl, and VM creation ---- */
 
+/* include/uapi/linux/kvm.h (v6.18): _IO(KVMIO, 0x41). */
+#define KVM_CREATE_VCPU_IOCTL 0xAE41U
+
+/* The VM and vCPU behind KVM_RUN's fd: from the thread's cache, else from the fd table (and
+ * cached). A vCPU fd's private_data is its struct kvm_vcpu (virt/kvm/kvm_main.c, v6.18). */
+static __always_inline u64 run_vm(struct irq_ctx *cur, u32 tgid, u64 fd, u32 *vcpu_id)
+{
+	u64 fd_gen = vcpu_fd_gen();
+	if (run_cached(cur, tgid, fd, fd_gen)) {
+		*vcpu_id = cur->run_vcpu_id;
+		return cur->run_kvm;
+	}
+	struct kvm_vcpu *v = (struct kvm_vcpu *)fd_private(fd);
+	if (!v)
+		return 0;
+	*vcpu_id = BPF_CORE_READ(v, vcpu_id);
+	return run_cache(cur, fd, fd_gen, (u64)BPF_CORE_READ(v, kvm), *vcpu_id);
+}
+
 /* The command is filtered first, so any other ioctl costs a few compares. */
-SEC("tracepoint/syscalls/sys_enter_ioctl")
-int tp_irq_sys_enter_ioctl(struct sys_enter_ioctl_args *ctx)
+static __always_inline void irq_sys_enter(bool ts, struct sys_enter_ioctl_args *ctx)
 {
 	u32 cmd = ctx->cmd;
 	if (cmd != KVM_RUN_IOCTL && cmd != KVM_IRQ_LINE_IOCTL && cmd != KVM_IRQ_LINE_STATUS_IOCTL && cmd != KVM_SIGNAL_MSI_IOCTL &&
-	    cmd != KVM_CREATE_VM_IOCTL)
-		return 0;
+	    cmd != KVM_CREATE_VM_IOCTL && cmd != KVM_CREATE_VCPU_IOCTL)
+		return;
+	if (cmd == KVM_CREATE_VCPU_IOCTL) {
+		bump_vcpu_fd_gen();
+		return;
+	}
 	u64 id = bpf_get_current_pid_tgid();
+	u32 tgid = (u32)(id >> 32);
+	struct irq_ctx *cur = ctx_slot(ts, (u32)id, true);
+	if (!cur)
+		return;
 	u64 kvm = 0;
 	u32 vcpu_id = 0;
-	if (cmd == KVM_RUN_IOCTL) {
-		/* A vCPU fd's private_data is its struct kvm_vcpu (virt/kvm/kvm_main.c, v6.18). */
-		struct kvm_vcpu *v = (struct kvm_vcpu *)fd_private(ctx->fd);
-		if (!v)
-			return 0;
-		kvm = (u64)BPF_CORE_READ(v, kvm);
-		vcpu_id = BPF_CORE_READ(v, vcpu_id);
-	} else if (cmd != KVM_CREATE_VM_IOCTL) {
+	if (cmd == KVM_RUN_IOCTL)
+		kvm = run_vm(cur, tgid, ctx->fd, &vcpu_id);
+	else if (cmd != KVM_CREATE_VM_IOCTL)
 		kvm = fd_private(ctx->fd);
-	}
-	handle_ioctl_enter((u32)id, (u32)(id >> 32), bpf_ktime_get_ns(), cmd, kvm, vcpu_id);
-	return 0;
+	handle_ioctl_enter(cur, tgid, bpf_ktime_get_ns(), cmd, kvm, vcpu_id);
 }
 
-SEC("tracepoint/syscalls/sys_exit_ioctl")
-int tp_irq_sys_exit_ioctl(struct sys_exit_args *ctx)
+/* Every ioctl of the host ends here: a thread with no context open leaves after the slot
+ * lookup and one load. */
+static __always_inline void irq_sys_exit(bool ts, struct sys_exit_args *ctx)
 {
-	u32 tid = (u32)bpf_get_current_pid_tgid();
-	struct irq_ctx *c = bpf_map_lookup_elem(&irq_ctx, &tid);
+	struct irq_ctx *c = ctx_slot(ts, (u32)bpf_get_current_pid_tgid(), false);
 	if (!c || c->op == CTX_NONE)
-		return 0;
-	handle_ioctl_exit(tid, bpf_ktime_get_ns(), ctx->ret, c->op == CTX_CREATE_VM && ctx->ret >= 0 ? fd_private(ctx->ret) : 0);
-	return 0;
+		return;
+	handle_ioctl_exit(c, bpf_ktime_get_ns(), ctx->ret, c->op == CTX_CREATE_VM && ctx->ret >= 0 ? fd_private(ctx->ret) : 0);
+}
+
+/* The kvm family watches these hooks too: the programs are chained (hook_chain.h). */
+HV_CHAINED_PROG("tracepoint/syscalls/sys_enter_ioctl", tp_irq_sys_enter_ioctl_ts, struct sys_enter_ioctl_args *, ctx)
+{
+	irq_sys_enter(true, ctx);
+}
+
+HV_CHAINED_PROG("tracepoint/syscalls/sys_exit_ioctl", tp_irq_sys_exit_ioctl_ts, struct sys_exit_args *, ctx)
+{
+	irq_sys_exit(true, ctx);
+}
+
+HV_CHAINED_PROG("tracepoint/syscalls/sys_enter_ioctl", tp_irq_sys_enter_ioctl, struct sys_enter_ioctl_args *, ctx)
+{
+	irq_sys_enter(false, ctx);
+}
+
+HV_CHAINED_PROG("tracepoint/syscalls/sys_exit_ioctl", tp_irq_sys_exit_ioctl, struct sys_exit_args *, ctx)
+{
+	irq_sys_exit(false, ctx);
 }
 
 /* ---- attach points: teardown (fentry, else kprobe) ---- */
@@ -543,6 +684,8 @@ enum irq_test_op {
 	T_TEARDOWN = 1,    /* kind (in path), tgid, now, kvm */
 	T_IOCTL_ENTER = 2, /* tid, tgid, now, cmd (in arg0), kvm, vCPU id (in arg1) */
 	T_IOCTL_EXIT = 3,  /* tid, now, ret (in arg0, signed), kvm of the new fd */
+	T_RUN_VM = 4,      /* KVM_RUN on fd `path` whose fd table holds (kvm, vCPU arg1): 1 if the cache answered */
+	T_CREATE_VCPU = 5, /* a KVM_CREATE_VCPU somewhere */
 };
 
 struct irq_test_args {
@@ -555,20 +698,21 @@ struct irq_test_args {
 	u32 arg0;
 	u32 arg1;
 	u32 flags;
-	u32 _pad;
+	u32 ts; /* 1: the task-storage tier (the calling thread's slot; tid unused), 0: the hash tier */
 };
 
 SEC("syscall")
 int test_kvm_irq(struct irq_test_args *ctx)
 {
 	struct irq_test_args a = *ctx;
+	bool ts = a.ts;
 	switch (a.op) {
 	case T_INJECT: {
 		/* As on_inject does, minus the task lookup: tgid 0 is a kernel thread. */
 		struct who w = {};
 		u32 arg0 = a.arg0, arg1 = a.arg1, flags = a.flags;
 		if (a.tgid)
-			ctx_vm(a.tid, a.tgid, &w);
+			ctx_vm(ctx_slot(ts, a.tid, false), a.tgid, &w);
 		if (a.path == P_INJ_VIRQ) {
 			arg1 = arg0;
 			arg0 = w.vcpu_id;
@@ -579,15 +723,26 @@ int test_kvm_irq(struct irq_test_args *ctx)
 		break;
 	}
 	case T_TEARDOWN: handle_teardown(a.tgid, a.now, a.kvm, a.path); break;
-	case T_IOCTL_ENTER: handle_ioctl_enter(a.tid, a.tgid, a.now, a.arg0, a.kvm, a.arg1); break;
+	case T_IOCTL_ENTER: handle_ioctl_enter(ctx_slot(ts, a.tid, true), a.tgid, a.now, a.arg0, a.kvm, a.arg1); break;
 	case T_IOCTL_EXIT: {
-		u32 tid = a.tid;
-		struct irq_ctx *c = bpf_map_lookup_elem(&irq_ctx, &tid);
+		struct irq_ctx *c = ctx_slot(ts, a.tid, false);
 		if (!c || c->op == CTX_NONE)
 			return 1;
-		handle_ioctl_exit(tid, a.now, (s32)a.arg0, a.kvm);
+		handle_ioctl_exit(c, a.now, (s32)a.arg0, a.kvm);
 		break;
 	}
+	case T_RUN_VM: {
+		/* irq_sys_enter's KVM_RUN path with a synthetic fd table. */
+		struct irq_ctx *cur = ctx_slot(ts, a.tid, true);
+		if (!cur)
+			return -1;
+		u64 fd_gen = vcpu_fd_gen();
+		bool hit = run_cached(cur, a.tgid, a.path, fd_gen);
+		u64 kvm = hit ? cur->run_kvm : run_cache(cur, a.path, fd_gen, a.kvm, a.arg1);
+		handle_ioctl_enter(cur, a.tgid, a.now, KVM_RUN_IOCTL, kvm, cur->run_vcpu_id);
+		return hit;
+	}
+	case T_CREATE_VCPU: bump_vcpu_fd_gen(); break;
 	default: return -1;
 	}
 	return 0;

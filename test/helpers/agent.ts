@@ -83,7 +83,13 @@ export class AgentProcess {
   }
 
   async scrapeText(accept?: string): Promise<string> {
-    const r = await fetch(`${this.url}/metrics`, accept ? { headers: { accept } } : {});
+    const get = () => fetch(`${this.url}/metrics`, accept ? { headers: { accept } } : {});
+    // A test that blocked its event loop (spawnSync) past the server's keep-alive timeout gets
+    // the pooled socket the agent already closed ("other side closed"): one retry, new socket.
+    const r = await get().catch((e: { cause?: { code?: string } }) => {
+      if (e.cause?.code === 'UND_ERR_SOCKET') return get();
+      throw e;
+    });
     if (r.status !== 200) throw new Error(`/metrics ${r.status}`);
     return r.text();
   }

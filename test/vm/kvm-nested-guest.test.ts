@@ -66,6 +66,8 @@ const SELFTESTS = ['x86_64/svm_vmcall_test', 'x86_64/svm_nested_shutdown_test', 
 // stops in L2 are 4 and 6.
 const STATE_TEST = { gets: 7, sets: 7, guestModeGets: 2 };
 const KVM_PROBES = ['kvm_exit', 'kvm_userspace_exit', 'kvm_ioctl', 'kvm_io', 'kvm_nested'];
+// Listed too, off: hot probes of the family, opt-in (none is passed --hot here).
+const KVM_HOT_PROBES = ['kvm_emulate'];
 
 // ---- decided at module load: a missing tool, kernel package or build skips, never passes ----
 // The guest runs the host's root: these must exist there.
@@ -186,7 +188,7 @@ exit 0
 // ---- parsing ----
 interface Program { name: string; pid: number; vm: string; held: string; exit?: number; output: string }
 interface ProbeStatusJson {
-  name: string; family: string; enabled: boolean; chosen: { attach: string; target: string } | null;
+  name: string; family: string; enabled: boolean; skipped?: string; chosen: { attach: string; target: string } | null;
   candidates: { attach: string; target: string; ok: boolean; error?: string; log?: string[] }[];
 }
 interface GuestRun {
@@ -304,7 +306,8 @@ for (const [k, skip] of plan) {
 
     t.is(kv['release'], k.release);
     t.true(kv['kvm_amd']?.startsWith('nested:1') || kv['kvm_amd']?.startsWith('nested:Y'), `kvm_amd ${kv['kvm_amd']}`);
-    t.deepEqual(kvmProbes.map((p) => p.name).sort(), [...KVM_PROBES].sort(), 'kvm probes in /api/probes');
+    t.deepEqual(kvmProbes.map((p) => p.name).sort(), [...KVM_PROBES, ...KVM_HOT_PROBES].sort(), 'kvm probes in /api/probes');
+    for (const name of KVM_HOT_PROBES) t.regex(kvmProbes.find((x) => x.name === name)?.skipped ?? '', /^hot probe/, `${name} off: hot, not opted in`);
     for (const name of KVM_PROBES) {
       const p = kvmProbes.find((x) => x.name === name);
       t.truthy(p?.chosen, `${name} attached`);
