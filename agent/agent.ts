@@ -94,10 +94,15 @@ export class Agent {
   private collecting: Promise<void> | undefined;
   ready = false;
 
-  constructor(readonly config: Config, readonly families: readonly FamilySpec[] = FAMILIES, source?: Source) {
+  constructor(
+    readonly config: Config,
+    readonly families: readonly FamilySpec[] = FAMILIES,
+    source?: Source,
+  ) {
     for (const f of families) checkDecoders(f); // an unknown decoder name is an error here, before any load
-    this.budget = new LabelBudget({ cgroup: config.cardinality.cgroups, vm: config.cardinality.vms },
-      (label) => this.store.inc(M.cardinalityDropped, { label }));
+    this.budget = new LabelBudget({ cgroup: config.cardinality.cgroups, vm: config.cardinality.vms }, (label) =>
+      this.store.inc(M.cardinalityDropped, { label }),
+    );
     this.source = source ?? liveSource(config, families);
     this.cgroups = this.source.host.cgroups;
     this.cgroups?.resolver.setKubeLabeler(kubeLabelerFor(config.cgroups)); // namespace/pod/container (agent/k8s.ts)
@@ -128,7 +133,10 @@ export class Agent {
       this.eventDecoders.set(fam.spec.name, compileDecoder(layout));
       this.store.inc(M.ringbufEvents, { family: fam.spec.name }, 0);
     }
-    initFixedSeries(this.store, this.source.families.map((f) => f.spec.name));
+    initFixedSeries(
+      this.store,
+      this.source.families.map((f) => f.spec.name),
+    );
     this.store.inc(M.logLinesSuppressed, { reason: 'race_indicator' }, 0);
     this.store.inc(M.logLinesSuppressed, { reason: 'collect_error' }, 0);
     for (const fam of this.source.families) for (const stage of COLLECT_STAGES) this.store.inc(M.collectErrors, { family: fam.spec.name, stage }, 0);
@@ -188,7 +196,8 @@ export class Agent {
   }
 
   private publishProbeStatus(): void {
-    for (const f of this.families) { // FamilySpec.presentMetric: 0 when every probe of the family is absent
+    for (const f of this.families) {
+      // FamilySpec.presentMetric: 0 when every probe of the family is absent
       const st = this.source.status.filter((s) => s.family === f.name);
       if (f.presentMetric) this.store.set(f.presentMetric, {}, st.length > 0 && st.every((s) => s.absent) ? 0 : 1);
     }
@@ -204,7 +213,9 @@ export class Agent {
   /** Refresh the store from the kernel. Concurrent scrapes share one collection. */
   collect(): Promise<void> {
     if (!this.collecting) {
-      this.collecting = Promise.resolve().then(() => this.collectNow()).finally(() => (this.collecting = undefined));
+      this.collecting = Promise.resolve()
+        .then(() => this.collectNow())
+        .finally(() => (this.collecting = undefined));
     }
     return this.collecting;
   }
@@ -274,7 +285,11 @@ export class Agent {
     }
     const held = lines.takeSuppressed();
     log('error', `collecting family ${family} failed (${stage}); the other families and the agent's own metrics are still exported`, {
-      family, stage, ...fields, error: err instanceof Error ? err.message : String(err), suppressed: held > 0 ? held : undefined,
+      family,
+      stage,
+      ...fields,
+      error: err instanceof Error ? err.message : String(err),
+      suppressed: held > 0 ? held : undefined,
     });
   }
 

@@ -44,7 +44,8 @@ export function renderCatalogSection(metrics: readonly MetricDef[] = ALL_METRICS
 
 /** docs/metrics.md with its generated section replaced (the markers must be there once). */
 export function renderMetricsDoc(current: string, metrics: readonly MetricDef[] = ALL_METRICS): string {
-  const s = current.indexOf(START), e = current.indexOf(END);
+  const s = current.indexOf(START),
+    e = current.indexOf(END);
   if (s < 0 || e < s || current.indexOf(START, s + 1) >= 0) throw new Error(`${METRICS_DOC}: needs exactly one pair of metrics-catalog markers`);
   return current.slice(0, s) + renderCatalogSection(metrics) + current.slice(e + END.length);
 }

@@ -85,8 +85,7 @@ export function findMemoryHierarchy(
 ): MemoryHierarchy | undefined {
   const text = mountinfo ?? fs.readFileSync('/proc/self/mountinfo', 'utf8');
   const entries = parseMountinfo(text);
-  const pick = (cands: MountinfoEntry[]): MountinfoEntry | undefined =>
-    cands.find((e) => e.root === '/') ?? cands[0];
+  const pick = (cands: MountinfoEntry[]): MountinfoEntry | undefined => cands.find((e) => e.root === '/') ?? cands[0];
 
   const v2 = pick(entries.filter((e) => e.fsType === 'cgroup2' && hasMemoryController(e.mountPoint)));
   if (v2) return { version: 2, mountPoint: v2.mountPoint };

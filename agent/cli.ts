@@ -58,7 +58,9 @@ function parse(argv: string[]): { cmd: string; cfg: Config; json: boolean; stric
   let a;
   try {
     a = parseArgs({
-      args: argv, allowPositionals: true, strict: true,
+      args: argv,
+      allowPositionals: true,
+      strict: true,
       options: {
         config: { type: 'string', short: 'c' },
         listen: { type: 'string', short: 'l' },
@@ -98,7 +100,9 @@ function parse(argv: string[]): { cmd: string; cfg: Config; json: boolean; stric
     const spec = FAMILIES.flatMap((f) => f.probes).find((p) => p.name === name)!;
     cands.forEach((c, i) => {
       if (!spec.candidates.some((d) => d.attach === c.attach)) {
-        throw new ConfigError(`${v.config}: key probes.attach.${name}.${i}.attach: probe ${name} has no ${c.attach} tier (it has ${[...new Set(spec.candidates.map((d) => d.attach))].join(', ')})`);
+        throw new ConfigError(
+          `${v.config}: key probes.attach.${name}.${i}.attach: probe ${name} has no ${c.attach} tier (it has ${[...new Set(spec.candidates.map((d) => d.attach))].join(', ')})`,
+        );
       }
     });
   }
@@ -142,7 +146,13 @@ async function run(cfg: Config): Promise<void> {
   let alerting: InProcessAlerting | undefined;
   if (cfg.alerting.alertmanagers.length) {
     const node = hostname();
-    alerting = new InProcessAlerting(agent.store, cfg.alerting, { node, instance: `${node}:${port}`, job: 'hvwatch', generatorURL: `http://${node}:${port}/api/races`, metrics: agent.store });
+    alerting = new InProcessAlerting(agent.store, cfg.alerting, {
+      node,
+      instance: `${node}:${port}`,
+      job: 'hvwatch',
+      generatorURL: `http://${node}:${port}/api/races`,
+      metrics: agent.store,
+    });
     alerting.start(() => agent.collect());
   }
   const attached = agent.status.filter((s) => s.chosen).length;
@@ -172,7 +182,8 @@ async function applyPrivileges(cfg: Config, agent: Agent): Promise<void> {
   const r = await dropCapabilities({ user: cfg.privileges.user, warm: () => hasKernelSymbol('') });
   agent.store.set(M.capabilitiesDropped, {}, r.dropped ? 1 : 0);
   agent.store.set(M.privilegedThreads, {}, r.privilegedThreads);
-  if (r.dropped) log(r.problems.length ? 'warn' : 'info', 'capabilities dropped', { privileged_threads: r.privilegedThreads, problems: r.problems.join('; ') || undefined });
+  if (r.dropped)
+    log(r.problems.length ? 'warn' : 'info', 'capabilities dropped', { privileged_threads: r.privilegedThreads, problems: r.problems.join('; ') || undefined });
   else log('error', 'capabilities not dropped', { problems: r.problems.join('; ') });
 }
 
@@ -181,11 +192,22 @@ async function probes(cfg: Config, json: boolean, strict: boolean): Promise<numb
   agent.start();
   const st = agent.status;
   await agent.stop();
-  process.stdout.write(json ? `${JSON.stringify(st.map((s) => ({
-    name: s.name, family: s.family, enabled: s.enabled, skipped: s.skipped ?? null,
-    candidates: s.candidates.map((c) => ({ attach: c.attach, target: c.target, ok: c.ok, error: c.error ?? null, log: c.log ?? [] })),
-    chosen: s.chosen,
-  })), null, 2)}\n` : formatProbeReport(st));
+  process.stdout.write(
+    json
+      ? `${JSON.stringify(
+          st.map((s) => ({
+            name: s.name,
+            family: s.family,
+            enabled: s.enabled,
+            skipped: s.skipped ?? null,
+            candidates: s.candidates.map((c) => ({ attach: c.attach, target: c.target, ok: c.ok, error: c.error ?? null, log: c.log ?? [] })),
+            chosen: s.chosen,
+          })),
+          null,
+          2,
+        )}\n`
+      : formatProbeReport(st),
+  );
   return strict && st.some((s) => s.enabled && !s.chosen) ? 1 : 0;
 }
 

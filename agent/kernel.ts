@@ -72,7 +72,9 @@ export function kernelBtfNamesWithPrefix(prefix: string): Set<string> {
   for (const file of kernelBtfFiles()) {
     try {
       for (const n of btfNamesWithPrefix(fs.readFileSync(file), prefix)) out.add(n);
-    } catch { /* no BTF there, or a module unloading under us */ }
+    } catch {
+      /* no BTF there, or a module unloading under us */
+    }
   }
   return out;
 }

@@ -3,7 +3,18 @@
 // Each candidate is its own object instance sharing the family's maps (bpf_map__reuse_fd),
 // because libbpf loads an object all-or-nothing: one failing program would sink the rest.
 import { fileURLToPath } from 'node:url';
-import { ATTACH_KINDS, BPF_F_NO_PREALLOC, BPF_MAP_TYPE_PERCPU_HASH, BpfError, BpfObject, mapTypeSupported, type AttachKind, type BpfLink, type BpfProgram, type MapFd } from '../bpf/libbpf.js';
+import {
+  ATTACH_KINDS,
+  BPF_F_NO_PREALLOC,
+  BPF_MAP_TYPE_PERCPU_HASH,
+  BpfError,
+  BpfObject,
+  mapTypeSupported,
+  type AttachKind,
+  type BpfLink,
+  type BpfProgram,
+  type MapFd,
+} from '../bpf/libbpf.js';
 import { CHAIN_MAP_PREFIX, HookChains } from './hook-chain.js';
 import { Btf } from '../bpf/btf.js';
 import { kernelAtLeast, precheck } from './kernel.js';
@@ -88,7 +99,12 @@ export class LoadedFamily {
   private readonly testInstances = new Map<string, BpfObject>();
   private readonly sections = new Map<string, string>();
 
-  constructor(readonly spec: FamilySpec, private readonly owner: BpfObject, private readonly opts: LoadOptions, private readonly hooks = new HookChains()) {
+  constructor(
+    readonly spec: FamilySpec,
+    private readonly owner: BpfObject,
+    private readonly opts: LoadOptions,
+    private readonly hooks = new HookChains(),
+  ) {
     for (const m of owner.maps()) {
       if (!isSharedMap(m.name) || m.fd < 0) continue; // not created: a map type this kernel lacks
       this.maps.set(m.name, m.handleForFd());
@@ -251,8 +267,14 @@ export class Loader {
 
   private probeStatus(p: ProbeSpec, enabled: boolean, skipped?: string): ProbeStatus {
     return {
-      name: p.name, family: p.family, description: p.description, enabled, skipped, hot: p.hot,
-      candidates: [], chosen: null,
+      name: p.name,
+      family: p.family,
+      description: p.description,
+      enabled,
+      skipped,
+      hot: p.hot,
+      candidates: [],
+      chosen: null,
     };
   }
 
@@ -267,12 +289,14 @@ export class Loader {
     // Per-thread state: the halves of a pair are written by one probe and read by another, so
     // once a probe of the family chose where it keeps them, the others keep them there too.
     const state = this.familyState.get(p.family);
-    const cands = (this.opts.candidates?.(p) ?? p.candidates)
-      .filter((c) => !c.state || ((state === undefined || c.state === state) && (this.opts.stateAllowed?.(c.state) ?? true)));
+    const cands = (this.opts.candidates?.(p) ?? p.candidates).filter(
+      (c) => !c.state || ((state === undefined || c.state === state) && (this.opts.stateAllowed?.(c.state) ?? true)),
+    );
     for (const c of cands) {
-      const r = c.hot && !this.opts.hotAllowed?.(p)
-        ? { attach: c.attach, target: c.target, ok: false, error: `hot, not opted in (--hot ${p.name}): ${c.hot}` }
-        : fam.tryCandidate(p, c);
+      const r =
+        c.hot && !this.opts.hotAllowed?.(p)
+          ? { attach: c.attach, target: c.target, ok: false, error: `hot, not opted in (--hot ${p.name}): ${c.hot}` }
+          : fam.tryCandidate(p, c);
       st.candidates.push(r);
       if (r.ok) {
         st.chosen = { attach: c.attach, target: c.target, ...(c.state ? { state: c.state } : {}), ...(r.chained ? { chained: r.chained } : {}) };

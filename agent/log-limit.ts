@@ -7,7 +7,11 @@ export class LogLimiter {
   private last: number;
   private held = 0;
 
-  constructor(private readonly burst: number, private readonly perSecond: number, now = Date.now()) {
+  constructor(
+    private readonly burst: number,
+    private readonly perSecond: number,
+    now = Date.now(),
+  ) {
     this.tokens = burst;
     this.last = now;
   }

@@ -51,7 +51,9 @@ export function privilegedThreads(): number {
   for (const tid of fs.readdirSync('/proc/self/task')) {
     try {
       if (capSets(fs.readFileSync(`/proc/self/task/${tid}/status`, 'utf8')).eff !== 0n) n++;
-    } catch { /* thread exited */ }
+    } catch {
+      /* thread exited */
+    }
   }
   return n;
 }
@@ -134,9 +136,15 @@ export async function dropCapabilities(opts: { user?: string; warm?: () => void 
   // koffi's async calls run on libuv's pool threads, which serve fs.promises and crypto:
   // enough calls that each idle pool thread takes at least one.
   const pool = Number(process.env.UV_THREADPOOL_SIZE ?? 4);
-  await Promise.all(Array.from({ length: pool * 4 }, () => new Promise<void>((resolve) => {
-    capsetFn.async(...capsetArgs(), () => resolve());
-  })));
+  await Promise.all(
+    Array.from(
+      { length: pool * 4 },
+      () =>
+        new Promise<void>((resolve) => {
+          capsetFn.async(...capsetArgs(), () => resolve());
+        }),
+    ),
+  );
   const main = capSets();
   const dropped = main.eff === 0n && main.prm === 0n && main.inh === 0n && main.amb === 0n;
   if (!dropped) problems.push(`main thread still holds capabilities (CapEff ${main.eff.toString(16)}, CapPrm ${main.prm.toString(16)})`);

@@ -10,7 +10,11 @@ export function formatProbeReport(status: readonly ProbeStatus[]): string {
     out += `${s.name} [${s.family}] ${head}\n`;
     for (const r of s.candidates) {
       out += `  ${r.ok ? '✓' : '✗'} ${r.attach.padEnd(14)} ${r.target}${r.state ? ` [${r.state}]` : ''}${r.ok ? '' : `: ${r.error}`}\n`;
-      if (!r.ok && r.log?.length) out += r.log.slice(-3).map((l) => `      | ${l}\n`).join('');
+      if (!r.ok && r.log?.length)
+        out += r.log
+          .slice(-3)
+          .map((l) => `      | ${l}\n`)
+          .join('');
     }
   }
   return out;

@@ -17,7 +17,9 @@ function load(): void {
       const v = BigInt(`0x${a}`);
       if (v !== 0n) rows.push([v, name]);
     }
-  } catch { /* unreadable: fall back to raw addresses */ }
+  } catch {
+    /* unreadable: fall back to raw addresses */
+  }
   rows.sort((x, y) => (x[0] < y[0] ? -1 : x[0] > y[0] ? 1 : 0));
   addrs = BigUint64Array.from(rows.map((r) => r[0]));
   names = rows.map((r) => r[1]);

@@ -34,7 +34,10 @@ export function sanitizeVmName(raw: string, max = MAX_VM_NAME): string {
   if (cps.length <= max) return s;
   let h = 0x811c9dc5; // FNV-1a, 32 bits
   for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193) >>> 0;
-  return `${cps.slice(0, max - 9).join('').trimEnd()}~${h.toString(16).padStart(8, '0')}`;
+  return `${cps
+    .slice(0, max - 9)
+    .join('')
+    .trimEnd()}~${h.toString(16).padStart(8, '0')}`;
 }
 
 /** Parses a QEMU option string (QemuOpts): `key=value,key=value`, `,,` is a literal comma,
@@ -130,8 +133,7 @@ export function parseVmIdentity(argv: string[], exe?: string, cgroup?: string): 
   const nameOpt = optionValue(argv, ['-name', '--name']);
   if (nameOpt === undefined) return undefined;
   const guest = parseQemuOpts(nameOpt, 'guest').get('guest');
-  const byLibvirt =
-    (argv.includes('-uuid') && argv.some((a) => LIBVIRT_ARG.test(a))) || (cgroup !== undefined && LIBVIRT_CGROUP.test(cgroup));
+  const byLibvirt = (argv.includes('-uuid') && argv.some((a) => LIBVIRT_ARG.test(a))) || (cgroup !== undefined && LIBVIRT_CGROUP.test(cgroup));
   return named(guest, byLibvirt ? 'libvirt' : 'qemu');
 }
 
@@ -153,7 +155,10 @@ export function parseProcStat(text: string): ProcStat | undefined {
   const open = text.indexOf('(');
   const close = text.lastIndexOf(')');
   if (open < 0 || close < open) return undefined;
-  const f = text.slice(close + 1).trim().split(/\s+/); // f[0] is field 3
+  const f = text
+    .slice(close + 1)
+    .trim()
+    .split(/\s+/); // f[0] is field 3
   const state = f[0];
   const ppid = Number(f[1]);
   const startTime = Number(f[19]);

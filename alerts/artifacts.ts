@@ -14,7 +14,9 @@ export function staleArtifacts(want: ReadonlyMap<string, string>, root = REPO_RO
     let have: string | undefined;
     try {
       have = fs.readFileSync(join(root, rel), 'utf8');
-    } catch { /* missing */ }
+    } catch {
+      /* missing */
+    }
     if (have !== content) stale.push(rel);
   }
   return stale;

@@ -31,8 +31,14 @@ export function tokenize(src: string): Token[] {
   };
   while (i < src.length) {
     const c = src[i]!;
-    if (/\s/.test(c)) { i++; continue; }
-    if (c === '#') { while (i < src.length && src[i] !== '\n') i++; continue; }
+    if (/\s/.test(c)) {
+      i++;
+      continue;
+    }
+    if (c === '#') {
+      while (i < src.length && src[i] !== '\n') i++;
+      continue;
+    }
     if (c === '"' || c === "'" || c === '`') {
       let j = i + 1;
       while (j < src.length && src[j] !== c) j += src[j] === '\\' && c !== '`' ? 2 : 1;
@@ -42,13 +48,37 @@ export function tokenize(src: string): Token[] {
       continue;
     }
     let m: string | undefined;
-    if ((m = at(VAR))) { out.push({ kind: 'var', text: m, pos: i }); i += m.length; continue; }
-    if ((m = at(DURATION))) { out.push({ kind: 'duration', text: m, pos: i }); i += m.length; continue; }
-    if ((m = at(NUMBER))) { out.push({ kind: 'number', text: m, pos: i }); i += m.length; continue; }
-    if ((m = at(IDENT))) { out.push({ kind: 'ident', text: m, pos: i }); i += m.length; continue; }
+    if ((m = at(VAR))) {
+      out.push({ kind: 'var', text: m, pos: i });
+      i += m.length;
+      continue;
+    }
+    if ((m = at(DURATION))) {
+      out.push({ kind: 'duration', text: m, pos: i });
+      i += m.length;
+      continue;
+    }
+    if ((m = at(NUMBER))) {
+      out.push({ kind: 'number', text: m, pos: i });
+      i += m.length;
+      continue;
+    }
+    if ((m = at(IDENT))) {
+      out.push({ kind: 'ident', text: m, pos: i });
+      i += m.length;
+      continue;
+    }
     const op = OPS.find((o) => src.startsWith(o, i));
-    if (op) { out.push({ kind: 'op', text: op, pos: i }); i += op.length; continue; }
-    if ('(){}[],:'.includes(c)) { out.push({ kind: 'punct', text: c, pos: i }); i++; continue; }
+    if (op) {
+      out.push({ kind: 'op', text: op, pos: i });
+      i += op.length;
+      continue;
+    }
+    if ('(){}[],:'.includes(c)) {
+      out.push({ kind: 'punct', text: c, pos: i });
+      i++;
+      continue;
+    }
     throw new Error(`unexpected ${JSON.stringify(c)} at ${i}`);
   }
   return out;
@@ -99,7 +129,8 @@ function closing(tokens: Token[], open: number): number {
   throw new Error(`unbalanced ${o} at ${tokens[open]!.pos}`);
 }
 
-const unquote = (s: string): string => (s.startsWith('`') ? s.slice(1, -1) : (JSON.parse(s.startsWith("'") ? `"${s.slice(1, -1).replace(/"/g, '\\"')}"` : s) as string));
+const unquote = (s: string): string =>
+  s.startsWith('`') ? s.slice(1, -1) : (JSON.parse(s.startsWith("'") ? `"${s.slice(1, -1).replace(/"/g, '\\"')}"` : s) as string);
 
 export interface Analysis {
   /** Series names referenced (after resolving {__name__=...}). */
@@ -166,7 +197,10 @@ export function analyze(expr: string, ctx: CheckContext = {}): Analysis {
           if (l.kind !== 'ident') continue;
           const op = tokens[j + 1];
           const v = tokens[j + 2];
-          if (op?.kind !== 'op' || !v || (v.kind !== 'string')) { problems.push(`malformed matcher after ${l.text}`); continue; }
+          if (op?.kind !== 'op' || !v || v.kind !== 'string') {
+            problems.push(`malformed matcher after ${l.text}`);
+            continue;
+          }
           matchers.push({ label: l.text, op: op.text, value: unquote(v.text) });
           j += 2;
         }
@@ -185,13 +219,18 @@ export function analyze(expr: string, ctx: CheckContext = {}): Analysis {
   const metrics = [...new Set(selectors.flatMap((s) => s.names))];
   for (const n of metrics) if (!table.has(n)) problems.push(`unknown metric ${n}`);
   for (const u of labelUses) {
-    const inScope = selectors.filter((s) => s.start >= u.scope[0] && s.end <= u.scope[1]).flatMap((s) => s.names).filter((n) => table.has(n));
+    const inScope = selectors
+      .filter((s) => s.start >= u.scope[0] && s.end <= u.scope[1])
+      .flatMap((s) => s.names)
+      .filter((n) => table.has(n));
     if (!inScope.length) {
       // A label with no known metric in scope: only target labels can be vouched for.
-      if (!(TARGET_LABELS as readonly string[]).includes(u.label) && metrics.every((n) => table.has(n))) problems.push(`label ${u.label} (${u.what}) is used where no metric carries it`);
+      if (!(TARGET_LABELS as readonly string[]).includes(u.label) && metrics.every((n) => table.has(n)))
+        problems.push(`label ${u.label} (${u.what}) is used where no metric carries it`);
       continue;
     }
-    if (!inScope.some((n) => table.get(n)!.labels.has(u.label))) problems.push(`label ${u.label} (${u.what}) is not a label of ${[...new Set(inScope)].join(', ')}`);
+    if (!inScope.some((n) => table.get(n)!.labels.has(u.label)))
+      problems.push(`label ${u.label} (${u.what}) is not a label of ${[...new Set(inScope)].join(', ')}`);
   }
   return { metrics, problems };
 }
@@ -222,7 +261,10 @@ export function recordedLabels(expr: string, ctx: CheckContext = {}): string[] {
   const i = tokens.findIndex((t) => t.kind === 'ident' && t.text === 'by');
   if (i >= 0) {
     const end = closing(tokens, i + 1);
-    return tokens.slice(i + 2, end).filter((t) => t.kind === 'ident' && t.text !== 'le').map((t) => t.text);
+    return tokens
+      .slice(i + 2, end)
+      .filter((t) => t.kind === 'ident' && t.text !== 'le')
+      .map((t) => t.text);
   }
   const table = seriesTable(ctx);
   return [...new Set(analyze(expr, ctx).metrics.flatMap((n) => [...(table.get(n)?.labels ?? [])]))];

@@ -55,7 +55,8 @@ export const hcount = (def: MetricDef, m: Matchers = {}): string => histogramPar
 /** `by (…)` with the labels checked against what the aggregated metrics carry. */
 export function by(labels: readonly string[], ...defs: MetricDef[]): string {
   const allowed = new Set<string>([...TARGET_LABELS, ...defs.flatMap((d) => [...d.labels, ...(d.type === 'histogram' ? ['le'] : [])])]);
-  for (const l of labels) if (!allowed.has(l)) throw new Error(`by (${labels.join(', ')}): no metric among ${defs.map((d) => d.name).join(', ')} has label ${l}`);
+  for (const l of labels)
+    if (!allowed.has(l)) throw new Error(`by (${labels.join(', ')}): no metric among ${defs.map((d) => d.name).join(', ')} has label ${l}`);
   return `by (${labels.join(', ')})`;
 }
 
@@ -71,8 +72,10 @@ export function recorded(rule: { record: string; labels: readonly string[] }, ma
 
 /** The q-quantile per `labels` over `window`, from native or classic buckets. */
 export function quantile(q: number, def: MetricDef, labels: readonly string[], window: string, m: Matchers = {}): string {
-  return `histogram_quantile(${q}, sum ${by(labels, def)} (rate(${native(def, m)}[${window}])))` +
-    ` or histogram_quantile(${q}, sum ${by([...labels, 'le'], def)} (rate(${bucket(def, m)}[${window}])))`;
+  return (
+    `histogram_quantile(${q}, sum ${by(labels, def)} (rate(${native(def, m)}[${window}])))` +
+    ` or histogram_quantile(${q}, sum ${by([...labels, 'le'], def)} (rate(${bucket(def, m)}[${window}])))`
+  );
 }
 
 /** Observations per bucket and window, summed: a heatmap's two queries (classic, native). */
@@ -86,6 +89,8 @@ export function heatmapQueries(def: MetricDef, m: Matchers, window = '$__rate_in
 /** Per-second observations (what = 'count') or their sum (what = 'sum') of a histogram per
  * `labels`, from native or classic series. */
 export function histogramRate(what: 'count' | 'sum', def: MetricDef, labels: readonly string[], window: string, m: Matchers = {}): string {
-  return `histogram_${what}(sum ${by(labels, def)} (rate(${native(def, m)}[${window}])))` +
-    ` or sum ${by(labels, def)} (rate(${what === 'count' ? hcount(def, m) : hsum(def, m)}[${window}]))`;
+  return (
+    `histogram_${what}(sum ${by(labels, def)} (rate(${native(def, m)}[${window}])))` +
+    ` or sum ${by(labels, def)} (rate(${what === 'count' ? hcount(def, m) : hsum(def, m)}[${window}]))`
+  );
 }

@@ -38,15 +38,18 @@ export function renderRulesFile(): string {
 }
 
 export function renderPrometheusRule(): string {
-  return HEADER + dump({
-    apiVersion: 'monitoring.coreos.com/v1',
-    kind: 'PrometheusRule',
-    metadata: {
-      name: 'hvwatch',
-      labels: { 'app.kubernetes.io/name': 'hvwatch', 'app.kubernetes.io/component': 'alerting' },
-    },
-    spec: { groups: ruleGroups() },
-  });
+  return (
+    HEADER +
+    dump({
+      apiVersion: 'monitoring.coreos.com/v1',
+      kind: 'PrometheusRule',
+      metadata: {
+        name: 'hvwatch',
+        labels: { 'app.kubernetes.io/name': 'hvwatch', 'app.kubernetes.io/component': 'alerting' },
+      },
+      spec: { groups: ruleGroups() },
+    })
+  );
 }
 
 /** Every artifact, by path relative to the repository root. */

@@ -72,24 +72,55 @@ const RATE_BY = (d: MetricDef, extra: string[]): string => `sum ${by([...TARGET_
 const KEEP = (extra: string[]): string[] => [...TARGET_LABELS, ...extra];
 
 export const RECORDING = {
-  writebackP99: rec(`cgroup:${N(M.memcgWbLatency)}:p99_5m`, KEEP(['cgroup']), P99(M.memcgWbLatency, ['cgroup']),
-    'p99 of folio writeback latency (start to end) per node and cgroup over 5 minutes.'),
-  writebackPages: rec('cgroup:hvwatch_memcg_writeback_completed_pages:rate5m', KEEP(['cgroup']), RATE_BY(M.memcgWbCompleted, ['cgroup']),
-    'Pages whose writeback completed per second, per node and cgroup.'),
-  exitRate: rec('vm:hvwatch_kvm_exits:rate5m', KEEP(['vm']), RATE_BY(M.kvmExits, ['vm']),
-    'VM-exits per second per node and VM (all reasons).'),
-  userspaceExitRate: rec('vm:hvwatch_kvm_userspace_exits:rate5m', KEEP(['vm']), RATE_BY(M.kvmUserspaceExits, ['vm']),
-    'Returns from KVM_RUN to the VMM per second, per node and VM.'),
-  nestedExitRate: rec('vm_handler:hvwatch_kvm_nested_exits:rate5m', KEEP(['vm', 'handler']), RATE_BY(M.kvmNestedExits, ['vm', 'handler']),
-    'L2 VM-exits per second per node and VM, handled by L0 or reflected to L1.'),
-  nestedL1P99: rec(`vm:${N(M.kvmNestedL1Handling)}:p99_5m`, KEEP(['vm']), P99(M.kvmNestedL1Handling, ['vm']),
-    'p99 of the time L1 takes to handle a reflected exit, per node and VM over 5 minutes.'),
-  kvmiReplyP99: rec(`vm_event:${N(M.kvmiReplyTime)}:p99_5m`, KEEP(['vm', 'event']), P99(M.kvmiReplyTime, ['vm', 'event']),
-    'p99 of the time a vCPU waits paused for the introspection tool\'s reply, per node, VM and event type over 5 minutes.'),
-  irqInjectionRate: rec('vm_path:hvwatch_kvm_irq_injections:rate5m', KEEP(['vm', 'path']), RATE_BY(M.kvmIrqInjections, ['vm', 'path']),
-    'Interrupt injections per second per node, VM and injection path.'),
-  bpfCpu: rec('instance:hvwatch_bpf_program_run_seconds:rate5m', KEEP([]), RATE_BY(M.progRunSeconds, []),
-    'CPU-seconds per second the kernel spends in hvwatch\'s BPF programs, per node (needs BPF run-time stats).'),
+  writebackP99: rec(
+    `cgroup:${N(M.memcgWbLatency)}:p99_5m`,
+    KEEP(['cgroup']),
+    P99(M.memcgWbLatency, ['cgroup']),
+    'p99 of folio writeback latency (start to end) per node and cgroup over 5 minutes.',
+  ),
+  writebackPages: rec(
+    'cgroup:hvwatch_memcg_writeback_completed_pages:rate5m',
+    KEEP(['cgroup']),
+    RATE_BY(M.memcgWbCompleted, ['cgroup']),
+    'Pages whose writeback completed per second, per node and cgroup.',
+  ),
+  exitRate: rec('vm:hvwatch_kvm_exits:rate5m', KEEP(['vm']), RATE_BY(M.kvmExits, ['vm']), 'VM-exits per second per node and VM (all reasons).'),
+  userspaceExitRate: rec(
+    'vm:hvwatch_kvm_userspace_exits:rate5m',
+    KEEP(['vm']),
+    RATE_BY(M.kvmUserspaceExits, ['vm']),
+    'Returns from KVM_RUN to the VMM per second, per node and VM.',
+  ),
+  nestedExitRate: rec(
+    'vm_handler:hvwatch_kvm_nested_exits:rate5m',
+    KEEP(['vm', 'handler']),
+    RATE_BY(M.kvmNestedExits, ['vm', 'handler']),
+    'L2 VM-exits per second per node and VM, handled by L0 or reflected to L1.',
+  ),
+  nestedL1P99: rec(
+    `vm:${N(M.kvmNestedL1Handling)}:p99_5m`,
+    KEEP(['vm']),
+    P99(M.kvmNestedL1Handling, ['vm']),
+    'p99 of the time L1 takes to handle a reflected exit, per node and VM over 5 minutes.',
+  ),
+  kvmiReplyP99: rec(
+    `vm_event:${N(M.kvmiReplyTime)}:p99_5m`,
+    KEEP(['vm', 'event']),
+    P99(M.kvmiReplyTime, ['vm', 'event']),
+    "p99 of the time a vCPU waits paused for the introspection tool's reply, per node, VM and event type over 5 minutes.",
+  ),
+  irqInjectionRate: rec(
+    'vm_path:hvwatch_kvm_irq_injections:rate5m',
+    KEEP(['vm', 'path']),
+    RATE_BY(M.kvmIrqInjections, ['vm', 'path']),
+    'Interrupt injections per second per node, VM and injection path.',
+  ),
+  bpfCpu: rec(
+    'instance:hvwatch_bpf_program_run_seconds:rate5m',
+    KEEP([]),
+    RATE_BY(M.progRunSeconds, []),
+    "CPU-seconds per second the kernel spends in hvwatch's BPF programs, per node (needs BPF run-time stats).",
+  ),
 } as const satisfies Record<string, RecordingRule>;
 
 /** `{{ $labels.x }}` for every label: renders the shared alert texts as Prometheus templates. */
@@ -104,7 +135,8 @@ const memcgAlerts: AlertRule[] = [
     expr: increased(M.memcgRaceEvents, EVENT_WINDOW),
     for: '0m',
     runbook: {
-      meaning: 'One of the four in-kernel race state machines (docs/metrics.md "Race indicators") saw its race on this node within the last 10 minutes. ' +
+      meaning:
+        'One of the four in-kernel race state machines (docs/metrics.md "Race indicators") saw its race on this node within the last 10 minutes. ' +
         'It fires at the first evaluation that sees the counter move and resolves 10 minutes after the last increase.',
       check: [
         '`curl -s http://NODE:9477/api/races | jq .` lists the latest events: kind, both cgroups, pid, comm, CPU, time since the paired event, kernel stack.',
@@ -152,13 +184,10 @@ const kvmAlerts: AlertRule[] = [
       meaning: `The p99 of \`${M.kvmNestedL1Handling.name}\` (kvm_nested_vmexit_inject to the vCPU's next nested VM-entry) for one VM stayed above ${NESTED_L1_P99_SECONDS * 1000} ms.`,
       check: [
         'The KVM dashboard for that VM: "Nested exits: L0 vs L1" and "L1 handling time" by reason. Which reasons are slow?',
-        'I/O reasons (IO_INSTRUCTION, EPT_VIOLATION/NPF) go to L1\'s userspace VMM: slow there is L1\'s device model.',
-        'The L1 VM\'s own vCPU steal time: an overcommitted host starves L1.',
+        "I/O reasons (IO_INSTRUCTION, EPT_VIOLATION/NPF) go to L1's userspace VMM: slow there is L1's device model.",
+        "The L1 VM's own vCPU steal time: an overcommitted host starves L1.",
       ],
-      act: [
-        'Host overcommit: give the L1 VM dedicated vCPUs or move it.',
-        'Guest-side device emulation: tell the VM owner; nothing on the host will fix it.',
-      ],
+      act: ['Host overcommit: give the L1 VM dedicated vCPUs or move it.', 'Guest-side device emulation: tell the VM owner; nothing on the host will fix it.'],
     },
   },
   {
@@ -167,7 +196,8 @@ const kvmAlerts: AlertRule[] = [
     for: '5m',
     severity: 'warning',
     summary: 'nested VM-entries keep failing in VM {{ $labels.vm }} on {{ $labels.instance }}',
-    description: 'Nested VM-entries (L1 running L2) of VM {{ $labels.vm }} on {{ $labels.instance }} have been failing KVM\'s consistency checks for 5 minutes ({{ $value | humanize }}/s).',
+    description:
+      "Nested VM-entries (L1 running L2) of VM {{ $labels.vm }} on {{ $labels.instance }} have been failing KVM's consistency checks for 5 minutes ({{ $value | humanize }}/s).",
     runbook: {
       meaning: `\`${M.kvmNestedVmenterFailures.name}\` kept rising for one VM: KVM refused L1's VMLAUNCH/VMRESUME/VMRUN of an L2 guest for a failed consistency check.`,
       check: [
@@ -186,7 +216,8 @@ const kvmAlerts: AlertRule[] = [
     for: '0m',
     severity: 'warning',
     summary: 'nested state of VM {{ $labels.vm }} was saved with RUN_PENDING on {{ $labels.instance }}',
-    description: 'KVM_GET_NESTED_STATE on VM {{ $labels.vm }} on {{ $labels.instance }} saved a vCPU with a nested VM-entry still pending (KVM_STATE_NESTED_RUN_PENDING). If the restoring side ignores that flag, the L2 guest resumes with mixed L1/L2 state.',
+    description:
+      'KVM_GET_NESTED_STATE on VM {{ $labels.vm }} on {{ $labels.instance }} saved a vCPU with a nested VM-entry still pending (KVM_STATE_NESTED_RUN_PENDING). If the restoring side ignores that flag, the L2 guest resumes with mixed L1/L2 state.',
     runbook: {
       meaning: `\`${M.kvmNestedStateSaves.name}{flag="${FLAG_RUN_PENDING}"}\` rose: a save (live migration, snapshot) caught a vCPU between L1's VM-entry instruction and the entry itself.`,
       check: [
@@ -213,7 +244,7 @@ const kvmiAlerts: AlertRule[] = [
       meaning: `The p99 of \`${M.kvmiReplyTime.name}\` (kvmi event sent to its reply arriving) for one VM and event type stayed above ${KVMI_REPLY_P99_SECONDS * 1000} ms. KVMI exists only on introspection-enabled kernels (KVMI v7..v12 series); elsewhere this never fires.`,
       check: [
         `The introspection dashboard for that VM: which event types are slow, and whether replies end as \`retry\` or \`crash\` (\`${M.kvmiReplies.name}\` by action).`,
-        'The introspection tool\'s CPU and its own logs on the node: a busy or stuck tool replies late to every VM it watches.',
+        "The introspection tool's CPU and its own logs on the node: a busy or stuck tool replies late to every VM it watches.",
         `\`${M.kvmiEvents.name}\` rate for the VM: a flood of events (e.g. page-fault or single-step events) queues replies.`,
       ],
       act: [
@@ -229,7 +260,8 @@ const irqAlerts: AlertRule[] = [
     expr: increased(M.kvmIrqAfterTeardown, EVENT_WINDOW),
     for: '0m',
     runbook: {
-      meaning: `\`${M.kvmIrqAfterTeardown.name}\` rose: an interrupt was injected (KVM_IRQ_LINE, MSI, irqfd, or an APIC path) into a VM after its irqchip or device teardown began. ` +
+      meaning:
+        `\`${M.kvmIrqAfterTeardown.name}\` rose: an interrupt was injected (KVM_IRQ_LINE, MSI, irqfd, or an APIC path) into a VM after its irqchip or device teardown began. ` +
         'This is the race the probe exists for: the injection reached an irqchip already freed. It needs the function-tier teardown probes (fentry/kprobe), so it cannot fire on kernels without them.',
       check: [
         'The agent log on the node and `hvwatch_kvm_irq_teardowns_total` for that VM: which teardown step (device_release, destroy_devices, free_irq_routing) came first.',
@@ -251,7 +283,8 @@ const imaAlerts: AlertRule[] = [
     for: '0m',
     severity: 'warning',
     summary: 'IMA integrity state outlived its inode on {{ $labels.instance }}',
-    description: 'hvwatch saw an inode pointer come back to IMA\'s integrity cache on {{ $labels.instance }} with another (device, inode number, generation) while the cache entry of the inode that had the pointer before was never freed: integrity state keyed by a reused pointer (seed 004).',
+    description:
+      "hvwatch saw an inode pointer come back to IMA's integrity cache on {{ $labels.instance }} with another (device, inode number, generation) while the cache entry of the inode that had the pointer before was never freed: integrity state keyed by a reused pointer (seed 004).",
     runbook: {
       meaning: `\`${M.imaInodeReuse.name}{kind="live_state"}\` rose. The integrity cache (the iint) is keyed by the inode pointer; an entry is freed with its inode, so a pointer that returns with another identity should find its old entry gone (kind="after_free", which is normal and not alerted on). Here the old entry was still live: either the kernel kept measurement/appraisal state for an inode that no longer exists (a new file could inherit "already measured/appraised"), or hvwatch missed the free (\`${M.imaStateEvents.name}\`, probe \`ima_cache_free\` not attached).`,
       check: [
@@ -274,7 +307,8 @@ const agentAlerts: AlertRule[] = [
     for: '2m',
     severity: 'warning',
     summary: 'hvwatch on {{ $labels.instance }} is down',
-    description: 'Prometheus could not scrape hvwatch on {{ $labels.instance }} for 2 minutes: nothing on that node is observed, and its in-process alerts stop too.',
+    description:
+      'Prometheus could not scrape hvwatch on {{ $labels.instance }} for 2 minutes: nothing on that node is observed, and its in-process alerts stop too.',
     runbook: {
       meaning: `The scrape of job \`${JOB}\` on one target failed for 2 minutes (\`up == 0\`).`,
       check: [
@@ -325,16 +359,15 @@ const agentAlerts: AlertRule[] = [
     for: '0m',
     severity: 'info',
     summary: 'hvwatch on {{ $labels.instance }} folds {{ $labels.label }} values into "_other"',
-    description: 'The cardinality budget for label {{ $labels.label }} on {{ $labels.instance }} is full: new values were reported as "_other" within the last hour, so per-{{ $labels.label }} panels miss them.',
+    description:
+      'The cardinality budget for label {{ $labels.label }} on {{ $labels.instance }} is full: new values were reported as "_other" within the last hour, so per-{{ $labels.label }} panels miss them.',
     runbook: {
       meaning: `\`${M.cardinalityDropped.name}\` rose: more distinct cgroups (or VMs) than \`cardinality.cgroups\` (\`cardinality.vms\`) were seen at once.`,
       check: [
         'How many cgroups the node has (`find /sys/fs/cgroup -type d | wc -l`) against the configured cap.',
         'Whether old cgroups linger: removed cgroups free their slot within about 10 s.',
       ],
-      act: [
-        'Raise `cardinality.cgroups` / `cardinality.vms` if Prometheus can take the series, or accept the `_other` bucket.',
-      ],
+      act: ['Raise `cardinality.cgroups` / `cardinality.vms` if Prometheus can take the series, or accept the `_other` bucket.'],
     },
   },
   {

@@ -28,7 +28,10 @@ async function freePort(): Promise<number> {
 class AgentProc {
   stderr = '';
   readonly exited: Promise<number | null>;
-  constructor(readonly proc: ChildProcess, readonly url: string) {
+  constructor(
+    readonly proc: ChildProcess,
+    readonly url: string,
+  ) {
     proc.stderr!.on('data', (d: Buffer) => (this.stderr = (this.stderr + d.toString()).slice(-4000)));
     this.exited = new Promise((r) => proc.on('exit', (c) => r(c)));
   }
@@ -45,7 +48,9 @@ class AgentProc {
         const r = await fetch(`${a.url}/readyz`);
         await r.arrayBuffer();
         if (r.status === 200) return { agent: a, readyMs: performance.now() - t0 };
-      } catch { /* not listening yet */ }
+      } catch {
+        /* not listening yet */
+      }
       if (performance.now() - t0 > 60_000) {
         await a.stop();
         throw new Error('hvwatch not ready within 60 s');
@@ -124,10 +129,16 @@ export interface AgentCostResult {
 
 function sampleCount(format: Format, body: Buffer): number {
   if (format === 'protobuf') return decodeProtobufExposition(body).reduce((n, f) => n + f.metric.length, 0);
-  return body.toString().split('\n').filter((l) => l && !l.startsWith('#')).length;
+  return body
+    .toString()
+    .split('\n')
+    .filter((l) => l && !l.startsWith('#')).length;
 }
 
-interface Probe { agent: AgentProc; formats: Format[] }
+interface Probe {
+  agent: AgentProc;
+  formats: Format[];
+}
 
 /**
  * n rounds; in each, every agent is scraped once in each of its formats, one GET at a time,
@@ -153,13 +164,22 @@ async function measure(probes: Probe[], n: number): Promise<ScrapeStats[][]> {
       }
     }
   }
-  return probes.map((p, pi) => p.formats.map((format, fi) => {
-    const a = acc[pi]![fi]!;
-    return {
-      format, scrapes: n, p50Ms: quantile(a.lat, 0.5), p99Ms: quantile(a.lat, 0.99), maxMs: Math.max(...a.lat),
-      samples: sampleCount(format, a.last), bytes: a.last.length, collectMs: a.coll.length ? median(a.coll) : NaN, cpuMsPerScrape: a.cpu / n,
-    };
-  }));
+  return probes.map((p, pi) =>
+    p.formats.map((format, fi) => {
+      const a = acc[pi]![fi]!;
+      return {
+        format,
+        scrapes: n,
+        p50Ms: quantile(a.lat, 0.5),
+        p99Ms: quantile(a.lat, 0.99),
+        maxMs: Math.max(...a.lat),
+        samples: sampleCount(format, a.last),
+        bytes: a.last.length,
+        collectMs: a.coll.length ? median(a.coll) : NaN,
+        cpuMsPerScrape: a.cpu / n,
+      };
+    }),
+  );
 }
 
 function labelCounts(text: string, ours: { cgroupPrefix: string; vmPrefix: string }): { cgroupLabels: number; vmLabels: number } {
@@ -169,7 +189,10 @@ function labelCounts(text: string, ours: { cgroupPrefix: string; vmPrefix: strin
   return { cgroupLabels: values('cgroup', ours.cgroupPrefix), vmLabels: values('vm', ours.vmPrefix) };
 }
 
-interface Guest { proc: ChildProcess; done: Promise<void> }
+interface Guest {
+  proc: ChildProcess;
+  done: Promise<void>;
+}
 
 function startGuest(name: string): Guest {
   const proc = spawn(GUEST!, ['-name', `guest=${name}`, '--writes', '100', '--hold-ms', '3600000'], { stdio: ['ignore', 'pipe', 'ignore'] });
@@ -247,31 +270,48 @@ export async function agentCost(scratch: Scratch, quick: boolean, baselineRev: s
     for (const [i, a] of agents.entries()) {
       const mem = procRssMiB(a.agent.proc.pid!);
       const text = (await a.agent.scrape('text')).body.toString();
-      runs.push({ label: a.label, rev: a.rev, idle: idle[i]!, scale: scale[i]!, idleRssMiB: idleRss[i]!, rssMiB: mem.rss, peakRssMiB: mem.hwm, ...labelCounts(text, ours) });
+      runs.push({
+        label: a.label,
+        rev: a.rev,
+        idle: idle[i]!,
+        scale: scale[i]!,
+        idleRssMiB: idleRss[i]!,
+        rssMiB: mem.rss,
+        peakRssMiB: mem.hwm,
+        ...labelCounts(text, ours),
+      });
     }
     return {
       startup: { trialsMs: trials, medianMs: median(trials), maxMs: Math.max(...trials), args: `bin/hvwatch run --config <hot: [all]>` },
       runs,
       baselineWhy,
       scale: {
-        cgroups: nCgroups, vms: nVms, populateS, vmsStartS,
-        how: `real: ${nCgroups} memory cgroups made by bench/hvbench.c populate (each: one page written with fsync, then unlinked), ` +
+        cgroups: nCgroups,
+        vms: nVms,
+        populateS,
+        vmsStartS,
+        how:
+          `real: ${nCgroups} memory cgroups made by bench/hvbench.c populate (each: one page written with fsync, then unlinked), ` +
           `${nVms} VMs = ${nVms} kvm-guest processes (100 port writes each, then held open)`,
       },
       config: fs.readFileSync(cfgFile, 'utf8'),
     };
   } finally {
-    await Promise.all(guests.map(async (g) => {
-      if (g.proc.exitCode === null) {
-        const e = new Promise((r) => g.proc.once('exit', r));
-        g.proc.kill('SIGKILL');
-        await e;
-      }
-    }));
+    await Promise.all(
+      guests.map(async (g) => {
+        if (g.proc.exitCode === null) {
+          const e = new Promise((r) => g.proc.once('exit', r));
+          g.proc.kill('SIGKILL');
+          await e;
+        }
+      }),
+    );
     await Promise.all(agents.map((a) => a.agent.stop()));
     baseline?.cleanup();
     for (const d of cgDirs) {
-      try { fs.rmdirSync(d); } catch (e) {
+      try {
+        fs.rmdirSync(d);
+      } catch (e) {
         if ((e as NodeJS.ErrnoException).code !== 'ENOENT') spawnSync('sh', ['-c', `sleep 0.2; rmdir ${d}`]);
       }
     }

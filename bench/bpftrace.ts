@@ -8,7 +8,12 @@ import { createRequire } from 'node:module';
 import { progStats, type ProgStats } from '../bpf/libbpf.js';
 import { Btf } from '../bpf/btf.js';
 
-interface Consts { nrWriteback: number; pgpgout: number; memcgId: number; knIdOffset: number }
+interface Consts {
+  nrWriteback: number;
+  pgpgout: number;
+  memcgId: number;
+  knIdOffset: number;
+}
 
 function consts(): Consts {
   const btf = Btf.vmlinux();
@@ -31,18 +36,22 @@ const EQUIVALENTS: Record<string, (c: Consts) => string> = {
   // memcg family: NR_WRITEBACK deltas per memcg; PGPGOUT batches (count, pages, log2
   // histogram) per memcg; writeback waits per memcg of the waiting task.
   memcg_lruvec_state: (c) => `tracepoint:memcg:mod_memcg_lruvec_state /args->item == ${c.nrWriteback}/ { @wb[args->id] = sum(args->val); }`,
-  count_memcg_events: (c) => `tracepoint:memcg:count_memcg_events /args->item == ${c.pgpgout}/ { @un[args->id] = stats(args->val); @unh[args->id] = hist(args->val); }`,
+  count_memcg_events: (c) =>
+    `tracepoint:memcg:count_memcg_events /args->item == ${c.pgpgout}/ { @un[args->id] = stats(args->val); @unh[args->id] = hist(args->val); }`,
   folio_wait_writeback: (c) => `tracepoint:writeback:folio_wait_writeback { @waits[${taskMemcg(c)}] = count(); }`,
   // the hot tier with latency: wait start per thread, ended at the thread's next switch-in
-  wait_writeback_begin: (c) => `tracepoint:writeback:folio_wait_writeback { $cg = ${taskMemcg(c)}; @waits[$cg] = count(); @wst[tid] = nsecs; @wcg[tid] = $cg; }`,
-  wait_sched_switch: () => 'tracepoint:sched:sched_switch { $t = @wst[args->next_pid]; if ($t) { @wlat[@wcg[args->next_pid]] = hist(nsecs - $t); delete(@wst[args->next_pid]); delete(@wcg[args->next_pid]); } }',
+  wait_writeback_begin: (c) =>
+    `tracepoint:writeback:folio_wait_writeback { $cg = ${taskMemcg(c)}; @waits[$cg] = count(); @wst[tid] = nsecs; @wcg[tid] = $cg; }`,
+  wait_sched_switch: () =>
+    'tracepoint:sched:sched_switch { $t = @wst[args->next_pid]; if ($t) { @wlat[@wcg[args->next_pid]] = hist(nsecs - $t); delete(@wst[args->next_pid]); delete(@wcg[args->next_pid]); } }',
   // kvm family: per VM (tgid) counters, exits by reason with the exit -> entry latency,
   // userspace exits by reason with the time until the next KVM_RUN, nested-state ioctls.
   kvm_exit: () => 'tracepoint:kvm:kvm_exit { @exits[pid, args->isa, args->exit_reason] = count(); @et[tid] = nsecs; @er[tid] = args->exit_reason; }',
   kvm_exit_legacy: () => 'tracepoint:kvm:kvm_exit { @exits[pid, args->isa, args->exit_reason] = count(); @et[tid] = nsecs; @er[tid] = args->exit_reason; }',
   kvm_entry: () => 'tracepoint:kvm:kvm_entry { $t = @et[tid]; if ($t) { @eh[pid, @er[tid]] = hist(nsecs - $t); @et[tid] = 0; } }',
   kvm_userspace_exit: () => 'tracepoint:kvm:kvm_userspace_exit { @uexit[pid, args->reason] = count(); @ut[tid] = nsecs; @ur[tid] = args->reason; }',
-  sys_enter_ioctl: () => 'tracepoint:syscalls:sys_enter_ioctl /args->cmd == 0xae80 || args->cmd == 0xc080aebe || args->cmd == 0x4080aebf/ { if (args->cmd == 0xae80) { $t = @ut[tid]; if ($t) { @user[pid, @ur[tid]] = hist(nsecs - $t); @ut[tid] = 0; } } else { @ioc[tid] = nsecs; } }',
+  sys_enter_ioctl: () =>
+    'tracepoint:syscalls:sys_enter_ioctl /args->cmd == 0xae80 || args->cmd == 0xc080aebe || args->cmd == 0x4080aebf/ { if (args->cmd == 0xae80) { $t = @ut[tid]; if ($t) { @user[pid, @ur[tid]] = hist(nsecs - $t); @ut[tid] = 0; } } else { @ioc[tid] = nsecs; } }',
   sys_exit_ioctl: () => 'tracepoint:syscalls:sys_exit_ioctl { $t = @ioc[tid]; if ($t) { @nstate[pid, args->ret] = hist(nsecs - $t); delete(@ioc[tid]); } }',
   kvm_pio: () => 'tracepoint:kvm:kvm_pio { @pio[pid, args->rw] = count(); }',
   kvm_mmio: () => 'tracepoint:kvm:kvm_mmio { @mmio[pid, args->type] = count(); }',
@@ -73,7 +82,11 @@ export function bpftraceConsts(): Consts {
   return consts();
 }
 
-interface BpftoolProg { id: number; type: string; name?: string }
+interface BpftoolProg {
+  id: number;
+  type: string;
+  name?: string;
+}
 
 function bpftoolProgs(): BpftoolProg[] {
   const r = spawnSync('bpftool', ['prog', 'show', '--json'], { encoding: 'utf8', maxBuffer: 64 << 20 });
@@ -87,7 +100,10 @@ const koffi = createRequire(import.meta.url)('koffi') as typeof import('koffi');
 const progFdById = koffi.load('libbpf.so.1').func('int bpf_prog_get_fd_by_id(uint32_t id)');
 
 export class Bpftrace {
-  private constructor(private readonly child: ChildProcess, private readonly fds: Map<string, number>) {}
+  private constructor(
+    private readonly child: ChildProcess,
+    private readonly fds: Map<string, number>,
+  ) {}
 
   /** Starts one bpftrace with one probe per event; resolves once all are attached. bpftrace
    * names a tracepoint program after the event, cut to 15 characters. */

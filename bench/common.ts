@@ -134,25 +134,45 @@ export interface DriverResult {
   pages: number;
 }
 
-export interface FaultLoad { kind: 'fault'; mib: number; iters: number }
-export interface FsyncLoad { kind: 'fsync'; mib: number; chunkKib: number; passes: number }
-export interface ChurnLoad { kind: 'churn'; cgroups: number; anonKib: number; writeKib: number }
+export interface FaultLoad {
+  kind: 'fault';
+  mib: number;
+  iters: number;
+}
+export interface FsyncLoad {
+  kind: 'fsync';
+  mib: number;
+  chunkKib: number;
+  passes: number;
+}
+export interface ChurnLoad {
+  kind: 'churn';
+  cgroups: number;
+  anonKib: number;
+  writeKib: number;
+}
 export type Load = FaultLoad | FsyncLoad | ChurnLoad;
 export type LoadKind = Load['kind'];
 
 export function describeLoad(l: Load): string {
   switch (l.kind) {
-    case 'fault': return `${l.iters} x (mmap ${l.mib} MiB anonymous, touch every page, munmap)`;
-    case 'fsync': return `${l.passes} x ${l.mib} MiB pwrite in ${l.chunkKib} KiB chunks, fsync after each`;
-    case 'churn': return `${l.cgroups} x (mkdir a memory cgroup, a child in it touches ${l.anonKib} KiB anonymous and writes ${l.writeKib} KiB with fsync, exits, rmdir)`;
+    case 'fault':
+      return `${l.iters} x (mmap ${l.mib} MiB anonymous, touch every page, munmap)`;
+    case 'fsync':
+      return `${l.passes} x ${l.mib} MiB pwrite in ${l.chunkKib} KiB chunks, fsync after each`;
+    case 'churn':
+      return `${l.cgroups} x (mkdir a memory cgroup, a child in it touches ${l.anonKib} KiB anonymous and writes ${l.writeKib} KiB with fsync, exits, rmdir)`;
   }
 }
 
 function loadArgs(s: Scratch, l: Load): string[] {
   switch (l.kind) {
-    case 'fault': return ['fault', s.cgroup, String(l.mib), String(l.iters)];
-    case 'fsync': return ['fsync', s.cgroup, path.join(s.data.path, 'fsync.dat'), String(l.mib), String(l.chunkKib), String(l.passes)];
-    case 'churn': return ['churn', s.cgroup, String(l.cgroups), s.data.path, String(l.anonKib), String(l.writeKib)];
+    case 'fault':
+      return ['fault', s.cgroup, String(l.mib), String(l.iters)];
+    case 'fsync':
+      return ['fsync', s.cgroup, path.join(s.data.path, 'fsync.dat'), String(l.mib), String(l.chunkKib), String(l.passes)];
+    case 'churn':
+      return ['churn', s.cgroup, String(l.cgroups), s.data.path, String(l.anonKib), String(l.writeKib)];
   }
 }
 
@@ -174,7 +194,10 @@ export function runAsync(cmd: string, args: string[], tick?: () => unknown, tick
     p.stdout.on('data', (d: Buffer) => (out += d.toString()));
     p.stderr.on('data', (d: Buffer) => (err += d.toString()));
     const t = tick ? setInterval(() => void tick(), tickMs) : undefined;
-    p.on('error', (e) => { if (t) clearInterval(t); reject(e); });
+    p.on('error', (e) => {
+      if (t) clearInterval(t);
+      reject(e);
+    });
     p.on('close', (code) => {
       if (t) clearInterval(t);
       if (code === 0) resolve(out);
@@ -190,7 +213,11 @@ export async function runLoadAsync(s: Scratch, l: Load, tick?: () => unknown): P
 
 /** The last JSON object line of a command's stdout (tools may print other lines). */
 export function lastJsonLine<T>(stdout: string): T {
-  const line = stdout.trim().split('\n').reverse().find((l) => l.startsWith('{'));
+  const line = stdout
+    .trim()
+    .split('\n')
+    .reverse()
+    .find((l) => l.startsWith('{'));
   if (!line) throw new Error(`no JSON result line in: ${stdout.slice(0, 200)}`);
   return JSON.parse(line) as T;
 }
@@ -228,9 +255,27 @@ export function mapMemlockBytes(fd: number): number {
 export function compileBpf(src: string, out: string): void {
   const arch = os.arch() === 'arm64' ? 'arm64' : 'x86';
   try {
-    execFileSync('clang', ['-O2', '-g', '-target', 'bpf', `-D__TARGET_ARCH_${arch}`,
-      '-I', path.join(REPO_ROOT, 'bpf/include'), '-I', path.join(REPO_ROOT, 'bpf/src'),
-      '-Wall', '-Wno-unused-function', '-c', src, '-o', out], { stdio: ['ignore', 'ignore', 'pipe'] });
+    execFileSync(
+      'clang',
+      [
+        '-O2',
+        '-g',
+        '-target',
+        'bpf',
+        `-D__TARGET_ARCH_${arch}`,
+        '-I',
+        path.join(REPO_ROOT, 'bpf/include'),
+        '-I',
+        path.join(REPO_ROOT, 'bpf/src'),
+        '-Wall',
+        '-Wno-unused-function',
+        '-c',
+        src,
+        '-o',
+        out,
+      ],
+      { stdio: ['ignore', 'ignore', 'pipe'] },
+    );
   } catch (e) {
     throw new Error(`compiling ${src} failed: ${((e as { stderr?: Buffer }).stderr ?? '').toString().trim() || (e as Error).message}`, { cause: e });
   }
@@ -252,7 +297,9 @@ export function machine(): Machine {
   try {
     const m = /^model name\s*:\s*(.+)$/m.exec(fs.readFileSync('/proc/cpuinfo', 'utf8'));
     if (m?.[1]) cpuModel = m[1].trim();
-  } catch { /* keep unknown */ }
+  } catch {
+    /* keep unknown */
+  }
   return {
     cpus: os.availableParallelism(),
     kernel: fs.readFileSync('/proc/sys/kernel/osrelease', 'utf8').trim(),

@@ -162,13 +162,17 @@ export function firstSightSummary(r: FirstSightResult): string[] {
   const lines: string[] = [];
   if (r.cgroups) {
     const c = r.cgroups;
-    lines.push(`cgroup churn, ${c.perRound} mkdir+rmdir per round: ${c.medianOff.toFixed(0)} ms without an agent, ${c.medianOn.toFixed(0)} ms with cgroup_lifecycle (${c.overheadPct.toFixed(1)} %); ` +
-      `${c.progNsPerRun.toFixed(0)} ns in the kernel per mkdir/rmdir (${c.progRuns.toFixed(0)} runs per round); the next collection ${c.collectMs.toFixed(1)} ms`);
+    lines.push(
+      `cgroup churn, ${c.perRound} mkdir+rmdir per round: ${c.medianOff.toFixed(0)} ms without an agent, ${c.medianOn.toFixed(0)} ms with cgroup_lifecycle (${c.overheadPct.toFixed(1)} %); ` +
+        `${c.progNsPerRun.toFixed(0)} ns in the kernel per mkdir/rmdir (${c.progRuns.toFixed(0)} runs per round); the next collection ${c.collectMs.toFixed(1)} ms`,
+    );
   }
   if (r.guests) {
     const g = r.guests;
-    lines.push(`guest start/stop, ${g.perRound} guests per round: ${g.medianOff.toFixed(0)} ms without an agent, ${g.medianOn.toFixed(0)} ms with the kvm families (${g.overheadPct.toFixed(1)} %); ` +
-      `${g.records.toFixed(0)} hv_vm_seen records; the next collection ${g.collectMs.toFixed(1)} ms`);
+    lines.push(
+      `guest start/stop, ${g.perRound} guests per round: ${g.medianOff.toFixed(0)} ms without an agent, ${g.medianOn.toFixed(0)} ms with the kvm families (${g.overheadPct.toFixed(1)} %); ` +
+        `${g.records.toFixed(0)} hv_vm_seen records; the next collection ${g.collectMs.toFixed(1)} ms`,
+    );
   }
   if (r.firstSightNs !== undefined) lines.push(`one VM first sight in the kernel: ${r.firstSightNs.toFixed(0)} ns (BPF_PROG_TEST_RUN, includes a hash delete)`);
   for (const s of r.skipped) lines.push(`skipped: ${s}`);

@@ -37,7 +37,11 @@ export function eventOf(h: Hook): string | undefined {
     const root = TRACEFS.find((d) => fs.existsSync(d));
     for (const cat of root ? fs.readdirSync(root) : []) {
       let names: string[];
-      try { names = fs.readdirSync(path.join(root!, cat)); } catch { continue; }
+      try {
+        names = fs.readdirSync(path.join(root!, cat));
+      } catch {
+        continue;
+      }
       for (const n of names) if (!eventIndex.has(n)) eventIndex.set(n, cat);
     }
   }
@@ -84,7 +88,9 @@ function floorSource(hooks: Hook[]): string {
   hooks.forEach((h, i) => {
     const name = `floor_${i}`;
     switch (h.kind) {
-      case 'tp_btf': case 'fentry': case 'fexit':
+      case 'tp_btf':
+      case 'fentry':
+      case 'fexit':
         lines.push(`SEC("${h.kind}/${h.target}") int BPF_PROG(${name}) { return 0; }`);
         break;
       default:
@@ -95,7 +101,12 @@ function floorSource(hooks: Hook[]): string {
 }
 
 export class Floor {
-  private constructor(private readonly obj: BpfObject, private readonly links: BpfLink[], readonly programs: Map<string, BpfProgram>, readonly tc: BpfProgram) {}
+  private constructor(
+    private readonly obj: BpfObject,
+    private readonly links: BpfLink[],
+    readonly programs: Map<string, BpfProgram>,
+    readonly tc: BpfProgram,
+  ) {}
 
   /** Compiles and loads empty programs for `hooks` (and floor_tc); attaches them unless
    * `attach` is false. Unique hooks only. */
@@ -104,7 +115,8 @@ export class Floor {
     const text = floorSource(uniq);
     const src = path.join(dir, `floor-${createHash('sha1').update(text).digest('hex').slice(0, 12)}.bpf.c`);
     const objPath = src.replace(/\.c$/, '.o');
-    if (!fs.existsSync(objPath)) { // same hooks, same object: compile once per run
+    if (!fs.existsSync(objPath)) {
+      // same hooks, same object: compile once per run
       fs.writeFileSync(src, text);
       compileBpf(src, objPath);
     }

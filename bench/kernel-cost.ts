@@ -43,7 +43,11 @@ export interface CostRow {
   runCountMismatch?: string;
 }
 
-export interface NotAttached { family: string; probe: string; why: string }
+export interface NotAttached {
+  family: string;
+  probe: string;
+  why: string;
+}
 
 export interface KernelCostResult {
   rows: CostRow[];
@@ -58,7 +62,10 @@ export interface KernelCostResult {
 
 const MIN_EVENTS = 200;
 
-interface ConfigSpec { name: string; config: Config }
+interface ConfigSpec {
+  name: string;
+  config: Config;
+}
 
 /** The three configurations; the classic-tracepoint one is built from the probe specs. */
 function configs(): ConfigSpec[] {
@@ -76,7 +83,17 @@ function configs(): ConfigSpec[] {
   ];
 }
 
-interface Acc { hvNs: number; hvCnt: number; flNs: number; flCnt: number; btNs: number; btCnt: number; clNs: number; clCnt: number; units: number }
+interface Acc {
+  hvNs: number;
+  hvCnt: number;
+  flNs: number;
+  flCnt: number;
+  btNs: number;
+  btCnt: number;
+  clNs: number;
+  clCnt: number;
+  units: number;
+}
 const zero = (): Acc => ({ hvNs: 0, hvCnt: 0, flNs: 0, flCnt: 0, btNs: 0, btCnt: 0, clNs: 0, clCnt: 0, units: 0 });
 const d = (a: ProgStats | undefined, b: ProgStats | undefined): ProgStats =>
   a && b ? { runTimeNs: a.runTimeNs - b.runTimeNs, runCount: a.runCount - b.runCount } : { runTimeNs: 0, runCount: 0 };
@@ -94,15 +111,27 @@ function startAgent(config: Config): Agent {
 
 export async function kernelCost(scratch: Scratch, quick: boolean): Promise<KernelCostResult> {
   const loads: { fault: Load; fsync: Load; churn: ChurnLoad } = quick
-    ? { fault: { kind: 'fault', mib: 64, iters: 2 }, fsync: { kind: 'fsync', mib: 16, chunkKib: 64, passes: 1 }, churn: { kind: 'churn', cgroups: 20, anonKib: 256, writeKib: 16 } }
-    : { fault: { kind: 'fault', mib: 128, iters: 2 }, fsync: { kind: 'fsync', mib: 64, chunkKib: 256, passes: 4 }, churn: { kind: 'churn', cgroups: 100, anonKib: 256, writeKib: 16 } };
+    ? {
+        fault: { kind: 'fault', mib: 64, iters: 2 },
+        fsync: { kind: 'fsync', mib: 16, chunkKib: 64, passes: 1 },
+        churn: { kind: 'churn', cgroups: 20, anonKib: 256, writeKib: 16 },
+      }
+    : {
+        fault: { kind: 'fault', mib: 128, iters: 2 },
+        fsync: { kind: 'fsync', mib: 64, chunkKib: 256, passes: 4 },
+        churn: { kind: 'churn', cgroups: 100, anonKib: 256, writeKib: 16 },
+      };
   const guestWrites = quick ? 20_000 : 200_000;
   const notes: string[] = [];
   const version = bpftraceVersion();
   let btWhy: string | undefined = version ? undefined : 'bpftrace is not installed (apt-get install -y bpftrace)';
   let c: ReturnType<typeof bpftraceConsts> | undefined;
   if (!btWhy) {
-    try { c = bpftraceConsts(); } catch (e) { btWhy = (e as Error).message; }
+    try {
+      c = bpftraceConsts();
+    } catch (e) {
+      btWhy = (e as Error).message;
+    }
   }
   const allScripts: Record<string, string> = {};
 
@@ -130,7 +159,10 @@ export async function kernelCost(scratch: Scratch, quick: boolean): Promise<Kern
       }
       await probe.stop();
       const hooks: Hook[] = progs.map((p) => ({ kind: p.kind, target: p.target }));
-      for (const p of progs) { const ch = classicHook(p.event); if (ch) hooks.push(ch); }
+      for (const p of progs) {
+        const ch = classicHook(p.event);
+        if (ch) hooks.push(ch);
+      }
 
       // bpftrace for this configuration: one probe per event, from the first program there.
       const scripts = new Map<string, string>();
@@ -141,8 +173,14 @@ export async function kernelCost(scratch: Scratch, quick: boolean): Promise<Kern
         meta.set(key, m);
         if (!c || btWhy) continue;
         const eq = bpftraceFor(p.program.name, p.event, c);
-        if ('why' in eq) { m.btWhy ??= eq.why; continue; }
-        if (scripts.has(p.event!) && scripts.get(p.event!) !== eq.script) { m.btWhy ??= 'another program\'s equivalent holds this event in bpftrace'; continue; }
+        if ('why' in eq) {
+          m.btWhy ??= eq.why;
+          continue;
+        }
+        if (scripts.has(p.event!) && scripts.get(p.event!) !== eq.script) {
+          m.btWhy ??= "another program's equivalent holds this event in bpftrace";
+          continue;
+        }
         scripts.set(p.event!, eq.script);
         allScripts[p.event!] ??= eq.script;
       }
@@ -153,7 +191,10 @@ export async function kernelCost(scratch: Scratch, quick: boolean): Promise<Kern
           bt = await Bpftrace.start(scripts);
         } catch (e) {
           notes.push(`bpftrace failed in the ${cfg.name} configuration: ${(e as Error).message}`);
-          for (const p of progs) { const m = meta.get(`${p.program.name}|${hookId(p)}`)!; m.btWhy ??= `bpftrace failed: ${(e as Error).message.slice(0, 120)}`; }
+          for (const p of progs) {
+            const m = meta.get(`${p.program.name}|${hookId(p)}`)!;
+            m.btWhy ??= `bpftrace failed: ${(e as Error).message.slice(0, 120)}`;
+          }
         }
       }
       try {
@@ -166,11 +207,21 @@ export async function kernelCost(scratch: Scratch, quick: boolean): Promise<Kern
             agent = startAgent(cfg.config);
             if (!floorFirst) floor = Floor.create(scratch.dir, hooks);
             const live = attachedPrograms(agent);
-            const snap = (): Map<string, [ProgStats, ProgStats | undefined, ProgStats | undefined, ProgStats | undefined]> => new Map(live.map((p) => {
-              const ch = classicHook(p.event);
-              return [`${p.program.name}|${hookId(p)}`, [p.program.stats(), floor!.programs.get(hookId(p))?.stats(),
-                p.event ? bt?.stats(p.event) : undefined, ch ? floor!.programs.get(hookId(ch))?.stats() : undefined]];
-            }));
+            const snap = (): Map<string, [ProgStats, ProgStats | undefined, ProgStats | undefined, ProgStats | undefined]> =>
+              new Map(
+                live.map((p) => {
+                  const ch = classicHook(p.event);
+                  return [
+                    `${p.program.name}|${hookId(p)}`,
+                    [
+                      p.program.stats(),
+                      floor!.programs.get(hookId(p))?.stats(),
+                      p.event ? bt?.stats(p.event) : undefined,
+                      ch ? floor!.programs.get(hookId(ch))?.stats() : undefined,
+                    ],
+                  ];
+                }),
+              );
             const runs: [KLoad, () => number][] = [
               ['fault', () => runLoad(scratch, loads.fault).pages],
               ['fsync', () => runLoad(scratch, loads.fsync).pages],
@@ -185,11 +236,18 @@ export async function kernelCost(scratch: Scratch, quick: boolean): Promise<Kern
                 const [h0, f0, b0, c0] = before.get(key)!;
                 const byLoad = acc.get(key) ?? new Map<KLoad, Acc>();
                 const a = byLoad.get(kind) ?? zero();
-                const dh = d(h1, h0), df = d(f1, f0), db = d(b1, b0), dc = d(c1, c0);
-                a.hvNs += dh.runTimeNs; a.hvCnt += dh.runCount;
-                a.flNs += df.runTimeNs; a.flCnt += df.runCount;
-                a.btNs += db.runTimeNs; a.btCnt += db.runCount;
-                a.clNs += dc.runTimeNs; a.clCnt += dc.runCount;
+                const dh = d(h1, h0),
+                  df = d(f1, f0),
+                  db = d(b1, b0),
+                  dc = d(c1, c0);
+                a.hvNs += dh.runTimeNs;
+                a.hvCnt += dh.runCount;
+                a.flNs += df.runTimeNs;
+                a.flCnt += df.runCount;
+                a.btNs += db.runTimeNs;
+                a.btCnt += db.runCount;
+                a.clNs += dc.runTimeNs;
+                a.clCnt += dc.runCount;
                 a.units += units;
                 byLoad.set(kind, a);
                 acc.set(key, byLoad);
@@ -223,9 +281,18 @@ export async function kernelCost(scratch: Scratch, quick: boolean): Promise<Kern
     const hvwatchNs = t.hvNs / t.hvCnt;
     const floorNs = t.flNs / Math.max(1, t.flCnt);
     const row: CostRow = {
-      family: m.p.family, probe: m.p.probe, program: m.p.program.name, hook: hookId(m.p), event: m.p.event,
-      configs: [...m.configs], events: t.hvCnt, hvwatchNs, floorNs, ratioFloor: hvwatchNs / floorNs,
-      hvwatchAboveFloorNs: hvwatchNs - floorNs, perLoad: {},
+      family: m.p.family,
+      probe: m.p.probe,
+      program: m.p.program.name,
+      hook: hookId(m.p),
+      event: m.p.event,
+      configs: [...m.configs],
+      events: t.hvCnt,
+      hvwatchNs,
+      floorNs,
+      ratioFloor: hvwatchNs / floorNs,
+      hvwatchAboveFloorNs: hvwatchNs - floorNs,
+      perLoad: {},
     };
     if (t.btCnt > 0) {
       row.bpftraceNs = t.btNs / t.btCnt;
@@ -247,8 +314,13 @@ export async function kernelCost(scratch: Scratch, quick: boolean): Promise<Kern
   rows.sort((a, b) => a.family.localeCompare(b.family) || a.probe.localeCompare(b.probe) || a.program.localeCompare(b.program));
   if (!GUEST) notes.push('no /dev/kvm guest (test/helpers/build/kvm-guest or /dev/kvm missing): the KVM programs saw no events');
   return {
-    rows, notAttached: [...notAttached.values()], silent,
-    loads: { ...Object.fromEntries(Object.entries(loads).map(([k, l]) => [k, describeLoad(l)])) as Record<LoadKind, string>, guest: `a /dev/kvm guest doing ${guestWrites.toLocaleString('en-US')} port writes` },
+    rows,
+    notAttached: [...notAttached.values()],
+    silent,
+    loads: {
+      ...(Object.fromEntries(Object.entries(loads).map(([k, l]) => [k, describeLoad(l)])) as Record<LoadKind, string>),
+      guest: `a /dev/kvm guest doing ${guestWrites.toLocaleString('en-US')} port writes`,
+    },
     bpftrace: { available: !!version && !btWhy, version, why: btWhy, scripts: allScripts },
     notes,
   };

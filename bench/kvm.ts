@@ -30,7 +30,10 @@ export function guestUnavailable(): string | undefined {
   return fs.existsSync('/dev/kvm') ? `${GUEST_BIN} not built (make -C test/helpers)` : 'no usable /dev/kvm';
 }
 
-interface GuestOut { run_ns: number; io_exits: number }
+interface GuestOut {
+  run_ns: number;
+  io_exits: number;
+}
 
 function check(out: GuestOut, writes: number): number {
   if (out.io_exits !== writes) throw new Error(`kvm-guest: ${out.io_exits} io exits for ${writes} writes`);
@@ -157,9 +160,18 @@ export async function guestBench(scratch: Scratch, quick: boolean): Promise<Gues
     if (ms[p].length) vsPeer[p] = (ratios.hvwatch.median - 1) / (ratios[p].median - 1);
   }
   return {
-    writes, rounds, ms, ratios, vsPeer,
-    bpftraceCommand: `bpftrace -e '${[...BPFTRACE_EXITS.values()].join(' ')}'`, bpftraceWhy,
-    perfDataBytes: median(perfBytes), hvwatchMapBytes: mapBytes, hvwatchMapBytesByFamily: byFamily, attached,
-    perfCommand: `perf kvm stat record -o perf.data -- kvm-guest --writes ${writes}`, perfWhy,
+    writes,
+    rounds,
+    ms,
+    ratios,
+    vsPeer,
+    bpftraceCommand: `bpftrace -e '${[...BPFTRACE_EXITS.values()].join(' ')}'`,
+    bpftraceWhy,
+    perfDataBytes: median(perfBytes),
+    hvwatchMapBytes: mapBytes,
+    hvwatchMapBytesByFamily: byFamily,
+    attached,
+    perfCommand: `perf kvm stat record -o perf.data -- kvm-guest --writes ${writes}`,
+    perfWhy,
   };
 }

@@ -98,7 +98,7 @@ function measure(valueSize: number, entries: number, trials: number): MapReadRow
     const value = Buffer.alloc(slot * possibleCpus);
     const key = Buffer.alloc(KEY);
     for (let i = 0; i < entries; i++) {
-      key.writeBigUInt64LE(BigInt(i) * 0x9e3779b97f4a7c15n & 0xffffffffffffn);
+      key.writeBigUInt64LE((BigInt(i) * 0x9e3779b97f4a7c15n) & 0xffffffffffffn);
       for (let o = 0; o + 8 <= value.length; o += 8) value.writeBigUInt64LE(BigInt(i + o), o);
       m.update(key, value);
     }
@@ -142,7 +142,9 @@ export function mapReadMarkdown(r: MapReadResult): string {
     '|---:|---:|---:|---:|---:|---:|---:|---:|',
   ];
   for (const x of r.rows) {
-    lines.push(`| ${x.valueSize} B | ${f(x.entries)} | ${f(x.batchNs)} | ${f(x.batchFoldNs)} | ${f(x.walkNs)} | ${f(x.legacyNs)} | ${(x.walkNs / x.batchNs).toFixed(1)}x | ${x.batchCalls} / ${f(x.walkCalls)} |`);
+    lines.push(
+      `| ${x.valueSize} B | ${f(x.entries)} | ${f(x.batchNs)} | ${f(x.batchFoldNs)} | ${f(x.walkNs)} | ${f(x.legacyNs)} | ${(x.walkNs / x.batchNs).toFixed(1)}x | ${x.batchCalls} / ${f(x.walkCalls)} |`,
+    );
   }
   return lines.join('\n');
 }

@@ -3,12 +3,14 @@
 // Keyed by program name; shown for programs that miss a target. Facts about the programs
 // come from bpf/src/*.bpf.c.
 
-const ON_FLOOR = 'returns after one compare on almost every event (the item is not NR_WRITEBACK / PGPGOUT), ' +
-  'so it and bpftrace both sit on the hook\'s floor: no program can cost half of a peer that itself costs about the floor. ' +
+const ON_FLOOR =
+  'returns after one compare on almost every event (the item is not NR_WRITEBACK / PGPGOUT), ' +
+  "so it and bpftrace both sit on the hook's floor: no program can cost half of a peer that itself costs about the floor. " +
   'Compare the "above floor" column instead.';
 
-const IOCTL_EXIT = 'runs on every ioctl on the host and looks up the thread in a hash of pending nested-state ioctls; ' +
-  'bpftrace\'s equivalent does the same lookup, hence about 1x. Fix: skip the lookup unless the thread has one pending ' +
+const IOCTL_EXIT =
+  'runs on every ioctl on the host and looks up the thread in a hash of pending nested-state ioctls; ' +
+  "bpftrace's equivalent does the same lookup, hence about 1x. Fix: skip the lookup unless the thread has one pending " +
   '(a per-task flag in task-local storage, set only by the two nested-state commands).';
 
 export const MISS_NOTES: Record<string, string> = {
@@ -16,36 +18,45 @@ export const MISS_NOTES: Record<string, string> = {
   tp_memcg_lruvec_state: ON_FLOOR,
   btf_count_memcg_events: ON_FLOOR,
   tp_count_memcg_events: ON_FLOOR,
-  tp_sys_enter_ioctl: 'fires on every ioctl on the host; on KVM_RUN it looks up the thread\'s pending userspace exit and ' +
+  tp_sys_enter_ioctl:
+    "fires on every ioctl on the host; on KVM_RUN it looks up the thread's pending userspace exit and " +
     'adds the time spent in userspace to the per-VM, per-reason log2 histogram (two hash operations). Fix: keep the pending ' +
     'half in task-local storage (bpf_task_storage_get) instead of a hash keyed by thread id.',
   tp_sys_exit_ioctl: IOCTL_EXIT,
-  tp_irq_sys_exit_ioctl: 'the kvm_irq family\'s own program on the same hook: ' + IOCTL_EXIT +
-    ' Sharing one ioctl program between the kvm and kvm_irq families would also halve the hook\'s dispatch.',
-  tp_irq_sys_enter_ioctl: '(kvm_irq family) on every KVM_RUN resolves the vCPU fd to its struct kvm (fd table -> file -> ' +
-    'private_data through probe reads, then vcpu->kvm and vcpu_id) and rewrites the thread\'s irq_ctx LRU entry, so every exit ' +
-    'to the VMM pays it; the kvm family\'s tp_sys_enter_ioctl runs on the same hook. Fix: resolve a thread\'s VM once and reuse it ' +
+  tp_irq_sys_exit_ioctl:
+    "the kvm_irq family's own program on the same hook: " +
+    IOCTL_EXIT +
+    " Sharing one ioctl program between the kvm and kvm_irq families would also halve the hook's dispatch.",
+  tp_irq_sys_enter_ioctl:
+    '(kvm_irq family) on every KVM_RUN resolves the vCPU fd to its struct kvm (fd table -> file -> ' +
+    "private_data through probe reads, then vcpu->kvm and vcpu_id) and rewrites the thread's irq_ctx LRU entry, so every exit " +
+    "to the VMM pays it; the kvm family's tp_sys_enter_ioctl runs on the same hook. Fix: resolve a thread's VM once and reuse it " +
     'while the fd and tgid match (task-local storage), and share one ioctl program with the kvm family.',
-  btf_kvm_userspace_exit: 'a lookup-or-insert of the per-VM, per-reason counter plus an update of the thread\'s pending ' +
+  btf_kvm_userspace_exit:
+    "a lookup-or-insert of the per-VM, per-reason counter plus an update of the thread's pending " +
     'half (two hash operations per exit). Fix: task-local storage for the pending half.',
-  tp_kvm_userspace_exit: 'as btf_kvm_userspace_exit, plus the classic tracepoint\'s record copy.',
-  btf_kvm_pio: 'one lookup-or-insert of the per-VM counters per exit; bpftrace\'s count() is one per-CPU hash update, ' +
+  tp_kvm_userspace_exit: "as btf_kvm_userspace_exit, plus the classic tracepoint's record copy.",
+  btf_kvm_pio:
+    "one lookup-or-insert of the per-VM counters per exit; bpftrace's count() is one per-CPU hash update, " +
     'the same kind of work, so the ratio sits near 0.5 (above the floor hvwatch spends about a third of bpftrace).',
   tp_kvm_pio: 'as btf_kvm_pio on the classic tracepoint.',
   btf_kvm_emulate_insn: 'as btf_kvm_pio (it fires about three times per port write here).',
-  tp_kvm_emulate_insn: 'as btf_kvm_emulate_insn, plus the classic tracepoint\'s record copy of a larger event.',
-  btf_folio_wait_writeback: 'walks task -> css_set -> css -> cgroup -> kernfs_node for the waiter\'s memcg (dependent ' +
+  tp_kvm_emulate_insn: "as btf_kvm_emulate_insn, plus the classic tracepoint's record copy of a larger event.",
+  btf_folio_wait_writeback:
+    "walks task -> css_set -> css -> cgroup -> kernfs_node for the waiter's memcg (dependent " +
     'loads, cold for a task that just woke) and looks up the per-memcg stats. It fires about once per 50 written pages, ' +
     'so its share of a workload stays tiny (see the estimates in section 2). Fix: cache the memcg id per task ' +
     '(task-local storage), or bpf_get_current_cgroup_id() on cgroup v2 hosts.',
   tp_folio_wait_writeback: 'the same walk through bpf_probe_read_kernel (no BTF pointers on the classic tracepoint).',
   btf_wait_writeback_begin: '(hot tier) the memcg walk plus a wb_waits hash update per wait start.',
-  btf_wait_sched_switch: '(hot tier) runs on every context switch on the host and looks up both the outgoing and the ' +
+  btf_wait_sched_switch:
+    '(hot tier) runs on every context switch on the host and looks up both the outgoing and the ' +
     'incoming thread in wb_waits; bpftrace\'s equivalent looks up only the incoming one. Fix: a per-task "waiting" flag ' +
     'in task-local storage checked before any hash lookup.',
-  bench_race_cycle: 'the per-folio LRU-hash insert and delete, the state lookups and a per-memcg stats lookup on most ' +
+  bench_race_cycle:
+    'the per-folio LRU-hash insert and delete, the state lookups and a per-memcg stats lookup on most ' +
     'events (nine map operations per four events). On a live fentry hook the floor is the trampoline, not the test-run ' +
     'loop, so this ratio overstates it.',
-  bench_exit_entry: 'a lookup-or-insert of the per-VM, per-reason counter and the thread\'s pending half on exit, two ' +
-    'lookups and a histogram update on entry.',
+  bench_exit_entry:
+    "a lookup-or-insert of the per-VM, per-reason counter and the thread's pending half on exit, two " + 'lookups and a histogram update on entry.',
 };

@@ -30,23 +30,33 @@ agent.start();
 // would measure the boot (the ring holds ~33 ms at 100,000/s), not the reader.
 await (agent.source as LiveSource).eventsReady();
 const families = agent.loader.families.filter((f) => f.spec.events);
-const ids = Object.fromEntries(families.map((f) => [f.spec.name, {
-  events: mapId(f.maps.get(f.spec.events!.map)!.fd),
-  eventsSize: f.maps.get(f.spec.events!.map)!.maxEntries,
-  errors: f.maps.has('hv_errors') ? mapId(f.maps.get('hv_errors')!.fd) : undefined,
-  object: f.path,
-  struct: f.spec.events!.struct,
-}]));
+const ids = Object.fromEntries(
+  families.map((f) => [
+    f.spec.name,
+    {
+      events: mapId(f.maps.get(f.spec.events!.map)!.fd),
+      eventsSize: f.maps.get(f.spec.events!.map)!.maxEntries,
+      errors: f.maps.has('hv_errors') ? mapId(f.maps.get('hv_errors')!.fd) : undefined,
+      object: f.path,
+      struct: f.spec.events!.struct,
+    },
+  ]),
+);
 process.stdout.write(JSON.stringify({ ready: true, families: ids }) + '\n');
 
 const rl = createInterface({ input: process.stdin });
 rl.on('line', (line) => {
   if (line === 'stats') {
     void agent.collect().then(() => {
-      const out = Object.fromEntries(families.map((f) => [f.spec.name, {
-        received: agent.store.get(M.ringbufEvents, { family: f.spec.name })?.value ?? 0,
-        dropped: agent.store.get(M.ringbufDropped, { family: f.spec.name })?.value ?? 0,
-      }]));
+      const out = Object.fromEntries(
+        families.map((f) => [
+          f.spec.name,
+          {
+            received: agent.store.get(M.ringbufEvents, { family: f.spec.name })?.value ?? 0,
+            dropped: agent.store.get(M.ringbufDropped, { family: f.spec.name })?.value ?? 0,
+          },
+        ]),
+      );
       process.stdout.write(JSON.stringify({ cpuMs: procCpuMs('self'), families: out, races: agent.races.length }) + '\n');
     });
   } else if (line === 'quit') {

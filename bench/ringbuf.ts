@@ -17,14 +17,27 @@ import { BENCH_DIR, compileBpf, progress, REPO_ROOT, type Scratch } from './comm
 const koffi = createRequire(import.meta.url)('koffi') as typeof import('koffi');
 const mapFdById = koffi.load('libbpf.so.1').func('int bpf_map_get_fd_by_id(uint32_t id)');
 
-interface FamilyIds { events: number; eventsSize: number; errors?: number; object: string; struct: string }
-interface ChildStats { cpuMs: number; races: number; families: Record<string, { received: number; dropped: number }> }
+interface FamilyIds {
+  events: number;
+  eventsSize: number;
+  errors?: number;
+  object: string;
+  struct: string;
+}
+interface ChildStats {
+  cpuMs: number;
+  races: number;
+  families: Record<string, { received: number; dropped: number }>;
+}
 
 class Child {
   private readonly lines: string[] = [];
   private waiters: ((l: string) => void)[] = [];
   readonly exited: Promise<number | null>;
-  private constructor(readonly proc: ChildProcess, readonly logFile: string) {
+  private constructor(
+    readonly proc: ChildProcess,
+    readonly logFile: string,
+  ) {
     createInterface({ input: proc.stdout! }).on('line', (l) => {
       const w = this.waiters.shift();
       if (w) w(l);
@@ -36,7 +49,8 @@ class Child {
   static start(logFile: string, logLevel: string): Child {
     const fd = fs.openSync(logFile, 'w');
     const proc = spawn(process.execPath, [path.join(REPO_ROOT, 'dist/bench/ringbuf-child.js')], {
-      stdio: ['pipe', 'pipe', fd], env: { ...process.env, HVWATCH_LOG_LEVEL: logLevel },
+      stdio: ['pipe', 'pipe', fd],
+      env: { ...process.env, HVWATCH_LOG_LEVEL: logLevel },
     });
     fs.closeSync(fd);
     return new Child(proc, logFile);
@@ -47,7 +61,10 @@ class Child {
     if (l !== undefined) return Promise.resolve(l);
     return new Promise((resolve, reject) => {
       const t = setTimeout(() => reject(new Error(`ring-buffer agent: no answer in ${timeoutMs} ms; its log ends: ${this.logTail()}`)), timeoutMs);
-      this.waiters.push((x) => { clearTimeout(t); resolve(x); });
+      this.waiters.push((x) => {
+        clearTimeout(t);
+        resolve(x);
+      });
     });
   }
 
@@ -57,7 +74,11 @@ class Child {
   }
 
   logTail(): string {
-    try { return fs.readFileSync(this.logFile, 'utf8').trim().split('\n').slice(-2).join(' | '); } catch { return ''; }
+    try {
+      return fs.readFileSync(this.logFile, 'utf8').trim().split('\n').slice(-2).join(' | ');
+    } catch {
+      return '';
+    }
   }
 
   async stop(): Promise<void> {
@@ -72,7 +93,11 @@ class Child {
 class Emitter {
   private readonly args = Buffer.alloc(40);
   private seq = 0;
-  private constructor(private readonly obj: BpfObject, private readonly prog: BpfProgram, private readonly fds: number[]) {}
+  private constructor(
+    private readonly obj: BpfObject,
+    private readonly prog: BpfProgram,
+    private readonly fds: number[],
+  ) {}
 
   static create(scratch: Scratch, ids: FamilyIds): { em: Emitter; recordSize: number } {
     const objPath = path.join(scratch.dir, 'ringbuf_emit.bpf.o');
@@ -242,7 +267,16 @@ async function ringbufOnce(scratch: Scratch, quick: boolean, logLevel: string, o
           const received = s1.families[family]!.received - s0.families[family]!.received;
           const droppedCounted = s1.families[family]!.dropped - s0.families[family]!.dropped;
           res.phases.push({
-            name, logLevel, targetRate: rate, seconds: emitS, attempted, laggedEvents: lagged, sent, refused, received, droppedCounted,
+            name,
+            logLevel,
+            targetRate: rate,
+            seconds: emitS,
+            attempted,
+            laggedEvents: lagged,
+            sent,
+            refused,
+            received,
+            droppedCounted,
             unexplained: attempted - received - droppedCounted,
             decodedPerS: received / drainS,
             cpuUsPerEvent: ((s1.cpuMs - s0.cpuMs) * 1000) / Math.max(1, received),

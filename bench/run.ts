@@ -42,16 +42,19 @@ export const TARGET = {
 type Verdict = 'pass' | 'miss' | 'inconclusive' | 'n/a';
 
 // Filled in from the measured composition of the exposition when the text target is missed.
-const TEXT_SHRINK_WHY = 'Each bench cgroup has three counters and two histograms whose classic form (every 4th power of two, catalog CLASSIC_STEP) is 7 and 4 buckets ' +
-  'plus +Inf, _sum and _count: 22 lines a cgroup, about 2 kB with its ~40-byte cgroup label, against the baseline\'s 61. 5x (about 12 lines) would leave one ' +
+const TEXT_SHRINK_WHY =
+  'Each bench cgroup has three counters and two histograms whose classic form (every 4th power of two, catalog CLASSIC_STEP) is 7 and 4 buckets ' +
+  "plus +Inf, _sum and _count: 22 lines a cgroup, about 2 kB with its ~40-byte cgroup label, against the baseline's 61. 5x (about 12 lines) would leave one " +
   'finite bucket per histogram; native histograms are the fleet answer (the protobuf row). gzip, which Prometheus always accepts, would shrink the bytes on ' +
   'the wire, not the samples stored.';
 
-const P99_WHY = 'What a collection still does at this scale (in-process profile, docs/cost.md): memory.stat reads (~7 ms: the new cgroups and the ' +
+const P99_WHY =
+  'What a collection still does at this scale (in-process profile, docs/cost.md): memory.stat reads (~7 ms: the new cgroups and the ' +
   'oldest eighth), /proc/PID/stat reads proving each VMM is the same process (~4 ms), the batched map syscalls (~6 ms); unchanged map entries and ' +
-  'protobuf series are reused, not recomputed. The rest of p99 is V8 GC and, on this shared 2-CPU machine, other jobs (compare the baseline\'s p99 ' +
+  "protobuf series are reused, not recomputed. The rest of p99 is V8 GC and, on this shared 2-CPU machine, other jobs (compare the baseline's p99 " +
   'across runs). Fix: move the memory.stat refresh and the VMM liveness checks onto a bounded background timer that record/replay also captures.';
-const RSS_WHY = 'bin/hvwatch runs Node with MALLOC_ARENA_MAX=1 and --max-semi-space-size=1 (~-45 MB idle). What is left: ~42 MB of the node binary\'s own ' +
+const RSS_WHY =
+  "bin/hvwatch runs Node with MALLOC_ARENA_MAX=1 and --max-semi-space-size=1 (~-45 MB idle). What is left: ~42 MB of the node binary's own " +
   'pages, the live JS heap (~12 MB idle, ~31 MB at this scale), V8 and malloc pages held between GCs; the peak (VmHWM) includes the scale-up, when ' +
   '2,000 cgroups and 200 VMs are first resolved. Run to run ±20 MB here.';
 
@@ -68,7 +71,11 @@ function signTest(ratios: number[], target: number): Verdict {
   const n = ratios.length;
   if (!n) return 'n/a';
   const k = ratios.filter((q) => q > target).length;
-  const choose = (a: number, b: number): number => { let c = 1; for (let i = 0; i < b; i++) c = (c * (a - i)) / (i + 1); return c; };
+  const choose = (a: number, b: number): number => {
+    let c = 1;
+    for (let i = 0; i < b; i++) c = (c * (a - i)) / (i + 1);
+    return c;
+  };
   let low = 0;
   let high = 0;
   for (let i = 0; i <= n; i++) {
@@ -129,21 +136,30 @@ function estimate(k: KernelCostResult, config: string, load: 'fault' | 'fsync' |
 
 // ---- the target summary ----
 
-interface TargetRow { target: string; measured: string; verdict: Verdict; why?: string }
+interface TargetRow {
+  target: string;
+  measured: string;
+  verdict: Verdict;
+  why?: string;
+}
 
 function targetRows(r: Results): TargetRow[] {
   const rows: TargetRow[] = [];
   if (r.kernel.ok || r.testRun.ok) {
     const kr = r.kernel.ok ? r.kernel.value.rows : [];
     const tr = r.testRun.ok ? r.testRun.value.rows : [];
-    const floorMiss = [...kr.filter((q) => q.ratioFloor > TARGET.vsFloor).map((q) => `${q.program} ${x(q.ratioFloor)}`),
-      ...tr.filter((q) => q.ratio > TARGET.vsFloor).map((q) => `${q.program} (test-run) ${x(q.ratio)}`)];
+    const floorMiss = [
+      ...kr.filter((q) => q.ratioFloor > TARGET.vsFloor).map((q) => `${q.program} ${x(q.ratioFloor)}`),
+      ...tr.filter((q) => q.ratio > TARGET.vsFloor).map((q) => `${q.program} (test-run) ${x(q.ratio)}`),
+    ];
     rows.push({
       target: 'each program <= 2x the empty floor on its hook',
       measured: `${kr.length + tr.length - floorMiss.length} of ${kr.length + tr.length} programs within${floorMiss.length ? `; over: ${floorMiss.join(', ')}` : ''}`,
       verdict: floorMiss.length ? 'miss' : 'pass',
-      why: floorMiss.length ? 'The floor here is 60-70 ns (dispatch plus the accounting\'s two clock reads); each hash-map ' +
-        'operation adds about 40-50 ns, so a program doing two or more per event lands over 2x. Per program: "Programs over target" below.' : undefined,
+      why: floorMiss.length
+        ? "The floor here is 60-70 ns (dispatch plus the accounting's two clock reads); each hash-map " +
+          'operation adds about 40-50 ns, so a program doing two or more per event lands over 2x. Per program: "Programs over target" below.'
+        : undefined,
     });
     const withBt = kr.filter((q) => q.ratioBpftrace !== undefined);
     const btMiss = withBt.filter((q) => q.ratioBpftrace! > TARGET.vsBpftrace);
@@ -152,15 +168,22 @@ function targetRows(r: Results): TargetRow[] {
       target: 'each program <= 0.5x its bpftrace equivalent',
       measured: withBt.length
         ? `${withBt.length - btMiss.length} of ${withBt.length} programs with an equivalent within` +
-          (btMiss.length ? `; over: ${btMiss.map((q) => `${q.program} ${x(q.ratioBpftrace)}`).join(', ')} (${onFloor.length} of them against a bpftrace program itself under 2x the floor)` : '')
-        : `no bpftrace column (${r.kernel.ok ? r.kernel.value.bpftrace.why ?? 'no equivalents' : 'in-kernel part failed'})`,
+          (btMiss.length
+            ? `; over: ${btMiss.map((q) => `${q.program} ${x(q.ratioBpftrace)}`).join(', ')} (${onFloor.length} of them against a bpftrace program itself under 2x the floor)`
+            : '')
+        : `no bpftrace column (${r.kernel.ok ? (r.kernel.value.bpftrace.why ?? 'no equivalents') : 'in-kernel part failed'})`,
       verdict: withBt.length ? (btMiss.length ? 'miss' : 'pass') : 'n/a',
-      why: btMiss.length ? `${onFloor.length} of the ${btMiss.length} are against bpftrace programs that themselves cost under 2x the floor: ` +
-        'when both tools sit near the floor no ratio can reach 0.5, and "above floor" (section 1) is the fair comparison. Per program: "Programs over target" below.' : undefined,
+      why: btMiss.length
+        ? `${onFloor.length} of the ${btMiss.length} are against bpftrace programs that themselves cost under 2x the floor: ` +
+          'when both tools sit near the floor no ratio can reach 0.5, and "above floor" (section 1) is the fair comparison. Per program: "Programs over target" below.'
+        : undefined,
     });
   }
   if (r.slowdown.ok) {
-    for (const [load, t] of [['fault', TARGET.fault], ['fsync', TARGET.fsync]] as const) {
+    for (const [load, t] of [
+      ['fault', TARGET.fault],
+      ['fsync', TARGET.fsync],
+    ] as const) {
       const row = r.slowdown.value.rows.find((q) => q.load === load && q.setup === 'default')!;
       const v = signTest(row.ratios, t);
       const over = row.ratios.filter((q) => q > t).length;
@@ -168,10 +191,13 @@ function targetRows(r: Results): TargetRow[] {
         target: `default probe set <= ${pct(t)} on ${load === 'fault' ? 'the page-fault loop' : "fsync'd writes in a memory cgroup"}`,
         measured: `median ${pct(row.ratio)} (rounds ${pct(row.min)} .. ${pct(row.max)}; ${over}/${row.ratios.length} rounds over)${estimateText(r, load)}`,
         verdict: v,
-        why: v === 'pass' ? undefined : v === 'inconclusive'
-          ? `The per-round spread (${pct(row.min)} .. ${pct(row.max)}) of this shared 2-CPU machine is far wider than the target, so ${row.ratios.length} rounds cannot resolve it; ` +
-            'the in-kernel estimate is the better guide. Fix: more rounds on an idle host with pinned CPUs.'
-          : `The in-kernel estimate says what the programs themselves add; the rest is this machine's noise or effects off the measured task. Fix: see the programs on this workload's hooks in section 1.`,
+        why:
+          v === 'pass'
+            ? undefined
+            : v === 'inconclusive'
+              ? `The per-round spread (${pct(row.min)} .. ${pct(row.max)}) of this shared 2-CPU machine is far wider than the target, so ${row.ratios.length} rounds cannot resolve it; ` +
+                'the in-kernel estimate is the better guide. Fix: more rounds on an idle host with pinned CPUs.'
+              : `The in-kernel estimate says what the programs themselves add; the rest is this machine's noise or effects off the measured task. Fix: see the programs on this workload's hooks in section 1.`,
       });
     }
   }
@@ -192,7 +218,8 @@ function targetRows(r: Results): TargetRow[] {
     const base = a.runs.find((q) => q.label === 'baseline');
     const at = (run: AgentRun | undefined, f: 'text' | 'protobuf'): ScrapeStats | undefined => run?.scale.find((q) => q.format === f);
     const [pb, tx, bt] = [at(ours, 'protobuf')!, at(ours, 'text')!, at(base, 'text')];
-    const vs = (now: number, then: number | undefined, unit: string): string => (then === undefined ? '' : `; baseline ${f1(then)}${unit}, ${x(then / now)} less`);
+    const vs = (now: number, then: number | undefined, unit: string): string =>
+      then === undefined ? '' : `; baseline ${f1(then)}${unit}, ${x(then / now)} less`;
     const scaleNote = `at ${ours.cgroupLabels} cgroups x ${ours.vmLabels} VMs in the exposition${full ? '' : ' (--quick: reduced scale)'}`;
     const judge = (ok: boolean): Verdict => (!full ? 'n/a' : ok ? 'pass' : 'miss');
     rows.push({
@@ -213,13 +240,16 @@ function targetRows(r: Results): TargetRow[] {
     });
     rows.push({
       target: `classic text >= ${TARGET.textShrink}x smaller than the baseline's`,
-      measured: bt ? `${mib(tx.bytes)} and ${int(tx.samples)} samples vs ${mib(bt.bytes)} and ${int(bt.samples)}: ${x(bt.bytes / tx.bytes)} smaller in bytes, ${x(bt.samples / tx.samples)} in samples` : `no baseline: ${a.baselineWhy}`,
+      measured: bt
+        ? `${mib(tx.bytes)} and ${int(tx.samples)} samples vs ${mib(bt.bytes)} and ${int(bt.samples)}: ${x(bt.bytes / tx.bytes)} smaller in bytes, ${x(bt.samples / tx.samples)} in samples`
+        : `no baseline: ${a.baselineWhy}`,
       verdict: !bt ? 'n/a' : judge(bt.bytes / tx.bytes >= TARGET.textShrink),
       why: bt && full && bt.bytes / tx.bytes < TARGET.textShrink ? TEXT_SHRINK_WHY : undefined,
     });
     rows.push({
       target: `agent RSS <= ${TARGET.rssIdleMiB} MB idle and <= ${TARGET.rssPeakMiB} MB during the scrapes at scale`,
-      measured: `idle ${f1(ours.idleRssMiB)} MiB, at scale ${f1(ours.rssMiB)} MiB, peak (VmHWM) ${f1(ours.peakRssMiB)} MiB` +
+      measured:
+        `idle ${f1(ours.idleRssMiB)} MiB, at scale ${f1(ours.rssMiB)} MiB, peak (VmHWM) ${f1(ours.peakRssMiB)} MiB` +
         (base ? `; baseline idle ${f1(base.idleRssMiB)}, at scale ${f1(base.rssMiB)}, peak ${f1(base.peakRssMiB)} MiB` : ''),
       verdict: ours.idleRssMiB <= TARGET.rssIdleMiB && ours.peakRssMiB <= TARGET.rssPeakMiB ? 'pass' : 'miss',
       why: ours.idleRssMiB > TARGET.rssIdleMiB || ours.peakRssMiB > TARGET.rssPeakMiB ? RSS_WHY : undefined,
@@ -228,7 +258,8 @@ function targetRows(r: Results): TargetRow[] {
       target: `ready (launch -> /readyz 200) <= ${TARGET.readyMs / 1000} s`,
       measured: `median ${int(a.startup.medianMs)} ms, max ${int(a.startup.maxMs)} ms over ${a.startup.trialsMs.length} launches`,
       verdict: a.startup.maxMs <= TARGET.readyMs ? 'pass' : 'miss',
-      why: a.startup.maxMs > TARGET.readyMs ? 'Start-up loads every family\'s BPF objects (verifier) and parses BTF; see the RSS row for the BTF cost.' : undefined,
+      why:
+        a.startup.maxMs > TARGET.readyMs ? "Start-up loads every family's BPF objects (verifier) and parses BTF; see the RSS row for the BTF cost." : undefined,
     });
   }
   if (r.ringbuf.ok) {
@@ -239,24 +270,33 @@ function targetRows(r: Results): TargetRow[] {
       rows.push({
         target: `ring buffer (${rb.family}): 0 unexplained losses at 100,000 events/s`,
         measured: at.length
-          ? at.map((q) => `log level ${q.logLevel}: ${int(q.attempted)} sent in ${q.seconds.toFixed(1)} s, ${int(q.received)} decoded + ${int(q.droppedCounted)} counted drops, ${int(q.unexplained)} unexplained`).join('; ')
+          ? at
+              .map(
+                (q) =>
+                  `log level ${q.logLevel}: ${int(q.attempted)} sent in ${q.seconds.toFixed(1)} s, ${int(q.received)} decoded + ${int(q.droppedCounted)} counted drops, ${int(q.unexplained)} unexplained`,
+              )
+              .join('; ')
           : `not measured: ${rb.why}`,
         verdict: !at.length ? 'n/a' : bad.length ? 'miss' : 'pass',
-        why: bad.length ? 'Events neither decoded nor counted as dropped: the reader lost them after the kernel accepted them (a bug to chase in bpf/ringbuf.ts).' : undefined,
+        why: bad.length
+          ? 'Events neither decoded nor counted as dropped: the reader lost them after the kernel accepted them (a bug to chase in bpf/ringbuf.ts).'
+          : undefined,
       });
       if (p) {
         const q = at.find((z) => z.logLevel !== 'info');
         rows.push({
           target: `ring buffer (${rb.family}): decode keeps up with 100,000 events/s (no drops at all)`,
-          measured: `as shipped (log level info): ${int(p.decodedPerS)} events/s decoded, ${int(p.droppedCounted)} dropped, ${p.cpuUsPerEvent.toFixed(1)} µs CPU per event` +
+          measured:
+            `as shipped (log level info): ${int(p.decodedPerS)} events/s decoded, ${int(p.droppedCounted)} dropped, ${p.cpuUsPerEvent.toFixed(1)} µs CPU per event` +
             (q ? `; log level error: ${int(q.decodedPerS)} events/s, ${int(q.droppedCounted)} dropped, ${q.cpuUsPerEvent.toFixed(1)} µs per event` : ''),
           verdict: p.droppedCounted === 0 ? 'pass' : 'miss',
-          why: p.droppedCounted !== 0
-            ? `The drops are counted (hvwatch_ringbuf_dropped_events_total), not lost silently. The agent spends ${p.cpuUsPerEvent.toFixed(1)} µs of CPU per event as shipped` +
-              (q ? ` and ${q.cpuUsPerEvent.toFixed(1)} µs at log level error` : '') +
-              '. The worker drains the ring from its mmap; drops at this rate mean it did not run for longer than the ring holds ' +
-              '(262,144 bytes: ~33 ms of 80-byte records at 100,000/s), e.g. descheduled on a loaded machine: size the ring for the burst.'
-            : undefined,
+          why:
+            p.droppedCounted !== 0
+              ? `The drops are counted (hvwatch_ringbuf_dropped_events_total), not lost silently. The agent spends ${p.cpuUsPerEvent.toFixed(1)} µs of CPU per event as shipped` +
+                (q ? ` and ${q.cpuUsPerEvent.toFixed(1)} µs at log level error` : '') +
+                '. The worker drains the ring from its mmap; drops at this rate mean it did not run for longer than the ring holds ' +
+                '(262,144 bytes: ~33 ms of 80-byte records at 100,000/s), e.g. descheduled on a loaded machine: size the ring for the burst.'
+              : undefined,
         });
       }
       const max = rb.phases.filter((q) => q.targetRate === undefined);
@@ -264,7 +304,12 @@ function targetRows(r: Results): TargetRow[] {
         const best = max.reduce((a, b) => (b.decodedPerS > a.decodedPerS ? b : a));
         rows.push({
           target: `ring buffer (${rb.family}): >= 1,000,000 events/s decoded on one core, every event accounted for`,
-          measured: max.map((q) => `log level ${q.logLevel}: ${int(q.decodedPerS)} events/s decoded, ${q.cpuUsPerEvent.toFixed(2)} µs CPU per event (worker + main thread), ${int(q.droppedCounted)} counted drops, ${int(q.unexplained)} unexplained`).join('; '),
+          measured: max
+            .map(
+              (q) =>
+                `log level ${q.logLevel}: ${int(q.decodedPerS)} events/s decoded, ${q.cpuUsPerEvent.toFixed(2)} µs CPU per event (worker + main thread), ${int(q.droppedCounted)} counted drops, ${int(q.unexplained)} unexplained`,
+            )
+            .join('; '),
           verdict: best.decodedPerS >= 1_000_000 && max.every((q) => q.cpuUsPerEvent <= 1 && q.unexplained === 0) ? 'pass' : 'miss',
           why: max.some((q) => q.unexplained !== 0) ? 'Events neither decoded nor counted as dropped at the maximum rate.' : undefined,
         });
@@ -290,17 +335,19 @@ function peerText(g: GuestResult): string {
 
 /** What the default set's programs do per port write, from the in-kernel table. */
 function guestWhy(r: Results): string {
-  if (!r.kernel.ok || !r.guest.ok) return 'See section 1 for the KVM programs\' cost per event.';
+  if (!r.kernel.ok || !r.guest.ok) return "See section 1 for the KVM programs' cost per event.";
   const per = r.kernel.value.rows
     .filter((q) => q.configs.includes('default') && (q.perLoad.guest?.perUnit ?? 0) >= 0.5)
     .map((q) => ({ p: q.program, n: q.perLoad.guest!.perUnit, ns: q.perLoad.guest!.perUnit * q.perLoad.guest!.hvwatchNs }))
     .sort((a, b) => b.ns - a.ns);
   const total = per.reduce((s, q) => s + q.ns, 0);
   const exitUs = (Math.min(...r.guest.value.ms.baseline) * 1e3) / r.guest.value.writes;
-  return `Each port write is one exit to the VMM (${exitUs.toFixed(1)} µs here), and the default set runs ${per.reduce((s, q) => s + q.n, 0).toFixed(1)} programs on it: ` +
+  return (
+    `Each port write is one exit to the VMM (${exitUs.toFixed(1)} µs here), and the default set runs ${per.reduce((s, q) => s + q.n, 0).toFixed(1)} programs on it: ` +
     `${per.map((q) => `${q.p} ${q.n.toFixed(1)}x ${f1(q.ns)} ns`).join(', ')}; ${f1(total)} ns per write in all, with the floor's dispatch. ` +
     'A hook shared by several families runs one attached program (the others by tail call, counted in its time). ' +
-    'Fix: fewer programs per exit (kvm_userspace_exit and the ioctl pair could share one per-thread record), or cheaper ones (see "Programs over target").';
+    'Fix: fewer programs per exit (kvm_userspace_exit and the ioctl pair could share one per-thread record), or cheaper ones (see "Programs over target").'
+  );
 }
 
 function estimateText(r: Results, load: 'fault' | 'fsync' | 'guest'): string {
@@ -326,8 +373,10 @@ function costTable(k: KernelCostResult): string {
   for (const r of k.rows) {
     const vf = r.ratioFloor <= TARGET.vsFloor ? 'pass' : 'miss';
     const vb = r.ratioBpftrace === undefined ? `n/a (${r.bpftraceWhy})` : `${x(r.ratioBpftrace)} ${r.ratioBpftrace <= TARGET.vsBpftrace ? 'pass' : 'miss'}`;
-    lines.push(`| ${r.family} | ${r.probe} | ${r.program} | ${r.hook} | ${r.configs.join(', ')} | ${int(r.events)} | ${f1(r.hvwatchNs)} | ${f1(r.floorNs)} | ` +
-      `${x(r.ratioFloor)} ${vf} | ${f1(r.bpftraceNs)} | ${vb} | ${f1(r.hvwatchAboveFloorNs)} / ${f1(r.bpftraceAboveFloorNs)} |`);
+    lines.push(
+      `| ${r.family} | ${r.probe} | ${r.program} | ${r.hook} | ${r.configs.join(', ')} | ${int(r.events)} | ${f1(r.hvwatchNs)} | ${f1(r.floorNs)} | ` +
+        `${x(r.ratioFloor)} ${vf} | ${f1(r.bpftraceNs)} | ${vb} | ${f1(r.hvwatchAboveFloorNs)} / ${f1(r.bpftraceAboveFloorNs)} |`,
+    );
   }
   return lines.join('\n');
 }
@@ -338,8 +387,10 @@ function testRunTable(t: TestRunResult): string {
     '|---|---|---|---:|---:|---:|---:|---|',
   ];
   for (const r of t.rows) {
-    lines.push(`| ${r.family} | ${r.program} | ${int(r.repeat)} x ${r.trials} | ${f1(r.nsPerRun)} | ${r.eventsPerRun}${r.eventsPerRunKnown ? '' : ' (assumed)'} | ` +
-      `${f1(r.nsPerEvent)} | ${f1(r.floorNs)} | ${x(r.ratio)} ${r.ratio <= TARGET.vsFloor ? 'pass' : 'miss'} |`);
+    lines.push(
+      `| ${r.family} | ${r.program} | ${int(r.repeat)} x ${r.trials} | ${f1(r.nsPerRun)} | ${r.eventsPerRun}${r.eventsPerRunKnown ? '' : ' (assumed)'} | ` +
+        `${f1(r.nsPerEvent)} | ${f1(r.floorNs)} | ${x(r.ratio)} ${r.ratio <= TARGET.vsFloor ? 'pass' : 'miss'} |`,
+    );
   }
   return lines.join('\n');
 }
@@ -351,7 +402,8 @@ function slowdownTable(r: Results): string {
     '|---|---|---:|---:|---|---:|---|---|---:|---:|',
   ];
   const name = { fault: 'page-fault loop', fsync: "fsync'd writes (memory cgroup)", churn: 'memory-cgroup churn' } as const;
-  const target = (row: SlowdownRow): number | undefined => (row.setup !== 'default' ? undefined : row.load === 'fault' ? TARGET.fault : row.load === 'fsync' ? TARGET.fsync : undefined);
+  const target = (row: SlowdownRow): number | undefined =>
+    row.setup !== 'default' ? undefined : row.load === 'fault' ? TARGET.fault : row.load === 'fsync' ? TARGET.fsync : undefined;
   for (const row of s?.rows ?? []) {
     const base = row.setup === 'baseline';
     const t = target(row);
@@ -361,25 +413,35 @@ function slowdownTable(r: Results): string {
       const e = estimate(r.kernel.value, row.setup, row.load, (b.medianMs * 1e6) / s!.pagesPerRun[row.load]);
       est = e === undefined ? '' : pct(e);
     }
-    lines.push(`| ${name[row.load]} | ${row.label} | ${row.medianMs.toFixed(1)} ms ${row.metric === 'cpu' ? 'CPU' : 'wall'} | ` +
-      `${base ? '1 (reference)' : pct(row.ratio)} | ${base ? '' : `${pct(row.min)} .. ${pct(row.max)}`} | ${row.ratios.length} | ` +
-      `${t ? `<= ${pct(t)}` : ''} | ${t ? `${signTest(row.ratios, t)} (${row.ratios.filter((q) => q > t).length} over)` : ''} | ${base ? '' : pct(row.wallRatio)} | ${est} |`);
+    lines.push(
+      `| ${name[row.load]} | ${row.label} | ${row.medianMs.toFixed(1)} ms ${row.metric === 'cpu' ? 'CPU' : 'wall'} | ` +
+        `${base ? '1 (reference)' : pct(row.ratio)} | ${base ? '' : `${pct(row.min)} .. ${pct(row.max)}`} | ${row.ratios.length} | ` +
+        `${t ? `<= ${pct(t)}` : ''} | ${t ? `${signTest(row.ratios, t)} (${row.ratios.filter((q) => q > t).length} over)` : ''} | ${base ? '' : pct(row.wallRatio)} | ${est} |`,
+    );
   }
   if (r.guest.ok) {
     const g = r.guest.value;
     const med = (a: number[]): number => [...a].sort((p, q) => p - q)[Math.floor(a.length / 2)]!;
     const est = estimateText(r, 'guest').replace('; in-kernel estimate ', '');
-    lines.push(`| /dev/kvm guest, ${int(g.writes)} port writes | no agent | ${med(g.ms.baseline).toFixed(0)} ms guest run | 1 (reference) | | ${g.ms.baseline.length} | | | | |`);
+    lines.push(
+      `| /dev/kvm guest, ${int(g.writes)} port writes | no agent | ${med(g.ms.baseline).toFixed(0)} ms guest run | 1 (reference) | | ${g.ms.baseline.length} | | | | |`,
+    );
     const h = g.ratios.hvwatch;
     const v = h.ratios.length >= 5 ? signTest(h.ratios, TARGET.guest) : `${h.median <= TARGET.guest ? 'pass' : 'miss'} (median; ${h.ratios.length} rounds)`;
-    lines.push(`| /dev/kvm guest, ${int(g.writes)} port writes | default probe set | ${med(g.ms.hvwatch).toFixed(0)} ms guest run | ${pct(h.median)} | ${pct(h.min)} .. ${pct(h.max)} | ${h.ratios.length} | <= ${pct(TARGET.guest)} | ${v} | | ${est} |`);
+    lines.push(
+      `| /dev/kvm guest, ${int(g.writes)} port writes | default probe set | ${med(g.ms.hvwatch).toFixed(0)} ms guest run | ${pct(h.median)} | ${pct(h.min)} .. ${pct(h.max)} | ${h.ratios.length} | <= ${pct(TARGET.guest)} | ${v} | | ${est} |`,
+    );
     if (g.ms.perf.length) {
       const p = g.ratios.perf;
-      lines.push(`| /dev/kvm guest, ${int(g.writes)} port writes | perf kvm stat record (peer) | ${med(g.ms.perf).toFixed(0)} ms guest run | ${pct(p.median)} | ${pct(p.min)} .. ${pct(p.max)} | ${p.ratios.length} | | | | |`);
+      lines.push(
+        `| /dev/kvm guest, ${int(g.writes)} port writes | perf kvm stat record (peer) | ${med(g.ms.perf).toFixed(0)} ms guest run | ${pct(p.median)} | ${pct(p.min)} .. ${pct(p.max)} | ${p.ratios.length} | | | | |`,
+      );
     }
     if (g.ms.bpftrace.length) {
       const p = g.ratios.bpftrace;
-      lines.push(`| /dev/kvm guest, ${int(g.writes)} port writes | bpftrace exits per VM and reason (peer) | ${med(g.ms.bpftrace).toFixed(0)} ms guest run | ${pct(p.median)} | ${pct(p.min)} .. ${pct(p.max)} | ${p.ratios.length} | | | | |`);
+      lines.push(
+        `| /dev/kvm guest, ${int(g.writes)} port writes | bpftrace exits per VM and reason (peer) | ${med(g.ms.bpftrace).toFixed(0)} ms guest run | ${pct(p.median)} | ${pct(p.min)} .. ${pct(p.max)} | ${p.ratios.length} | | | | |`,
+      );
     }
   }
   return lines.join('\n');
@@ -391,7 +453,11 @@ function perfTable(g: GuestResult): string {
   return [
     '| tool | guest slowdown (median, spread) | bytes written | bytes kept in memory |',
     '|---|---|---:|---:|',
-    `| hvwatch, default probe set | ${pct(h.median)} (${pct(h.min)} .. ${pct(h.max)}) | 0 (aggregates stay in BPF maps, read at scrape) | ${mib(g.hvwatchMapBytes)} BPF maps (${Object.entries(g.hvwatchMapBytesByFamily).map(([k, v]) => `${k} ${mib(v)}`).join(', ')}) |`,
+    `| hvwatch, default probe set | ${pct(h.median)} (${pct(h.min)} .. ${pct(h.max)}) | 0 (aggregates stay in BPF maps, read at scrape) | ${mib(g.hvwatchMapBytes)} BPF maps (${Object.entries(
+      g.hvwatchMapBytesByFamily,
+    )
+      .map(([k, v]) => `${k} ${mib(v)}`)
+      .join(', ')}) |`,
     g.perfWhy && !g.ms.perf.length
       ? `| perf kvm stat record | n/a: ${g.perfWhy} | | |`
       : `| \`${g.perfCommand}\` | ${pct(p.median)} (${pct(p.min)} .. ${pct(p.max)}) | ${mib(g.perfDataBytes)} perf.data (${(g.perfDataBytes / g.writes).toFixed(0)} bytes per port write) | perf's ring buffers while recording; the file until \`perf kvm stat report\` |`,
@@ -409,14 +475,24 @@ function agentTable(a: AgentCostResult): string {
     '|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|',
   ];
   for (const run of a.runs) {
-    for (const [state, stats] of [['idle', run.idle], [`${a.scale.cgroups} cgroups x ${a.scale.vms} VMs`, run.scale]] as const) {
+    for (const [state, stats] of [
+      ['idle', run.idle],
+      [`${a.scale.cgroups} cgroups x ${a.scale.vms} VMs`, run.scale],
+    ] as const) {
       for (const s of stats) {
-        lines.push(`| ${run.label} (${run.rev}) | ${state} | ${s.format} | ${int(s.samples)} | ${mib(s.bytes)} | ${s.scrapes} | ${f1(s.p50Ms)} | ${f1(s.p99Ms)} | ${f1(s.maxMs)} | ${f1(s.collectMs)} | ${f1(s.cpuMsPerScrape)} |`);
+        lines.push(
+          `| ${run.label} (${run.rev}) | ${state} | ${s.format} | ${int(s.samples)} | ${mib(s.bytes)} | ${s.scrapes} | ${f1(s.p50Ms)} | ${f1(s.p99Ms)} | ${f1(s.maxMs)} | ${f1(s.collectMs)} | ${f1(s.cpuMsPerScrape)} |`,
+        );
       }
     }
   }
-  lines.push('', '| agent | RSS idle MiB | RSS at scale MiB | peak RSS (VmHWM) MiB | bench cgroups in /metrics | bench VMs in /metrics |', '|---|---:|---:|---:|---:|---:|');
-  for (const run of a.runs) lines.push(`| ${run.label} (${run.rev}) | ${f1(run.idleRssMiB)} | ${f1(run.rssMiB)} | ${f1(run.peakRssMiB)} | ${run.cgroupLabels} | ${run.vmLabels} |`);
+  lines.push(
+    '',
+    '| agent | RSS idle MiB | RSS at scale MiB | peak RSS (VmHWM) MiB | bench cgroups in /metrics | bench VMs in /metrics |',
+    '|---|---:|---:|---:|---:|---:|',
+  );
+  for (const run of a.runs)
+    lines.push(`| ${run.label} (${run.rev}) | ${f1(run.idleRssMiB)} | ${f1(run.rssMiB)} | ${f1(run.peakRssMiB)} | ${run.cgroupLabels} | ${run.vmLabels} |`);
   return lines.join('\n');
 }
 
@@ -428,7 +504,9 @@ function ringTable(rs: RingbufResult[]): string {
   for (const r of rs) {
     if (r.why) lines.push(`| ${r.family} | | not measured: ${r.why} | | | | | | | | | | |`);
     for (const p of r.phases) {
-      lines.push(`| ${r.family} | ${p.logLevel} | ${p.name} | ${p.seconds.toFixed(1)} | ${int(p.attempted)} | ${int(p.laggedEvents ?? 0)} | ${int(p.sent)} | ${int(p.received)} | ${int(p.droppedCounted)} | ${int(p.unexplained)} | ${int(p.decodedPerS)} | ${p.cpuUsPerEvent.toFixed(2)} | ${int(p.logLines)} |`);
+      lines.push(
+        `| ${r.family} | ${p.logLevel} | ${p.name} | ${p.seconds.toFixed(1)} | ${int(p.attempted)} | ${int(p.laggedEvents ?? 0)} | ${int(p.sent)} | ${int(p.received)} | ${int(p.droppedCounted)} | ${int(p.unexplained)} | ${int(p.decodedPerS)} | ${p.cpuUsPerEvent.toFixed(2)} | ${int(p.logLines)} |`,
+      );
     }
   }
   return lines.join('\n');
@@ -446,9 +524,13 @@ function markdown(r: Results): string {
   const g = r.guest.ok ? r.guest.value : undefined;
   const a = r.agent.ok ? r.agent.value : undefined;
   const targets = targetRows(r);
-  const missNotes = k ? k.rows.filter((q) => q.ratioFloor > TARGET.vsFloor || (q.ratioBpftrace ?? 0) > TARGET.vsBpftrace)
-    .map((q) => `- \`${q.program}\` (${x(q.ratioFloor)} its floor, ${x(q.ratioBpftrace)} bpftrace): ${MISS_NOTES[q.program] ?? 'not analysed yet.'}`) : [];
-  for (const q of tr?.rows ?? []) if (q.ratio > TARGET.vsFloor) missNotes.push(`- \`${q.program}\` (test-run, ${x(q.ratio)} its floor): ${MISS_NOTES[q.program] ?? 'not analysed yet.'}`);
+  const missNotes = k
+    ? k.rows
+        .filter((q) => q.ratioFloor > TARGET.vsFloor || (q.ratioBpftrace ?? 0) > TARGET.vsBpftrace)
+        .map((q) => `- \`${q.program}\` (${x(q.ratioFloor)} its floor, ${x(q.ratioBpftrace)} bpftrace): ${MISS_NOTES[q.program] ?? 'not analysed yet.'}`)
+    : [];
+  for (const q of tr?.rows ?? [])
+    if (q.ratio > TARGET.vsFloor) missNotes.push(`- \`${q.program}\` (test-run, ${x(q.ratio)} its floor): ${MISS_NOTES[q.program] ?? 'not analysed yet.'}`);
   return `# hvwatch benchmark results
 
 Machine: ${m.cpus} CPUs (${m.cpuModel}), ${m.memoryGiB} GiB, kernel ${m.kernel}, Node ${m.node}; shared with other jobs.
@@ -464,7 +546,9 @@ ${targets.map((t) => `| ${t.target} | ${t.measured} | **${t.verdict}** | ${t.why
 
 ## 1. In-kernel cost per event
 
-${failed(r.kernel)}${k ? `Every program the agent attached on this kernel (enumerated from the agent, so new families are
+${failed(r.kernel)}${
+    k
+      ? `Every program the agent attached on this kernel (enumerated from the agent, so new families are
 included as they land), in three agent configurations: \`default\`, \`hot-all\` (\`probes.hot: [all]\`)
 and \`tracepoint\` (every probe forced onto its classic-tracepoint candidate, the tier bpftrace
 uses). Each ran next to an empty program on the same hook (generated per hook by
@@ -481,31 +565,49 @@ ${k.silent.length ? `Attached but silent during these workloads (no row): ${k.si
 ${k.notAttached.length ? `Probes that attach nothing on this kernel (hot-all configuration):\n\n${k.notAttached.map((q) => `- \`${q.probe}\` (${q.family}): ${q.why}`).join('\n')}\n` : ''}
 bpftrace programs used:
 
-${Object.values(k.bpftrace.scripts).map((sc) => `    ${sc}`).join('\n') || '    (none)'}
-` : ''}
+${
+  Object.values(k.bpftrace.scripts)
+    .map((sc) => `    ${sc}`)
+    .join('\n') || '    (none)'
+}
+`
+      : ''
+  }
 ### Hooks that cannot attach here: BPF_PROG_TEST_RUN with repeat
 
-${failed(r.testRun)}${tr ? `Each family object's \`SEC("tc") bench_*\` programs run the handlers of its fentry/kprobe-only
+${failed(r.testRun)}${
+    tr
+      ? `Each family object's \`SEC("tc") bench_*\` programs run the handlers of its fentry/kprobe-only
 (or non-firing) hooks under BPF_PROG_TEST_RUN with \`repeat\`, interleaved with an empty
 SEC("tc") program on the same path (median of the trials). **Marked: test-run, not a live hook.**
 On a live fentry hook the floor is the trampoline, not this loop.
 
 ${testRunTable(tr)}
-${tr.uncovered.length ? `\nNot covered by a test-run program: ${tr.uncovered.map((u) => `${u.family} (${u.why})`).join('; ')}.\n` : ''}` : ''}
+${tr.uncovered.length ? `\nNot covered by a test-run program: ${tr.uncovered.map((u) => `${u.family} (${u.why})`).join('; ')}.\n` : ''}`
+      : ''
+  }
 ${missNotes.length ? `### Programs over target\n\n${missNotes.join('\n')}\n` : ''}
 ## 2. Workload slowdown
 
-${failed(r.slowdown)}${s ? `${s.rounds} rounds after a discarded warm-up; each round runs no agent, the default probe
+${failed(r.slowdown)}${
+    s
+      ? `${s.rounds} rounds after a discarded warm-up; each round runs no agent, the default probe
 set, all hot probes and (a reference, not an agent setup) empty programs on the two hot memcg
 hooks, in an order rotated every round. The agent lives in the bench process, attached only for
 its own runs and scraped (collect) every second while a workload runs; BPF run-time stats off.
 The page-fault loop is judged on the driver's CPU time (user + system), the others on wall
 time. Loads: page faults ${s.loads.fault}; fsync'd writes ${s.loads.fsync}
 (to ${r.dataDir}); churn ${s.loads.churn}.
-Attached: default = ${s.attached.default.join(', ')}; hot-all adds ${s.attached['hot-all'].filter((q) => !s.attached.default.includes(q)).join(', ')}.` : ''}
-${failed(r.guest)}${g ? `The guest (test/helpers/kvm-guest.c: ${int(g.writes)} one-byte \`out\` writes, then HLT) ran
+Attached: default = ${s.attached.default.join(', ')}; hot-all adds ${s.attached['hot-all'].filter((q) => !s.attached.default.includes(q)).join(', ')}.`
+      : ''
+  }
+${failed(r.guest)}${
+    g
+      ? `The guest (test/helpers/kvm-guest.c: ${int(g.writes)} one-byte \`out\` writes, then HLT) ran
 ${g.rounds} rounds of no agent / default probe set / \`perf kvm stat record\`, order rotated;
-judged on the guest's own run time (vCPU release to last HLT).` : ''}
+judged on the guest's own run time (vCPU release to last HLT).`
+      : ''
+  }
 Verdicts: a one-sided sign test on the rounds over the target (pass or miss at p < 0.05,
 otherwise inconclusive); under 5 rounds, the median against the target. The in-kernel
 estimate is the attached programs' run time per page (or port write) from section 1 over the
@@ -517,46 +619,74 @@ ${slowdownTable(r)}
 ## 3. Against \`perf kvm stat\`
 
 ${g ? perfTable(g) : failed(r.guest)}
-${g ? `\nperf records every kvm event to perf.data for a later \`perf kvm stat report\`, so its bytes grow
+${
+  g
+    ? `\nperf records every kvm event to perf.data for a later \`perf kvm stat report\`, so its bytes grow
 with the exits (${int(g.perfDataBytes)} bytes for ${int(g.writes)} port writes). hvwatch writes nothing: it keeps per-VM
 aggregates in BPF maps whose memory is allocated at load (hash maps preallocated to
 \`bpf.mapEntries\`, the race state to \`bpf.raceStateEntries\`) and does not grow with the exits; most of
-it is empty slots, which BPF_F_NO_PREALLOC or smaller defaults would give back.` : ''}
+it is empty slots, which BPF_F_NO_PREALLOC or smaller defaults would give back.`
+    : ''
+}
 
 ## 4. The agent itself
 
-${failed(r.agent)}${a ? `\`bin/hvwatch run\` as its own process, config:
+${failed(r.agent)}${
+    a
+      ? `\`bin/hvwatch run\` as its own process, config:
 
-${a.config.trim().split('\n').map((l) => `    ${l}`).join('\n')}
+${a.config
+  .trim()
+  .split('\n')
+  .map((l) => `    ${l}`)
+  .join('\n')}
 
 Start-up (launch -> first 200 from /readyz): ${a.startup.trialsMs.map((t) => `${int(t)} ms`).join(', ')}.
 Scale: ${a.scale.how}; made in ${a.scale.populateS.toFixed(1)} s and ${a.scale.vmsStartS.toFixed(1)} s.
-${a.runs.length > 1 ? `Two agents ran side by side over the same cgroups and VMs: this tree and the baseline revision,
-built from git in this run (bench/baseline.ts; \`--baseline REV\` picks another).` : `No baseline ran: ${a.baselineWhy}.`}
+${
+  a.runs.length > 1
+    ? `Two agents ran side by side over the same cgroups and VMs: this tree and the baseline revision,
+built from git in this run (bench/baseline.ts; \`--baseline REV\` picks another).`
+    : `No baseline ran: ${a.baselineWhy}.`
+}
 Scrapes are sequential GETs of /metrics from the bench process, one agent and format at a time
 in rounds, with the Accept header of Prometheus 2.42 without (text) and with
 (protobuf) --enable-feature=native-histograms; CPU is the agent's utime + stime over its
 scrapes (10 ms ticks) divided by their number.
 
 ${agentTable(a)}
-` : ''}
+`
+      : ''
+  }
 ### Map reads: BPF_MAP_LOOKUP_BATCH against the key-by-key walk
 
-${failed(r.mapRead)}${r.mapRead.ok ? `\`bench/map-read.ts\`: every entry of a real per-CPU hash read with one batched syscall per
+${failed(r.mapRead)}${
+    r.mapRead.ok
+      ? `\`bench/map-read.ts\`: every entry of a real per-CPU hash read with one batched syscall per
 4,096 entries (bpf/libbpf.ts readAll), with the per-CPU fold, with the get_next_key + lookup
 walk it falls back to, and with the per-entry \`entries()\` the agent used before.
 
 ${mapReadMarkdown(r.mapRead.value)}
-` : ''}
+`
+      : ''
+  }
 ### First sight: naming short-lived VMs and cgroups
 
-${failed(r.firstSight)}${r.firstSight.ok ? `\`bench/first-sight.ts\`, rounds interleaved with and without an agent:
+${failed(r.firstSight)}${
+    r.firstSight.ok
+      ? `\`bench/first-sight.ts\`, rounds interleaved with and without an agent:
 
-${firstSightSummary(r.firstSight.value).map((l) => `- ${l}`).join('\n')}
-` : ''}
+${firstSightSummary(r.firstSight.value)
+  .map((l) => `- ${l}`)
+  .join('\n')}
+`
+      : ''
+  }
 ### Ring-buffer decode
 
-${failed(r.ringbuf)}${r.ringbuf.ok ? `An agent process (bench/ringbuf-child.ts: every family loaded, no probe attached, default
+${failed(r.ringbuf)}${
+    r.ringbuf.ok
+      ? `An agent process (bench/ringbuf-child.ts: every family loaded, no probe attached, default
 log level, stderr to a file) reads each event family's ring buffer; this process writes the
 family's event struct into that ring buffer through a BPF program sharing the agent's maps
 (bench/ringbuf_emit.bpf.c via BPF_PROG_TEST_RUN), paced in 2 ms steps, then as fast as it can.
@@ -564,14 +694,17 @@ Accepted + counted drops = attempted; "unexplained" = attempted - decoded - coun
 Ring buffer ${r.ringbuf.value.map((q) => `${q.family}: ${int(q.ringBytes)} bytes, ${q.recordBytes}-byte records`).join('; ')}.
 
 ${ringTable(r.ringbuf.value)}
-` : ''}
+`
+      : ''
+  }
 ${k?.notes.length || s?.notes.length ? `## Notes\n\n${[...(k?.notes ?? []), ...(s?.notes ?? []), ...(k?.rows.filter((q) => q.runCountMismatch).map((q) => `${q.program}: ${q.runCountMismatch}`) ?? [])].map((n) => `- ${n}`).join('\n')}\n` : ''}`;
 }
 
 async function main(): Promise<void> {
   const { values: opts } = parseArgs({
     options: { json: { type: 'boolean' }, quick: { type: 'boolean' }, only: { type: 'string' }, baseline: { type: 'string' } },
-    strict: true, allowPositionals: false,
+    strict: true,
+    allowPositionals: false,
   });
   const json = !!opts.json;
   const quick = !!opts.quick;
@@ -597,12 +730,29 @@ async function main(): Promise<void> {
     const testRun = want('test-run') ? await part('test-run cost', () => testRunCost(scratch, quick)) : await skipped<TestRunResult>('test-run');
     const slowdown = want('slowdown') ? await part('workload slowdown', () => workloadSlowdown(scratch, quick)) : await skipped<SlowdownResult>('slowdown');
     const why = guestUnavailable();
-    const guest: Part<GuestResult> = !want('guest') ? await skipped('guest') : why ? { ok: false, error: why } : await part('guest', () => guestBench(scratch, quick));
+    const guest: Part<GuestResult> = !want('guest')
+      ? await skipped('guest')
+      : why
+        ? { ok: false, error: why }
+        : await part('guest', () => guestBench(scratch, quick));
     const agent = want('agent') ? await part('agent', () => agentCost(scratch, quick, opts.baseline)) : await skipped<AgentCostResult>('agent');
     const mapRead = want('map-read') ? await part('map reads', () => mapReadBench({ trials: quick ? 5 : 11 })) : await skipped<MapReadResult>('map-read');
     const firstSight = want('first-sight') ? await part('first sight', () => firstSightBench(quick)) : await skipped<FirstSightResult>('first-sight');
     const ringbuf = want('ringbuf') ? await part('ring buffer', () => ringbufBench(scratch, quick)) : await skipped<RingbufResult[]>('ringbuf');
-    r = { machine: m, quick, elapsedS: (Date.now() - t0) / 1000, dataDir: scratch.data.description, kernel, testRun, slowdown, guest, agent, mapRead, firstSight, ringbuf };
+    r = {
+      machine: m,
+      quick,
+      elapsedS: (Date.now() - t0) / 1000,
+      dataDir: scratch.data.description,
+      kernel,
+      testRun,
+      slowdown,
+      guest,
+      agent,
+      mapRead,
+      firstSight,
+      ringbuf,
+    };
   } finally {
     scratch.cleanup();
   }

@@ -74,8 +74,16 @@ export function testRunCost(scratch: Scratch, quick: boolean): TestRunResult {
           const known = declared !== undefined;
           const eventsPerRun = declared ?? 1;
           rows.push({
-            family: fam.name, program: b.name, repeat, trials, nsPerRun, eventsPerRun, eventsPerRunKnown: known,
-            nsPerEvent: nsPerRun / eventsPerRun, floorNs, ratio: nsPerRun / eventsPerRun / floorNs,
+            family: fam.name,
+            program: b.name,
+            repeat,
+            trials,
+            nsPerRun,
+            eventsPerRun,
+            eventsPerRunKnown: known,
+            nsPerEvent: nsPerRun / eventsPerRun,
+            floorNs,
+            ratio: nsPerRun / eventsPerRun / floorNs,
           });
         }
       } catch (e) {

@@ -25,8 +25,12 @@ const SETUPS: readonly Setup[] = [
   { name: 'hot-all', label: 'all hot probes (probes.hot: [all])', config: configSchema.parse({ probes: { hot: ['all'] } }) },
   // Not an agent setup: the floor any program on the two hot hooks pays, for comparison.
   {
-    name: 'empty-hot', label: 'empty tp_btf programs on the 2 hot hooks (no agent)',
-    empty: [{ name: 'empty_btf_lruvec_state', tp: 'mod_memcg_lruvec_state' }, { name: 'empty_btf_memcg_events', tp: 'count_memcg_events' }],
+    name: 'empty-hot',
+    label: 'empty tp_btf programs on the 2 hot hooks (no agent)',
+    empty: [
+      { name: 'empty_btf_lruvec_state', tp: 'mod_memcg_lruvec_state' },
+      { name: 'empty_btf_memcg_events', tp: 'count_memcg_events' },
+    ],
   },
 ];
 
@@ -42,7 +46,12 @@ function attachEmpty(progs: { name: string; tp: string }[]): { close(): void } {
     obj.close();
     throw e;
   }
-  return { close: () => { for (const l of links) l.destroy(); obj.close(); } };
+  return {
+    close: () => {
+      for (const l of links) l.destroy();
+      obj.close();
+    },
+  };
 }
 
 /** The page-fault loop is CPU-bound and judged on the driver's CPU time, which a
@@ -84,8 +93,16 @@ export interface SlowdownResult {
 export async function workloadSlowdown(scratch: Scratch, quick: boolean): Promise<SlowdownResult> {
   const rounds = quick ? 3 : 11;
   const loads: Record<LoadKind, Load> = quick
-    ? { fault: { kind: 'fault', mib: 64, iters: 4 }, fsync: { kind: 'fsync', mib: 32, chunkKib: 256, passes: 1 }, churn: { kind: 'churn', cgroups: 30, anonKib: 1024, writeKib: 64 } }
-    : { fault: { kind: 'fault', mib: 64, iters: 16 }, fsync: { kind: 'fsync', mib: 64, chunkKib: 256, passes: 6 }, churn: { kind: 'churn', cgroups: 150, anonKib: 1024, writeKib: 64 } };
+    ? {
+        fault: { kind: 'fault', mib: 64, iters: 4 },
+        fsync: { kind: 'fsync', mib: 32, chunkKib: 256, passes: 1 },
+        churn: { kind: 'churn', cgroups: 30, anonKib: 1024, writeKib: 64 },
+      }
+    : {
+        fault: { kind: 'fault', mib: 64, iters: 16 },
+        fsync: { kind: 'fsync', mib: 64, chunkKib: 256, passes: 6 },
+        churn: { kind: 'churn', cgroups: 150, anonKib: 1024, writeKib: 64 },
+      };
   const notes: string[] = [];
   if (bpfStatsSysctl() !== '0') {
     notes.push(`kernel.bpf_stats_enabled was ${bpfStatsSysctl()} during the slowdown runs: run-time accounting adds to every program run`);
@@ -140,11 +157,26 @@ export async function workloadSlowdown(scratch: Scratch, quick: boolean): Promis
       const runs = raw[kind][s.name];
       const ratios = runs.map((r, i) => pick(r) / pick(base[i]!));
       rows.push({
-        load: kind, setup: s.name, label: s.label, metric, medianMs: median(runs.map(pick)),
-        ratio: median(ratios), min: Math.min(...ratios), max: Math.max(...ratios), ratios,
+        load: kind,
+        setup: s.name,
+        label: s.label,
+        metric,
+        medianMs: median(runs.map(pick)),
+        ratio: median(ratios),
+        min: Math.min(...ratios),
+        max: Math.max(...ratios),
+        ratios,
         wallRatio: median(runs.map((r, i) => r.ms / base[i]!.ms)),
       });
     }
   }
-  return { rounds, loads: { fault: describeLoad(loads.fault), fsync: describeLoad(loads.fsync), churn: describeLoad(loads.churn) }, pagesPerRun, attached, rows, raw, notes };
+  return {
+    rounds,
+    loads: { fault: describeLoad(loads.fault), fsync: describeLoad(loads.fsync), churn: describeLoad(loads.churn) },
+    pagesPerRun,
+    attached,
+    rows,
+    raw,
+    notes,
+  };
 }

@@ -5,8 +5,26 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
-export type BtfKind = 'int' | 'ptr' | 'array' | 'struct' | 'union' | 'enum' | 'fwd' | 'typedef' | 'volatile' | 'const'
-  | 'restrict' | 'func' | 'func_proto' | 'var' | 'datasec' | 'float' | 'decl_tag' | 'type_tag' | 'enum64';
+export type BtfKind =
+  | 'int'
+  | 'ptr'
+  | 'array'
+  | 'struct'
+  | 'union'
+  | 'enum'
+  | 'fwd'
+  | 'typedef'
+  | 'volatile'
+  | 'const'
+  | 'restrict'
+  | 'func'
+  | 'func_proto'
+  | 'var'
+  | 'datasec'
+  | 'float'
+  | 'decl_tag'
+  | 'type_tag'
+  | 'enum64';
 
 export interface BtfType {
   id: number;
@@ -40,10 +58,34 @@ export interface FieldLayout {
   bitSize?: number; // bitfields only
 }
 
-export interface StructLayout { name: string; size: number; fields: FieldLayout[] }
+export interface StructLayout {
+  name: string;
+  size: number;
+  fields: FieldLayout[];
+}
 
-const KINDS: readonly (BtfKind | undefined)[] = [undefined, 'int', 'ptr', 'array', 'struct', 'union', 'enum', 'fwd',
-  'typedef', 'volatile', 'const', 'restrict', 'func', 'func_proto', 'var', 'datasec', 'float', 'decl_tag', 'type_tag', 'enum64'];
+const KINDS: readonly (BtfKind | undefined)[] = [
+  undefined,
+  'int',
+  'ptr',
+  'array',
+  'struct',
+  'union',
+  'enum',
+  'fwd',
+  'typedef',
+  'volatile',
+  'const',
+  'restrict',
+  'func',
+  'func_proto',
+  'var',
+  'datasec',
+  'float',
+  'decl_tag',
+  'type_tag',
+  'enum64',
+];
 const MODIFIERS = new Set<BtfKind>(['typedef', 'const', 'volatile', 'restrict', 'type_tag']);
 const LAYOUT_KINDS = new Set<string>(['int', 'array', 'struct', 'union', 'ptr', 'enum', 'float']);
 const HDR_LEN = 24;
@@ -52,7 +94,9 @@ const HDR_LEN = 24;
 // bounded in depth, and those that branch also share one step budget per public call.
 const MAX_DEPTH = 64;
 const MAX_STEPS = 100_000;
-interface Walk { steps: number }
+interface Walk {
+  steps: number;
+}
 function step(walk: Walk, id: number): void {
   if (++walk.steps > MAX_STEPS) fail(`walking type id ${id} takes over ${MAX_STEPS} steps; the type graph is cyclic or corrupt`);
 }
@@ -62,15 +106,28 @@ const utf8 = new TextDecoder();
 // whole type section can be indexed without decoding anything.
 function extraLen(kind: number, vlen: number): number {
   switch (kind) {
-    case 1: case 14: case 17: return 4; // int, var, decl_tag
-    case 3: return 12; // array
-    case 4: case 5: case 15: case 19: return 12 * vlen; // struct, union, datasec, enum64
-    case 6: case 13: return 8 * vlen; // enum, func_proto
-    default: return 0;
+    case 1:
+    case 14:
+    case 17:
+      return 4; // int, var, decl_tag
+    case 3:
+      return 12; // array
+    case 4:
+    case 5:
+    case 15:
+    case 19:
+      return 12 * vlen; // struct, union, datasec, enum64
+    case 6:
+    case 13:
+      return 8 * vlen; // enum, func_proto
+    default:
+      return 0;
   }
 }
 
-function fail(msg: string): never { throw new Error(`BTF: ${msg}`); }
+function fail(msg: string): never {
+  throw new Error(`BTF: ${msg}`);
+}
 
 /** Every string in a BTF blob's string section that starts with `prefix` (function, type,
  * member and parameter names alike), found by scanning that section alone: no type is
@@ -119,8 +176,9 @@ export class Btf {
     if (buf.length < HDR_LEN) fail(`truncated header: ${buf.length} bytes at byte offset 0, need ${HDR_LEN}`);
     const magic = dv.getUint16(0, true);
     if (magic !== 0xeb9f) {
-      fail(magic === 0x9feb ? 'big-endian BTF is not supported (magic at byte offset 0)'
-        : `bad magic 0x${magic.toString(16)} at byte offset 0, expected 0xeb9f`);
+      fail(
+        magic === 0x9feb ? 'big-endian BTF is not supported (magic at byte offset 0)' : `bad magic 0x${magic.toString(16)} at byte offset 0, expected 0xeb9f`,
+      );
     }
     if (buf[2] !== 1) fail(`unsupported version ${buf[2]} at byte offset 2, expected 1`);
     const hdrLen = dv.getUint32(4, true);
@@ -128,7 +186,8 @@ export class Btf {
     const [typeOff, typeLen, strOff, strLen] = [8, 12, 16, 20].map((o) => dv.getUint32(o, true)) as [number, number, number, number];
     const section = (what: string, off: number, len: number, at: number): number => {
       const start = hdrLen + off;
-      if (start + len > buf.length) fail(`truncated ${what} section: ${len} bytes at byte offset ${start} (header field at ${at}) run past end of buffer (${buf.length} bytes)`);
+      if (start + len > buf.length)
+        fail(`truncated ${what} section: ${len} bytes at byte offset ${start} (header field at ${at}) run past end of buffer (${buf.length} bytes)`);
       return start;
     };
     const typeStart = section('type', typeOff, typeLen, 8);
@@ -191,7 +250,9 @@ export class Btf {
     return Btf.parse(buf, Btf.vmlinux(join(dir, 'vmlinux')));
   }
 
-  get typeCount(): number { return this.firstId + this.offsets.length; }
+  get typeCount(): number {
+    return this.firstId + this.offsets.length;
+  }
 
   // Id 0 is void, which has no record; throwing keeps BtfKind free of a pseudo-kind.
   typeById(id: number): BtfType {
@@ -217,9 +278,14 @@ export class Btf {
         t.intInfo = { signed: ((v >>> 24) & 1) === 1, bits: v & 0xff, bitOffset: (v >>> 16) & 0xff };
         break;
       }
-      case 'float': t.size = sizeOrType; break;
-      case 'array': t.array = { type: u32(x), indexType: u32(x + 4), nelems: u32(x + 8) }; break;
-      case 'struct': case 'union':
+      case 'float':
+        t.size = sizeOrType;
+        break;
+      case 'array':
+        t.array = { type: u32(x), indexType: u32(x + 4), nelems: u32(x + 8) };
+        break;
+      case 'struct':
+      case 'union':
         t.size = sizeOrType;
         t.members = each(12, (a) => {
           const off = u32(a + 8);
@@ -246,11 +312,22 @@ export class Btf {
         t.size = sizeOrType;
         t.vars = each(12, (a) => ({ type: u32(a), offset: u32(a + 4), size: u32(a + 8) }));
         break;
-      case 'var': t.type = sizeOrType; t.linkage = u32(x); break;
-      case 'func': t.type = sizeOrType; t.linkage = vlen; break;
-      case 'decl_tag': t.type = sizeOrType; t.componentIdx = this.dv.getInt32(x, true); break;
-      case 'fwd': break;
-      default: t.type = sizeOrType; // ptr and the modifiers
+      case 'var':
+        t.type = sizeOrType;
+        t.linkage = u32(x);
+        break;
+      case 'func':
+        t.type = sizeOrType;
+        t.linkage = vlen;
+        break;
+      case 'decl_tag':
+        t.type = sizeOrType;
+        t.componentIdx = this.dv.getInt32(x, true);
+        break;
+      case 'fwd':
+        break;
+      default:
+        t.type = sizeOrType; // ptr and the modifiers
     }
     this.types[i] = t;
     return t;
@@ -275,16 +352,28 @@ export class Btf {
     return t;
   }
 
-  sizeOf(id: number): number { return this.sizeAt(id, 0); }
+  sizeOf(id: number): number {
+    return this.sizeAt(id, 0);
+  }
 
   private sizeAt(id: number, depth: number): number {
     if (depth > MAX_DEPTH) fail(`array nesting from type id ${id} is too deep or cyclic`);
     const t = this.resolve(id);
     switch (t.kind) {
-      case 'ptr': return 8; // the agent only targets 64-bit kernels
-      case 'array': return t.array!.nelems * this.sizeAt(t.array!.type, depth + 1);
-      case 'int': case 'struct': case 'union': case 'enum': case 'enum64': case 'float': case 'datasec': return t.size!;
-      default: return fail(`type id ${id} (${t.kind} '${t.name}') has no size`);
+      case 'ptr':
+        return 8; // the agent only targets 64-bit kernels
+      case 'array':
+        return t.array!.nelems * this.sizeAt(t.array!.type, depth + 1);
+      case 'int':
+      case 'struct':
+      case 'union':
+      case 'enum':
+      case 'enum64':
+      case 'float':
+      case 'datasec':
+        return t.size!;
+      default:
+        return fail(`type id ${id} (${t.kind} '${t.name}') has no size`);
     }
   }
 
@@ -296,7 +385,9 @@ export class Btf {
     return { name, size: t.size!, fields };
   }
 
-  hasFunc(name: string): boolean { return this.find(name, 'func') !== undefined; }
+  hasFunc(name: string): boolean {
+    return this.find(name, 'func') !== undefined;
+  }
 
   enumValue(enumName: string, valueName: string): bigint | undefined {
     if (enumName === '') return this.enumerators().get(valueName);
@@ -393,7 +484,10 @@ export class Btf {
       const intBits = r.intInfo && (r.intInfo.bits !== r.size! * 8 || r.intInfo.bitOffset) ? r.intInfo.bits : 0;
       const bitSize = m.bitSize || intBits;
       const f: FieldLayout = {
-        name: m.name, offset, size: 0, kind: kind as FieldLayout['kind'],
+        name: m.name,
+        offset,
+        size: 0,
+        kind: kind as FieldLayout['kind'],
         signed: r.intInfo?.signed ?? (r.kind.startsWith('enum') && r.kindFlag),
         typeName: this.typeName(m.type, walk),
       };
@@ -418,26 +512,36 @@ export class Btf {
     step(walk, id);
     const t = this.typeById(id);
     const sub = (tid: number) => this.typeName(tid, walk, depth + 1);
-    const proto = (p: BtfType, inner: string) =>
-      `${sub(p.type!)} ${inner}(${p.params!.map((q) => (q.type ? sub(q.type) : '...')).join(', ') || 'void'})`;
+    const proto = (p: BtfType, inner: string) => `${sub(p.type!)} ${inner}(${p.params!.map((q) => (q.type ? sub(q.type) : '...')).join(', ') || 'void'})`;
     switch (t.kind) {
-      case 'struct': case 'union': return `${t.kind} ${t.name || '{...}'}`;
-      case 'enum': case 'enum64': return `enum ${t.name || '{...}'}`;
-      case 'fwd': return `${t.kindFlag ? 'union' : 'struct'} ${t.name}`;
+      case 'struct':
+      case 'union':
+        return `${t.kind} ${t.name || '{...}'}`;
+      case 'enum':
+      case 'enum64':
+        return `enum ${t.name || '{...}'}`;
+      case 'fwd':
+        return `${t.kindFlag ? 'union' : 'struct'} ${t.name}`;
       case 'ptr': {
         const target = t.type ? this.typeById(t.type) : undefined;
         if (target?.kind === 'func_proto') return proto(target, '(*)');
         const s = sub(t.type!);
         return s.endsWith('*') ? `${s}*` : `${s} *`;
       }
-      case 'const': case 'volatile': case 'restrict': {
+      case 'const':
+      case 'volatile':
+      case 'restrict': {
         const s = sub(t.type!);
         return s.endsWith('*') ? `${s} ${t.kind}` : `${t.kind} ${s}`;
       }
-      case 'type_tag': return sub(t.type!);
-      case 'array': return `${sub(t.array!.type)}[${t.array!.nelems}]`;
-      case 'func_proto': return proto(t, '');
-      default: return t.name;
+      case 'type_tag':
+        return sub(t.type!);
+      case 'array':
+        return `${sub(t.array!.type)}[${t.array!.nelems}]`;
+      case 'func_proto':
+        return proto(t, '');
+      default:
+        return t.name;
     }
   }
 }

@@ -107,7 +107,9 @@ const f = {
   // the kernel writes straight into the reused read buffers (no per-call copy).
   // opts (struct bpf_map_batch_opts) is always NULL: elem_flags and flags stay 0.
   lookupBatch: lib.func('int bpf_map_lookup_batch(int fd, void *in_batch, void *out_batch, void *keys, void *values, uint32_t *count, void *opts)'),
-  mapCreate: lib.func('int bpf_map_create(int type, const char *name, uint32_t key_size, uint32_t value_size, uint32_t max_entries, const bpf_map_create_opts *opts)'),
+  mapCreate: lib.func(
+    'int bpf_map_create(int type, const char *name, uint32_t key_size, uint32_t value_size, uint32_t max_entries, const bpf_map_create_opts *opts)',
+  ),
   testRun: lib.func('int bpf_prog_test_run_opts(int fd, _Inout_ bpf_test_run_opts *opts)'),
   objInfo: lib.func('int bpf_obj_get_info_by_fd(int fd, _Inout_ void *info, _Inout_ uint32_t *len)'),
   enableStats: lib.func('int bpf_enable_stats(int type)'),
@@ -139,7 +141,14 @@ const PERCPU_MAP_TYPES = new Set([BPF_MAP_TYPE_PERCPU_HASH, 6 /* PERCPU_ARRAY */
 export const BPF_F_ZERO_SEED = 1 << 6;
 /** enum bpf_map_type, include/uapi/linux/bpf.h. */
 export const MAP_TYPE = {
-  HASH: 1, ARRAY: 2, PERCPU_HASH: 5, PERCPU_ARRAY: 6, STACK_TRACE: 7, LRU_HASH: 9, LRU_PERCPU_HASH: 10, LPM_TRIE: 11,
+  HASH: 1,
+  ARRAY: 2,
+  PERCPU_HASH: 5,
+  PERCPU_ARRAY: 6,
+  STACK_TRACE: 7,
+  LRU_HASH: 9,
+  LRU_PERCPU_HASH: 10,
+  LPM_TRIE: 11,
 } as const;
 
 export function errnoMessage(err: number): string {
@@ -160,7 +169,7 @@ function installPrint(): void {
     const n = f.vsnprintf(printBuf, printBuf.length, fmt, args);
     const text = printBuf.subarray(0, Math.max(0, Math.min(n, printBuf.length - 1))).toString('utf8');
     for (const line of text.split('\n')) {
-      if (line === '' ) continue;
+      if (line === '') continue;
       logRing.push(line);
       if (logRing.length > LOG_LINES) logRing.shift();
     }
@@ -180,7 +189,11 @@ function logSince(mark: number): string[] {
 }
 
 export class BpfError extends Error {
-  constructor(message: string, readonly errno: number, readonly log: string[] = []) {
+  constructor(
+    message: string,
+    readonly errno: number,
+    readonly log: string[] = [],
+  ) {
     super(message);
     this.name = 'BpfError';
   }
@@ -207,7 +220,11 @@ export interface OpenOptions {
 type Ptr = unknown;
 
 export class BpfProgram {
-  constructor(private readonly ptr: Ptr, readonly name: string, readonly section: string) {}
+  constructor(
+    private readonly ptr: Ptr,
+    readonly name: string,
+    readonly section: string,
+  ) {}
   setAutoload(on: boolean): void {
     const r = f.progSetAutoload(this.ptr, on);
     if (r < 0) fail(`set autoload on ${this.name}`, r, logMark());
@@ -250,9 +267,21 @@ export class BpfProgram {
   // BPF_PROG_TEST_RUN for SEC("syscall") programs: ctx is the argument struct, written back.
   testRun(ctx: Buffer): { retval: number; ctx: Buffer } {
     const opts = {
-      sz: koffi.sizeof(TestRunOpts), data_in: null, data_out: null, data_size_in: 0, data_size_out: 0,
-      ctx_in: ctx, ctx_out: null, ctx_size_in: ctx.length, ctx_size_out: 0,
-      retval: 0, repeat: 0, duration: 0, flags: 0, cpu: 0, batch_size: 0,
+      sz: koffi.sizeof(TestRunOpts),
+      data_in: null,
+      data_out: null,
+      data_size_in: 0,
+      data_size_out: 0,
+      ctx_in: ctx,
+      ctx_out: null,
+      ctx_size_in: ctx.length,
+      ctx_size_out: 0,
+      retval: 0,
+      repeat: 0,
+      duration: 0,
+      flags: 0,
+      cpu: 0,
+      batch_size: 0,
     };
     const r = f.testRun(this.fd, opts);
     if (r < 0) fail(`test run ${this.name}`, r, logMark());
@@ -262,9 +291,21 @@ export class BpfProgram {
   /** BPF_PROG_TEST_RUN with `repeat` on a packet program: the kernel's mean ns per run. */
   benchRun(repeat: number, packet: Buffer = Buffer.alloc(64)): { retval: number; nsPerRun: number } {
     const opts = {
-      sz: koffi.sizeof(TestRunOpts), data_in: packet, data_out: null, data_size_in: packet.length, data_size_out: 0,
-      ctx_in: null, ctx_out: null, ctx_size_in: 0, ctx_size_out: 0,
-      retval: 0, repeat, duration: 0, flags: 0, cpu: 0, batch_size: 0,
+      sz: koffi.sizeof(TestRunOpts),
+      data_in: packet,
+      data_out: null,
+      data_size_in: packet.length,
+      data_size_out: 0,
+      ctx_in: null,
+      ctx_out: null,
+      ctx_size_in: 0,
+      ctx_size_out: 0,
+      retval: 0,
+      repeat,
+      duration: 0,
+      flags: 0,
+      cpu: 0,
+      batch_size: 0,
     };
     const r = f.testRun(this.fd, opts);
     if (r < 0) fail(`test run ${this.name}`, r, logMark());
@@ -289,14 +330,24 @@ export class BpfLink {
 
 export class BpfObject {
   private closed = false;
-  private constructor(private readonly ptr: Ptr, readonly path: string) {}
+  private constructor(
+    private readonly ptr: Ptr,
+    readonly path: string,
+  ) {}
 
   static open(path: string, opts: OpenOptions = {}): BpfObject {
     const mark = logMark();
     const o = {
-      sz: koffi.sizeof(OpenOpts), object_name: null, relaxed_maps: false, pin_root_path: null,
-      _pad_attach_prog_fd: 0, kconfig: null, btf_custom_path: opts.btfCustomPath ?? null,
-      kernel_log_buf: null, kernel_log_size: 0, kernel_log_level: 0,
+      sz: koffi.sizeof(OpenOpts),
+      object_name: null,
+      relaxed_maps: false,
+      pin_root_path: null,
+      _pad_attach_prog_fd: 0,
+      kconfig: null,
+      btf_custom_path: opts.btfCustomPath ?? null,
+      kernel_log_buf: null,
+      kernel_log_size: 0,
+      kernel_log_level: 0,
     };
     const ptr = f.openFile(path, o);
     if (!ptr) fail(`open ${path}`, 0, mark);
@@ -360,18 +411,34 @@ export class BpfMap {
     this.handle = ptr;
     this.name = f.mapName(ptr);
   }
-  get fd(): number { return f.mapFd(this.handle); }
-  get type(): number { return f.mapType(this.handle); }
-  get keySize(): number { return f.mapKeySize(this.handle); }
-  get valueSize(): number { return f.mapValueSize(this.handle); }
-  get maxEntries(): number { return f.mapMaxEntries(this.handle); }
-  get btfKeyTypeId(): number { return f.mapBtfKeyTypeId(this.handle); }
-  get btfValueTypeId(): number { return f.mapBtfValueTypeId(this.handle); }
+  get fd(): number {
+    return f.mapFd(this.handle);
+  }
+  get type(): number {
+    return f.mapType(this.handle);
+  }
+  get keySize(): number {
+    return f.mapKeySize(this.handle);
+  }
+  get valueSize(): number {
+    return f.mapValueSize(this.handle);
+  }
+  get maxEntries(): number {
+    return f.mapMaxEntries(this.handle);
+  }
+  get btfKeyTypeId(): number {
+    return f.mapBtfKeyTypeId(this.handle);
+  }
+  get btfValueTypeId(): number {
+    return f.mapBtfValueTypeId(this.handle);
+  }
   setMaxEntries(n: number): void {
     const r = f.mapSetMaxEntries(this.handle, n);
     if (r < 0) fail(`resize map ${this.name}`, r, logMark());
   }
-  get flags(): number { return f.mapFlags(this.handle); }
+  get flags(): number {
+    return f.mapFlags(this.handle);
+  }
   setFlags(flags: number): void {
     const r = f.mapSetFlags(this.handle, flags);
     if (r < 0) fail(`set flags of map ${this.name}`, r, logMark());
@@ -457,7 +524,10 @@ class ReadBuffers {
   private seen = new Int32Array(0);
   private seenCount = 0;
 
-  constructor(readonly keySize: number, readonly stride: number) {}
+  constructor(
+    readonly keySize: number,
+    readonly stride: number,
+  ) {}
 
   /** Before a read: size for about the last count, giving back memory after a big shrink. */
   begin(firstGuess: number): void {
@@ -533,8 +603,16 @@ export class MapFd {
   batchChunk = 4096;
   private mode: MapReadMode | undefined;
   private readonly stats: MapReadStats = {
-    mode: undefined, walkReason: undefined, reads: 0, lastEntries: 0, lastCalls: 0, calls: 0,
-    bucketRetries: 0, duplicatesSkipped: 0, vanished: 0, truncated: 0,
+    mode: undefined,
+    walkReason: undefined,
+    reads: 0,
+    lastEntries: 0,
+    lastCalls: 0,
+    calls: 0,
+    bucketRetries: 0,
+    duplicatesSkipped: 0,
+    vanished: 0,
+    truncated: 0,
   };
   private shared: ReadBuffers | undefined; // readAll()'s
   private legacy: ReadBuffers | undefined; // keys()/entries()/count()'s, so they never clobber readAll's
@@ -543,8 +621,12 @@ export class MapFd {
   private readonly countCell = new Uint32Array(1);
 
   constructor(
-    readonly fd: number, readonly keySize: number, readonly valueSize: number,
-    readonly percpu: boolean, readonly maxEntries: number, readonly name: string,
+    readonly fd: number,
+    readonly keySize: number,
+    readonly valueSize: number,
+    readonly percpu: boolean,
+    readonly maxEntries: number,
+    readonly name: string,
     /** enum bpf_map_type when known: arrays are read in one call sized to max_entries. */
     readonly type?: number,
   ) {
@@ -803,8 +885,16 @@ export interface MapSpec {
 export function createMap(spec: MapSpec): OwnedMapFd {
   const mark = logMark();
   const fd = f.mapCreate(spec.type, spec.name, spec.keySize, spec.valueSize, spec.maxEntries, {
-    sz: koffi.sizeof(MapCreateOpts), btf_fd: 0, btf_key_type_id: 0, btf_value_type_id: 0, btf_vmlinux_value_type_id: 0,
-    inner_map_fd: 0, map_flags: spec.flags ?? 0, map_extra: 0, numa_node: 0, map_ifindex: 0,
+    sz: koffi.sizeof(MapCreateOpts),
+    btf_fd: 0,
+    btf_key_type_id: 0,
+    btf_value_type_id: 0,
+    btf_vmlinux_value_type_id: 0,
+    inner_map_fd: 0,
+    map_flags: spec.flags ?? 0,
+    map_extra: 0,
+    numa_node: 0,
+    map_ifindex: 0,
   });
   if (fd < 0) fail(`create map ${spec.name}`, fd, mark);
   return new OwnedMapFd(fd, spec.keySize, spec.valueSize, PERCPU_MAP_TYPES.has(spec.type), spec.maxEntries, spec.name, spec.type);

@@ -24,13 +24,19 @@ import { createRequire } from 'node:module';
 const require = createRequire(import.meta.url);
 const koffi = require('koffi') as typeof import('koffi');
 
-export interface WorkerRing { fd: number; size: number }
-export interface WorkerInit { rings: WorkerRing[]; stop: SharedArrayBuffer; batchMs: number; maxBytes: number; pollMs: number }
+export interface WorkerRing {
+  fd: number;
+  size: number;
+}
+export interface WorkerInit {
+  rings: WorkerRing[];
+  stop: SharedArrayBuffer;
+  batchMs: number;
+  maxBytes: number;
+  pollMs: number;
+}
 export type WorkerMessage =
-  | { type: 'batch'; ring: number; data: ArrayBuffer }
-  | { type: 'error'; ring?: number; message: string }
-  | { type: 'ready' }
-  | { type: 'stopped' };
+  { type: 'batch'; ring: number; data: ArrayBuffer } | { type: 'error'; ring?: number; message: string } | { type: 'ready' } | { type: 'stopped' };
 
 const init = workerData as WorkerInit;
 const stop = new Int32Array(init.stop);
@@ -77,7 +83,12 @@ class Ring {
   private since = 0;
   readonly mapped: { ptr: unknown; len: number }[] = [];
 
-  constructor(readonly index: number, readonly size: number, fd: number, page: number) {
+  constructor(
+    readonly index: number,
+    readonly size: number,
+    fd: number,
+    page: number,
+  ) {
     if (size <= 0 || (size & (size - 1)) !== 0 || size % page !== 0) throw new Error(`ring size ${size} is not a power of 2 multiple of the page size`);
     let consPtr: unknown;
     let prodPtr: unknown;

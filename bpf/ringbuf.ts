@@ -124,8 +124,7 @@ export class RingBufferReader {
         else if (m.type === 'ready') {
           this.markReady?.();
           if (!this.stopping) worker.unref(); // from here on the agent's own handles decide its life
-        }
-        else if (m.type === 'error') this.fail(m.message, m.ring);
+        } else if (m.type === 'error') this.fail(m.message, m.ring);
       });
       worker.on('error', (e) => this.fail(`ring buffer worker died: ${String(e)}`));
       worker.on('exit', (code) => {

@@ -10,8 +10,19 @@ import * as stat from '@grafana/grafana-foundation-sdk/stat';
 import * as table from '@grafana/grafana-foundation-sdk/table';
 import * as bargauge from '@grafana/grafana-foundation-sdk/bargauge';
 import {
-  BarGaugeDisplayMode, BigValueGraphMode, GraphDrawStyle, LegendDisplayMode, LegendPlacement, ReduceDataOptionsBuilder,
-  SortOrder, StackingConfigBuilder, StackingMode, TooltipDisplayMode, VizLegendOptionsBuilder, VizOrientation, VizTooltipOptionsBuilder,
+  BarGaugeDisplayMode,
+  BigValueGraphMode,
+  GraphDrawStyle,
+  LegendDisplayMode,
+  LegendPlacement,
+  ReduceDataOptionsBuilder,
+  SortOrder,
+  StackingConfigBuilder,
+  StackingMode,
+  TooltipDisplayMode,
+  VizLegendOptionsBuilder,
+  VizOrientation,
+  VizTooltipOptionsBuilder,
 } from '@grafana/grafana-foundation-sdk/common';
 
 /** Every panel and variable queries the Prometheus picked in the dashboard's $datasource. */
@@ -47,7 +58,11 @@ const REF_IDS = 'ABCDEFGHIJ';
 function targets(qs: Query[], opts: { format?: PromQueryFormat; instant?: boolean } = {}): cog.Builder<cog.Dataquery>[] {
   if (!qs.length || qs.length > REF_IDS.length) throw new Error(`a panel has 1..${REF_IDS.length} queries`);
   return qs.map((q, i) => {
-    const b = new DataqueryBuilder().datasource(DS).refId(REF_IDS[i]!).expr(q.expr).legendFormat(q.legend ?? '__auto');
+    const b = new DataqueryBuilder()
+      .datasource(DS)
+      .refId(REF_IDS[i]!)
+      .expr(q.expr)
+      .legendFormat(q.legend ?? '__auto');
     if (opts.format) b.format(opts.format);
     if (opts.instant) b.instant();
     else b.range();
@@ -55,7 +70,14 @@ function targets(qs: Query[], opts: { format?: PromQueryFormat; instant?: boolea
   });
 }
 
-type AnyPanel = { datasource(d: typeof DS): unknown; title(t: string): unknown; description(d: string): unknown; unit(u: string): unknown; span(w: number): unknown; height(h: number): unknown };
+type AnyPanel = {
+  datasource(d: typeof DS): unknown;
+  title(t: string): unknown;
+  description(d: string): unknown;
+  unit(u: string): unknown;
+  span(w: number): unknown;
+  height(h: number): unknown;
+};
 
 function common<T extends AnyPanel>(p: T, s: PanelSpec, defaults: { w: number; h: number }): T {
   if (!s.description.trim()) throw new Error(`panel ${s.title}: a description is required`);
@@ -70,7 +92,10 @@ function common<T extends AnyPanel>(p: T, s: PanelSpec, defaults: { w: number; h
 }
 
 export function graph(s: PanelSpec & { stacked?: boolean; bars?: boolean; min?: number }): timeseries.PanelBuilder {
-  const p = common(new timeseries.PanelBuilder(), s, { w: 12, h: 8 }).targets(targets(s.queries)).fillOpacity(s.stacked ? 30 : 10).lineWidth(1)
+  const p = common(new timeseries.PanelBuilder(), s, { w: 12, h: 8 })
+    .targets(targets(s.queries))
+    .fillOpacity(s.stacked ? 30 : 10)
+    .lineWidth(1)
     // Series are per node, cgroup or VM: the legend names them, the tooltip compares them.
     .legend(new VizLegendOptionsBuilder().showLegend(true).displayMode(LegendDisplayMode.List).placement(LegendPlacement.Bottom))
     .tooltip(new VizTooltipOptionsBuilder().mode(TooltipDisplayMode.Multi).sort(SortOrder.Descending));
@@ -83,7 +108,12 @@ export function graph(s: PanelSpec & { stacked?: boolean; bars?: boolean; min?: 
 /** A heatmap of a Prometheus histogram: one row per `le` bucket, counts per interval. */
 export function heat(s: PanelSpec): heatmap.PanelBuilder {
   return common(new heatmap.PanelBuilder(), s, { w: 12, h: 8 })
-    .targets(targets(s.queries.map((q) => ({ ...q, legend: q.legend ?? '{{le}}' })), { format: PromQueryFormat.Heatmap }))
+    .targets(
+      targets(
+        s.queries.map((q) => ({ ...q, legend: q.legend ?? '{{le}}' })),
+        { format: PromQueryFormat.Heatmap },
+      ),
+    )
     .calculate(false)
     .yAxis(new heatmap.YAxisConfigBuilder().unit(s.unit))
     .cellValues(new heatmap.CellValuesBuilder().unit('none'))
@@ -96,19 +126,23 @@ export function single(s: PanelSpec & { redAbove?: number }): stat.PanelBuilder 
     .graphMode(BigValueGraphMode.None)
     .reduceOptions(new ReduceDataOptionsBuilder().calcs(['lastNotNull']));
   if (s.redAbove !== undefined) {
-    p.thresholds(new dash.ThresholdsConfigBuilder().mode(dash.ThresholdsMode.Absolute).steps([
-      { value: null, color: 'green' },
-      { value: s.redAbove, color: 'red' },
-    ]));
+    p.thresholds(
+      new dash.ThresholdsConfigBuilder().mode(dash.ThresholdsMode.Absolute).steps([
+        { value: null, color: 'green' },
+        { value: s.redAbove, color: 'red' },
+      ]),
+    );
   }
   return p;
 }
 
 export function tableOf(s: PanelSpec & { hide?: string[] }): table.PanelBuilder {
-  const p = common(new table.PanelBuilder(), s, { w: 12, h: 8 })
-    .targets(targets(s.queries, { format: PromQueryFormat.Table, instant: true }));
+  const p = common(new table.PanelBuilder(), s, { w: 12, h: 8 }).targets(targets(s.queries, { format: PromQueryFormat.Table, instant: true }));
   // Hide the columns every instant table has and nobody reads.
-  p.withTransformation({ id: 'organize', options: { excludeByName: Object.fromEntries(['Time', '__name__', 'job', ...(s.hide ?? [])].map((c) => [c, true])) } });
+  p.withTransformation({
+    id: 'organize',
+    options: { excludeByName: Object.fromEntries(['Time', '__name__', 'job', ...(s.hide ?? [])].map((c) => [c, true])) },
+  });
   return p;
 }
 

@@ -23,23 +23,35 @@ function glyph(type: string, x: number, y: number, w: number, h: number): string
   const stroke = 'stroke="#5794f2" fill="none" stroke-width="1.5"';
   switch (type) {
     case 'timeseries': {
-      const pts = Array.from({ length: 12 }, (_, i) => `${(x + (w * i) / 11).toFixed(1)},${(y + h * (0.5 + 0.35 * Math.sin(i * 1.3) * Math.cos(i * 0.4))).toFixed(1)}`);
+      const pts = Array.from(
+        { length: 12 },
+        (_, i) => `${(x + (w * i) / 11).toFixed(1)},${(y + h * (0.5 + 0.35 * Math.sin(i * 1.3) * Math.cos(i * 0.4))).toFixed(1)}`,
+      );
       return `<polyline ${stroke} points="${pts.join(' ')}"/>`;
     }
     case 'heatmap': {
       const cells: string[] = [];
-      for (let i = 0; i < 10; i++) for (let j = 0; j < 4; j++) {
-        const o = (((i * 7 + j * 3) % 10) / 10 + 0.1).toFixed(2);
-        cells.push(`<rect x="${(x + (w * i) / 10).toFixed(1)}" y="${(y + (h * j) / 4).toFixed(1)}" width="${(w / 10 - 1).toFixed(1)}" height="${(h / 4 - 1).toFixed(1)}" fill="#ff9830" fill-opacity="${o}"/>`);
-      }
+      for (let i = 0; i < 10; i++)
+        for (let j = 0; j < 4; j++) {
+          const o = (((i * 7 + j * 3) % 10) / 10 + 0.1).toFixed(2);
+          cells.push(
+            `<rect x="${(x + (w * i) / 10).toFixed(1)}" y="${(y + (h * j) / 4).toFixed(1)}" width="${(w / 10 - 1).toFixed(1)}" height="${(h / 4 - 1).toFixed(1)}" fill="#ff9830" fill-opacity="${o}"/>`,
+          );
+        }
       return cells.join('');
     }
     case 'bargauge':
-      return [0.9, 0.7, 0.5, 0.3].map((f, i) => `<rect x="${x}" y="${(y + (h * i) / 4).toFixed(1)}" width="${(w * f).toFixed(1)}" height="${(h / 4 - 3).toFixed(1)}" fill="#73bf69"/>`).join('');
+      return [0.9, 0.7, 0.5, 0.3]
+        .map((f, i) => `<rect x="${x}" y="${(y + (h * i) / 4).toFixed(1)}" width="${(w * f).toFixed(1)}" height="${(h / 4 - 3).toFixed(1)}" fill="#73bf69"/>`)
+        .join('');
     case 'stat':
       return `<text x="${x + w / 2}" y="${y + h / 2 + 8}" font-size="22" text-anchor="middle" fill="#73bf69">0</text>`;
     case 'table':
-      return [0, 1, 2, 3].map((i) => `<line x1="${x}" x2="${x + w}" y1="${(y + (h * i) / 4).toFixed(1)}" y2="${(y + (h * i) / 4).toFixed(1)}" stroke="#888" stroke-width="0.7"/>`).join('');
+      return [0, 1, 2, 3]
+        .map(
+          (i) => `<line x1="${x}" x2="${x + w}" y1="${(y + (h * i) / 4).toFixed(1)}" y2="${(y + (h * i) / 4).toFixed(1)}" stroke="#888" stroke-width="0.7"/>`,
+        )
+        .join('');
     default:
       return '';
   }

@@ -18,7 +18,9 @@ function dashboardSection(file: string, d: DashboardJson): string {
     '',
     '| variable | label | query |',
     '|---|---|---|',
-    ...(d.templating?.list ?? []).map((v) => `| \`$${v.name}\` | ${v.label ?? ''} | ${v.type === 'datasource' ? 'any Prometheus data source' : code(variableQuery(v) ?? '')} |`),
+    ...(d.templating?.list ?? []).map(
+      (v) => `| \`$${v.name}\` | ${v.label ?? ''} | ${v.type === 'datasource' ? 'any Prometheus data source' : code(variableQuery(v) ?? '')} |`,
+    ),
     '',
   ];
   let open = false;
@@ -32,7 +34,9 @@ function dashboardSection(file: string, d: DashboardJson): string {
       lines.push('| panel | type | unit | queries | description |', '|---|---|---|---|---|');
       open = true;
     }
-    const queries = (p.targets ?? []).map((t) => `${code(t.expr ?? '')}${t.legendFormat && t.legendFormat !== '__auto' ? ` as ${code(t.legendFormat)}` : ''}`).join('<br>');
+    const queries = (p.targets ?? [])
+      .map((t) => `${code(t.expr ?? '')}${t.legendFormat && t.legendFormat !== '__auto' ? ` as ${code(t.legendFormat)}` : ''}`)
+      .join('<br>');
     lines.push(`| ${cell(p.title ?? '')} | ${p.type} | ${code(p.fieldConfig?.defaults?.unit ?? '')} | ${queries} | ${cell(p.description ?? '')} |`);
   }
   return lines.join('\n');
@@ -48,13 +52,13 @@ export function renderDashboardsReadme(dashboards: ReadonlyMap<string, Dashboard
     '`dashboards/json/*.json`, with a file provisioning config in `dashboards/provisioning/hvwatch.yaml`.',
     '',
     'To install: copy `json/*.json` to `/var/lib/grafana/dashboards/hvwatch/` and `provisioning/hvwatch.yaml` to',
-    'Grafana\'s `provisioning/dashboards/`, or import a JSON file through the UI. Every dashboard has the variables',
+    "Grafana's `provisioning/dashboards/`, or import a JSON file through the UI. Every dashboard has the variables",
     '`$datasource` (a Prometheus that scrapes the agents as job `hvwatch` and loads `alerts/hvwatch.rules.yml`, whose',
     'recording rules the top-N and p99 panels read) and `$node`; the memcg one adds `$cgroup`, the KVM and the introspection ones `$vm`.',
     '',
     'Grafana does not run on the machines this project is built on (it is not in Debian 12), so this page is the',
     'visual check: it is rendered from the generated JSON, with a static picture of each layout (`preview/*.svg`,',
-    'drawn from the panels\' grid positions; hover a box for its description). The JSON is typed by the SDK\'s builders when it is built,',
+    "drawn from the panels' grid positions; hover a box for its description). The JSON is typed by the SDK's builders when it is built,",
     'and `test/promql-catalog.test.ts` checks that every query names only exported metrics and labels and that every',
     'panel has a unit and a description.',
     '',

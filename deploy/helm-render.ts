@@ -48,7 +48,10 @@ function tokenize(src: string): Tok[] {
 
 function lookup(ctx: RenderContext, ref: string): unknown {
   if (ref.startsWith('.Values.')) {
-    return ref.slice(8).split('.').reduce<unknown>((o, k) => (o !== null && typeof o === 'object' ? (o as Record<string, unknown>)[k] : undefined), ctx.values);
+    return ref
+      .slice(8)
+      .split('.')
+      .reduce<unknown>((o, k) => (o !== null && typeof o === 'object' ? (o as Record<string, unknown>)[k] : undefined), ctx.values);
   }
   if (ref === '.Release.Name') return ctx.release.Name;
   if (ref === '.Release.Namespace') return ctx.release.Namespace;

@@ -101,20 +101,50 @@ export function templateSource(): Source {
 export const CAPABILITIES: { cap: string; why: string; when?: string }[] = [
   { cap: 'BPF', why: 'create maps, load BTF and programs (bpf(2); kernel >= 5.8)' },
   { cap: 'PERFMON', why: 'load tracing programs, attach tracepoints/tp_btf/fentry/kprobes, read kernel memory in them (kernel >= 5.8)' },
-  { cap: 'SYS_RESOURCE', why: 'raise RLIMIT_MEMLOCK for BPF maps: only kernels < 5.11 account map memory that way (privileges.sysResource)', when: 'privileges.sysResource' },
-  { cap: 'SYS_ADMIN', why: 'kernels < 5.8 (no CAP_BPF/CAP_PERFMON), or bpf.stats: true (BPF_ENABLE_STATS needs it); off by default (privileges.sysAdmin)', when: 'privileges.sysAdmin' },
+  {
+    cap: 'SYS_RESOURCE',
+    why: 'raise RLIMIT_MEMLOCK for BPF maps: only kernels < 5.11 account map memory that way (privileges.sysResource)',
+    when: 'privileges.sysResource',
+  },
+  {
+    cap: 'SYS_ADMIN',
+    why: 'kernels < 5.8 (no CAP_BPF/CAP_PERFMON), or bpf.stats: true (BPF_ENABLE_STATS needs it); off by default (privileges.sysAdmin)',
+    when: 'privileges.sysAdmin',
+  },
   { cap: 'DAC_READ_SEARCH', why: 'walk every cgroup directory (cgroup id -> path) and list /var/log/pods whatever their modes; read-only, no write bypass' },
 ];
 
 /** Host paths the DaemonSet mounts, each read-only, and why. */
 export const HOST_MOUNTS: { name: string; host: string; mount: string; why: string; type?: string }[] = [
   { name: 'btf', host: '/sys/kernel/btf', mount: '/sys/kernel/btf', why: 'kernel BTF for CO-RE relocations and tp_btf', type: 'Directory' },
-  { name: 'cgroup', host: '/sys/fs/cgroup', mount: '/sys/fs/cgroup', why: 'the host memory cgroup hierarchy, over the pod\'s own namespaced view: cgroup id -> path, memory.stat', type: 'Directory' },
-  { name: 'tracing', host: '/sys/kernel/tracing', mount: '/sys/kernel/tracing', why: 'tracefs: libbpf resolves tracepoint ids there (the agent need not mount it)' },
+  {
+    name: 'cgroup',
+    host: '/sys/fs/cgroup',
+    mount: '/sys/fs/cgroup',
+    why: "the host memory cgroup hierarchy, over the pod's own namespaced view: cgroup id -> path, memory.stat",
+    type: 'Directory',
+  },
+  {
+    name: 'tracing',
+    host: '/sys/kernel/tracing',
+    mount: '/sys/kernel/tracing',
+    why: 'tracefs: libbpf resolves tracepoint ids there (the agent need not mount it)',
+  },
   { name: 'bpffs', host: '/sys/fs/bpf', mount: '/sys/fs/bpf', why: 'the host bpffs; the agent pins nothing today, so read-only' },
-  { name: 'host-proc', host: '/proc', mount: '/host/proc', why: 'VM identity: BPF reports host pids, so VMM command lines are read from the host /proc (HVWATCH_PROC_ROOT)', type: 'Directory' },
+  {
+    name: 'host-proc',
+    host: '/proc',
+    mount: '/host/proc',
+    why: 'VM identity: BPF reports host pids, so VMM command lines are read from the host /proc (HVWATCH_PROC_ROOT)',
+    type: 'Directory',
+  },
   { name: 'pod-logs', host: '/var/log/pods', mount: '/var/log/pods', why: 'pod uid -> namespace/pod (directory names only; cgroups.podLogsDir)' },
-  { name: 'container-logs', host: '/var/log/containers', mount: '/var/log/containers', why: 'container id -> container name (link names only; cgroups.containerLogsDir)' },
+  {
+    name: 'container-logs',
+    host: '/var/log/containers',
+    mount: '/var/log/containers',
+    why: 'container id -> container name (link names only; cgroups.containerLogsDir)',
+  },
 ];
 
 export interface Manifest {
@@ -140,7 +170,8 @@ export function manifests(s: Source, files: { dashboards: Map<string, string>; p
   const capList = caps.filter((c): c is string => c !== undefined);
   const capComments: [(string | number)[], string][] = [];
   caps.forEach((c, i) => {
-    if (c !== undefined) capComments.push([['spec', 'template', 'spec', 'containers', 0, 'securityContext', 'capabilities', 'add', capList.indexOf(c)], CAPABILITIES[i]!.why]);
+    if (c !== undefined)
+      capComments.push([['spec', 'template', 'spec', 'containers', 0, 'securityContext', 'capabilities', 'add', capList.indexOf(c)], CAPABILITIES[i]!.why]);
   });
   const pr = parse(files.prometheusRule) as { spec: unknown };
 
@@ -160,31 +191,33 @@ export function manifests(s: Source, files: { dashboards: Map<string, string>; p
           tolerations: s.y('tolerations'),
           nodeSelector: s.y('nodeSelector'),
           securityContext: { seccompProfile: { type: 'RuntimeDefault' } },
-          containers: [{
-            name: 'hvwatch',
-            image: `${s.v('image.repository')}:${s.v('image.tag')}`,
-            imagePullPolicy: s.v('image.pullPolicy'),
-            args: ['run', '--config', '/etc/hvwatch/hvwatch.yaml'],
-            env: [{ name: 'HVWATCH_PROC_ROOT', value: '/host/proc' }],
-            ports: [{ name: 'metrics', containerPort: PORT, protocol: 'TCP' }],
-            livenessProbe: { httpGet: { path: '/healthz', port: 'metrics' }, periodSeconds: 10, timeoutSeconds: 5, failureThreshold: 3 },
-            readinessProbe: { httpGet: { path: '/readyz', port: 'metrics' }, periodSeconds: 5, timeoutSeconds: 5, failureThreshold: 3 },
-            startupProbe: { httpGet: { path: '/healthz', port: 'metrics' }, periodSeconds: 2, failureThreshold: 30 },
-            resources: s.y('resources'),
-            securityContext: {
-              runAsUser: 0,
-              runAsNonRoot: false,
-              privileged: false,
-              allowPrivilegeEscalation: false,
-              readOnlyRootFilesystem: true,
-              capabilities: { drop: ['ALL'], add: capList },
+          containers: [
+            {
+              name: 'hvwatch',
+              image: `${s.v('image.repository')}:${s.v('image.tag')}`,
+              imagePullPolicy: s.v('image.pullPolicy'),
+              args: ['run', '--config', '/etc/hvwatch/hvwatch.yaml'],
+              env: [{ name: 'HVWATCH_PROC_ROOT', value: '/host/proc' }],
+              ports: [{ name: 'metrics', containerPort: PORT, protocol: 'TCP' }],
+              livenessProbe: { httpGet: { path: '/healthz', port: 'metrics' }, periodSeconds: 10, timeoutSeconds: 5, failureThreshold: 3 },
+              readinessProbe: { httpGet: { path: '/readyz', port: 'metrics' }, periodSeconds: 5, timeoutSeconds: 5, failureThreshold: 3 },
+              startupProbe: { httpGet: { path: '/healthz', port: 'metrics' }, periodSeconds: 2, failureThreshold: 30 },
+              resources: s.y('resources'),
+              securityContext: {
+                runAsUser: 0,
+                runAsNonRoot: false,
+                privileged: false,
+                allowPrivilegeEscalation: false,
+                readOnlyRootFilesystem: true,
+                capabilities: { drop: ['ALL'], add: capList },
+              },
+              volumeMounts: [
+                { name: 'config', mountPath: '/etc/hvwatch', readOnly: true },
+                { name: 'tmp', mountPath: '/tmp' },
+                ...HOST_MOUNTS.map((m) => ({ name: m.name, mountPath: m.mount, readOnly: true })),
+              ],
             },
-            volumeMounts: [
-              { name: 'config', mountPath: '/etc/hvwatch', readOnly: true },
-              { name: 'tmp', mountPath: '/tmp' },
-              ...HOST_MOUNTS.map((m) => ({ name: m.name, mountPath: m.mount, readOnly: true })),
-            ],
-          }],
+          ],
           volumes: [
             { name: 'config', configMap: { name } },
             { name: 'tmp', emptyDir: { medium: 'Memory', sizeLimit: '16Mi' } },
@@ -196,17 +229,29 @@ export function manifests(s: Source, files: { dashboards: Map<string, string>; p
   };
   const volumeComments: [(string | number)[], string][] = HOST_MOUNTS.map((m, i) => [['spec', 'template', 'spec', 'volumes', i + 2], m.why]);
   volumeComments.push(
-    [['spec', 'template', 'spec', 'hostPID'], 'the host /proc is mounted for VM identity instead; sharing the host pid namespace would also expose host processes to signals'],
-    [['spec', 'template', 'spec', 'containers', 0, 'securityContext', 'runAsUser'], 'root with a bounded set: Kubernetes grants added capabilities to uid 0 only (no ambient capabilities)'],
-    [['spec', 'template', 'spec', 'securityContext', 'seccompProfile', 'type'], 'containerd and CRI-O allow bpf(2) with CAP_BPF and perf_event_open(2) with CAP_PERFMON in their default profiles'],
+    [
+      ['spec', 'template', 'spec', 'hostPID'],
+      'the host /proc is mounted for VM identity instead; sharing the host pid namespace would also expose host processes to signals',
+    ],
+    [
+      ['spec', 'template', 'spec', 'containers', 0, 'securityContext', 'runAsUser'],
+      'root with a bounded set: Kubernetes grants added capabilities to uid 0 only (no ambient capabilities)',
+    ],
+    [
+      ['spec', 'template', 'spec', 'securityContext', 'seccompProfile', 'type'],
+      'containerd and CRI-O allow bpf(2) with CAP_BPF and perf_event_open(2) with CAP_PERFMON in their default profiles',
+    ],
     [['spec', 'template', 'spec', 'containers', 0, 'env', 0, 'value'], 'agent/vms.ts reads VMM command lines here'],
   );
 
   return [
     {
-      file: '00-namespace.yaml', plainOnly: true,
+      file: '00-namespace.yaml',
+      plainOnly: true,
       object: { apiVersion: 'v1', kind: 'Namespace', metadata: { name: namespace, labels: { ...labels, 'pod-security.kubernetes.io/enforce': 'privileged' } } },
-      comments: [[['metadata', 'labels', 'pod-security.kubernetes.io/enforce'], 'hostPath volumes and added capabilities are outside the baseline Pod Security level']],
+      comments: [
+        [['metadata', 'labels', 'pod-security.kubernetes.io/enforce'], 'hostPath volumes and added capabilities are outside the baseline Pod Security level'],
+      ],
     },
     { file: '10-serviceaccount.yaml', object: { apiVersion: 'v1', kind: 'ServiceAccount', metadata: meta(name), automountServiceAccountToken: false } },
     { file: '20-configmap.yaml', object: { apiVersion: 'v1', kind: 'ConfigMap', metadata: meta(name), data: { 'hvwatch.yaml': s.yText('config') } } },
@@ -214,38 +259,50 @@ export function manifests(s: Source, files: { dashboards: Map<string, string>; p
     {
       file: '40-service.yaml',
       object: {
-        apiVersion: 'v1', kind: 'Service', metadata: meta(name),
+        apiVersion: 'v1',
+        kind: 'Service',
+        metadata: meta(name),
         spec: { clusterIP: 'None', selector, ports: [{ name: 'metrics', port: PORT, targetPort: 'metrics', protocol: 'TCP' }] },
       },
     },
     {
-      file: '50-servicemonitor.yaml', enabledBy: 'serviceMonitor.enabled',
+      file: '50-servicemonitor.yaml',
+      enabledBy: 'serviceMonitor.enabled',
       object: {
-        apiVersion: 'monitoring.coreos.com/v1', kind: 'ServiceMonitor',
+        apiVersion: 'monitoring.coreos.com/v1',
+        kind: 'ServiceMonitor',
         metadata: { name, namespace, labels: s.y('serviceMonitor.labels') },
         spec: {
           selector: { matchLabels: selector },
           namespaceSelector: { matchNames: [namespace] },
-          endpoints: [{
-            port: 'metrics', path: '/metrics', interval: s.v('serviceMonitor.interval'),
-            // One target per node: name it after the node, not the pod IP.
-            relabelings: [{ sourceLabels: ['__meta_kubernetes_pod_node_name'], targetLabel: 'instance', action: 'replace' }],
-          }],
+          endpoints: [
+            {
+              port: 'metrics',
+              path: '/metrics',
+              interval: s.v('serviceMonitor.interval'),
+              // One target per node: name it after the node, not the pod IP.
+              relabelings: [{ sourceLabels: ['__meta_kubernetes_pod_node_name'], targetLabel: 'instance', action: 'replace' }],
+            },
+          ],
         },
       },
     },
     {
-      file: '60-prometheusrule.yaml', enabledBy: 'prometheusRule.enabled',
+      file: '60-prometheusrule.yaml',
+      enabledBy: 'prometheusRule.enabled',
       object: {
-        apiVersion: 'monitoring.coreos.com/v1', kind: 'PrometheusRule',
+        apiVersion: 'monitoring.coreos.com/v1',
+        kind: 'PrometheusRule',
         metadata: { name, namespace, labels: s.y('prometheusRule.labels') },
         spec: s.yamlFile('files/prometheusrule-spec.yaml', stringifySpec(pr.spec)),
       },
     },
     {
-      file: '70-dashboards.yaml', enabledBy: 'dashboards.enabled',
+      file: '70-dashboards.yaml',
+      enabledBy: 'dashboards.enabled',
       object: {
-        apiVersion: 'v1', kind: 'ConfigMap',
+        apiVersion: 'v1',
+        kind: 'ConfigMap',
         metadata: { name: `${name}-dashboards`, namespace, labels: s.y('dashboards.labels'), annotations: { grafana_folder: 'hvwatch' } },
         data: Object.fromEntries([...files.dashboards].map(([f, content]) => [f, s.file(`dashboards/${f}`, content)])),
       },

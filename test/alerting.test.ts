@@ -17,7 +17,10 @@ import { until } from './helpers/agent.js';
 import { amAlerts, startAlertmanager, type Service } from './helpers/prometheus.js';
 
 // ---- a local HTTP server whose behaviour each test scripts ----
-interface Recorded { at: number; alerts: PostableAlert[] }
+interface Recorded {
+  at: number;
+  alerts: PostableAlert[];
+}
 type Handler = (req: IncomingMessage, res: ServerResponse, n: number) => void;
 
 async function httpServer(handler: Handler): Promise<{ url: string; requests: Recorded[]; server: Server; close(): Promise<void> }> {
@@ -33,8 +36,14 @@ async function httpServer(handler: Handler): Promise<{ url: string; requests: Re
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   const { port } = server.address() as AddressInfo;
   return {
-    url: `http://127.0.0.1:${port}`, requests, server,
-    close: () => new Promise((r) => { server.closeAllConnections(); server.close(() => r()); }),
+    url: `http://127.0.0.1:${port}`,
+    requests,
+    server,
+    close: () =>
+      new Promise((r) => {
+        server.closeAllConnections();
+        server.close(() => r());
+      }),
   };
 }
 
@@ -64,8 +73,10 @@ test.after.always(async () => {
 test.serial('a race indicator increase reaches Alertmanager with its labels, then resolves when the hold time passes', async (t) => {
   const store = new MetricStore();
   for (const kind of ['uncharge_under_writeback', 'memcg_cleared_under_writeback']) store.set(M.memcgRaceEvents, { kind }, 0);
-  const alerting = new InProcessAlerting(store, config({ alertmanagers: [am!.url], holdSeconds: 2, extraLabels: { cluster: 'test-cluster' } }),
-    { node: hostname(), instance: 'node-a:9477' });
+  const alerting = new InProcessAlerting(store, config({ alertmanagers: [am!.url], holdSeconds: 2, extraLabels: { cluster: 'test-cluster' } }), {
+    node: hostname(),
+    instance: 'node-a:9477',
+  });
   t.is(alerting.stats.alertmanagers.length, 1);
   t.teardown(() => alerting.stop());
 
@@ -83,8 +94,12 @@ test.serial('a race indicator increase reaches Alertmanager with its labels, the
   const [a, ...rest] = await amAlerts(am!, { alertname: RACE.name });
   t.is(rest.length, 0, 'only the kind that rose');
   t.deepEqual(a!.labels, {
-    alertname: 'HvwatchMemcgRaceIndicator', severity: 'critical', kind: 'uncharge_under_writeback',
-    instance: 'node-a:9477', job: 'hvwatch', cluster: 'test-cluster',
+    alertname: 'HvwatchMemcgRaceIndicator',
+    severity: 'critical',
+    kind: 'uncharge_under_writeback',
+    instance: 'node-a:9477',
+    job: 'hvwatch',
+    cluster: 'test-cluster',
   });
   t.is(a!.annotations.summary, 'memcg race indicator uncharge_under_writeback on node-a:9477');
   t.regex(a!.annotations.description!, /GET \/api\/races/);
@@ -100,8 +115,11 @@ test.serial('a race indicator increase reaches Alertmanager with its labels, the
   t.is(alerting.stats.firing, 0);
   t.is(alerting.stats.sent, 2);
   await until(async () => ((await amAlerts(am!, { alertname: RACE.name })).length === 0 ? true : undefined), 5_000, 'Alertmanager to drop the resolved alert');
-  const resolved = await until(async () => notifications.find((n) => n.status === 'resolved' && n.alerts.some((x) => x.labels.alertname === RACE.name)), 10_000,
-    'Alertmanager\'s resolved notification');
+  const resolved = await until(
+    async () => notifications.find((n) => n.status === 'resolved' && n.alerts.some((x) => x.labels.alertname === RACE.name)),
+    10_000,
+    "Alertmanager's resolved notification",
+  );
   t.is(resolved.alerts[0]!.labels.kind, 'uncharge_under_writeback');
 });
 
@@ -115,16 +133,25 @@ test.serial('a probe that did not attach fires while its gauge is 0 and resolves
   alerting.evaluate();
   await alerting.flush();
   const got = await amAlerts(am!, { alertname: PROBE_NOT_ATTACHED.name, instance: 'node-b' });
-  t.deepEqual(got.map((a) => a.labels.probe), ['memcg_writeback_wait']);
+  t.deepEqual(
+    got.map((a) => a.labels.probe),
+    ['memcg_writeback_wait'],
+  );
   t.is(got[0]!.labels.severity, 'warning');
-  t.deepEqual(got[0]!.labels, { alertname: PROBE_NOT_ATTACHED.name, severity: 'warning', probe: 'memcg_writeback_wait', instance: 'node-b', job: 'hvwatch' },
-    'instance defaults to the node name; the label set is what the Prometheus rule produces');
+  t.deepEqual(
+    got[0]!.labels,
+    { alertname: PROBE_NOT_ATTACHED.name, severity: 'warning', probe: 'memcg_writeback_wait', instance: 'node-b', job: 'hvwatch' },
+    'instance defaults to the node name; the label set is what the Prometheus rule produces',
+  );
 
   store.set(M.probeAttached, { probe: 'memcg_writeback_wait' }, 1);
   alerting.evaluate();
   await alerting.flush();
-  await until(async () => ((await amAlerts(am!, { alertname: PROBE_NOT_ATTACHED.name, instance: 'node-b' })).length === 0 ? true : undefined), 5_000,
-    'the resolved probe alert to leave Alertmanager');
+  await until(
+    async () => ((await amAlerts(am!, { alertname: PROBE_NOT_ATTACHED.name, instance: 'node-b' })).length === 0 ? true : undefined),
+    5_000,
+    'the resolved probe alert to leave Alertmanager',
+  );
   t.is(alerting.stats.sent, 2);
   t.is(alerting.stats.failedAttempts, 0);
 });
@@ -137,10 +164,15 @@ function raceStore(): MetricStore {
 }
 
 test('retries with exponential backoff until Alertmanager answers', async (t) => {
-  const srv = await httpServer((_q, res, n) => { res.statusCode = n <= 3 ? 503 : 200; res.end(n <= 3 ? 'unavailable' : ''); });
+  const srv = await httpServer((_q, res, n) => {
+    res.statusCode = n <= 3 ? 503 : 200;
+    res.end(n <= 3 ? 'unavailable' : '');
+  });
   t.teardown(() => srv.close());
-  const alerting = new InProcessAlerting(raceStore(), config({ alertmanagers: [srv.url], backoff: { initialSeconds: 0.1, maxSeconds: 1, maxAttempts: 5 } }),
-    { node: 'n', random: () => 1 });
+  const alerting = new InProcessAlerting(raceStore(), config({ alertmanagers: [srv.url], backoff: { initialSeconds: 0.1, maxSeconds: 1, maxAttempts: 5 } }), {
+    node: 'n',
+    random: () => 1,
+  });
   t.teardown(() => alerting.stop());
 
   alerting.evaluate();
@@ -158,16 +190,35 @@ test('retries with exponential backoff until Alertmanager answers', async (t) =>
 
 test('backoff is capped at maxSeconds and jittered between half and all of its step', (t) => {
   let rnd = 0;
-  const s = new AlertmanagerSender({ url: 'http://127.0.0.1:1', timeoutMs: 100, queueSize: 1, backoff: { initialMs: 100, maxMs: 1000, maxAttempts: 10 }, random: () => rnd });
-  t.deepEqual([0, 1, 2, 3, 4, 8].map((i) => s.backoffMs(i)), [50, 100, 200, 400, 500, 500]);
+  const s = new AlertmanagerSender({
+    url: 'http://127.0.0.1:1',
+    timeoutMs: 100,
+    queueSize: 1,
+    backoff: { initialMs: 100, maxMs: 1000, maxAttempts: 10 },
+    random: () => rnd,
+  });
+  t.deepEqual(
+    [0, 1, 2, 3, 4, 8].map((i) => s.backoffMs(i)),
+    [50, 100, 200, 400, 500, 500],
+  );
   rnd = 1;
-  t.deepEqual([0, 1, 2, 3, 4, 8].map((i) => s.backoffMs(i)), [100, 200, 400, 800, 1000, 1000]);
+  t.deepEqual(
+    [0, 1, 2, 3, 4, 8].map((i) => s.backoffMs(i)),
+    [100, 200, 400, 800, 1000, 1000],
+  );
 });
 
 test('gives up after maxAttempts and counts the alerts it dropped', async (t) => {
-  const srv = await httpServer((_q, res) => { res.statusCode = 500; res.end('boom'); });
+  const srv = await httpServer((_q, res) => {
+    res.statusCode = 500;
+    res.end('boom');
+  });
   t.teardown(() => srv.close());
-  const alerting = new InProcessAlerting(raceStore(), config({ alertmanagers: [srv.url], backoff: { initialSeconds: 0.01, maxSeconds: 0.05, maxAttempts: 3 } }), { node: 'n' });
+  const alerting = new InProcessAlerting(
+    raceStore(),
+    config({ alertmanagers: [srv.url], backoff: { initialSeconds: 0.01, maxSeconds: 0.05, maxAttempts: 3 } }),
+    { node: 'n' },
+  );
   t.teardown(() => alerting.stop());
   alerting.evaluate();
   await alerting.flush();
@@ -175,7 +226,11 @@ test('gives up after maxAttempts and counts the alerts it dropped', async (t) =>
   t.like(alerting.stats, { sent: 0, failedAttempts: 3, retries: 2, droppedFailed: 1 });
   // The same counts on /metrics: the next evaluation publishes them into the agent's store.
   const metrics = new MetricStore();
-  const published = new InProcessAlerting(raceStore(), config({ alertmanagers: [srv.url], backoff: { initialSeconds: 0.01, maxSeconds: 0.05, maxAttempts: 3 } }), { node: 'n', metrics });
+  const published = new InProcessAlerting(
+    raceStore(),
+    config({ alertmanagers: [srv.url], backoff: { initialSeconds: 0.01, maxSeconds: 0.05, maxAttempts: 3 } }),
+    { node: 'n', metrics },
+  );
   t.teardown(() => published.stop());
   published.evaluate();
   await published.flush();
@@ -189,7 +244,10 @@ test('gives up after maxAttempts and counts the alerts it dropped', async (t) =>
 });
 
 test('a 4xx rejection is not retried', async (t) => {
-  const srv = await httpServer((_q, res) => { res.statusCode = 400; res.end('{"code":400,"message":"bad alert"}'); });
+  const srv = await httpServer((_q, res) => {
+    res.statusCode = 400;
+    res.end('{"code":400,"message":"bad alert"}');
+  });
   t.teardown(() => srv.close());
   const alerting = new InProcessAlerting(raceStore(), config({ alertmanagers: [srv.url], backoff: { initialSeconds: 0.01, maxAttempts: 5 } }), { node: 'n' });
   t.teardown(() => alerting.stop());
@@ -201,11 +259,15 @@ test('a 4xx rejection is not retried', async (t) => {
 });
 
 test('a hung Alertmanager times out and never blocks evaluation', async (t) => {
-  const srv = await httpServer(() => { /* never answers */ });
+  const srv = await httpServer(() => {
+    /* never answers */
+  });
   t.teardown(() => srv.close());
   const store = new MetricStore();
   for (let i = 0; i < 100; i++) store.set(M.probeAttached, { probe: `p${i}` }, 0);
-  const alerting = new InProcessAlerting(store, config({ alertmanagers: [srv.url], timeoutSeconds: 1, backoff: { initialSeconds: 0.05, maxAttempts: 2 } }), { node: 'n' });
+  const alerting = new InProcessAlerting(store, config({ alertmanagers: [srv.url], timeoutSeconds: 1, backoff: { initialSeconds: 0.05, maxAttempts: 2 } }), {
+    node: 'n',
+  });
   t.teardown(() => alerting.stop());
 
   // Were evaluate() waiting on the network it would take at least the 1 s timeout.
@@ -225,7 +287,8 @@ test('a hung Alertmanager times out and never blocks evaluation', async (t) => {
 test('the queue is bounded: the oldest alerts are dropped and counted, the newest delivered', async (t) => {
   let release: (() => void) | undefined;
   const srv = await httpServer((_q, res, n) => {
-    if (n === 1) release = () => res.end(); // the first POST hangs until released
+    if (n === 1)
+      release = () => res.end(); // the first POST hangs until released
     else res.end();
   });
   t.teardown(() => srv.close());
@@ -243,21 +306,38 @@ test('the queue is bounded: the oldest alerts are dropped and counted, the newes
   release!();
   await alerting.flush();
   t.is(srv.requests.length, 2);
-  t.deepEqual(srv.requests[1]!.alerts.map((a) => a.labels.probe), ['p7', 'p8', 'p9']);
+  t.deepEqual(
+    srv.requests[1]!.alerts.map((a) => a.labels.probe),
+    ['p7', 'p8', 'p9'],
+  );
   t.like(alerting.stats, { sent: 4, queued: 0, droppedQueueFull: 7 });
 });
 
 test('a newer state of an alert replaces its queued older one (a resolution never trails a stale firing)', async (t) => {
   const firing: PostableAlert = { labels: { alertname: 'X', probe: 'a' }, annotations: {}, startsAt: 'x', endsAt: 'later' };
   const posted: PostableAlert[][] = [];
-  const s = new AlertmanagerSender({ url: 'http://127.0.0.1:9', timeoutMs: 100, queueSize: 10, backoff: { initialMs: 1, maxMs: 1, maxAttempts: 1 },
-    fetch: (async (_u: string, init: RequestInit) => { posted.push(JSON.parse(init.body as string) as PostableAlert[]); return new Response(''); }) as unknown as typeof fetch });
+  const s = new AlertmanagerSender({
+    url: 'http://127.0.0.1:9',
+    timeoutMs: 100,
+    queueSize: 10,
+    backoff: { initialMs: 1, maxMs: 1, maxAttempts: 1 },
+    fetch: (async (_u: string, init: RequestInit) => {
+      posted.push(JSON.parse(init.body as string) as PostableAlert[]);
+      return new Response('');
+    }) as unknown as typeof fetch,
+  });
   // Enqueue twice in one tick: the first POST takes the firing one, the queue keeps one entry.
   s.enqueue([firing]);
-  s.enqueue([{ ...firing, endsAt: 'now' }, { ...firing, endsAt: 'resolved' }]);
+  s.enqueue([
+    { ...firing, endsAt: 'now' },
+    { ...firing, endsAt: 'resolved' },
+  ]);
   t.is(s.stats.queued, 1);
   await s.idle();
-  t.deepEqual(posted.map((b) => b.map((a) => a.endsAt)), [['later'], ['resolved']]);
+  t.deepEqual(
+    posted.map((b) => b.map((a) => a.endsAt)),
+    [['later'], ['resolved']],
+  );
 });
 
 test('firing alerts are re-sent every resend interval with endsAt four intervals ahead', async (t) => {
@@ -271,8 +351,14 @@ test('firing alerts are re-sent every resend interval with endsAt four intervals
     await alerting.flush();
   }
   t.is(srv.requests.length, 3, 'at 0, 10 and 20 s');
-  t.deepEqual(srv.requests.map((r) => Date.parse(r.alerts[0]!.endsAt) - t0), [40_000, 50_000, 60_000]);
-  t.true(srv.requests.every((r) => Date.parse(r.alerts[0]!.startsAt) === t0), 'startsAt stays the first firing time');
+  t.deepEqual(
+    srv.requests.map((r) => Date.parse(r.alerts[0]!.endsAt) - t0),
+    [40_000, 50_000, 60_000],
+  );
+  t.true(
+    srv.requests.every((r) => Date.parse(r.alerts[0]!.startsAt) === t0),
+    'startsAt stays the first firing time',
+  );
 });
 
 test('evaluator: counter resets count as increases, vanished state series resolve, increases hold then resolve', (t) => {
@@ -290,12 +376,19 @@ test('evaluator: counter resets count as increases, vanished state series resolv
   t.is(tr.resolved.find((a) => a.condition === RACE)!.endsAt, 1_001);
   store.set(M.memcgRaceEvents, { kind: 'k' }, 2); // reset (5 -> 2): two new events
   tr = ev.evaluate(store, 2_000);
-  t.deepEqual(tr.fired.map((a) => a.labels), [{ kind: 'k' }]);
+  t.deepEqual(
+    tr.fired.map((a) => a.labels),
+    [{ kind: 'k' }],
+  );
   t.is(tr.fired[0]!.startsAt, 2_000);
 });
 
 test('evaluation errors are counted, never thrown (the agent must keep probing)', (t) => {
-  const broken = { all: () => { throw new Error('store gone'); } };
+  const broken = {
+    all: () => {
+      throw new Error('store gone');
+    },
+  };
   const alerting = new InProcessAlerting(broken, config({}), { node: 'n' });
   t.notThrows(() => alerting.evaluate());
   t.like(alerting.stats, { evaluations: 1, evaluationErrors: 1 });
@@ -339,7 +432,10 @@ test('config fragment: defaults, merged into a parent schema, and one-line error
 
 test('the endpoint is the base URL plus /api/v2/alerts, with or without a trailing slash or path prefix', async (t) => {
   const seen: string[] = [];
-  const fetchSpy = (async (u: string) => { seen.push(u); return new Response(''); }) as unknown as typeof fetch;
+  const fetchSpy = (async (u: string) => {
+    seen.push(u);
+    return new Response('');
+  }) as unknown as typeof fetch;
   for (const url of ['http://am:9093', 'http://am:9093/', 'http://am/prefix/']) {
     const s = new AlertmanagerSender({ url, timeoutMs: 100, queueSize: 1, backoff: { initialMs: 1, maxMs: 1, maxAttempts: 1 }, fetch: fetchSpy });
     s.enqueue([{ labels: { alertname: 'X' }, annotations: {}, startsAt: '', endsAt: '' }]);

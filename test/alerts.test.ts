@@ -14,7 +14,11 @@ import { IN_PROCESS_CONDITIONS } from '../agent/alerting/conditions.js';
 
 const RULES = join(REPO_ROOT, 'alerts/hvwatch.rules.yml');
 const TESTS_DIR = join(REPO_ROOT, 'alerts/tests');
-const testFiles = (dir = TESTS_DIR): string[] => fs.readdirSync(dir).filter((f) => f.endsWith('.yml')).map((f) => join(dir, f));
+const testFiles = (dir = TESTS_DIR): string[] =>
+  fs
+    .readdirSync(dir)
+    .filter((f) => f.endsWith('.yml'))
+    .map((f) => join(dir, f));
 
 function promtool(args: string[], cwd = REPO_ROOT): { status: number | null; out: string } {
   const r = spawnSync('promtool', args, { cwd, encoding: 'utf8' });
@@ -46,14 +50,19 @@ test('the --check mode fails on a stale artifact', (t) => {
   t.deepEqual(staleArtifacts(want, root), ['alerts/hvwatch.rules.yml']);
 });
 
-test('promtool check rules accepts the rules file and the PrometheusRule\'s groups', (t) => {
+test("promtool check rules accepts the rules file and the PrometheusRule's groups", (t) => {
   const r = promtool(['check', 'rules', RULES]);
   t.is(r.status, 0, r.out);
   const n = rulesFile().groups.reduce((a, g) => a + g.rules.length, 0);
   t.regex(r.out, new RegExp(`SUCCESS: ${n} rules found`));
 
   // The manifest carries exactly the same groups; promtool checks them as a rules file.
-  const manifest = parseYaml(fs.readFileSync(join(REPO_ROOT, 'alerts/prometheusrule.yaml'), 'utf8')) as { apiVersion: string; kind: string; metadata: { name: string }; spec: RulesFile };
+  const manifest = parseYaml(fs.readFileSync(join(REPO_ROOT, 'alerts/prometheusrule.yaml'), 'utf8')) as {
+    apiVersion: string;
+    kind: string;
+    metadata: { name: string };
+    spec: RulesFile;
+  };
   t.is(manifest.apiVersion, 'monitoring.coreos.com/v1');
   t.is(manifest.kind, 'PrometheusRule');
   t.is(manifest.metadata.name, 'hvwatch');
@@ -91,22 +100,42 @@ test('every alert has a firing and a not-firing case, every recording rule an ex
   const quiet = new Set<string>();
   const exprTests: string[] = [];
   for (const file of testFiles()) {
-    const doc = parseYaml(fs.readFileSync(file, 'utf8')) as { tests: { alert_rule_test?: { alertname: string; exp_alerts: unknown[] }[]; promql_expr_test?: { expr: string }[] }[] };
+    const doc = parseYaml(fs.readFileSync(file, 'utf8')) as {
+      tests: { alert_rule_test?: { alertname: string; exp_alerts: unknown[] }[]; promql_expr_test?: { expr: string }[] }[];
+    };
     for (const tc of doc.tests) {
       for (const a of tc.alert_rule_test ?? []) (a.exp_alerts.length ? firing : quiet).add(a.alertname);
       for (const e of tc.promql_expr_test ?? []) exprTests.push(e.expr);
     }
   }
   const alerts = ALL_ALERTS.map((a) => a.alert);
-  t.deepEqual(alerts.filter((a) => !firing.has(a)), [], 'alerts without a firing case');
-  t.deepEqual(alerts.filter((a) => !quiet.has(a)), [], 'alerts without a not-firing case');
-  const untested = Object.values(RECORDING).map((r) => r.record).filter((rec) => !exprTests.some((e) => e.startsWith(rec)));
+  t.deepEqual(
+    alerts.filter((a) => !firing.has(a)),
+    [],
+    'alerts without a firing case',
+  );
+  t.deepEqual(
+    alerts.filter((a) => !quiet.has(a)),
+    [],
+    'alerts without a not-firing case',
+  );
+  const untested = Object.values(RECORDING)
+    .map((r) => r.record)
+    .filter((rec) => !exprTests.some((e) => e.startsWith(rec)));
   t.deepEqual(untested, [], 'recording rules without an expression test');
 });
 
 test('every alert has severity, summary, description and a runbook_url whose section exists in alerts/README.md', (t) => {
   const readme = fs.readFileSync(join(REPO_ROOT, 'alerts/README.md'), 'utf8');
-  const anchors = new Set([...readme.matchAll(/^#{1,3} (.+)$/gm)].map((m) => m[1]!.trim().toLowerCase().replace(/[^\w\- ]/g, '').replace(/ /g, '-')));
+  const anchors = new Set(
+    [...readme.matchAll(/^#{1,3} (.+)$/gm)].map((m) =>
+      m[1]!
+        .trim()
+        .toLowerCase()
+        .replace(/[^\w\- ]/g, '')
+        .replace(/ /g, '-'),
+    ),
+  );
   const alerts = rulesFile().groups.flatMap((g) => g.rules.filter((r) => r.alert));
   t.is(alerts.length, ALL_ALERTS.length);
   for (const a of alerts) {

@@ -14,7 +14,13 @@ function bpftool(...args: string[]): string {
   return r.stdout;
 }
 
-interface RawType { id: number; kind: string; name: string; head: string; lines: string[] }
+interface RawType {
+  id: number;
+  kind: string;
+  name: string;
+  head: string;
+  lines: string[];
+}
 
 function parseRaw(text: string): Map<number, RawType> {
   const out = new Map<number, RawType>();
@@ -34,7 +40,8 @@ function parseRaw(text: string): Map<number, RawType> {
 let rawCache: Map<number, RawType> | undefined;
 const raw = () => (rawCache ??= parseRaw(bpftool('btf', 'dump', 'file', VMLINUX, 'format', 'raw')));
 const rawFind = (kind: string, name: string) => [...raw().values()].find((r) => r.kind === kind && r.name === name);
-const member = (r: RawType, name: string) => r.lines.map((l) => /^\t'([^']*)' (?:type_id=(\d+) )?(?:bits_offset=(\d+))?.*?(?:val=(-?\d+))?/.exec(l)).find((m) => m?.[1] === name);
+const member = (r: RawType, name: string) =>
+  r.lines.map((l) => /^\t'([^']*)' (?:type_id=(\d+) )?(?:bits_offset=(\d+))?.*?(?:val=(-?\d+))?/.exec(l)).find((m) => m?.[1] === name);
 
 // Every error from the reader must be a plain Error; RangeError/TypeError would mean a missed bounds check.
 function ownError(e: unknown): e is Error {
@@ -93,12 +100,15 @@ test('every named struct/union flattens to the member offsets bpftool reports', 
       const m = /^\t'([^']*)' type_id=(\d+) bits_offset=(\d+)(?: bitfield_size=(\d+))?/.exec(l)!;
       const off = base + Number(m[3]);
       let inner = r.get(Number(m[2]));
-      while (inner && ['CONST', 'VOLATILE', 'TYPEDEF', 'RESTRICT', 'TYPE_TAG'].includes(inner.kind)) inner = r.get(Number(/type_id=(\d+)/.exec(inner.head)?.[1])); // e.g. vm_fault's `const struct { ... };`
+      while (inner && ['CONST', 'VOLATILE', 'TYPEDEF', 'RESTRICT', 'TYPE_TAG'].includes(inner.kind))
+        inner = r.get(Number(/type_id=(\d+)/.exec(inner.head)?.[1])); // e.g. vm_fault's `const struct { ... };`
       if (m[1] === '(anon)' && (inner?.kind === 'STRUCT' || inner?.kind === 'UNION')) flatten(inner.id, off, out);
       else out.set(m[1]!, [off, Number(m[4] ?? 0)]);
     }
   };
-  let structs = 0, fields = 0, bitfields = 0;
+  let structs = 0,
+    fields = 0,
+    bitfields = 0;
   const bad: string[] = [];
   for (const rt of r.values()) {
     if ((rt.kind !== 'STRUCT' && rt.kind !== 'UNION') || !rt.name) continue;
@@ -111,7 +121,8 @@ test('every named struct/union flattens to the member offsets bpftool reports', 
     for (const f of layout.fields) {
       fields++;
       const w = want.get(f.name);
-      const ok = f.bitSize ? (bitfields++, w?.[0] === f.bitOffset && w?.[1] === f.bitSize && f.size === 0)
+      const ok = f.bitSize
+        ? (bitfields++, w?.[0] === f.bitOffset && w?.[1] === f.bitSize && f.size === 0)
         : w?.[0] === f.offset * 8 && w[1] === 0 && f.offset + f.size <= layout.size;
       if (!ok) bad.push(`${rt.name}.${f.name}`);
     }
@@ -123,7 +134,10 @@ test('every named struct/union flattens to the member offsets bpftool reports', 
 
 test('enum values NR_WRITEBACK and PGPGOUT match bpftool', (t) => {
   const btf = Btf.vmlinux();
-  for (const [en, val] of [['node_stat_item', 'NR_WRITEBACK'], ['vm_event_item', 'PGPGOUT']] as const) {
+  for (const [en, val] of [
+    ['node_stat_item', 'NR_WRITEBACK'],
+    ['vm_event_item', 'PGPGOUT'],
+  ] as const) {
     const want = member(rawFind('ENUM', en)!, val)?.[4];
     t.truthy(want, `${en}.${val} in bpftool output`);
     t.is(btf.enumValue(en, val), BigInt(want!));
@@ -140,7 +154,10 @@ test('enum64 values match bpftool', (t) => {
   if (enums.length === 0) return t.pass(); // older kernels have none; enum64 decoding is also covered by the split test
   for (const rt of enums) {
     const ty = btf.typeById(rt.id);
-    t.deepEqual(ty.values!.map((v) => `${v.name}=${v.value}`), rt.lines.map((l) => l.replace(/^\t'(.*)' val=(-?\d+)(ULL|LL)?$/, '$1=$2')));
+    t.deepEqual(
+      ty.values!.map((v) => `${v.name}=${v.value}`),
+      rt.lines.map((l) => l.replace(/^\t'(.*)' val=(-?\d+)(ULL|LL)?$/, '$1=$2')),
+    );
   }
 });
 
@@ -148,7 +165,10 @@ test('tracepointParams(mod_memcg_lruvec_state) matches bpftool', (t) => {
   const btf = Btf.vmlinux();
   const params = btf.tracepointParams('mod_memcg_lruvec_state');
   t.truthy(params);
-  t.deepEqual(params!.map((p) => p.name), ['memcg', 'item', 'val']);
+  t.deepEqual(
+    params!.map((p) => p.name),
+    ['memcg', 'item', 'val'],
+  );
   // bpftool: typedef -> PTR -> FUNC_PROTO with the __data ctx first (its params are anonymous in kernel BTF).
   const td = rawFind('TYPEDEF', 'btf_trace_mod_memcg_lruvec_state')!;
   const ptr = raw().get(Number(/type_id=(\d+)/.exec(td.head)![1]))!;
@@ -159,7 +179,10 @@ test('tracepointParams(mod_memcg_lruvec_state) matches bpftool', (t) => {
   const stub = rawFind('FUNC', '__probestub_mod_memcg_lruvec_state');
   if (stub) {
     const stubProto = raw().get(Number(/type_id=(\d+)/.exec(stub.head)![1]))!;
-    t.deepEqual(stubProto.lines.slice(1).map((l) => /'([^']*)'/.exec(l)![1]), params!.map((p) => p.name));
+    t.deepEqual(
+      stubProto.lines.slice(1).map((l) => /'([^']*)'/.exec(l)![1]),
+      params!.map((p) => p.name),
+    );
   }
   t.is(btf.tracepointParams('definitely_not_a_tracepoint_xyz'), undefined);
 });
@@ -177,8 +200,10 @@ test('tracepointParams type names equal bpftool format c for every btf_trace_ ty
   t.log(`${n} tracepoints checked`);
   t.true(n > 100);
   t.deepEqual(bad.slice(0, 10), []);
-  t.deepEqual(btf.tracepointParams('sched_switch')?.map((p) => `${p.typeName} ${p.name}`),
-    ['bool preempt', 'struct task_struct * prev', 'struct task_struct * next', 'unsigned int prev_state']);
+  t.deepEqual(
+    btf.tracepointParams('sched_switch')?.map((p) => `${p.typeName} ${p.name}`),
+    ['bool preempt', 'struct task_struct * prev', 'struct task_struct * next', 'unsigned int prev_state'],
+  );
 });
 
 test('hasFunc agrees with bpftool', (t) => {
@@ -197,30 +222,95 @@ test('missing BTF files', (t) => {
 // A split-BTF blob on top of the real vmlinux, encoded by hand and checked with
 // `bpftool -B vmlinux`, so split handling is tested even where no module BTF is loaded.
 function splitBlob(base: Btf, baseStrLen: number, hostile = false): { blob: Uint8Array; first: number } {
-  const strs = ['hvw_split_probe', 'task', 'pid', 'flag', 'val', 'btf_trace_hvw_split_probe', 'hvw_split_enum', 'HVW_SPLIT_A', 'hvw_split_e64', 'HVW_BIG', 'hvw_loop', 'btf_trace_hvw_loop', 'hvw_loop_s'];
+  const strs = [
+    'hvw_split_probe',
+    'task',
+    'pid',
+    'flag',
+    'val',
+    'btf_trace_hvw_split_probe',
+    'hvw_split_enum',
+    'HVW_SPLIT_A',
+    'hvw_split_e64',
+    'HVW_BIG',
+    'hvw_loop',
+    'btf_trace_hvw_loop',
+    'hvw_loop_s',
+  ];
   const name = (s: string) => baseStrLen + strs.slice(0, strs.indexOf(s)).reduce((n, x) => n + x.length + 1, 0);
   const info = (kind: number, vlen: number, kflag = 0) => ((kflag << 31) | (kind << 24) | vlen) >>> 0;
   const first = base.typeCount;
-  const task = base.find('task_struct', 'struct')!.id, int = base.find('int', 'int')!.id, u32 = base.find('u32', 'typedef')!.id;
+  const task = base.find('task_struct', 'struct')!.id,
+    int = base.find('int', 'int')!.id,
+    u32 = base.find('u32', 'typedef')!.id;
   // hostile: a self-typedef, a 1000-param prototype whose params point back at it, and a
   // struct with 1000 anonymous members of itself; naive recursion would never finish.
-  const words = hostile ? [
-    name('hvw_loop'), info(8, 0), first, // first+0
-    0, info(2, 0), first + 2, // first+1: pointer to the proto
-    0, info(13, 1000), 0, ...Array.from({ length: 1000 }, () => [0, first + 1]).flat(), // first+2
-    name('btf_trace_hvw_loop'), info(8, 0), first + 1, // first+3
-    name('hvw_loop_s'), info(4, 1000), 8, ...Array.from({ length: 1000 }, () => [0, first + 4, 0]).flat(), // first+4
-  ] : [
-    0, info(2, 0), task, // first+0: struct task_struct *
-    name('hvw_split_probe'), info(4, 3, 1), 16, // first+1: struct with a bitfield (kind_flag)
-    name('task'), first, 0, name('pid'), int, 64, name('flag'), int, (3 << 24) | 97,
-    0, info(13, 3), 0, 0, first + 3, name('task'), first, name('val'), u32, // first+2: void (void *, struct task_struct *, u32)
-    0, info(2, 0), 0, // first+3: void *
-    0, info(2, 0), first + 2, // first+4: pointer to the proto
-    name('btf_trace_hvw_split_probe'), info(8, 0), first + 4, // first+5
-    name('hvw_split_enum'), info(6, 1, 1), 4, name('HVW_SPLIT_A'), -7 >>> 0, // first+6: signed enum
-    name('hvw_split_e64'), info(19, 1), 8, name('HVW_BIG'), 5, 1 << 8, // first+7: 0x100_0000_0005
-  ];
+  const words = hostile
+    ? [
+        name('hvw_loop'),
+        info(8, 0),
+        first, // first+0
+        0,
+        info(2, 0),
+        first + 2, // first+1: pointer to the proto
+        0,
+        info(13, 1000),
+        0,
+        ...Array.from({ length: 1000 }, () => [0, first + 1]).flat(), // first+2
+        name('btf_trace_hvw_loop'),
+        info(8, 0),
+        first + 1, // first+3
+        name('hvw_loop_s'),
+        info(4, 1000),
+        8,
+        ...Array.from({ length: 1000 }, () => [0, first + 4, 0]).flat(), // first+4
+      ]
+    : [
+        0,
+        info(2, 0),
+        task, // first+0: struct task_struct *
+        name('hvw_split_probe'),
+        info(4, 3, 1),
+        16, // first+1: struct with a bitfield (kind_flag)
+        name('task'),
+        first,
+        0,
+        name('pid'),
+        int,
+        64,
+        name('flag'),
+        int,
+        (3 << 24) | 97,
+        0,
+        info(13, 3),
+        0,
+        0,
+        first + 3,
+        name('task'),
+        first,
+        name('val'),
+        u32, // first+2: void (void *, struct task_struct *, u32)
+        0,
+        info(2, 0),
+        0, // first+3: void *
+        0,
+        info(2, 0),
+        first + 2, // first+4: pointer to the proto
+        name('btf_trace_hvw_split_probe'),
+        info(8, 0),
+        first + 4, // first+5
+        name('hvw_split_enum'),
+        info(6, 1, 1),
+        4,
+        name('HVW_SPLIT_A'),
+        -7 >>> 0, // first+6: signed enum
+        name('hvw_split_e64'),
+        info(19, 1),
+        8,
+        name('HVW_BIG'),
+        5,
+        1 << 8, // first+7: 0x100_0000_0005
+      ];
   const types = new Uint8Array(new Uint32Array(words).buffer);
   const str = new TextEncoder().encode(strs.join('\0') + '\0');
   const blob = new Uint8Array(24 + types.length + str.length);
@@ -246,10 +336,15 @@ test('split BTF: hand-built module blob on vmlinux agrees with bpftool -B', (t) 
     t.is(mod.typeById(1).name, base.typeById(1).name); // base ids still resolve through the module
     const layout = mod.structLayout('hvw_split_probe')!;
     const rs = r.get(first + 1)!;
-    t.deepEqual(layout.fields.map((f) => [f.name, f.bitSize ? f.bitOffset : f.offset * 8, f.bitSize ?? 0]),
-      rs.lines.map((l) => /'(\w+)' type_id=\d+ bits_offset=(\d+)(?: bitfield_size=(\d+))?/.exec(l)!).map((m) => [m[1], Number(m[2]), Number(m[3] ?? 0)]));
+    t.deepEqual(
+      layout.fields.map((f) => [f.name, f.bitSize ? f.bitOffset : f.offset * 8, f.bitSize ?? 0]),
+      rs.lines.map((l) => /'(\w+)' type_id=\d+ bits_offset=(\d+)(?: bitfield_size=(\d+))?/.exec(l)!).map((m) => [m[1], Number(m[2]), Number(m[3] ?? 0)]),
+    );
     t.like(layout.fields[0], { typeName: 'struct task_struct *', size: 8, kind: 'ptr' });
-    t.deepEqual(mod.tracepointParams('hvw_split_probe'), [{ name: 'task', typeName: 'struct task_struct *' }, { name: 'val', typeName: 'u32' }]);
+    t.deepEqual(mod.tracepointParams('hvw_split_probe'), [
+      { name: 'task', typeName: 'struct task_struct *' },
+      { name: 'val', typeName: 'u32' },
+    ]);
     t.is(mod.enumValue('hvw_split_enum', 'HVW_SPLIT_A'), BigInt(member(r.get(first + 6)!, 'HVW_SPLIT_A')![4]!));
     t.is(mod.enumValue('hvw_split_enum', 'HVW_SPLIT_A'), -7n);
     t.is(mod.enumValue('', 'HVW_BIG'), BigInt(/val=(\d+)/.exec(r.get(first + 7)!.lines[0]!)![1]!));
@@ -277,7 +372,8 @@ test('cyclic and exponentially shared type graphs throw quickly instead of hangi
 spawnSync('modprobe', ['kvm']); // best effort: absent tool, no module or no permission all just leave kvm missing
 const hasKvm = existsSync('/sys/kernel/btf/kvm');
 (hasKvm ? test : test.skip)(
-  hasKvm ? 'split BTF: kvm module BTF has btf_trace_kvm_userspace_exit'
+  hasKvm
+    ? 'split BTF: kvm module BTF has btf_trace_kvm_userspace_exit'
     : 'split BTF: kvm module BTF (SKIPPED: /sys/kernel/btf/kvm absent after `modprobe kvm`; kvm not loaded or not loadable here)',
   (t) => {
     const kvm = Btf.module('kvm')!;
@@ -289,7 +385,10 @@ const hasKvm = existsSync('/sys/kernel/btf/kvm');
     const want = /^typedef void \(\*btf_trace_kvm_userspace_exit\)\(void \*, (.*)\);$/m.exec(c)?.[1];
     const params = kvm.tracepointParams('kvm_userspace_exit');
     t.is(params?.map((p) => p.typeName).join(', '), want);
-    t.deepEqual(params?.map((p) => p.name), ['reason', 'errno']);
+    t.deepEqual(
+      params?.map((p) => p.name),
+      ['reason', 'errno'],
+    );
   },
 );
 
@@ -311,7 +410,9 @@ function miniBtf(): { mini: Uint8Array; typeLen: number } {
     try {
       Btf.parse(mini);
       return { mini, typeLen: len };
-    } catch { /* cut is inside a type record; try a shorter section */ }
+    } catch {
+      /* cut is inside a type record; try a shorter section */
+    }
   }
   throw new Error('no type boundary in the first 64 KiB');
 }
@@ -349,15 +450,17 @@ test('corrupt input: truncation, bad magic, bad version, garbage kind name the p
 test('fuzz: 2,000 byte flips and truncations of the first 64 KiB either parse or throw a plain Error', (t) => {
   const { mini } = miniBtf();
   let seed = 0x5eed1234;
-  const rnd = (n: number) => { // mulberry32, so a failure is reproducible
+  const rnd = (n: number) => {
+    // mulberry32, so a failure is reproducible
     seed = (seed + 0x6d2b79f5) | 0;
     let x = Math.imul(seed ^ (seed >>> 15), 1 | seed);
     x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x;
-    return (((x ^ (x >>> 14)) >>> 0) % n);
+    return ((x ^ (x >>> 14)) >>> 0) % n;
   };
   const names = ['task_struct', 'list_head', 'int', 'pt_regs', 'file_operations', 'mod_memcg_lruvec_state'];
   const failures: string[] = [];
-  let parsed = 0, rejected = 0;
+  let parsed = 0,
+    rejected = 0;
   const guard = (what: string, f: () => unknown) => {
     try {
       f();

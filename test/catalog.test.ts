@@ -66,8 +66,18 @@ test('every exported sample carries exactly its catalog labels (plus le on bucke
 
 test('the memcg family and the self-metrics are all exported once the probes saw work', (t) => {
   const expected = ALL_METRICS.filter((m) => m.family === 'memcg').concat([
-    M.buildInfo, M.probeInfo, M.probeAttached, M.probeAttachFailures, M.progRuns, M.progRunSeconds,
-    M.bpfStatsEnabled, M.mapFull, M.mapEntries, M.mapCapacity, M.collectSeconds, M.ringbufDropped,
+    M.buildInfo,
+    M.probeInfo,
+    M.probeAttached,
+    M.probeAttachFailures,
+    M.progRuns,
+    M.progRunSeconds,
+    M.bpfStatsEnabled,
+    M.mapFull,
+    M.mapEntries,
+    M.mapCapacity,
+    M.collectSeconds,
+    M.ringbufDropped,
   ]);
   for (const m of expected) t.true(text.includes(`# TYPE ${m.name} `), `${m.name} missing`);
   t.regex(text, /^hvwatch_bpf_stats_enabled 1$/m);

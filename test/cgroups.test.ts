@@ -57,9 +57,7 @@ test('parseMountinfo: fields, optional fields and super options', (t) => {
 });
 
 test('parseMountinfo: octal escapes in root and mount point', (t) => {
-  const [e] = parseMountinfo(
-    '200 31 0:34 /kube\\040pods/with\\011tab /mnt/my\\040cgroups/back\\134slash rw,relatime shared:5 - cgroup cgroup rw,memory\n',
-  );
+  const [e] = parseMountinfo('200 31 0:34 /kube\\040pods/with\\011tab /mnt/my\\040cgroups/back\\134slash rw,relatime shared:5 - cgroup cgroup rw,memory\n');
   t.is(e?.mountPoint, '/mnt/my cgroups/back\\slash');
   t.is(e?.root, '/kube pods/with\ttab');
 });
@@ -75,20 +73,36 @@ test('findMemoryHierarchy: v1 (hybrid host, cgroup2 without memory)', (t) => {
 });
 
 test('findMemoryHierarchy: v2', (t) => {
-  t.deepEqual(findMemoryHierarchy(MOUNTINFO_V2, (mp) => mp === '/sys/fs/cgroup'), { version: 2, mountPoint: '/sys/fs/cgroup' });
+  t.deepEqual(
+    findMemoryHierarchy(MOUNTINFO_V2, (mp) => mp === '/sys/fs/cgroup'),
+    { version: 2, mountPoint: '/sys/fs/cgroup' },
+  );
   // cgroup2 without memory and no v1 memory mount: nothing.
-  t.is(findMemoryHierarchy(MOUNTINFO_V2, () => false), undefined);
+  t.is(
+    findMemoryHierarchy(MOUNTINFO_V2, () => false),
+    undefined,
+  );
   // memory_recursiveprot is not the memory controller, and cgroup2 super options are not used for v2 detection.
-  t.is(findMemoryHierarchy(MOUNTINFO_V2.replace('cgroup2 cgroup2', 'cgroup cgroup'), () => true), undefined);
+  t.is(
+    findMemoryHierarchy(MOUNTINFO_V2.replace('cgroup2 cgroup2', 'cgroup cgroup'), () => true),
+    undefined,
+  );
 });
 
 test('findMemoryHierarchy: prefers v2 when it has memory; prefers a mount of the hierarchy root', (t) => {
-  t.deepEqual(findMemoryHierarchy(MOUNTINFO_V1, () => true), { version: 2, mountPoint: '/sys/fs/cgroup/unified' });
-  const text =
-    '50 31 0:34 /some/sub /run/sub rw - cgroup cgroup rw,memory\n' +
-    '51 31 0:34 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n';
-  t.deepEqual(findMemoryHierarchy(text, () => false), { version: 1, mountPoint: '/sys/fs/cgroup/memory' });
-  t.is(findMemoryHierarchy('', () => true), undefined);
+  t.deepEqual(
+    findMemoryHierarchy(MOUNTINFO_V1, () => true),
+    { version: 2, mountPoint: '/sys/fs/cgroup/unified' },
+  );
+  const text = '50 31 0:34 /some/sub /run/sub rw - cgroup cgroup rw,memory\n' + '51 31 0:34 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n';
+  t.deepEqual(
+    findMemoryHierarchy(text, () => false),
+    { version: 1, mountPoint: '/sys/fs/cgroup/memory' },
+  );
+  t.is(
+    findMemoryHierarchy('', () => true),
+    undefined,
+  );
 });
 
 test('findMemoryHierarchy: real /proc/self/mountinfo', (t) => {
@@ -391,7 +405,7 @@ test.serial('resolve after creating 2,000 cgroups (timing)', (t) => {
   );
 });
 
-test('memoryHierarchyId: the memory line of /proc/PID/cgroup on v1, 0 on v2 (the cgroup_mkdir record\'s root)', async (t) => {
+test("memoryHierarchyId: the memory line of /proc/PID/cgroup on v1, 0 on v2 (the cgroup_mkdir record's root)", async (t) => {
   const { memoryHierarchyId } = await import('../agent/cgroups.js');
   const v1 = { version: 1 as const, mountPoint: '/sys/fs/cgroup/memory' };
   const v2 = { version: 2 as const, mountPoint: '/sys/fs/cgroup' };

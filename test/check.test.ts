@@ -44,7 +44,10 @@ export function parseXml(xml: string): { name: string; attrs: Record<string, str
   };
   while (s.length) {
     const lt = s.indexOf('<');
-    if (lt < 0) { text(s); break; }
+    if (lt < 0) {
+      text(s);
+      break;
+    }
     text(s.slice(0, lt));
     s = s.slice(lt);
     const m = /^<(\/?)([A-Za-z_][\w.-]*)((?:\s+[A-Za-z_][\w.-]*\s*=\s*"[^"<]*")*)\s*(\/?)>/.exec(s);
@@ -57,7 +60,12 @@ export function parseXml(xml: string): { name: string; attrs: Record<string, str
       for (const a of attrText!.matchAll(/([A-Za-z_][\w.-]*)\s*=\s*"([^"]*)"/g)) {
         chars(a[2]!);
         if (a[1]! in attrs) throw new Error(`duplicate attribute ${a[1]}`);
-        attrs[a[1]!] = a[2]!.replace(/&quot;/g, '"').replace(/&apos;/g, "'").replace(/&lt;/g, '<').replace(/&gt;/g, '>').replace(/&amp;/g, '&');
+        attrs[a[1]!] = a[2]!
+          .replace(/&quot;/g, '"')
+          .replace(/&apos;/g, "'")
+          .replace(/&lt;/g, '<')
+          .replace(/&gt;/g, '>')
+          .replace(/&amp;/g, '&');
       }
       if (stack.length === 0 && ++roots > 1) throw new Error('more than one root element');
       out.push({ name: name!, attrs });
@@ -84,7 +92,13 @@ test('histogramQuantile interpolates like PromQL histogram_quantile, from 0 in t
 
 test('check passes on the memcg example workload, writes JUnit and JSON; an injected breach exits 1 naming it', async (t) => {
   const cgName = `hvwatch-check-${process.pid}`;
-  t.teardown(() => { try { fs.rmdirSync(join(memoryHierarchy().mountPoint, cgName)); } catch { /* not made */ } });
+  t.teardown(() => {
+    try {
+      fs.rmdirSync(join(memoryHierarchy().mountPoint, cgName));
+    } catch {
+      /* not made */
+    }
+  });
   const env = { HVWATCH_EXAMPLE_CGROUP: cgName, HVWATCH_EXAMPLE_MIB: '8' };
   const junit = join(dir, 'pass.xml');
   const json = join(dir, 'pass.json');
@@ -96,7 +110,7 @@ test('check passes on the memcg example workload, writes JUnit and JSON; an inje
   t.regex(ok.stdout, /ok {3}race indicators: 0 within <= 0/);
   const report = JSON.parse(fs.readFileSync(json, 'utf8')) as { verdict: string; rules: { name: string; outcome: string; value?: number }[] };
   t.is(report.verdict, 'pass');
-  t.true(report.rules.find((r) => r.name === 'the workload\'s writeback was seen')!.value! >= 2048);
+  t.true(report.rules.find((r) => r.name === "the workload's writeback was seen")!.value! >= 2048);
   const els = parseXml(fs.readFileSync(junit, 'utf8'));
   const cases = els.filter((e) => e.name === 'testcase');
   t.true(cases.some((c) => c.attrs.name === 'race indicators' && c.attrs.classname === 'hvwatch.threshold'));
@@ -105,7 +119,10 @@ test('check passes on the memcg example workload, writes JUnit and JSON; an inje
 
   // The same run against a threshold this workload must break: its own cgroup's pages.
   const breach = join(dir, 'breach.yaml');
-  fs.writeFileSync(breach, `rules:\n  - name: injected breach\n    metric: hvwatch_memcg_writeback_started_pages_total\n    labels: { cgroup: /${cgName} }\n    max: 10\n`);
+  fs.writeFileSync(
+    breach,
+    `rules:\n  - name: injected breach\n    metric: hvwatch_memcg_writeback_started_pages_total\n    labels: { cgroup: /${cgName} }\n    max: 10\n`,
+  );
   const junit2 = join(dir, 'breach.xml');
   const bad = await runCli(['check', '-t', breach, '--hot', 'memcg_writeback', '--quiet', '--junit', junit2, '--', join(EXAMPLE, 'workload.sh')], { env });
   t.is(bad.code, 1, bad.stdout + bad.stderr);
@@ -150,7 +167,9 @@ test('baseline: a synthetic trace with 2x the latencies regresses (exit 1), sayi
   t.true(r.stdout.includes(`FAIL ${p99}: `), r.stdout);
   t.regex(r.stdout, /p99: [\d.e-]+ vs baseline [\d.e-]+ \(\+100\.0%, tolerance 25%\)/);
   t.regex(r.stdout, /result: REGRESSION/);
-  const rep = JSON.parse(fs.readFileSync(json, 'utf8')) as { baseline: { figures: { figure: string; regressed: boolean; change: number; baseline: number }[] } };
+  const rep = JSON.parse(fs.readFileSync(json, 'utf8')) as {
+    baseline: { figures: { figure: string; regressed: boolean; change: number; baseline: number }[] };
+  };
   const f = rep.baseline.figures.find((x) => x.figure === p99)!;
   t.true(f.regressed);
   t.is(f.baseline, figures[p99]!);

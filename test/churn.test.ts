@@ -50,7 +50,9 @@ test.serial('5,000 memory cgroups created and deleted while scraping: series wit
   }
   const keep = 'memcg_uncharge';
   const cfg = writeConfig(`probes:
-  disable: [${allProbeNames().filter((n) => n !== keep).join(', ')}]
+  disable: [${allProbeNames()
+    .filter((n) => n !== keep)
+    .join(', ')}]
   hot: [${keep}]
 cardinality:
   cgroups: ${CAP}
@@ -98,23 +100,33 @@ cgroups:
   t.true(dropped > 0, 'values past the cap are counted');
 
   // Stale series: the deleted cgroups' series leave at the next garbage collection (~10 s).
-  const after = await until(async () => {
-    const x = await agent.scrape();
-    return [...cgroupValues(x)].some(mine) ? undefined : x;
-  }, 40_000, 'series of deleted cgroups to be removed');
+  const after = await until(
+    async () => {
+      const x = await agent.scrape();
+      return [...cgroupValues(x)].some(mine) ? undefined : x;
+    },
+    40_000,
+    'series of deleted cgroups to be removed',
+  );
   t.false([...cgroupValues(after)].some(mine));
 
-  t.log(`memcg_stats map entries after the churn: ${value(after, M.mapEntries.name, { family: 'memcg', map: 'memcg_stats' })}; cgroup="unknown" batches ${value(after, `${M.memcgUnchargeBatchPages.name}_count`, { cgroup: 'unknown' }) ?? 0}`);
+  t.log(
+    `memcg_stats map entries after the churn: ${value(after, M.mapEntries.name, { family: 'memcg', map: 'memcg_stats' })}; cgroup="unknown" batches ${value(after, `${M.memcgUnchargeBatchPages.name}_count`, { cgroup: 'unknown' }) ?? 0}`,
+  );
 
   // The deleted cgroups' budget slots are free again: a cgroup made now gets its own series,
   // not "_other" (with fewer than CAP other live cgroups on this host).
   const fresh = createCgroup(`hvwatch-churn-after-${process.pid}`);
   t.teardown(() => fresh.remove());
   spawnSync('sh', ['-c', `echo $$ > ${fresh.dir}/cgroup.procs && exec dd if=/dev/zero of=/dev/null bs=256k count=1 status=none`]);
-  const own = await until(async () => {
-    const v = value(await agent.scrape(), `${M.memcgUnchargeBatchPages.name}_count`, { cgroup: fresh.path });
-    return v !== undefined ? v : undefined;
-  }, 20_000, `a series of its own for ${fresh.path} after the churn`).catch((e: Error) => e.message);
+  const own = await until(
+    async () => {
+      const v = value(await agent.scrape(), `${M.memcgUnchargeBatchPages.name}_count`, { cgroup: fresh.path });
+      return v !== undefined ? v : undefined;
+    },
+    20_000,
+    `a series of its own for ${fresh.path} after the churn`,
+  ).catch((e: Error) => e.message);
   t.is(typeof own, 'number', `budget slots of deleted cgroups were not released: ${String(own)}`);
 });
 
@@ -130,51 +142,60 @@ guest=$1; prefix=$2; n=$3; writes=$4
 seq 1 "$n" | xargs -P 4 -I{} "$guest" -name "guest=$prefix-{},debug-threads=on" --writes "$writes" > /dev/null
 `;
 
-(kvmUsable() ? test.skip : test.serial)('1,000 short-lived VMs between two scrapes: each counted under its name or in "_other" (dropped names counted), the sum equals what they did, "_other" never goes backwards', async (t) => {
-  const cfg = writeConfig(`probes:
-  disable: [${allProbeNames().filter((n) => !n.startsWith('kvm_')).join(', ')}]
+(kvmUsable() ? test.skip : test.serial)(
+  '1,000 short-lived VMs between two scrapes: each counted under its name or in "_other" (dropped names counted), the sum equals what they did, "_other" never goes backwards',
+  async (t) => {
+    const cfg = writeConfig(`probes:
+  disable: [${allProbeNames()
+    .filter((n) => !n.startsWith('kvm_'))
+    .join(', ')}]
 cardinality:
   vms: ${VM_CAP}
 kvm:
   exitedVmSeconds: 3
 `);
-  const agent = await AgentProcess.start(['--config', cfg]);
-  t.teardown(() => agent.stop());
-  const prefix = `hvwatch-churn-vm-${process.pid}`;
-  const pio = (s: Sample[], vm: string) => value(s, M.kvmPio.name, { vm, direction: 'out' }) ?? 0;
-  const before = await agent.scrape();
-  const otherBefore = pio(before, '_other');
-  const droppedBefore = value(before, M.cardinalityDropped.name, { label: 'vm' })!;
-  const fullBefore = value(before, M.mapFull.name, { family: 'kvm' }) ?? 0;
+    const agent = await AgentProcess.start(['--config', cfg]);
+    t.teardown(() => agent.stop());
+    const prefix = `hvwatch-churn-vm-${process.pid}`;
+    const pio = (s: Sample[], vm: string) => value(s, M.kvmPio.name, { vm, direction: 'out' }) ?? 0;
+    const before = await agent.scrape();
+    const otherBefore = pio(before, '_other');
+    const droppedBefore = value(before, M.cardinalityDropped.name, { label: 'vm' })!;
+    const fullBefore = value(before, M.mapFull.name, { family: 'kvm' }) ?? 0;
 
-  const t0 = Date.now();
-  const churn = spawnSync('bash', ['-c', VM_CHURN, 'churn', KVM_GUEST, prefix, String(VMS), String(WRITES)], { encoding: 'utf8' });
-  t.is(churn.status, 0, churn.stderr);
-  t.log(`${VMS} guests started and exited in ${Date.now() - t0} ms, no scrape meanwhile`);
+    const t0 = Date.now();
+    const churn = spawnSync('bash', ['-c', VM_CHURN, 'churn', KVM_GUEST, prefix, String(VMS), String(WRITES)], { encoding: 'utf8' });
+    t.is(churn.status, 0, churn.stderr);
+    t.log(`${VMS} guests started and exited in ${Date.now() - t0} ms, no scrape meanwhile`);
 
-  const after = await agent.scrape();
-  const ours = pick(after, M.kvmPio.name, { direction: 'out' }).filter((x) => x.labels.vm!.startsWith(`${prefix}-`));
-  for (const x of ours) t.is(x.value, WRITES, `${x.labels.vm}: its exact count`);
-  const named = ours.length;
-  const folded = pio(after, '_other') - otherBefore;
-  const dropped = value(after, M.cardinalityDropped.name, { label: 'vm' })! - droppedBefore;
-  const full = (value(after, M.mapFull.name, { family: 'kvm' }) ?? 0) - fullBefore;
-  t.log(`named ${named}, folded into _other ${folded / WRITES} VMs' writes, names dropped ${dropped}, map-full ${full}`);
-  t.true(named > 0 && named <= VM_CAP);
-  t.is(full, 0, 'no first-sight record or stats entry lost to a full map');
-  t.true(dropped >= VMS - named, 'every VM without its own series is counted as dropped');
-  if (dropped === VMS - named) t.is(named * WRITES + folded, VMS * WRITES, 'the sum is what the workload did');
-  else t.true(named * WRITES + folded >= VMS * WRITES, `other VMs were folded too (${dropped - (VMS - named)}): the sum is at least the workload's`);
-  t.is(pick(after, M.kvmVmInfo.name).filter((x) => x.labels.vm!.startsWith('pid-')).length, 0, 'every VM named from its -name, none as pid-N');
+    const after = await agent.scrape();
+    const ours = pick(after, M.kvmPio.name, { direction: 'out' }).filter((x) => x.labels.vm!.startsWith(`${prefix}-`));
+    for (const x of ours) t.is(x.value, WRITES, `${x.labels.vm}: its exact count`);
+    const named = ours.length;
+    const folded = pio(after, '_other') - otherBefore;
+    const dropped = value(after, M.cardinalityDropped.name, { label: 'vm' })! - droppedBefore;
+    const full = (value(after, M.mapFull.name, { family: 'kvm' }) ?? 0) - fullBefore;
+    t.log(`named ${named}, folded into _other ${folded / WRITES} VMs' writes, names dropped ${dropped}, map-full ${full}`);
+    t.true(named > 0 && named <= VM_CAP);
+    t.is(full, 0, 'no first-sight record or stats entry lost to a full map');
+    t.true(dropped >= VMS - named, 'every VM without its own series is counted as dropped');
+    if (dropped === VMS - named) t.is(named * WRITES + folded, VMS * WRITES, 'the sum is what the workload did');
+    else t.true(named * WRITES + folded >= VMS * WRITES, `other VMs were folded too (${dropped - (VMS - named)}): the sum is at least the workload's`);
+    t.is(pick(after, M.kvmVmInfo.name).filter((x) => x.labels.vm!.startsWith('pid-')).length, 0, 'every VM named from its -name, none as pid-N');
 
-  // Past the linger the VMs retire: their series and first-sight records go, and what they
-  // put into "_other" stays there (a counter does not go backwards within its life).
-  await new Promise((r) => setTimeout(r, 3500));
-  await agent.scrape(); // the exits are seen at the previous collections; this one retires them
-  const retired = await until(async () => {
-    const x = await agent.scrape();
-    return pick(x, M.kvmPio.name).some((y) => y.labels.vm!.startsWith(`${prefix}-`)) ? undefined : x;
-  }, 20_000, 'the churned VMs\' series to retire');
-  t.true(pio(retired, '_other') >= otherBefore + folded, `_other after retirement ${pio(retired, '_other')} >= ${otherBefore + folded}`);
-  t.true((value(retired, M.mapEntries.name, { family: 'kvm', map: 'hv_vm_seen' }) ?? 0) < VMS / 10, 'first-sight records deleted');
-});
+    // Past the linger the VMs retire: their series and first-sight records go, and what they
+    // put into "_other" stays there (a counter does not go backwards within its life).
+    await new Promise((r) => setTimeout(r, 3500));
+    await agent.scrape(); // the exits are seen at the previous collections; this one retires them
+    const retired = await until(
+      async () => {
+        const x = await agent.scrape();
+        return pick(x, M.kvmPio.name).some((y) => y.labels.vm!.startsWith(`${prefix}-`)) ? undefined : x;
+      },
+      20_000,
+      "the churned VMs' series to retire",
+    );
+    t.true(pio(retired, '_other') >= otherBefore + folded, `_other after retirement ${pio(retired, '_other')} >= ${otherBefore + folded}`);
+    t.true((value(retired, M.mapEntries.name, { family: 'kvm', map: 'hv_vm_seen' }) ?? 0) < VMS / 10, 'first-sight records deleted');
+  },
+);

@@ -34,58 +34,69 @@ async function stderrOf<T>(fn: () => Promise<T>): Promise<{ result: T; lines: st
   }
 }
 
-(skip ? test.skip : test.serial)(`a family whose collect throws is counted and logged (rate-limited); its maps, the later families and the self-metrics still export${skip ? ` (skipped: ${skip})` : ''}`, async (t) => {
-  const first = FAMILIES[0]!;
-  t.is(first.name, 'memcg', 'the failing family comes before kvm, so "the families after it" is tested');
-  const failing: FamilySpec = { ...first, collect: () => { throw new Error('injected failure in memcg collect'); } };
-  const agent = new Agent(configSchema.parse({}), [failing, ...FAMILIES.slice(1)]);
-  agent.start();
-  t.teardown(() => agent.stop());
-  const server = await listen(buildApp(agent), '127.0.0.1', 0);
-  t.teardown(() => new Promise<void>((r) => server.close(() => r())));
-  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/metrics`;
+(skip ? test.skip : test.serial)(
+  `a family whose collect throws is counted and logged (rate-limited); its maps, the later families and the self-metrics still export${skip ? ` (skipped: ${skip})` : ''}`,
+  async (t) => {
+    const first = FAMILIES[0]!;
+    t.is(first.name, 'memcg', 'the failing family comes before kvm, so "the families after it" is tested');
+    const failing: FamilySpec = {
+      ...first,
+      collect: () => {
+        throw new Error('injected failure in memcg collect');
+      },
+    };
+    const agent = new Agent(configSchema.parse({}), [failing, ...FAMILIES.slice(1)]);
+    agent.start();
+    t.teardown(() => agent.stop());
+    const server = await listen(buildApp(agent), '127.0.0.1', 0);
+    t.teardown(() => new Promise<void>((r) => server.close(() => r())));
+    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/metrics`;
 
-  const name = `hvwatch-isolation-${process.pid}`;
-  const N = 300;
-  const guest = await startGuest({ name, writes: N, holdMs: 60_000 });
-  t.teardown(() => guest.kill());
-  guest.go();
-  t.is((await guest.result).io_exits, N);
+    const name = `hvwatch-isolation-${process.pid}`;
+    const N = 300;
+    const guest = await startGuest({ name, writes: N, holdMs: 60_000 });
+    t.teardown(() => guest.kill());
+    guest.go();
+    t.is((await guest.result).io_exits, N);
 
-  const SCRAPES = 8;
-  const { result: bodies, lines } = await stderrOf(async () => {
-    const out: string[] = [];
-    for (let i = 0; i < SCRAPES; i++) {
-      const r = await fetch(url);
-      t.is(r.status, 200, 'the scrape succeeds although a family throws');
-      out.push(await r.text());
-    }
-    return out;
-  });
-  const s = parseExposition(bodies.at(-1)!);
+    const SCRAPES = 8;
+    const { result: bodies, lines } = await stderrOf(async () => {
+      const out: string[] = [];
+      for (let i = 0; i < SCRAPES; i++) {
+        const r = await fetch(url);
+        t.is(r.status, 200, 'the scrape succeeds although a family throws');
+        out.push(await r.text());
+      }
+      return out;
+    });
+    const s = parseExposition(bodies.at(-1)!);
 
-  // Counted at every scrape, under its family and stage; nothing else failed.
-  t.is(value(s, M.collectErrors.name, { family: 'memcg', stage: 'collect' }), SCRAPES);
-  const loaded = agent.source.families.map((f) => f.spec.name).filter((n) => n !== 'memcg');
-  t.true(loaded.includes('kvm'), `loaded families: ${loaded.join(', ')}`);
-  for (const f of loaded) t.is(value(s, M.collectErrors.name, { family: f }), 0, `${f} had no collect error`);
-  // Logged a burst of 3 times, the rest counted as suppressed (the limit is one a minute after that).
-  const logged = lines.filter((l) => l.includes('level=error') && l.includes('family=memcg') && l.includes('stage=collect'));
-  t.is(logged.length, 3, lines.join('\n'));
-  t.true(logged.every((l) => l.includes('injected failure in memcg collect')), 'the line carries the error');
-  t.is(value(s, M.logLinesSuppressed.name, { reason: 'collect_error' }), SCRAPES - 3);
+    // Counted at every scrape, under its family and stage; nothing else failed.
+    t.is(value(s, M.collectErrors.name, { family: 'memcg', stage: 'collect' }), SCRAPES);
+    const loaded = agent.source.families.map((f) => f.spec.name).filter((n) => n !== 'memcg');
+    t.true(loaded.includes('kvm'), `loaded families: ${loaded.join(', ')}`);
+    for (const f of loaded) t.is(value(s, M.collectErrors.name, { family: f }), 0, `${f} had no collect error`);
+    // Logged a burst of 3 times, the rest counted as suppressed (the limit is one a minute after that).
+    const logged = lines.filter((l) => l.includes('level=error') && l.includes('family=memcg') && l.includes('stage=collect'));
+    t.is(logged.length, 3, lines.join('\n'));
+    t.true(
+      logged.every((l) => l.includes('injected failure in memcg collect')),
+      'the line carries the error',
+    );
+    t.is(value(s, M.logLinesSuppressed.name, { reason: 'collect_error' }), SCRAPES - 3);
 
-  // A later family: the guest's port writes, exactly.
-  t.is(value(s, M.kvmPio.name, { vm: name, direction: 'out' }), N);
-  t.is(value(s, M.kvmUserspaceExits.name, { vm: name, reason: 'IO' }), N);
-  // The failing family's other steps: its hv_errors map is still read after its collect threw.
-  t.is(value(s, M.mapFull.name, { family: 'memcg' }), 0);
-  // The self-metrics, written after every family.
-  t.truthy(pick(s, M.collectSeconds.name).length, 'hvwatch_collect_duration_seconds');
-  t.truthy(pick(s, M.bpfStatsEnabled.name).length, 'hvwatch_bpf_stats_enabled');
-  t.true(pick(s, M.progRuns.name).length > 0, 'hvwatch_bpf_program_runs_total');
-  t.is(value(s, M.buildInfo.name), 1);
-});
+    // A later family: the guest's port writes, exactly.
+    t.is(value(s, M.kvmPio.name, { vm: name, direction: 'out' }), N);
+    t.is(value(s, M.kvmUserspaceExits.name, { vm: name, reason: 'IO' }), N);
+    // The failing family's other steps: its hv_errors map is still read after its collect threw.
+    t.is(value(s, M.mapFull.name, { family: 'memcg' }), 0);
+    // The self-metrics, written after every family.
+    t.truthy(pick(s, M.collectSeconds.name).length, 'hvwatch_collect_duration_seconds');
+    t.truthy(pick(s, M.bpfStatsEnabled.name).length, 'hvwatch_bpf_stats_enabled');
+    t.true(pick(s, M.progRuns.name).length > 0, 'hvwatch_bpf_program_runs_total');
+    t.is(value(s, M.buildInfo.name), 1);
+  },
+);
 
 test('a family naming an unknown label decoder is refused when the agent is built, before any BPF is loaded', (t) => {
   const base = FAMILIES.find((f) => f.name === 'memcg')!;
@@ -95,7 +106,11 @@ test('a family naming an unknown label decoder is refused when the agent is buil
   });
   const map = base.maps[0]!.map;
   for (const bad of ['cgroups', 'constructor', 'toString']) {
-    t.throws(() => checkDecoders(withDecoder(bad)), { message: new RegExp(`^family memcg, label cgroup of map ${map}: unknown label decoder "${bad}" \\(known: cgroup, number\\)$`) }, bad);
+    t.throws(
+      () => checkDecoders(withDecoder(bad)),
+      { message: new RegExp(`^family memcg, label cgroup of map ${map}: unknown label decoder "${bad}" \\(known: cgroup, number\\)$`) },
+      bad,
+    );
     // The Agent constructor refuses it before it touches its source (nothing is loaded):
     // the source given here records every property read.
     const touched: string[] = [];

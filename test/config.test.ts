@@ -8,7 +8,11 @@ const cases: [string, string, RegExp][] = [
   ['wrong type', 'cardinality:\n  cgroups: lots\n', /key cardinality\.cgroups: Expected number/],
   ['bad listen', 'listen: "nine"\n', /key listen: expected host:port/],
   ['bad tier', 'probes:\n  attach:\n    memcg_writeback: [{attach: uprobe, target: x}]\n', /key probes\.attach\.memcg_writeback\.0\.attach/],
-  ['tier the probe lacks', 'probes:\n  attach:\n    memcg_writeback: [{attach: kprobe, target: x}]\n', /key probes\.attach\.memcg_writeback\.0\.attach: probe memcg_writeback has no kprobe tier/],
+  [
+    'tier the probe lacks',
+    'probes:\n  attach:\n    memcg_writeback: [{attach: kprobe, target: x}]\n',
+    /key probes\.attach\.memcg_writeback\.0\.attach: probe memcg_writeback has no kprobe tier/,
+  ],
   ['invalid YAML', 'probes: [\n', /invalid YAML/],
   ['unknown probe', 'probes:\n  hot: [no_such_probe]\n', /key probes: unknown probe no_such_probe/],
 ];

@@ -21,7 +21,13 @@ const PER_PANEL: Readonly<Record<string, readonly [options: string, custom?: str
 };
 
 function validators(): Record<string, ValidateFunction> {
-  const g = createGenerator({ path: join(ROOT, 'test/helpers/grafana-types.ts'), tsconfig: join(ROOT, 'tsconfig.json'), skipTypeCheck: true, additionalProperties: false, topRef: false });
+  const g = createGenerator({
+    path: join(ROOT, 'test/helpers/grafana-types.ts'),
+    tsconfig: join(ROOT, 'tsconfig.json'),
+    skipTypeCheck: true,
+    additionalProperties: false,
+    topRef: false,
+  });
   const ajv = new Ajv({ allErrors: true, strict: false });
   const query = g.createSchema('PrometheusQuery');
   const dash = g.createSchema('GrafanaDashboard');
@@ -63,7 +69,8 @@ test('every dashboard validates against the grafana-foundation-sdk schema (dashb
   for (const f of files) {
     const d = load(f);
     const types = new Set((d.panels as Json[]).map((p) => p.type as string));
-    for (const ty of types) t.true(ty === 'row' || ty in PER_PANEL, `${f}: panel type ${ty} has no options schema here: add it to PER_PANEL and grafana-types.ts`);
+    for (const ty of types)
+      t.true(ty === 'row' || ty in PER_PANEL, `${f}: panel type ${ty} has no options schema here: add it to PER_PANEL and grafana-types.ts`);
     t.deepEqual(problems(d), [], f);
   }
 });
@@ -76,20 +83,31 @@ test('the validation bites: an unknown key, a wrong enum, a misspelt target fiel
   const cases: [string, (d: Json) => void, RegExp][] = [
     ['unknown dashboard key', (d) => void (d.colour = 'red'), /must NOT have additional properties .*"colour"/],
     ['graphTooltip outside DashboardCursorSync', (d) => void (d.graphTooltip = 7), /graphTooltip: must be equal to one of the allowed values/],
-    ['misspelt Prometheus target field', (d) => {
-      const p = (d.panels as Json[])[ts]!;
-      (p.targets as Json[])[0]!.exprr = 'up';
-    }, /targets\/0: must NOT have additional properties .*"exprr"/],
-    ['timeseries legend display mode not in LegendDisplayMode', (d) => {
-      const p = (d.panels as Json[])[ts]!;
-      ((p.options as Json).legend as Json).displayMode = 'sideways';
-    }, /options\/legend\/displayMode: must be equal to one of the allowed values/],
+    [
+      'misspelt Prometheus target field',
+      (d) => {
+        const p = (d.panels as Json[])[ts]!;
+        (p.targets as Json[])[0]!.exprr = 'up';
+      },
+      /targets\/0: must NOT have additional properties .*"exprr"/,
+    ],
+    [
+      'timeseries legend display mode not in LegendDisplayMode',
+      (d) => {
+        const p = (d.panels as Json[])[ts]!;
+        ((p.options as Json).legend as Json).displayMode = 'sideways';
+      },
+      /options\/legend\/displayMode: must be equal to one of the allowed values/,
+    ],
     ['schemaVersion missing', (d) => void delete d.schemaVersion, /must have required property 'schemaVersion'/],
   ];
   for (const [what, mutate, want] of cases) {
     const d = copy();
     mutate(d);
     const p = problems(d);
-    t.true(p.some((x) => want.test(x)), `${what}: ${p.join('\n') || 'no problem reported'}`);
+    t.true(
+      p.some((x) => want.test(x)),
+      `${what}: ${p.join('\n') || 'no problem reported'}`,
+    );
   }
 });

@@ -21,9 +21,13 @@ import { VmResolver } from '../agent/vms.js';
 type Obj = { apiVersion: string; kind: string; metadata: { name: string; namespace?: string; labels?: Record<string, string> }; [k: string]: unknown };
 
 const MODELS: Record<string, new (o: never) => { validate(): void }> = {
-  'v1/Namespace': Namespace, 'v1/ServiceAccount': ServiceAccount, 'v1/ConfigMap': ConfigMap, 'v1/Service': Service,
+  'v1/Namespace': Namespace,
+  'v1/ServiceAccount': ServiceAccount,
+  'v1/ConfigMap': ConfigMap,
+  'v1/Service': Service,
   'apps/v1/DaemonSet': DaemonSet,
-  'monitoring.coreos.com/v1/ServiceMonitor': ServiceMonitor, 'monitoring.coreos.com/v1/PrometheusRule': PrometheusRule,
+  'monitoring.coreos.com/v1/ServiceMonitor': ServiceMonitor,
+  'monitoring.coreos.com/v1/PrometheusRule': PrometheusRule,
 };
 
 /** Throws the schema's first complaint; unknown kinds are errors too. */
@@ -47,7 +51,11 @@ function renderChart(values: unknown = parse(read(`${CHART_DIR}/values.yaml`))):
     values,
     release: { Name: 'hvwatch', Namespace: 'hvwatch' },
     files: (p: string) => {
-      try { return fs.readFileSync(join(REPO_ROOT, CHART_DIR, p), 'utf8'); } catch { return undefined; }
+      try {
+        return fs.readFileSync(join(REPO_ROOT, CHART_DIR, p), 'utf8');
+      } catch {
+        return undefined;
+      }
     },
   };
   const docs: Obj[] = [];
@@ -78,7 +86,10 @@ test('deploy/ outputs are what deploy/generate.ts makes from the model (run npm 
 
 test('every plain manifest validates against the Kubernetes OpenAPI and prometheus-operator CRD schemas (kubernetes-models)', (t) => {
   const m = plainManifests();
-  t.deepEqual([...m.values()].map((o) => o.kind), ['Namespace', 'ServiceAccount', 'ConfigMap', 'DaemonSet', 'Service', 'ServiceMonitor', 'PrometheusRule', 'ConfigMap']);
+  t.deepEqual(
+    [...m.values()].map((o) => o.kind),
+    ['Namespace', 'ServiceAccount', 'ConfigMap', 'DaemonSet', 'Service', 'ServiceMonitor', 'PrometheusRule', 'ConfigMap'],
+  );
   for (const [f, o] of m) t.notThrows(() => validate(o), f);
   // The validator is live: the same DaemonSet with a port given as text, or a ServiceMonitor
   // with a malformed interval, is refused.
@@ -143,7 +154,15 @@ test('the DaemonSet asks for least privilege: drop ALL, the listed capabilities 
   t.deepEqual(c.env, [{ name: 'HVWATCH_PROC_ROOT', value: '/host/proc' }]);
   t.is(c.livenessProbe.httpGet.path, '/healthz');
   t.is(c.readinessProbe.httpGet.path, '/readyz');
-  t.deepEqual(HOST_MOUNTS.map((m) => m.host).sort(), ['/proc', '/sys/fs/bpf', '/sys/fs/cgroup', '/sys/kernel/btf', '/sys/kernel/tracing', '/var/log/containers', '/var/log/pods']);
+  t.deepEqual(HOST_MOUNTS.map((m) => m.host).sort(), [
+    '/proc',
+    '/sys/fs/bpf',
+    '/sys/fs/cgroup',
+    '/sys/kernel/btf',
+    '/sys/kernel/tracing',
+    '/var/log/containers',
+    '/var/log/pods',
+  ]);
 });
 
 test('the agent config the manifests ship is a valid hvwatch config with Kubernetes labels on auto', (t) => {
@@ -158,7 +177,10 @@ test('dashboards ConfigMap carries every dashboards/json file, labelled for the 
   const m = plainManifests();
   const dash = m.get('70-dashboards.yaml') as Obj & { data: Record<string, string> };
   t.is(dash.metadata.labels!.grafana_dashboard, '1');
-  const files = fs.readdirSync(join(REPO_ROOT, 'dashboards/json')).filter((f) => f.endsWith('.json')).sort();
+  const files = fs
+    .readdirSync(join(REPO_ROOT, 'dashboards/json'))
+    .filter((f) => f.endsWith('.json'))
+    .sort();
   t.deepEqual(Object.keys(dash.data).sort(), files);
   for (const f of files) t.is(dash.data[f], read(`dashboards/json/${f}`));
   const pr = m.get('60-prometheusrule.yaml') as Obj & { spec: unknown };
@@ -169,10 +191,17 @@ test('the dashboards JSON is stored once: the chart reads dashboards/json throug
   t.true(fs.lstatSync(join(REPO_ROOT, CHART_DASHBOARDS)).isSymbolicLink(), `${CHART_DASHBOARDS} is a symlink`);
   t.is(fs.readlinkSync(join(REPO_ROOT, CHART_DASHBOARDS)), CHART_DASHBOARDS_TARGET);
   t.true(chartDashboardsLinked());
-  t.false([...generateDeploy().keys()].some((k) => k.startsWith(`${CHART_DASHBOARDS}/`)), 'the generator writes no copy into the chart');
-  const cm = renderChart().find((o) => o.kind === 'ConfigMap' && o.metadata.name?.endsWith('-dashboards')) as (Obj & { data: Record<string, string> }) | undefined;
+  t.false(
+    [...generateDeploy().keys()].some((k) => k.startsWith(`${CHART_DASHBOARDS}/`)),
+    'the generator writes no copy into the chart',
+  );
+  const cm = renderChart().find((o) => o.kind === 'ConfigMap' && o.metadata.name?.endsWith('-dashboards')) as
+    (Obj & { data: Record<string, string> }) | undefined;
   t.truthy(cm, 'the chart renders the dashboards ConfigMap');
-  const files = fs.readdirSync(join(REPO_ROOT, 'dashboards/json')).filter((f) => f.endsWith('.json')).sort();
+  const files = fs
+    .readdirSync(join(REPO_ROOT, 'dashboards/json'))
+    .filter((f) => f.endsWith('.json'))
+    .sort();
   t.deepEqual(Object.keys(cm!.data).sort(), files);
   for (const f of files) t.is(cm!.data[f], read(`dashboards/json/${f}`), f);
 });
@@ -198,7 +227,14 @@ test('VM identity reads the host /proc the DaemonSet mounts (HVWATCH_PROC_ROOT)'
 test('Dockerfile (static checks only: no docker on this machine): Debian 12 stages, the build tools, and every file the runtime copies exists after a local build', (t) => {
   const df = read('deploy/Dockerfile');
   const froms = [...df.matchAll(/^FROM (\S+) AS (\w+)$/gm)].map((m) => [m[1], m[2]]);
-  t.deepEqual(froms, [['node:20-bookworm', 'build'], ['node:20-bookworm-slim', 'runtime']], 'bookworm = Debian 12; Node 20 as package.json engines asks');
+  t.deepEqual(
+    froms,
+    [
+      ['node:20-bookworm', 'build'],
+      ['node:20-bookworm-slim', 'runtime'],
+    ],
+    'bookworm = Debian 12; Node 20 as package.json engines asks',
+  );
   t.regex((JSON.parse(read('package.json')) as { engines: { node: string } }).engines.node, /^>=20\./);
   const [buildStage, runtimeStage] = df.split(/^FROM .* AS runtime$/m) as [string, string];
   for (const pkg of ['clang', 'make', 'libbpf-dev']) t.regex(buildStage, new RegExp(`apt-get install[^\\n]*\\b${pkg}\\b`), pkg);
@@ -212,7 +248,9 @@ test('Dockerfile (static checks only: no docker on this machine): Debian 12 stag
   t.is(entry, 'dist/agent/cli.js');
   t.true(fs.existsSync(join(REPO_ROOT, entry!)));
   // Context copies exist and are not excluded by the Dockerfile's own .dockerignore.
-  const ignored = read('deploy/Dockerfile.dockerignore').split('\n').filter((l) => l && !l.startsWith('#'));
+  const ignored = read('deploy/Dockerfile.dockerignore')
+    .split('\n')
+    .filter((l) => l && !l.startsWith('#'));
   for (const [, src] of df.matchAll(/^COPY (?!--from)(.+) \S+$/gm)) {
     for (const p of src!.split(' ')) {
       t.true(fs.existsSync(join(REPO_ROOT, p)), `COPY ${p}`);

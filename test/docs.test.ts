@@ -26,7 +26,13 @@ test('the staleness check sees a changed catalog entry (HELP, labels) and a miss
   t.not(renderMetricsDoc(doc, changed), doc);
   const relabelled: MetricDef[] = ALL_METRICS.map((m) => (m === M.kvmPio ? { ...m, labels: ['vm'] } : m));
   t.not(renderMetricsDoc(doc, relabelled), doc);
-  t.not(renderMetricsDoc(doc, ALL_METRICS.filter((m) => m !== M.kvmPio)), doc);
+  t.not(
+    renderMetricsDoc(
+      doc,
+      ALL_METRICS.filter((m) => m !== M.kvmPio),
+    ),
+    doc,
+  );
   t.is(renderMetricsDoc(doc), doc);
   t.throws(() => renderMetricsDoc('# no markers\n'), { message: /metrics-catalog markers/ });
 });
@@ -46,7 +52,8 @@ test('every catalog metric is in docs/metrics.md with its type, labels and HELP'
 test('HELP texts carry no internal ids (mailing-list seed numbers) and cite files that exist', (t) => {
   for (const m of ALL_METRICS) {
     t.notRegex(m.help, /\bseed \d+/i, m.name);
-    for (const ref of m.help.matchAll(/\b((?:docs|agent|bpf|alerts|dashboards|deploy)\/[\w./-]+\.\w+)/g)) t.notThrows(() => read(ref[1]!), `${m.name} cites ${ref[1]}`);
+    for (const ref of m.help.matchAll(/\b((?:docs|agent|bpf|alerts|dashboards|deploy)\/[\w./-]+\.\w+)/g))
+      t.notThrows(() => read(ref[1]!), `${m.name} cites ${ref[1]}`);
   }
 });
 
@@ -60,7 +67,9 @@ test('every probe and each of its candidate targets is in docs/probes.md', (t) =
 });
 
 test('docs/ has the reference pages, and the kernel matrix has its generated section', (t) => {
-  const docs = readdirSync(join(ROOT, 'docs')).filter((f) => f.endsWith('.md')).sort();
+  const docs = readdirSync(join(ROOT, 'docs'))
+    .filter((f) => f.endsWith('.md'))
+    .sort();
   for (const f of ['ARCHITECTURE.md', 'cost.md', 'kernel-matrix.md', 'metrics.md', 'probes.md', 'trace-format.md']) t.true(docs.includes(f), `docs/${f}`);
   const km = read('docs/kernel-matrix.md');
   t.is(km.split('<!-- kernel-matrix:start -->').length, 2);

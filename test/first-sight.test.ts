@@ -14,7 +14,10 @@ import { allProbeNames } from '../agent/probes/index.js';
 const IRQ_GUEST = join(ROOT, 'test/helpers/build/kvm-irq-guest');
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-interface IrqRun { ms: number; result: { irqchip: boolean; irq_line_calls: number; irq_line_errors: number; delivered: { pic: number } } }
+interface IrqRun {
+  ms: number;
+  result: { irqchip: boolean; irq_line_calls: number; irq_line_errors: number; delivered: { pic: number } };
+}
 
 /** kvm-irq-guest to completion, timed from spawn to exit. */
 async function runIrqGuest(args: string[]): Promise<IrqRun> {
@@ -30,53 +33,60 @@ async function runIrqGuest(args: string[]): Promise<IrqRun> {
 }
 
 const skipKvm = kvmUsable();
-(skipKvm ? test.skip : test)('real /dev/kvm guests that live under 1 s and exit before any scrape: the first scrape has their exact counts under their -name', async (t) => {
-  const agent = await AgentProcess.start([]);
-  t.teardown(() => agent.stop());
-  const io = `hvwatch-brief-io-${process.pid}`;
-  const irq = `hvwatch-brief-irq-${process.pid}`;
-  const WRITES = 10;
-  const EDGES = 333;
+(skipKvm ? test.skip : test)(
+  'real /dev/kvm guests that live under 1 s and exit before any scrape: the first scrape has their exact counts under their -name',
+  async (t) => {
+    const agent = await AgentProcess.start([]);
+    t.teardown(() => agent.stop());
+    const io = `hvwatch-brief-io-${process.pid}`;
+    const irq = `hvwatch-brief-irq-${process.pid}`;
+    const WRITES = 10;
+    const EDGES = 333;
 
-  const t0 = Date.now();
-  const r = await runGuest({ name: io, writes: WRITES, nestedState: true });
-  const ioMs = Date.now() - t0;
-  const ir = await runIrqGuest(['-name', `guest=${irq},debug-threads=on`, '--irq-line', String(EDGES)]);
-  t.log(`guest ${io}: ${ioMs} ms from spawn to exit; guest ${irq}: ${ir.ms} ms`);
-  t.true(ioMs < 1000, `${io} lived ${ioMs} ms`);
-  t.true(ir.ms < 1000, `${irq} lived ${ir.ms} ms`);
-  t.is(r.io_exits, WRITES);
-  await sleep(1000); // both processes are gone; no scrape happened yet
+    const t0 = Date.now();
+    const r = await runGuest({ name: io, writes: WRITES, nestedState: true });
+    const ioMs = Date.now() - t0;
+    const ir = await runIrqGuest(['-name', `guest=${irq},debug-threads=on`, '--irq-line', String(EDGES)]);
+    t.log(`guest ${io}: ${ioMs} ms from spawn to exit; guest ${irq}: ${ir.ms} ms`);
+    t.true(ioMs < 1000, `${io} lived ${ioMs} ms`);
+    t.true(ir.ms < 1000, `${irq} lived ${ir.ms} ms`);
+    t.is(r.io_exits, WRITES);
+    await sleep(1000); // both processes are gone; no scrape happened yet
 
-  const s = await agent.scrape();
-  const vio = { vm: io };
-  t.is(value(s, M.kvmPio.name, { ...vio, direction: 'out' }), WRITES);
-  t.is(value(s, M.kvmUserspaceExits.name, { ...vio, reason: 'IO' }), WRITES);
-  t.is(value(s, M.kvmUserspaceExits.name, { ...vio, reason: 'HLT' }), 1);
-  const getErr = r.nested_state!.get.errno ?? 'ok';
-  const setErr = r.nested_state!.set.errno ?? 'ok';
-  t.is(value(s, M.kvmNestedStateOps.name, { ...vio, op: 'get', result: getErr }), 1, 'KVM_GET_NESTED_STATE');
-  t.is(value(s, M.kvmNestedStateOps.name, { ...vio, op: 'set', result: setErr }), 1, 'KVM_SET_NESTED_STATE');
-  t.deepEqual(pick(s, M.kvmVmInfo.name, vio).map((x) => x.labels.source), ['qemu'], 'named from its QEMU-style -name although the process was gone');
-  t.is(pick(s, M.kvmVmInfo.name).filter((x) => x.labels.vm === `pid-${r.pid}`).length, 0, 'never as pid-N');
+    const s = await agent.scrape();
+    const vio = { vm: io };
+    t.is(value(s, M.kvmPio.name, { ...vio, direction: 'out' }), WRITES);
+    t.is(value(s, M.kvmUserspaceExits.name, { ...vio, reason: 'IO' }), WRITES);
+    t.is(value(s, M.kvmUserspaceExits.name, { ...vio, reason: 'HLT' }), 1);
+    const getErr = r.nested_state!.get.errno ?? 'ok';
+    const setErr = r.nested_state!.set.errno ?? 'ok';
+    t.is(value(s, M.kvmNestedStateOps.name, { ...vio, op: 'get', result: getErr }), 1, 'KVM_GET_NESTED_STATE');
+    t.is(value(s, M.kvmNestedStateOps.name, { ...vio, op: 'set', result: setErr }), 1, 'KVM_SET_NESTED_STATE');
+    t.deepEqual(
+      pick(s, M.kvmVmInfo.name, vio).map((x) => x.labels.source),
+      ['qemu'],
+      'named from its QEMU-style -name although the process was gone',
+    );
+    t.is(pick(s, M.kvmVmInfo.name).filter((x) => x.labels.vm === `pid-${r.pid}`).length, 0, 'never as pid-N');
 
-  if (!ir.result.irqchip) {
-    t.log('KVM_CREATE_IRQCHIP refused here: the IRQ edges part is not checked');
-  } else {
-    t.is(ir.result.irq_line_errors, 0);
-    t.is(ir.result.delivered.pic, EDGES);
-    const virq = { vm: irq };
-    // Each edge is KVM_IRQ_LINE level 1 then 0: two kvm_set_irq, each reaching the PIC.
-    t.is(value(s, M.kvmIrqInjections.name, { ...virq, path: 'set_irq' }), 2 * EDGES);
-    t.is(value(s, M.kvmIrqInjections.name, { ...virq, path: 'pic' }), 2 * EDGES);
-    t.is(pick(s, M.kvmVmInfo.name, virq).length, 1, `${irq} is named`);
-  }
-  t.is(value(s, M.mapFull.name, { family: "kvm" }), 0, "no first-sight record lost to a full map");
+    if (!ir.result.irqchip) {
+      t.log('KVM_CREATE_IRQCHIP refused here: the IRQ edges part is not checked');
+    } else {
+      t.is(ir.result.irq_line_errors, 0);
+      t.is(ir.result.delivered.pic, EDGES);
+      const virq = { vm: irq };
+      // Each edge is KVM_IRQ_LINE level 1 then 0: two kvm_set_irq, each reaching the PIC.
+      t.is(value(s, M.kvmIrqInjections.name, { ...virq, path: 'set_irq' }), 2 * EDGES);
+      t.is(value(s, M.kvmIrqInjections.name, { ...virq, path: 'pic' }), 2 * EDGES);
+      t.is(pick(s, M.kvmVmInfo.name, virq).length, 1, `${irq} is named`);
+    }
+    t.is(value(s, M.mapFull.name, { family: 'kvm' }), 0, 'no first-sight record lost to a full map');
 
-  // Lingering: the same counts at the next scrape (the series stay kvm.exitedVmSeconds).
-  const again = await agent.scrape();
-  t.is(value(again, M.kvmPio.name, { ...vio, direction: 'out' }), WRITES);
-});
+    // Lingering: the same counts at the next scrape (the series stay kvm.exitedVmSeconds).
+    const again = await agent.scrape();
+    t.is(value(again, M.kvmPio.name, { ...vio, direction: 'out' }), WRITES);
+  },
+);
 
 const TIERS = {
   tp_btf: { memcg_writeback: 'mod_memcg_lruvec_state', cgroup_lifecycle: 'cgroup_mkdir' },
@@ -86,9 +96,13 @@ const TIERS = {
 for (const [tier, targets] of Object.entries(TIERS)) {
   test(`a memory cgroup made, written with fsync and removed before any scrape (${tier} tier): its completed writeback pages are exact under its path`, async (t) => {
     const keep = Object.keys(targets);
-    const pins = Object.entries(targets).map(([p, target]) => `    ${p}:\n      - { attach: ${tier}, target: ${target} }`).join('\n');
+    const pins = Object.entries(targets)
+      .map(([p, target]) => `    ${p}:\n      - { attach: ${tier}, target: ${target} }`)
+      .join('\n');
     const cfg = writeConfig(`probes:
-  disable: [${allProbeNames().filter((n) => !keep.includes(n)).join(', ')}]
+  disable: [${allProbeNames()
+    .filter((n) => !keep.includes(n))
+    .join(', ')}]
   hot: [memcg_writeback]
   attach:
 ${pins}
@@ -123,7 +137,9 @@ test.serial('a cgroup whose linger is over leaves with its map entries; cgroups.
   const bad = await import('../agent/config.js').then((c) => c.configSchema.safeParse({ cgroups: { removedSeconds: -1 } }));
   t.false(bad.success);
   const cfg = writeConfig(`probes:
-  disable: [${allProbeNames().filter((n) => !['memcg_writeback', 'cgroup_lifecycle'].includes(n)).join(', ')}]
+  disable: [${allProbeNames()
+    .filter((n) => !['memcg_writeback', 'cgroup_lifecycle'].includes(n))
+    .join(', ')}]
   hot: [memcg_writeback]
 cgroups:
   removedSeconds: 2

@@ -2,7 +2,15 @@
 // classic `le` set, and native schema-0 buckets.
 import test from 'ava';
 import {
-  classicCumulative, classicLayout, folded, log2Bounds, log2Histogram, mergeFolded, mergeInto, nativeBuckets, nativeIndex,
+  classicCumulative,
+  classicLayout,
+  folded,
+  log2Bounds,
+  log2Histogram,
+  mergeFolded,
+  mergeInto,
+  nativeBuckets,
+  nativeIndex,
   type Log2Range,
 } from '../agent/aggregate/histogram.js';
 import { ALL_METRICS, M } from '../agent/catalog.js';
@@ -49,7 +57,11 @@ test('the classic le set is every step-th power of two plus maxSlot, the same fo
   t.is(classicLayout(r), lay, 'computed once per range');
   // Slots 0..9 land in le=1023ns, 10..11 in le=4095ns; slot 40 only in +Inf.
   const slots = new Array(41).fill(0);
-  slots[3] = 2; slots[8] = 1; slots[9] = 4; slots[11] = 1; slots[40] = 5;
+  slots[3] = 2;
+  slots[8] = 1;
+  slots[9] = 4;
+  slots[11] = 1;
+  slots[40] = 5;
   const cum = classicCumulative(log2Histogram(slots, r), []);
   t.deepEqual(cum.slice(0, 3), [7, 8, 8]);
   t.is(cum.at(-2), 8);
@@ -58,13 +70,23 @@ test('the classic le set is every step-th power of two plus maxSlot, the same fo
   for (const d of ALL_METRICS.filter((m) => m.type === 'histogram')) {
     t.truthy(d.buckets, d.name);
     const b = classicLayout(d.buckets!).bounds;
-    t.true(b.every((v, i) => i === 0 || v > b[i - 1]!), d.name);
+    t.true(
+      b.every((v, i) => i === 0 || v > b[i - 1]!),
+      d.name,
+    );
     t.true(b.length <= 8, `${d.name}: ${b.length} classic buckets`);
   }
   // The catalog's grid: every 4th power of two of nanoseconds, the same le values for every
   // seconds histogram, plus the top of each range.
-  t.deepEqual(classicLayout(M.memcgWbWaitTime.buckets!).text,
-    ['0.000004095', '0.000065535', '0.001048575', '0.016777215', '0.268435455', '4.294967295', '34.359738367']);
+  t.deepEqual(classicLayout(M.memcgWbWaitTime.buckets!).text, [
+    '0.000004095',
+    '0.000065535',
+    '0.001048575',
+    '0.016777215',
+    '0.268435455',
+    '4.294967295',
+    '34.359738367',
+  ]);
   t.deepEqual(classicLayout(M.memcgUnchargeBatchPages.buckets!).text, ['15', '255', '4095', '8191']);
 });
 
@@ -82,7 +104,10 @@ test('native schema 0: slot i maps to bucket i+1 for unit values and i-29 for na
 
 test('native buckets: only populated ones, in spans with delta-encoded counts', (t) => {
   const nb = nativeBuckets(log2Histogram([0, 0, 3, 1, 0, 0, 2], R(0, 6)));
-  t.deepEqual(nb.spans, [{ offset: 3, length: 2 }, { offset: 2, length: 1 }]);
+  t.deepEqual(nb.spans, [
+    { offset: 3, length: 2 },
+    { offset: 2, length: 1 },
+  ]);
   t.deepEqual(nb.deltas, [3, -2, 1]);
   t.deepEqual(nativeBuckets(log2Histogram([], R(0, 6))), { spans: [], deltas: [] });
   // Counts recovered from the deltas equal the slots, in order.
@@ -90,8 +115,14 @@ test('native buckets: only populated ones, in spans with delta-encoded counts', 
   const n = nativeBuckets(log2Histogram(slots, R(8, 34, 1e-9)));
   let acc = 0;
   const counts = n.deltas.map((d) => (acc += d));
-  t.deepEqual(counts, slots.filter((c) => c > 0));
-  t.is(n.spans.reduce((a, s) => a + s.length, 0), counts.length);
+  t.deepEqual(
+    counts,
+    slots.filter((c) => c > 0),
+  );
+  t.is(
+    n.spans.reduce((a, s) => a + s.length, 0),
+    counts.length,
+  );
   t.is(n.spans[0]!.offset, nativeIndex(3, 1e-9));
 });
 

@@ -25,7 +25,11 @@ async function start(extraArgs: string[] = []): Promise<AgentProcess> {
   const port = await freePort();
   const proc = spawn(HVWATCH, ['run', '--listen', `127.0.0.1:${port}`, '--config', writeConfig(WEB), ...extraArgs], { stdio: ['ignore', 'pipe', 'pipe'] });
   const agent = new AgentProcess(proc, port);
-  await until(async () => (agent.stderr.includes('hvwatch ready') ? true : proc.exitCode !== null ? Promise.reject(new Error(agent.stderr)) : undefined), 20_000, 'agent ready');
+  await until(
+    async () => (agent.stderr.includes('hvwatch ready') ? true : proc.exitCode !== null ? Promise.reject(new Error(agent.stderr)) : undefined),
+    20_000,
+    'agent ready',
+  );
   return agent;
 }
 
@@ -43,7 +47,9 @@ function raw(port: number, chunks: string[], gapMs = 0, maxMs = 20_000): Promise
     };
     s.on('connect', give);
     s.on('data', (d) => (data += d.toString()));
-    s.on('error', () => { /* reset by the server: as good as closed */ });
+    s.on('error', () => {
+      /* reset by the server: as good as closed */
+    });
     const deadline = setTimeout(() => {
       clearTimeout(timer);
       s.destroy();
@@ -110,14 +116,18 @@ test.serial('connections past web.maxConnections are closed on accept, counted, 
   t.true(extra.closed);
   t.is(extra.data, '', 'closed without an answer');
   idle.splice(0).forEach((s) => s.destroy());
-  const n = await until(async () => {
-    try {
-      const v = await rejected(agent, 'connections');
-      return v >= 1 ? v : undefined;
-    } catch {
-      return undefined;
-    }
-  }, 10_000, 'service to resume after the idle connections closed');
+  const n = await until(
+    async () => {
+      try {
+        const v = await rejected(agent, 'connections');
+        return v >= 1 ? v : undefined;
+      } catch {
+        return undefined;
+      }
+    },
+    10_000,
+    'service to resume after the idle connections closed',
+  );
   t.true(n >= 1);
 });
 
@@ -129,8 +139,12 @@ test.serial('requests past --web.max-requests get 503 at once and are counted (b
   const agent = await start(['--web.config.file', webFile, '--web.max-requests', '1']);
   t.teardown(() => agent.stop());
   const bad = `Basic ${Buffer.from('prom:wrong').toString('base64')}`;
-  const replies = await Promise.all(Array.from({ length: 5 }, // below web.maxConnections (6)
-    () => fetch(`${agent.url}/metrics`, { headers: { authorization: bad } })));
+  const replies = await Promise.all(
+    Array.from(
+      { length: 5 }, // below web.maxConnections (6)
+      () => fetch(`${agent.url}/metrics`, { headers: { authorization: bad } }),
+    ),
+  );
   const codes = replies.map((r) => r.status);
   const n503 = codes.filter((c) => c === 503).length;
   const n401 = codes.filter((c) => c === 401).length;

@@ -7,9 +7,7 @@ import test from 'ava';
 import * as fs from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import {
-  KubeLabeler, kubeLabelerFor, kubernetesEnabled, NO_KUBE_LABELS, parseContainerLogLink, parseKubeCgroupPath, parsePodLogDir,
-} from '../agent/k8s.js';
+import { KubeLabeler, kubeLabelerFor, kubernetesEnabled, NO_KUBE_LABELS, parseContainerLogLink, parseKubeCgroupPath, parsePodLogDir } from '../agent/k8s.js';
 import { CgroupResolver } from '../agent/cgroups.js';
 import { configSchema, parseConfig, ConfigError } from '../agent/config.js';
 import { M } from '../agent/catalog.js';
@@ -24,48 +22,86 @@ const UID_D = '1a2b3c4d-0000-4000-8000-00000000000d';
 const us = (uid: string): string => uid.replace(/-/g, '_');
 
 test('parser: cgroupfs driver, every QoS class, containerd/docker bare ids and cri-o prefixes', (t) => {
-  t.deepEqual(parseKubeCgroupPath(`/kubepods/burstable/pod${UID_A}/${hex('a')}`),
-    { driver: 'cgroupfs', qos: 'burstable', podUid: UID_A, containerId: hex('a'), runtime: '' });
-  t.deepEqual(parseKubeCgroupPath(`/kubepods/besteffort/pod${UID_A}/crio-${hex('b')}`),
-    { driver: 'cgroupfs', qos: 'besteffort', podUid: UID_A, containerId: hex('b'), runtime: 'crio' });
-  t.deepEqual(parseKubeCgroupPath(`/kubepods/pod${UID_A}/${hex('c')}`),
-    { driver: 'cgroupfs', qos: 'guaranteed', podUid: UID_A, containerId: hex('c'), runtime: '' });
+  t.deepEqual(parseKubeCgroupPath(`/kubepods/burstable/pod${UID_A}/${hex('a')}`), {
+    driver: 'cgroupfs',
+    qos: 'burstable',
+    podUid: UID_A,
+    containerId: hex('a'),
+    runtime: '',
+  });
+  t.deepEqual(parseKubeCgroupPath(`/kubepods/besteffort/pod${UID_A}/crio-${hex('b')}`), {
+    driver: 'cgroupfs',
+    qos: 'besteffort',
+    podUid: UID_A,
+    containerId: hex('b'),
+    runtime: 'crio',
+  });
+  t.deepEqual(parseKubeCgroupPath(`/kubepods/pod${UID_A}/${hex('c')}`), {
+    driver: 'cgroupfs',
+    qos: 'guaranteed',
+    podUid: UID_A,
+    containerId: hex('c'),
+    runtime: '',
+  });
   // The pod's own cgroup: pod labels, no container.
   t.deepEqual(parseKubeCgroupPath(`/kubepods/burstable/pod${UID_A}`), { driver: 'cgroupfs', qos: 'burstable', podUid: UID_A });
 });
 
 test('parser: systemd driver (cgroup v2 unified paths), underscores in the uid, every runtime scope', (t) => {
   const base = `/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod${us(UID_B)}.slice`;
-  t.deepEqual(parseKubeCgroupPath(`${base}/cri-containerd-${hex('1')}.scope`),
-    { driver: 'systemd', qos: 'burstable', podUid: UID_B, containerId: hex('1'), runtime: 'containerd' });
+  t.deepEqual(parseKubeCgroupPath(`${base}/cri-containerd-${hex('1')}.scope`), {
+    driver: 'systemd',
+    qos: 'burstable',
+    podUid: UID_B,
+    containerId: hex('1'),
+    runtime: 'containerd',
+  });
   t.is(parseKubeCgroupPath(`${base}/docker-${hex('2')}.scope`)?.runtime, 'docker');
   t.is(parseKubeCgroupPath(`${base}/crio-${hex('3')}.scope`)?.runtime, 'crio');
   // crun/cri-o on v2 put the processes in a "container" child of the scope.
   t.is(parseKubeCgroupPath(`${base}/crio-${hex('3')}.scope/container`)?.containerId, hex('3'));
   // Guaranteed pods sit directly under kubepods.slice.
-  t.deepEqual(parseKubeCgroupPath(`/kubepods.slice/kubepods-pod${us(UID_C)}.slice/cri-containerd-${hex('4')}.scope`),
-    { driver: 'systemd', qos: 'guaranteed', podUid: UID_C, containerId: hex('4'), runtime: 'containerd' });
+  t.deepEqual(parseKubeCgroupPath(`/kubepods.slice/kubepods-pod${us(UID_C)}.slice/cri-containerd-${hex('4')}.scope`), {
+    driver: 'systemd',
+    qos: 'guaranteed',
+    podUid: UID_C,
+    containerId: hex('4'),
+    runtime: 'containerd',
+  });
   // cri-o's conmon is a pod-level process, not a container.
   t.deepEqual(parseKubeCgroupPath(`${base}/crio-conmon-${hex('5')}.scope`), { driver: 'systemd', qos: 'burstable', podUid: UID_B });
 });
 
 test('parser: nested kubelet roots (kind, docker-in-docker) and a test prefix', (t) => {
-  t.is(parseKubeCgroupPath(`/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod${us(UID_D)}.slice/cri-containerd-${hex('e')}.scope`)?.podUid, UID_D);
+  t.is(
+    parseKubeCgroupPath(
+      `/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod${us(UID_D)}.slice/cri-containerd-${hex('e')}.scope`,
+    )?.podUid,
+    UID_D,
+  );
   t.is(parseKubeCgroupPath(`/docker/${hex('f')}/kubepods/burstable/pod${UID_D}/${hex('e')}`)?.containerId, hex('e'));
   t.is(parseKubeCgroupPath(`//hvwatch-x//kubepods/pod${UID_D}/${hex('e')}/`)?.podUid, UID_D);
 });
 
 test('parser: what is not a pod cgroup is refused', (t) => {
   for (const p of [
-    '/', '/system.slice/containerd.service', `/system.slice/docker-${hex('a')}.scope`, '/kubepods', '/kubepods/burstable',
-    '/kubepods.slice/kubepods-burstable.slice', `/kubepods/burstable/pod${UID_A.slice(1)}`, '/kubepods/burstable/podnot-a-uid-at-all-0000000000000000000',
+    '/',
+    '/system.slice/containerd.service',
+    `/system.slice/docker-${hex('a')}.scope`,
+    '/kubepods',
+    '/kubepods/burstable',
+    '/kubepods.slice/kubepods-burstable.slice',
+    `/kubepods/burstable/pod${UID_A.slice(1)}`,
+    '/kubepods/burstable/podnot-a-uid-at-all-0000000000000000000',
     `/kubepods/burstable/pod${UID_A.toUpperCase()}`, // uids are lowercase
     // QoS of the pod slice disagrees with its parent slice.
     `/kubepods.slice/kubepods-burstable.slice/kubepods-besteffort-pod${us(UID_B)}.slice`,
     // A systemd-escaped uid under the cgroupfs layout.
     `/kubepods/burstable/pod${us(UID_A)}`,
-    'unknown', '_other',
-  ]) t.is(parseKubeCgroupPath(p), undefined, p);
+    'unknown',
+    '_other',
+  ])
+    t.is(parseKubeCgroupPath(p), undefined, p);
   // A container segment that is not an id leaves a pod-level result.
   t.is(parseKubeCgroupPath(`/kubepods/pod${UID_A}/${'a'.repeat(63)}`)?.containerId, undefined);
 });
@@ -81,14 +117,21 @@ test('kubelet directory names: pods, container links, cut names and the pre-1.14
   t.is(parseContainerLogLink(`p_c-${hex('a')}.log`), undefined);
 });
 
-function kubeletTree(): { dir: string; pods: string; containers: string; addPod(ns: string, pod: string, uid: string, containers?: Record<string, string>): void } {
+function kubeletTree(): {
+  dir: string;
+  pods: string;
+  containers: string;
+  addPod(ns: string, pod: string, uid: string, containers?: Record<string, string>): void;
+} {
   const dir = fs.mkdtempSync(join(tmpdir(), 'hvwatch-k8s-'));
   const pods = join(dir, 'pods');
   const containers = join(dir, 'containers');
   fs.mkdirSync(pods);
   fs.mkdirSync(containers);
   return {
-    dir, pods, containers,
+    dir,
+    pods,
+    containers,
     addPod(ns, pod, uid, cs = {}) {
       const pd = join(pods, `${ns}_${pod}_${uid}`);
       fs.mkdirSync(pd);
@@ -140,7 +183,10 @@ test('config switch: auto follows KUBERNETES_SERVICE_HOST, true/false force it, 
   t.true(kubernetesEnabled({ kubernetes: true }, {}));
   t.false(kubernetesEnabled({ kubernetes: false }, { KUBERNETES_SERVICE_HOST: '10.96.0.1' }));
   t.is(kubeLabelerFor({ ...c, kubernetes: false }), undefined);
-  t.throws(() => parseConfig('cgroups: { kubernetes: yes-please }', 'f.yaml'), { instanceOf: ConfigError, message: 'f.yaml: key cgroups.kubernetes: expected auto, true or false' });
+  t.throws(() => parseConfig('cgroups: { kubernetes: yes-please }', 'f.yaml'), {
+    instanceOf: ConfigError,
+    message: 'f.yaml: key cgroups.kubernetes: expected auto, true or false',
+  });
   // Off: a kubelet-shaped path keeps only its cgroup label.
   const r = new CgroupResolver({ version: 1, mountPoint: '/nonexistent' });
   t.deepEqual(r.labelsOf(`/kubepods/pod${UID_A}/${hex('a')}`), NO_KUBE_LABELS);
@@ -190,10 +236,14 @@ test('end to end: real kubelet-shaped memory cgroups (cgroupfs and systemd drive
   try {
     for (const cg of Object.values(cgs)) fsyncWriteInCgroup(cg, 2, `/var/tmp/hvwatch-k8s-${process.pid}.bin`);
     const started = M.memcgWbStarted.name;
-    const samples = await until(async () => {
-      const s = await agent.scrape();
-      return Object.values(cgs).every((cg) => pick(s, started, { cgroup: cg.path }).some((x) => x.value > 0)) ? s : undefined;
-    }, 20_000, 'writeback in every test cgroup');
+    const samples = await until(
+      async () => {
+        const s = await agent.scrape();
+        return Object.values(cgs).every((cg) => pick(s, started, { cgroup: cg.path }).some((x) => x.value > 0)) ? s : undefined;
+      },
+      20_000,
+      'writeback in every test cgroup',
+    );
     const labelsOf = (cg: TestCgroup, metric = started): Record<string, string> => {
       const [s] = pick(samples, metric, { cgroup: cg.path }) as [Sample?];
       const { cgroup: _c, ...rest } = s?.labels ?? {};
@@ -210,10 +260,14 @@ test('end to end: real kubelet-shaped memory cgroups (cgroupfs and systemd drive
     const dirtyFile = `/var/tmp/hvwatch-k8s-dirty-${process.pid}.bin`;
     dirtyWriteInCgroup(cgs.systemd, 4, dirtyFile);
     try {
-      const stat = await until(async () => {
-        const x = pick(await agent.scrape(), M.memcgStatDirty.name, { cgroup: cgs.systemd.path });
-        return x.length ? x : undefined;
-      }, 20_000, 'the dirty pages in memory.stat');
+      const stat = await until(
+        async () => {
+          const x = pick(await agent.scrape(), M.memcgStatDirty.name, { cgroup: cgs.systemd.path });
+          return x.length ? x : undefined;
+        },
+        20_000,
+        'the dirty pages in memory.stat',
+      );
       t.true(stat.length === 1 && stat[0]!.labels.pod === 'coredns-7d8f' && stat[0]!.value > 0, JSON.stringify(stat));
     } finally {
       fs.rmSync(dirtyFile, { force: true });

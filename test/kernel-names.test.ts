@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { Btf, btfNamesWithPrefix } from '../bpf/btf.js';
 import { kallsymsWithPrefix } from '../agent/kernel.js';
 
-test('BTF string scan finds every function a full parse of this kernel\'s vmlinux finds, for a prefix', (t) => {
+test("BTF string scan finds every function a full parse of this kernel's vmlinux finds, for a prefix", (t) => {
   const raw = readFileSync('/sys/kernel/btf/vmlinux');
   const names = btfNamesWithPrefix(raw, 'kvm_vcpu_');
   const full = Btf.parse(raw);
@@ -28,15 +28,18 @@ test('kallsyms scan: function symbols of vmlinux and modules with the prefix, no
   const dir = mkdtempSync(join(tmpdir(), 'hvwatch-kallsyms-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const file = join(dir, 'kallsyms');
-  writeFileSync(file, [
-    'ffffffff81000000 T _stext',
-    'ffffffff81001000 t kvmi_msg_process',
-    'ffffffffc0001000 T kvmi_send_vcpu_event\t[kvm]',
-    'ffffffffc0002000 d kvmi_data_only\t[kvm]',
-    'ffffffffc0003000 W kvmi_weak',
-    'ffffffffc0004000 t xkvmi_not_this',
-    '',
-  ].join('\n'));
+  writeFileSync(
+    file,
+    [
+      'ffffffff81000000 T _stext',
+      'ffffffff81001000 t kvmi_msg_process',
+      'ffffffffc0001000 T kvmi_send_vcpu_event\t[kvm]',
+      'ffffffffc0002000 d kvmi_data_only\t[kvm]',
+      'ffffffffc0003000 W kvmi_weak',
+      'ffffffffc0004000 t xkvmi_not_this',
+      '',
+    ].join('\n'),
+  );
   t.deepEqual([...kallsymsWithPrefix('kvmi_', file)].sort(), ['kvmi_msg_process', 'kvmi_send_vcpu_event', 'kvmi_weak']);
   t.deepEqual([...kallsymsWithPrefix('kvmi_', join(dir, 'missing'))], []);
   t.true(kallsymsWithPrefix('kvm_', '/proc/kallsyms').size > 0, 'this kernel lists its kvm_ functions');

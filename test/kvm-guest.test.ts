@@ -107,7 +107,9 @@ kvmTest('failures are one stderr line and a non-zero exit', async (t) => {
   await t.throwsAsync(runGuest({ args: ['--kvm', '/nonexistent/kvm'] }), {
     message: /^kvm-guest exited 1: kvm-guest: open \/nonexistent\/kvm: No such file or directory$/,
   });
-  await t.throwsAsync(runGuest({ args: ['--no-such-option'] }), { message: /^kvm-guest exited 2: kvm-guest: unknown argument '--no-such-option' \(see --help\)$/ });
+  await t.throwsAsync(runGuest({ args: ['--no-such-option'] }), {
+    message: /^kvm-guest exited 2: kvm-guest: unknown argument '--no-such-option' \(see --help\)$/,
+  });
   await t.throwsAsync(runGuest({ vcpus: 0 }), { message: /exited 2: .*--vcpus/ });
   // runGuest gives it no stdin: a guest told to wait for a start byte must not hang.
   await t.throwsAsync(runGuest({ args: ['--wait-start'] }), { message: /exited 1: .*stdin closed before the start byte/ });

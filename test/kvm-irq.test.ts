@@ -115,79 +115,99 @@ const skip = guestUsable();
 if (skip) test('real-guest kvm_irq test is skipped here', (t) => t.log(`skipped: ${skip}`) ?? t.pass());
 
 const INJECTION_PROBES = {
-  kvm_irq_set_irq: 'kvm_set_irq', kvm_irq_msi: 'kvm_msi_set_irq', kvm_irq_ioapic: 'kvm_ioapic_set_irq',
-  kvm_irq_pic: 'kvm_pic_set_irq', kvm_irq_apic_accept: 'kvm_apic_accept_irq', kvm_irq_inj_virq: 'kvm_inj_virq',
+  kvm_irq_set_irq: 'kvm_set_irq',
+  kvm_irq_msi: 'kvm_msi_set_irq',
+  kvm_irq_ioapic: 'kvm_ioapic_set_irq',
+  kvm_irq_pic: 'kvm_pic_set_irq',
+  kvm_irq_apic_accept: 'kvm_apic_accept_irq',
+  kvm_irq_inj_virq: 'kvm_inj_virq',
 } as const;
 
 const RUNS = [
-  { tier: 'tp_btf', threadState: 'auto' }, { tier: 'tracepoint', threadState: 'auto' }, { tier: 'tp_btf', threadState: 'hash' },
+  { tier: 'tp_btf', threadState: 'auto' },
+  { tier: 'tracepoint', threadState: 'auto' },
+  { tier: 'tp_btf', threadState: 'hash' },
 ] as const;
-for (const { tier, threadState } of RUNS) (skip ? test.skip : test)(`a real /dev/kvm guest with an in-kernel irqchip (${tier} tier, thread context in ${threadState === 'auto' ? 'task storage' : 'hash maps: the fallback tier forced by bpf.threadState: hash'}): KVM_IRQ_LINE and KVM_SIGNAL_MSI counted per VM and path, equal to the kernel's own trace (kvm_inj_virq does not fire on this kvm_pvm host)`, async (t) => {
-  const name = `hvwatch-irq-${tier}-${threadState}-${process.pid}`;
-  const N = 20;
-  const MSI = 15;
-  const guest = await startIrqGuest(['-name', `guest=${name},debug-threads=on`, '--irq-line', String(N), '--msi', String(MSI), '--hold-ms', '60000']);
-  t.teardown(() => guest.kill());
-  if (guest.first.irqchip === false) {
-    t.log(`KVM_CREATE_IRQCHIP refused here (${String(guest.first.irqchip_errno)}): only the BPF_PROG_TEST_RUN tests below cover the family`);
-    t.pass();
-    return;
-  }
-  // Each injection probe pinned to this tier (probes.attach), so both tiers run for real.
-  const pins = Object.entries(INJECTION_PROBES)
-    .map(([p, tp]) => `    ${p}:\n      - { attach: ${tier}, target: ${tier === 'tp_btf' ? tp : `kvm/${tp}`} }`).join('\n');
-  const agent = await AgentProcess.start(['--config', writeConfig(`probes:\n  attach:\n${pins}\nbpf:\n  threadState: ${threadState}\n`)]);
-  t.teardown(() => agent.stop());
-  const status = await (await fetch(`${agent.url}/api/probes`)).json() as ProbeStatus[];
-  for (const p of [...Object.keys(INJECTION_PROBES), 'kvm_irq_ioctl']) t.is(status.find((s) => s.name === p)?.chosen?.state, threadState === 'auto' ? TASK_STORAGE : HASH_MAP, p);
-  const trace = kernelTrace(guest.pid);
-  t.teardown(() => trace.remove());
+for (const { tier, threadState } of RUNS)
+  (skip ? test.skip : test)(
+    `a real /dev/kvm guest with an in-kernel irqchip (${tier} tier, thread context in ${threadState === 'auto' ? 'task storage' : 'hash maps: the fallback tier forced by bpf.threadState: hash'}): KVM_IRQ_LINE and KVM_SIGNAL_MSI counted per VM and path, equal to the kernel's own trace (kvm_inj_virq does not fire on this kvm_pvm host)`,
+    async (t) => {
+      const name = `hvwatch-irq-${tier}-${threadState}-${process.pid}`;
+      const N = 20;
+      const MSI = 15;
+      const guest = await startIrqGuest(['-name', `guest=${name},debug-threads=on`, '--irq-line', String(N), '--msi', String(MSI), '--hold-ms', '60000']);
+      t.teardown(() => guest.kill());
+      if (guest.first.irqchip === false) {
+        t.log(`KVM_CREATE_IRQCHIP refused here (${String(guest.first.irqchip_errno)}): only the BPF_PROG_TEST_RUN tests below cover the family`);
+        t.pass();
+        return;
+      }
+      // Each injection probe pinned to this tier (probes.attach), so both tiers run for real.
+      const pins = Object.entries(INJECTION_PROBES)
+        .map(([p, tp]) => `    ${p}:\n      - { attach: ${tier}, target: ${tier === 'tp_btf' ? tp : `kvm/${tp}`} }`)
+        .join('\n');
+      const agent = await AgentProcess.start(['--config', writeConfig(`probes:\n  attach:\n${pins}\nbpf:\n  threadState: ${threadState}\n`)]);
+      t.teardown(() => agent.stop());
+      const status = (await (await fetch(`${agent.url}/api/probes`)).json()) as ProbeStatus[];
+      for (const p of [...Object.keys(INJECTION_PROBES), 'kvm_irq_ioctl'])
+        t.is(status.find((s) => s.name === p)?.chosen?.state, threadState === 'auto' ? TASK_STORAGE : HASH_MAP, p);
+      const trace = kernelTrace(guest.pid);
+      t.teardown(() => trace.remove());
 
-  guest.go();
-  const r = await guest.result();
-  t.is(r.vcpu_error, null);
-  t.is(r.irq_line_errors, 0);
-  t.is(r.msi_errors, 0);
-  t.deepEqual(r.delivered, { pic: N, msi: MSI, other: 0 }, 'the guest took every interrupt (its handlers report each vector)');
+      guest.go();
+      const r = await guest.result();
+      t.is(r.vcpu_error, null);
+      t.is(r.irq_line_errors, 0);
+      t.is(r.msi_errors, 0);
+      t.deepEqual(r.delivered, { pic: N, msi: MSI, other: 0 }, 'the guest took every interrupt (its handlers report each vector)');
 
-  const kernel = trace.counts();
-  t.log(`kernel trace of pid ${guest.pid}: ${JSON.stringify(kernel)}`);
-  // What the kernel itself saw: each KVM_IRQ_LINE call reaches the PIC and the IOAPIC pin
-  // (default routing of GSI 0-15); each MSI is accepted by vCPU 0's LAPIC.
-  t.is(kernel.kvm_set_irq, 2 * N);
-  t.is(kernel.kvm_pic_set_irq, 2 * N);
-  t.is(kernel.kvm_ioapic_set_irq, 2 * N);
-  t.is(kernel.kvm_msi_set_irq, MSI);
-  t.is(kernel.kvm_apic_accept_irq, MSI);
+      const kernel = trace.counts();
+      t.log(`kernel trace of pid ${guest.pid}: ${JSON.stringify(kernel)}`);
+      // What the kernel itself saw: each KVM_IRQ_LINE call reaches the PIC and the IOAPIC pin
+      // (default routing of GSI 0-15); each MSI is accepted by vCPU 0's LAPIC.
+      t.is(kernel.kvm_set_irq, 2 * N);
+      t.is(kernel.kvm_pic_set_irq, 2 * N);
+      t.is(kernel.kvm_ioapic_set_irq, 2 * N);
+      t.is(kernel.kvm_msi_set_irq, MSI);
+      t.is(kernel.kvm_apic_accept_irq, MSI);
 
-  const vm = { vm: name };
-  const s = await until(async () => {
-    const s = await agent.scrape();
-    return (value(s, M.kvmIrqInjections.name, { ...vm, path: 'apic_accept' }) ?? 0) >= MSI ? s : undefined;
-  }, 10_000, `${name}'s injections in /metrics`);
-  const byTracepoint: Record<(typeof IRQ_PATHS)[number], string> = {
-    set_irq: 'kvm_set_irq', msi: 'kvm_msi_set_irq', ioapic: 'kvm_ioapic_set_irq', pic: 'kvm_pic_set_irq',
-    apic_accept: 'kvm_apic_accept_irq', inj_virq: 'kvm_inj_virq',
-  };
-  const seen: Record<string, number | undefined> = {};
-  for (const path of IRQ_PATHS) {
-    seen[path] = value(s, M.kvmIrqInjections.name, { ...vm, path });
-    // A path the kernel never traced has no series yet (README "Series lifecycle").
-    t.is(seen[path], kernel[byTracepoint[path]] || undefined, `path ${path}: /metrics equals the kernel's trace`);
-    t.is(value(s, M.kvmIrqAfterTeardown.name, { ...vm, path }), undefined, `no teardown, so nothing after it (${path}): not born`);
-  }
-  t.log(`/metrics ${M.kvmIrqInjections.name}{vm="${name}"}: ${JSON.stringify(seen)}`);
-  for (const kind of TEARDOWN_KINDS) t.is(value(s, M.kvmIrqTeardowns.name, { ...vm, kind }), undefined, `no ${kind} while the VM runs: not born`);
-  // Delivery pairs an acceptance with the injection on the same vCPU and vector: every MSI
-  // where kvm_inj_virq fires, none here.
-  const delivered = value(s, `${M.kvmIrqDelivery.name}_count`, vm);
-  t.is(delivered, kernel.kvm_inj_virq === N + MSI ? MSI : undefined, 'nothing delivered: the delivery histogram is not born');
-  t.log(`${M.kvmIrqDelivery.name}_count{vm="${name}"} ${delivered} (kernel kvm_inj_virq events: ${kernel.kvm_inj_virq})`);
-  t.is(pick(s, M.kvmVmInfo.name, vm).length, 1, 'the same vm label as the kvm family');
-  for (const p of Object.keys(INJECTION_PROBES)) t.is(pick(s, M.probeInfo.name, { probe: p })[0]?.labels.attach, tier, p);
-  t.is(value(s, M.probeAttached.name, { probe: 'kvm_irq_ioctl' }), 1);
-  t.is(value(s, M.probeAttached.name, { probe: 'kvm_irq_free_irq_routing' }), 0, 'no fentry, no kprobes here');
-});
+      const vm = { vm: name };
+      const s = await until(
+        async () => {
+          const s = await agent.scrape();
+          return (value(s, M.kvmIrqInjections.name, { ...vm, path: 'apic_accept' }) ?? 0) >= MSI ? s : undefined;
+        },
+        10_000,
+        `${name}'s injections in /metrics`,
+      );
+      const byTracepoint: Record<(typeof IRQ_PATHS)[number], string> = {
+        set_irq: 'kvm_set_irq',
+        msi: 'kvm_msi_set_irq',
+        ioapic: 'kvm_ioapic_set_irq',
+        pic: 'kvm_pic_set_irq',
+        apic_accept: 'kvm_apic_accept_irq',
+        inj_virq: 'kvm_inj_virq',
+      };
+      const seen: Record<string, number | undefined> = {};
+      for (const path of IRQ_PATHS) {
+        seen[path] = value(s, M.kvmIrqInjections.name, { ...vm, path });
+        // A path the kernel never traced has no series yet (README "Series lifecycle").
+        t.is(seen[path], kernel[byTracepoint[path]] || undefined, `path ${path}: /metrics equals the kernel's trace`);
+        t.is(value(s, M.kvmIrqAfterTeardown.name, { ...vm, path }), undefined, `no teardown, so nothing after it (${path}): not born`);
+      }
+      t.log(`/metrics ${M.kvmIrqInjections.name}{vm="${name}"}: ${JSON.stringify(seen)}`);
+      for (const kind of TEARDOWN_KINDS) t.is(value(s, M.kvmIrqTeardowns.name, { ...vm, kind }), undefined, `no ${kind} while the VM runs: not born`);
+      // Delivery pairs an acceptance with the injection on the same vCPU and vector: every MSI
+      // where kvm_inj_virq fires, none here.
+      const delivered = value(s, `${M.kvmIrqDelivery.name}_count`, vm);
+      t.is(delivered, kernel.kvm_inj_virq === N + MSI ? MSI : undefined, 'nothing delivered: the delivery histogram is not born');
+      t.log(`${M.kvmIrqDelivery.name}_count{vm="${name}"} ${delivered} (kernel kvm_inj_virq events: ${kernel.kvm_inj_virq})`);
+      t.is(pick(s, M.kvmVmInfo.name, vm).length, 1, 'the same vm label as the kvm family');
+      for (const p of Object.keys(INJECTION_PROBES)) t.is(pick(s, M.probeInfo.name, { probe: p })[0]?.labels.attach, tier, p);
+      t.is(value(s, M.probeAttached.name, { probe: 'kvm_irq_ioctl' }), 1);
+      t.is(value(s, M.probeAttached.name, { probe: 'kvm_irq_free_irq_routing' }), 0, 'no fentry, no kprobes here');
+    },
+  );
 
 // ---- the handlers through BPF_PROG_TEST_RUN (logic, not attach) ----
 
@@ -198,7 +218,17 @@ const TD = { DEVICE_RELEASE: 0, DESTROY_DEVICES: 1, FREE_IRQ_ROUTING: 2 } as con
 const IOCTL = { KVM_RUN: 0xae80, KVM_IRQ_LINE: 0x4008ae61, KVM_SIGNAL_MSI: 0x4020aea5, KVM_CREATE_VM: 0xae01 } as const;
 const SEC = 1_000_000_000;
 
-interface Ev { path?: number; tid?: number; tgid?: number; now?: number; kvm?: bigint; arg0?: number; arg1?: number; flags?: number; ts?: boolean }
+interface Ev {
+  path?: number;
+  tid?: number;
+  tgid?: number;
+  now?: number;
+  kvm?: bigint;
+  arg0?: number;
+  arg1?: number;
+  flags?: number;
+  ts?: boolean;
+}
 
 function encode(op: number, e: Ev): Buffer {
   const b = Buffer.alloc(48);
@@ -245,27 +275,28 @@ const VM_A = 0xffff_8880_1234_0000n;
 /** A pid that is certainly not running: pid_max is at most 2^22. */
 const DEAD_TGID = 4_194_304 + 7;
 
-for (const ts of [false, true]) test(`KVM_RUN's VM is resolved once per vCPU fd and reused while the fd, tgid and vCPU-fd generation match via BPF_PROG_TEST_RUN (logic, not attach; ${ts ? 'task-storage' : 'hash-map'} tier)`, async (t) => {
-  const { agent, run, vmm, after } = await logicAgent(t, ts);
-  const VM_B = VM_A + 0x10000n;
-  // KVM_RUN on fd `fd` whose fd table (synthetic) holds (kvm, vcpu): 1 when the thread's cache answered.
-  const kvmRun = (fd: number, kvm: bigint, vcpu: number, now: number, tgid = process.pid) => run(T.RUN_VM, { tid: 30, path: fd, kvm, arg1: vcpu, now, tgid });
-  t.is(kvmRun(7, VM_A, 1, 1_000), 0, 'first KVM_RUN of the thread: resolved from the fd table');
-  t.is(kvmRun(7, VM_B, 2, 2_000), 1, 'the next one on the same fd: from the cache');
-  t.is(kvmRun(8, VM_B, 0, 3_000), 0, 'another fd: resolved again');
-  t.is(kvmRun(8, VM_A, 0, 4_000), 1);
-  run(T.CREATE_VCPU);
-  t.is(kvmRun(8, VM_B, 3, 5_000), 0, 'a KVM_CREATE_VCPU since (an fd number may now name another vCPU): resolved again');
-  t.is(kvmRun(8, VM_A, 3, 6_000), 1);
-  t.is(kvmRun(8, VM_A, 3, 7_000, DEAD_TGID), 0, 'another process on that thread slot: resolved again');
-  t.is(kvmRun(8, VM_B, 3, 8_000), 0, 'and back: the cache now holds the other process\'s');
-  t.is(kvmRun(8, VM_A, 3, 9_000), 1, 'hit: the context names VM_B, from the cache');
-  // The injection inside that KVM_RUN is tied to the cached VM (VM_B), whose teardown began.
-  vmm.teardown(VM_B, 10_000, TD.DEVICE_RELEASE);
-  vmm.inject(30, 11_000, P.SET_IRQ);
-  await agent.collect();
-  t.is(after('set_irq'), 1, 'counted after VM_B\'s teardown: the cached VM, not the (ignored) fd table\'s VM_A');
-});
+for (const ts of [false, true])
+  test(`KVM_RUN's VM is resolved once per vCPU fd and reused while the fd, tgid and vCPU-fd generation match via BPF_PROG_TEST_RUN (logic, not attach; ${ts ? 'task-storage' : 'hash-map'} tier)`, async (t) => {
+    const { agent, run, vmm, after } = await logicAgent(t, ts);
+    const VM_B = VM_A + 0x10000n;
+    // KVM_RUN on fd `fd` whose fd table (synthetic) holds (kvm, vcpu): 1 when the thread's cache answered.
+    const kvmRun = (fd: number, kvm: bigint, vcpu: number, now: number, tgid = process.pid) => run(T.RUN_VM, { tid: 30, path: fd, kvm, arg1: vcpu, now, tgid });
+    t.is(kvmRun(7, VM_A, 1, 1_000), 0, 'first KVM_RUN of the thread: resolved from the fd table');
+    t.is(kvmRun(7, VM_B, 2, 2_000), 1, 'the next one on the same fd: from the cache');
+    t.is(kvmRun(8, VM_B, 0, 3_000), 0, 'another fd: resolved again');
+    t.is(kvmRun(8, VM_A, 0, 4_000), 1);
+    run(T.CREATE_VCPU);
+    t.is(kvmRun(8, VM_B, 3, 5_000), 0, 'a KVM_CREATE_VCPU since (an fd number may now name another vCPU): resolved again');
+    t.is(kvmRun(8, VM_A, 3, 6_000), 1);
+    t.is(kvmRun(8, VM_A, 3, 7_000, DEAD_TGID), 0, 'another process on that thread slot: resolved again');
+    t.is(kvmRun(8, VM_B, 3, 8_000), 0, "and back: the cache now holds the other process's");
+    t.is(kvmRun(8, VM_A, 3, 9_000), 1, 'hit: the context names VM_B, from the cache');
+    // The injection inside that KVM_RUN is tied to the cached VM (VM_B), whose teardown began.
+    vmm.teardown(VM_B, 10_000, TD.DEVICE_RELEASE);
+    vmm.inject(30, 11_000, P.SET_IRQ);
+    await agent.collect();
+    t.is(after('set_irq'), 1, "counted after VM_B's teardown: the cached VM, not the (ignored) fd table's VM_A");
+  });
 
 test('teardown race via BPF_PROG_TEST_RUN (logic, not attach): injections after a device release and during kvm_destroy_vm are counted per path', async (t) => {
   const { agent, vmm, inj, after, teardowns } = await logicAgent(t);
@@ -314,7 +345,7 @@ test('a new VM at the same struct kvm address is a new generation via BPF_PROG_T
   vmm.teardown(VM_A, 2_100, TD.FREE_IRQ_ROUTING);
   // The old VM is freed; KVM_CREATE_VM returns a new VM at the same address.
   vmm.createVm(22, 3_000, VM_A);
-  t.is(counter('reaped'), 1, 'the old VM\'s state was replaced');
+  t.is(counter('reaped'), 1, "the old VM's state was replaced");
   vmm.enter(23, 4_000, IOCTL.KVM_IRQ_LINE, VM_A);
   vmm.inject(23, 4_100, P.SET_IRQ);
   vmm.inject(23, 4_200, P.IOAPIC);
@@ -330,7 +361,7 @@ test('a new VM at the same struct kvm address is a new generation via BPF_PROG_T
   t.is(counter('stale_context'), 1);
 });
 
-test('stale VM state is reaped via BPF_PROG_TEST_RUN (logic, not attach): a VM destroyed over 1 s ago whose successor\'s creation was not seen never matches', async (t) => {
+test("stale VM state is reaped via BPF_PROG_TEST_RUN (logic, not attach): a VM destroyed over 1 s ago whose successor's creation was not seen never matches", async (t) => {
   const { agent, fam, vmm, after, counter } = await logicAgent(t);
   const VM_B = VM_A + 0x1000n;
   // Created before the probe attached (no KVM_CREATE_VM seen), then destroyed.
@@ -346,7 +377,7 @@ test('stale VM state is reaped via BPF_PROG_TEST_RUN (logic, not attach): a VM d
   vmm.inject(31, 3 * SEC + 100, P.SET_IRQ);
   vmm.exit(31, 3 * SEC + 200);
   t.is(counter('reaped'), 1);
-  t.is(fam.maps.get('irq_vm_state')!.count(), 0, 'the dead VM\'s entry is gone');
+  t.is(fam.maps.get('irq_vm_state')!.count(), 0, "the dead VM's entry is gone");
   // A teardown of the new VM opens a new generation; an injection after it counts again.
   vmm.teardown(VM_B, 4 * SEC, TD.DEVICE_RELEASE);
   vmm.enter(32, 4 * SEC + 100, IOCTL.KVM_IRQ_LINE, VM_B);

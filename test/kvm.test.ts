@@ -18,65 +18,112 @@ const skip = kvmUsable();
 const kvmTest = skip ? test.skip : test;
 if (skip) test('real-guest kvm tests are skipped here', (t) => t.log(`skipped: ${skip}`) ?? t.pass());
 
-for (const threadState of ['auto', 'hash'] as const) kvmTest(`a real /dev/kvm guest (per-thread state in ${threadState === 'auto' ? 'task storage' : 'hash maps, the fallback tier forced by bpf.threadState: hash'}): N port writes counted exactly under its vm label, nested-state errors counted, series removed on exit`, async (t) => {
-  // A short linger: the series must outlive the VMM by that long, then go.
-  const agent = await AgentProcess.start(['--config', writeConfig(`kvm:\n  exitedVmSeconds: 3\nbpf:\n  threadState: ${threadState}\n`)]);
-  t.teardown(() => agent.stop());
-  const status = await (await fetch(`${agent.url}/api/probes`)).json() as ProbeStatus[];
-  const want = threadState === 'auto' ? TASK_STORAGE : HASH_MAP;
-  for (const p of ['kvm_userspace_exit', 'kvm_ioctl', 'kvm_irq_ioctl']) t.is(status.find((s) => s.name === p)?.chosen?.state, want, p);
-  // kvm_ioctl holds the ioctl hooks; kvm_irq_ioctl runs after it there, by tail call.
-  t.deepEqual(status.find((s) => s.name === 'kvm_irq_ioctl')?.chosen?.chained?.map((c) => c.after), ['kvm_ioctl', 'kvm_ioctl']);
-  const name = `hvwatch-test-${threadState}-${process.pid}`;
-  const N = 2000;
-  const guest = await startGuest({ name, writes: N, holdMs: 60_000, nestedState: true });
-  t.teardown(() => guest.kill());
-  guest.go();
-  const r = await guest.result;
-  t.is(r.io_exits, N);
-  t.truthy(r.nested_state?.get.errno, 'KVM_GET_NESTED_STATE fails on this kernel (KVM_CAP_NESTED_STATE 0)');
+for (const threadState of ['auto', 'hash'] as const)
+  kvmTest(
+    `a real /dev/kvm guest (per-thread state in ${threadState === 'auto' ? 'task storage' : 'hash maps, the fallback tier forced by bpf.threadState: hash'}): N port writes counted exactly under its vm label, nested-state errors counted, series removed on exit`,
+    async (t) => {
+      // A short linger: the series must outlive the VMM by that long, then go.
+      const agent = await AgentProcess.start(['--config', writeConfig(`kvm:\n  exitedVmSeconds: 3\nbpf:\n  threadState: ${threadState}\n`)]);
+      t.teardown(() => agent.stop());
+      const status = (await (await fetch(`${agent.url}/api/probes`)).json()) as ProbeStatus[];
+      const want = threadState === 'auto' ? TASK_STORAGE : HASH_MAP;
+      for (const p of ['kvm_userspace_exit', 'kvm_ioctl', 'kvm_irq_ioctl']) t.is(status.find((s) => s.name === p)?.chosen?.state, want, p);
+      // kvm_ioctl holds the ioctl hooks; kvm_irq_ioctl runs after it there, by tail call.
+      t.deepEqual(
+        status.find((s) => s.name === 'kvm_irq_ioctl')?.chosen?.chained?.map((c) => c.after),
+        ['kvm_ioctl', 'kvm_ioctl'],
+      );
+      const name = `hvwatch-test-${threadState}-${process.pid}`;
+      const N = 2000;
+      const guest = await startGuest({ name, writes: N, holdMs: 60_000, nestedState: true });
+      t.teardown(() => guest.kill());
+      guest.go();
+      const r = await guest.result;
+      t.is(r.io_exits, N);
+      t.truthy(r.nested_state?.get.errno, 'KVM_GET_NESTED_STATE fails on this kernel (KVM_CAP_NESTED_STATE 0)');
 
-  const vm = { vm: name };
-  const s = await until(async () => {
-    const s = await agent.scrape();
-    return (value(s, M.kvmUserspaceExits.name, { ...vm, reason: 'HLT' }) ?? 0) >= 1 ? s : undefined;
-  }, 10_000, `the HLT exit of ${name}`);
-  t.is(value(s, M.kvmPio.name, { ...vm, direction: 'out' }), N);
-  t.is(value(s, M.kvmPio.name, { ...vm, direction: 'in' }), undefined, 'no port read: that series is not born (README "Series lifecycle")');
-  t.is(value(s, M.kvmUserspaceExits.name, { ...vm, reason: 'IO' }), N);
-  t.is(value(s, M.kvmUserspaceExits.name, { ...vm, reason: 'HLT' }), 1);
-  // Every IO exit is followed by the next KVM_RUN; the final HLT is not.
-  t.is(value(s, `${M.kvmUserspaceTime.name}_count`, { ...vm, reason: 'IO' }), N);
-  t.true(value(s, `${M.kvmUserspaceTime.name}_sum`, { ...vm, reason: 'IO' })! > 0);
-  const info = pick(s, M.kvmVmInfo.name, vm);
-  t.is(info.length, 1);
-  t.is(info[0]!.labels.source, 'qemu');
-  t.is(info[0]!.labels.pid, String(guest.pid));
-  // The nested-state ioctls fail here; each is counted with its errno, and timed.
-  const errno = r.nested_state!.get.errno!;
-  t.is(value(s, M.kvmNestedStateOps.name, { ...vm, op: 'get', result: errno }), 1);
-  t.is(value(s, M.kvmNestedStateOps.name, { ...vm, op: 'set', result: r.nested_state!.set.errno! }), 1);
-  t.is(value(s, `${M.kvmNestedStateOpTime.name}_count`, { ...vm, op: 'get' }), 1);
-  t.is(value(s, M.kvmNestedStateSaves.name, { ...vm, flag: 'guest_mode' }), undefined, 'a failed save is not a guest-mode save (no such save: not born)');
-  t.is(value(s, M.probeAttached.name, { probe: 'kvm_io' }), 1);
+      const vm = { vm: name };
+      const s = await until(
+        async () => {
+          const s = await agent.scrape();
+          return (value(s, M.kvmUserspaceExits.name, { ...vm, reason: 'HLT' }) ?? 0) >= 1 ? s : undefined;
+        },
+        10_000,
+        `the HLT exit of ${name}`,
+      );
+      t.is(value(s, M.kvmPio.name, { ...vm, direction: 'out' }), N);
+      t.is(value(s, M.kvmPio.name, { ...vm, direction: 'in' }), undefined, 'no port read: that series is not born (README "Series lifecycle")');
+      t.is(value(s, M.kvmUserspaceExits.name, { ...vm, reason: 'IO' }), N);
+      t.is(value(s, M.kvmUserspaceExits.name, { ...vm, reason: 'HLT' }), 1);
+      // Every IO exit is followed by the next KVM_RUN; the final HLT is not.
+      t.is(value(s, `${M.kvmUserspaceTime.name}_count`, { ...vm, reason: 'IO' }), N);
+      t.true(value(s, `${M.kvmUserspaceTime.name}_sum`, { ...vm, reason: 'IO' })! > 0);
+      const info = pick(s, M.kvmVmInfo.name, vm);
+      t.is(info.length, 1);
+      t.is(info[0]!.labels.source, 'qemu');
+      t.is(info[0]!.labels.pid, String(guest.pid));
+      // The nested-state ioctls fail here; each is counted with its errno, and timed.
+      const errno = r.nested_state!.get.errno!;
+      t.is(value(s, M.kvmNestedStateOps.name, { ...vm, op: 'get', result: errno }), 1);
+      t.is(value(s, M.kvmNestedStateOps.name, { ...vm, op: 'set', result: r.nested_state!.set.errno! }), 1);
+      t.is(value(s, `${M.kvmNestedStateOpTime.name}_count`, { ...vm, op: 'get' }), 1);
+      t.is(value(s, M.kvmNestedStateSaves.name, { ...vm, flag: 'guest_mode' }), undefined, 'a failed save is not a guest-mode save (no such save: not born)');
+      t.is(value(s, M.probeAttached.name, { probe: 'kvm_io' }), 1);
 
-  await guest.kill();
-  const exitedAt = Date.now();
-  const lingering = await agent.scrape();
-  t.is(value(lingering, M.kvmPio.name, { ...vm, direction: 'out' }), N, 'the last counts are still served right after the VMM exited');
-  const after = await until(async () => {
-    const s = await agent.scrape();
-    return pick(s, M.kvmVmInfo.name, vm).length === 0 ? s : undefined;
-  }, 10_000, `${name}'s series gone after its process exited`);
-  t.deepEqual(after.filter((x) => x.labels.vm === name), []);
-  t.true(Date.now() - exitedAt >= 3000 - 100, 'not before kvm.exitedVmSeconds');
-});
+      await guest.kill();
+      const exitedAt = Date.now();
+      const lingering = await agent.scrape();
+      t.is(value(lingering, M.kvmPio.name, { ...vm, direction: 'out' }), N, 'the last counts are still served right after the VMM exited');
+      const after = await until(
+        async () => {
+          const s = await agent.scrape();
+          return pick(s, M.kvmVmInfo.name, vm).length === 0 ? s : undefined;
+        },
+        10_000,
+        `${name}'s series gone after its process exited`,
+      );
+      t.deepEqual(
+        after.filter((x) => x.labels.vm === name),
+        [],
+      );
+      t.true(Date.now() - exitedAt >= 3000 - 100, 'not before kvm.exitedVmSeconds');
+    },
+  );
 
 // ---- the handlers through BPF_PROG_TEST_RUN (logic, not attach) ----
 
 // struct kvm_test_args and enum kvm_test_op in bpf/src/kvm.bpf.c.
-const T = { EXIT: 0, ENTRY: 1, USERSPACE_EXIT: 2, IOCTL_ENTER: 3, IOCTL_EXIT: 4, PIO: 5, MMIO: 6, EMULATE: 7, NESTED_VMEXIT: 8, NESTED_INJECT: 9, NESTED_VMENTER: 10, NESTED_INTR: 11, VMENTER_FAILED: 12, TS_USERSPACE_EXIT: 14, TS_IOCTL_ENTER: 15, TS_IOCTL_EXIT: 16, TS_EXIT: 17, TS_ENTRY: 18 } as const;
-interface Ev { tid?: number; tgid?: number; vcpu?: number; now?: number; isa?: number; reason?: number; ret?: number; arg?: bigint; msg?: string }
+const T = {
+  EXIT: 0,
+  ENTRY: 1,
+  USERSPACE_EXIT: 2,
+  IOCTL_ENTER: 3,
+  IOCTL_EXIT: 4,
+  PIO: 5,
+  MMIO: 6,
+  EMULATE: 7,
+  NESTED_VMEXIT: 8,
+  NESTED_INJECT: 9,
+  NESTED_VMENTER: 10,
+  NESTED_INTR: 11,
+  VMENTER_FAILED: 12,
+  TS_USERSPACE_EXIT: 14,
+  TS_IOCTL_ENTER: 15,
+  TS_IOCTL_EXIT: 16,
+  TS_EXIT: 17,
+  TS_ENTRY: 18,
+} as const;
+interface Ev {
+  tid?: number;
+  tgid?: number;
+  vcpu?: number;
+  now?: number;
+  isa?: number;
+  reason?: number;
+  ret?: number;
+  arg?: bigint;
+  msg?: string;
+}
 const SVM = 2;
 const KVM_RUN = 0xae80;
 const GET_NESTED_STATE = 0xc080aebe;
@@ -129,7 +176,7 @@ test('exit->entry pairing per vCPU via BPF_PROG_TEST_RUN (logic, not attach): la
   t.is(agent.store.get(M.kvmVcpuExits, { vm, vcpu: '0' }), undefined, 'per-vCPU series only when configured');
 });
 
-test('exit->entry pairing via BPF_PROG_TEST_RUN (logic, not attach; task-storage tier, the calling thread\'s slot): latency per reason, no double pairing, another VM\'s or vCPU\'s exit unpaired', async (t) => {
+test("exit->entry pairing via BPF_PROG_TEST_RUN (logic, not attach; task-storage tier, the calling thread's slot): latency per reason, no double pairing, another VM's or vCPU's exit unpaired", async (t) => {
   const { agent, run, vm } = await logicAgent(t);
   run(T.TS_ENTRY, { now: 500 }); // no exit seen yet: nothing to close
   run(T.TS_EXIT, { now: 1_000, vcpu: 0, reason: 0x7b });
@@ -144,7 +191,7 @@ test('exit->entry pairing via BPF_PROG_TEST_RUN (logic, not attach; task-storage
   t.is(h.count, 1);
   t.is(Math.round(h.sum * 1e9), 400);
   t.is(agent.store.get(M.kvmExits, { vm, isa: 'svm', reason: exitReasonName(SVM, 0x7c) })?.value, 1);
-  t.is(agent.store.get(M.kvmExitHandling, { vm, isa: 'svm', reason: exitReasonName(SVM, 0x7c) })?.hist?.count ?? 0, 0, 'its entry was another vCPU\'s');
+  t.is(agent.store.get(M.kvmExitHandling, { vm, isa: 'svm', reason: exitReasonName(SVM, 0x7c) })?.hist?.count ?? 0, 0, "its entry was another vCPU's");
   t.is(agent.family('kvm')!.maps.get('unpaired')!.counter(0 /* UNPAIRED_EXIT_ENTRY */), 2);
 });
 
@@ -164,7 +211,13 @@ test('a vCPU thread id reused by another VM does not pair via BPF_PROG_TEST_RUN 
   t.is(agent.store.get(M.kvmExitHandling, { vm, isa: 'svm', reason: 'io' })?.hist, undefined, 'an unpaired exit is timed nowhere: no latency series is born');
   // The dead VM had no first-sight record (a synthetic tgid, not this process): its counts
   // linger under pid-N (kvm.exitedVmSeconds), never under another VM's name.
-  t.deepEqual(agent.store.all(M.kvmExits).filter((s) => s.labels.vm === `pid-${DEAD_PID}`).map((s) => s.value), [1]);
+  t.deepEqual(
+    agent.store
+      .all(M.kvmExits)
+      .filter((s) => s.labels.vm === `pid-${DEAD_PID}`)
+      .map((s) => s.value),
+    [1],
+  );
   t.is(agent.store.get(M.kvmExits, { vm, isa: 'svm', reason: 'io' })?.value, 1, 'only its own exit under this VM');
 });
 
@@ -188,7 +241,7 @@ test('nested exit/inject/vmenter state machine via BPF_PROG_TEST_RUN (logic, not
   t.is(exits('npf', 'l0'), 2, 'the first NPF at the next nested exit, the second at the one after; the third still pending');
   t.is(exits('npf', 'l1'), undefined, 'never reflected: not born');
   t.is(exits('hypercall', 'l1'), 1);
-  t.is(exits('hypercall', 'l0'), undefined, 'a reflected exit is not also counted as L0\'s');
+  t.is(exits('hypercall', 'l0'), undefined, "a reflected exit is not also counted as L0's");
   const l1 = agent.store.get(M.kvmNestedL1Handling, { vm, isa: 'svm', reason: 'hypercall' })!.hist!;
   t.is(l1.count, 1);
   t.is(Math.round(l1.sum * 1e9), 50_000);
@@ -223,7 +276,7 @@ test('userspace time and nested-state saves via BPF_PROG_TEST_RUN (logic, not at
   t.is(agent.store.get(M.kvmNestedStateOpTime, { vm, op: 'get' })?.hist?.count, 3);
 });
 
-test('userspace time and nested-state saves via BPF_PROG_TEST_RUN (logic, not attach; task-storage tier, the calling thread\'s slot): KVM_RUN pairing, one nested-state ioctl at a time', async (t) => {
+test("userspace time and nested-state saves via BPF_PROG_TEST_RUN (logic, not attach; task-storage tier, the calling thread's slot): KVM_RUN pairing, one nested-state ioctl at a time", async (t) => {
   const { agent, run, vm } = await logicAgent(t);
   t.is(run(T.TS_IOCTL_EXIT, { now: 500 }), 1, 'no ioctl in flight: sys_exit_ioctl leaves at the flag');
   run(T.TS_USERSPACE_EXIT, { now: 1_000, reason: 2 /* KVM_EXIT_IO */ });
@@ -249,7 +302,7 @@ test('userspace time and nested-state saves via BPF_PROG_TEST_RUN (logic, not at
   t.is(agent.store.get(M.kvmNestedStateOps, { vm, op: 'get', result: 'EINVAL' })?.value, 1);
   t.is(agent.store.get(M.kvmNestedStateSaves, { vm, flag: 'guest_mode' })?.value, 1);
   t.is(agent.store.get(M.kvmNestedStateOpTime, { vm, op: 'get' })?.hist?.count, 2);
-  t.is(agent.family('kvm')!.maps.get('unpaired')!.counter(2 /* UNPAIRED_USERSPACE */), 1, 'the other process\'s half: unpaired');
+  t.is(agent.family('kvm')!.maps.get('unpaired')!.counter(2 /* UNPAIRED_USERSPACE */), 1, "the other process's half: unpaired");
 });
 
 test('nested VM-entry failure messages and per-vCPU exits via BPF_PROG_TEST_RUN (logic, not attach)', async (t) => {
@@ -274,7 +327,7 @@ test('nested VM-entry failure messages and per-vCPU exits via BPF_PROG_TEST_RUN 
   t.is(agent.store.get(M.kvmEmulated, { vm, result: 'failed' })?.value, 1);
 });
 
-test('exit reasons decode from the kernel\'s VMX/SVM tables; errno names from the OS', (t) => {
+test("exit reasons decode from the kernel's VMX/SVM tables; errno names from the OS", (t) => {
   t.is(exitReasonName(1, 30), 'IO_INSTRUCTION');
   t.is(exitReasonName(1, 48), 'EPT_VIOLATION');
   t.is(exitReasonName(1, 0x80000021), 'INVALID_STATE_FAILED_VMENTRY');

@@ -42,10 +42,24 @@ test('a running agent on this kernel: hvwatch_kvmi_present 0, kvmi probes off wi
     t.deepEqual(pick(s, M.probeAttachFailures.name, { probe }), [], probe);
     t.deepEqual(pick(s, M.probeInfo.name, { probe }), [], probe);
   }
-  t.deepEqual(s.filter((x) => x.name.startsWith('hvwatch_kvmi_') && x.name !== M.kvmiPresent.name), [], 'no kvmi series without KVMI');
-  const status = await (await fetch(`${agent.url}/api/probes`)).json() as { name: string; family: string; enabled: boolean; skipped?: string; candidates: unknown[]; chosen: unknown }[];
+  t.deepEqual(
+    s.filter((x) => x.name.startsWith('hvwatch_kvmi_') && x.name !== M.kvmiPresent.name),
+    [],
+    'no kvmi series without KVMI',
+  );
+  const status = (await (await fetch(`${agent.url}/api/probes`)).json()) as {
+    name: string;
+    family: string;
+    enabled: boolean;
+    skipped?: string;
+    candidates: unknown[];
+    chosen: unknown;
+  }[];
   const kvmi = status.filter((x) => x.family === 'kvmi');
-  t.deepEqual(kvmi.map((x) => x.name), KVMI_PROBES);
+  t.deepEqual(
+    kvmi.map((x) => x.name),
+    KVMI_PROBES,
+  );
   for (const x of kvmi) {
     t.false(x.enabled);
     t.regex(x.skipped!, /^no KVM introspection \(KVMI\) in this kernel/);
@@ -53,7 +67,11 @@ test('a running agent on this kernel: hvwatch_kvmi_present 0, kvmi probes off wi
     t.is(x.chosen, null);
   }
   const lines = agent.stderr.split('\n').filter((l) => /kvmi/i.test(l));
-  t.deepEqual(lines.filter((l) => !/level=info/.test(l)), [], 'only info lines about kvmi');
+  t.deepEqual(
+    lines.filter((l) => !/level=info/.test(l)),
+    [],
+    'only info lines about kvmi',
+  );
   t.true(lines.some((l) => /msg="probe family off: its subsystem is not in this kernel" family=kvmi/.test(l)));
 });
 
@@ -62,7 +80,10 @@ test('hvwatch probes (text and --json) list the kvmi probes as off, not failed',
   t.is(json.code, 0, json.stderr);
   const st = JSON.parse(json.stdout) as { name: string; family: string; enabled: boolean; skipped: string | null; candidates: unknown[]; chosen: unknown }[];
   const kvmi = st.filter((x) => x.family === 'kvmi');
-  t.deepEqual(kvmi.map((x) => x.name), KVMI_PROBES);
+  t.deepEqual(
+    kvmi.map((x) => x.name),
+    KVMI_PROBES,
+  );
   t.true(kvmi.every((x) => !x.enabled && /KVMI/.test(x.skipped ?? '') && x.candidates.length === 0 && x.chosen === null));
   t.notRegex(json.stderr, /level=(warn|error).*kvmi/i);
   const text = await runCli(['probes']);
@@ -74,7 +95,15 @@ test('hvwatch probes (text and --json) list the kvmi probes as off, not failed',
 
 // struct kvmi_test_args and enum kvmi_test_op in bpf/src/kvmi.bpf.c.
 const T = { EVENT_SEND: 0, EVENT_DONE: 1, EVENT_DONE_THREAD: 2, UNHOOK: 3, CMD_START: 4, CMD_REPLY: 5 } as const;
-interface Ev { tid?: number; tgid?: number; id?: number; now?: number; vcpu?: bigint; ret?: number; action?: number }
+interface Ev {
+  tid?: number;
+  tgid?: number;
+  id?: number;
+  now?: number;
+  vcpu?: bigint;
+  ret?: number;
+  action?: number;
+}
 const CMD_ANY = 0xffffffff;
 // v10..v12 ids (agent/probes/kvmi-ids.ts).
 const EV = { PAUSE: 1, BREAKPOINT: 5, CR: 7, MSR: 15, PF: 17 } as const;
@@ -229,7 +258,12 @@ test('the decoded samples on /metrics via BPF_PROG_TEST_RUN (logic, not attach):
   const server = await listen(buildApp(agent), '127.0.0.1', 0);
   t.teardown(() => void server.close());
   const text = await (await fetch(`http://127.0.0.1:${(server.address() as AddressInfo).port}/metrics`)).text();
-  t.log(text.split('\n').filter((l) => l.startsWith('hvwatch_kvmi_') && !/_bucket\{/.test(l)).join('\n'));
+  t.log(
+    text
+      .split('\n')
+      .filter((l) => l.startsWith('hvwatch_kvmi_') && !/_bucket\{/.test(l))
+      .join('\n'),
+  );
   const s = parseExposition(text);
   const pf = { vm, event: 'PF' };
   t.is(value(s, M.kvmiPresent.name), 1, 'the family was forced on: present as far as the agent knows');
@@ -249,13 +283,30 @@ test('the decoded samples on /metrics via BPF_PROG_TEST_RUN (logic, not attach):
   // Every kvmi series carries exactly its catalog labels (plus le on buckets).
   for (const def of [M.kvmiEvents, M.kvmiReplies, M.kvmiUnreplied, M.kvmiUnhooks, M.kvmiCommands, M.kvmiCommandTime, M.kvmiReplyTime]) {
     for (const x of s.filter((y) => y.name.startsWith(def.name))) {
-      t.deepEqual(Object.keys(x.labels).filter((l) => l !== 'le').sort(), [...def.labels].sort(), x.name);
+      t.deepEqual(
+        Object.keys(x.labels)
+          .filter((l) => l !== 'le')
+          .sort(),
+        [...def.labels].sort(),
+        x.name,
+      );
     }
   }
 });
 
 test('the id tables: v10..v12 (issue numbering), v7..v9 (seed 001 numbering), actions and KVM error codes', (t) => {
-  const v12 = [[1, 'PAUSE'], [3, 'HYPERCALL'], [5, 'BREAKPOINT'], [7, 'CR'], [9, 'TRAP'], [11, 'XSETBV'], [13, 'DESCRIPTOR'], [15, 'MSR'], [17, 'PF'], [19, 'SINGLESTEP']] as const;
+  const v12 = [
+    [1, 'PAUSE'],
+    [3, 'HYPERCALL'],
+    [5, 'BREAKPOINT'],
+    [7, 'CR'],
+    [9, 'TRAP'],
+    [11, 'XSETBV'],
+    [13, 'DESCRIPTOR'],
+    [15, 'MSR'],
+    [17, 'PF'],
+    [19, 'SINGLESTEP'],
+  ] as const;
   for (const [id, name] of v12) t.is(eventName('v10-v12', id), name);
   t.is(eventName('v7-v9', 9), 'PF');
   t.is(eventName('v7-v9', 1), 'PAUSE');

@@ -22,7 +22,7 @@ function emitArgs(count: number, firstSeq: number): Buffer {
   return b;
 }
 
-test('bpf_prog_info run_time_ns/run_cnt offsets match this kernel\'s BTF', (t) => {
+test("bpf_prog_info run_time_ns/run_cnt offsets match this kernel's BTF", (t) => {
   const l = Btf.vmlinux().structLayout('bpf_prog_info')!;
   t.is(l.fields.find((f) => f.name === 'run_time_ns')?.offset, PROG_INFO_OFFSETS.runTimeNs);
   t.is(l.fields.find((f) => f.name === 'run_cnt')?.offset, PROG_INFO_OFFSETS.runCnt);
@@ -67,7 +67,10 @@ test('map iteration visits every key once', (t) => {
   t.teardown(() => o.close());
   o.load();
   const m = o.map('counters').handleForFd();
-  t.deepEqual(m.keys().map((k) => k.readUInt32LE(0)), [0, 1, 2, 3]);
+  t.deepEqual(
+    m.keys().map((k) => k.readUInt32LE(0)),
+    [0, 1, 2, 3],
+  );
 });
 
 test('BPF run-time stats count each run of a program', (t) => {
@@ -110,7 +113,10 @@ test('ring buffer: events arrive off the main thread, in batches, in order, deco
   await rb.stop();
   t.is(seen.length, 500);
   t.is(badMagic, 0);
-  t.deepEqual(seen, Array.from({ length: 500 }, (_, i) => BigInt(i)));
+  t.deepEqual(
+    seen,
+    Array.from({ length: 500 }, (_, i) => BigInt(i)),
+  );
   t.true(batches >= 1 && batches <= 500);
   t.is(ring.events, 500);
 });
@@ -134,15 +140,20 @@ test('ring buffer: records the kernel cannot reserve are counted, none vanish un
   t.is(got + dropped, 2000);
 });
 
-test('a family\'s ring buffer feeds the agent: events counted per family and decoded by BTF', async (t) => {
+test("a family's ring buffer feeds the agent: events counted per family and decoded by BTF", async (t) => {
   const { Agent } = await import('../agent/agent.js');
   const { configSchema } = await import('../agent/config.js');
   const { M } = await import('../agent/catalog.js');
   const got: Record<string, unknown>[] = [];
-  const agent = new Agent(configSchema.parse({}), [{
-    name: 'selftest', object: 'selftest.bpf.o', probes: [], maps: [],
-    events: { map: 'events', struct: 'selftest_event', onEvents: (evs) => void got.push(...evs) },
-  }]);
+  const agent = new Agent(configSchema.parse({}), [
+    {
+      name: 'selftest',
+      object: 'selftest.bpf.o',
+      probes: [],
+      maps: [],
+      events: { map: 'events', struct: 'selftest_event', onEvents: (evs) => void got.push(...evs) },
+    },
+  ]);
   agent.start();
   t.teardown(() => agent.stop());
   agent.family('selftest')!.testProgram('selftest_emit').testRun(emitArgs(25, 100));

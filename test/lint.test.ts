@@ -10,8 +10,7 @@ import { join } from 'node:path';
 import { ROOT } from './helpers/agent.js';
 
 const bin = (name: string) => join(ROOT, 'node_modules/.bin', name);
-const run = (cmd: string, args: string[], input?: string) =>
-  spawnSync(cmd, args, { cwd: ROOT, encoding: 'utf8', input, maxBuffer: 64 << 20 });
+const run = (cmd: string, args: string[], input?: string) => spawnSync(cmd, args, { cwd: ROOT, encoding: 'utf8', input, maxBuffer: 64 << 20 });
 
 test('eslint (typescript-eslint recommended) finds no problem in the TypeScript sources', (t) => {
   const r = run(bin('eslint'), ['.', '-f', 'json']);
@@ -39,7 +38,9 @@ test('prettier: every TypeScript file is formatted (npm run format rewrites them
 test('clang-format: bpf/src/*.c and *.h follow .clang-format (npm run format rewrites them)', (t) => {
   const which = run('clang-format', ['--version']);
   t.is(which.status, 0, 'clang-format is missing: scripts/setup.sh installs it (scripts/debian-packages.txt)');
-  const files = readdirSync(join(ROOT, 'bpf/src')).filter((f) => /\.(c|h)$/.test(f)).map((f) => `bpf/src/${f}`);
+  const files = readdirSync(join(ROOT, 'bpf/src'))
+    .filter((f) => /\.(c|h)$/.test(f))
+    .map((f) => `bpf/src/${f}`);
   t.true(files.length >= 8);
   const r = run('clang-format', ['--dry-run', '-Werror', ...files]);
   t.is(r.status, 0, `run \`npm run format\`:\n${r.stderr.split('\n').slice(0, 30).join('\n')}`);

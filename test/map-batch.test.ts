@@ -5,9 +5,7 @@
 import test from 'ava';
 import { createRequire } from 'node:module';
 import { Worker } from 'node:worker_threads';
-import {
-  BPF_F_ZERO_SEED, createMap, foldPerCpuU64, MAP_TYPE, MapFd, possibleCpus, type MapRead, type OwnedMapFd,
-} from '../bpf/libbpf.js';
+import { BPF_F_ZERO_SEED, createMap, foldPerCpuU64, MAP_TYPE, MapFd, possibleCpus, type MapRead, type OwnedMapFd } from '../bpf/libbpf.js';
 
 const require = createRequire(import.meta.url);
 const KEY = 8;
@@ -185,13 +183,27 @@ function jhash2(words: number[]): number {
   let i = 0;
   let len = words.length;
   while (len > 3) {
-    a = (a + words[i]!) >>> 0; b = (b + words[i + 1]!) >>> 0; c = (c + words[i + 2]!) >>> 0;
-    a = (a - c) >>> 0; a ^= rol(c, 4); c = (c + b) >>> 0;
-    b = (b - a) >>> 0; b ^= rol(a, 6); a = (a + c) >>> 0;
-    c = (c - b) >>> 0; c ^= rol(b, 8); b = (b + a) >>> 0;
-    a = (a - c) >>> 0; a ^= rol(c, 16); c = (c + b) >>> 0;
-    b = (b - a) >>> 0; b ^= rol(a, 19); a = (a + c) >>> 0;
-    c = (c - b) >>> 0; c ^= rol(b, 4); b = (b + a) >>> 0;
+    a = (a + words[i]!) >>> 0;
+    b = (b + words[i + 1]!) >>> 0;
+    c = (c + words[i + 2]!) >>> 0;
+    a = (a - c) >>> 0;
+    a ^= rol(c, 4);
+    c = (c + b) >>> 0;
+    b = (b - a) >>> 0;
+    b ^= rol(a, 6);
+    a = (a + c) >>> 0;
+    c = (c - b) >>> 0;
+    c ^= rol(b, 8);
+    b = (b + a) >>> 0;
+    a = (a - c) >>> 0;
+    a ^= rol(c, 16);
+    c = (c + b) >>> 0;
+    b = (b - a) >>> 0;
+    b ^= rol(a, 19);
+    a = (a + c) >>> 0;
+    c = (c - b) >>> 0;
+    c ^= rol(b, 4);
+    b = (b + a) >>> 0;
     len -= 3;
     i += 3;
   }
@@ -199,13 +211,20 @@ function jhash2(words: number[]): number {
   if (len >= 3) c = (c + words[i + 2]!) >>> 0;
   if (len >= 2) b = (b + words[i + 1]!) >>> 0;
   a = (a + words[i]!) >>> 0;
-  c ^= b; c = (c - rol(b, 14)) >>> 0;
-  a ^= c; a = (a - rol(c, 11)) >>> 0;
-  b ^= a; b = (b - rol(a, 25)) >>> 0;
-  c ^= b; c = (c - rol(b, 16)) >>> 0;
-  a ^= c; a = (a - rol(c, 4)) >>> 0;
-  b ^= a; b = (b - rol(a, 14)) >>> 0;
-  c ^= b; c = (c - rol(b, 24)) >>> 0;
+  c ^= b;
+  c = (c - rol(b, 14)) >>> 0;
+  a ^= c;
+  a = (a - rol(c, 11)) >>> 0;
+  b ^= a;
+  b = (b - rol(a, 25)) >>> 0;
+  c ^= b;
+  c = (c - rol(b, 16)) >>> 0;
+  a ^= c;
+  a = (a - rol(c, 4)) >>> 0;
+  b ^= a;
+  b = (b - rol(a, 14)) >>> 0;
+  c ^= b;
+  c = (c - rol(b, 24)) >>> 0;
   return c >>> 0;
 }
 
@@ -237,7 +256,10 @@ for (const k of [KINDS[0]!, KINDS[1]!]) {
     // Batch reads walk buckets in index order: the order proves the keys landed where the
     // zero-seed jhash2 put them, i.e. the heavy bucket really is one bucket.
     const order = Array.from({ length: r.count }, (_, i) => bucketOf(r.keys.subarray(i * KEY, (i + 1) * KEY), buckets));
-    t.deepEqual(order, [...order].sort((x, y) => x - y));
+    t.deepEqual(
+      order,
+      [...order].sort((x, y) => x - y),
+    );
     t.is(order.filter((b) => b === 9).length, 40);
 
     const w = sameMap(m);
@@ -263,7 +285,12 @@ test('a stack-trace map, which has no batch op in this kernel (ENOTSUPP), is wal
 // A worker thread deletes half the keys and puts them back, over and over, while this thread
 // reads the whole map. Every read must list each key at most once with its own value, and
 // always include the keys nobody touches.
-async function churnReads(t: import('ava').ExecutionContext, k: Kind, mode: 'batch' | 'walk', reads: number): Promise<{ partial: number; stats: MapFd['readStats'] }> {
+async function churnReads(
+  t: import('ava').ExecutionContext,
+  k: Kind,
+  mode: 'batch' | 'walk',
+  reads: number,
+): Promise<{ partial: number; stats: MapFd['readStats'] }> {
   const stable = 1500;
   const churned = 1500;
   const m = make(k, 4 * (stable + churned));
@@ -282,7 +309,8 @@ async function churnReads(t: import('ava').ExecutionContext, k: Kind, mode: 'bat
     }
   }
   const stop = new Int32Array(new SharedArrayBuffer(8));
-  const worker = new Worker(`
+  const worker = new Worker(
+    `
     const { workerData, parentPort } = require('node:worker_threads');
     const koffi = require(workerData.koffi);
     const lib = koffi.load('libbpf.so.1');
@@ -298,9 +326,13 @@ async function churnReads(t: import('ava').ExecutionContext, k: Kind, mode: 'bat
       if (++rounds === 1) parentPort.postMessage('running');
     }
     parentPort.postMessage(rounds);
-  `, { eval: true, workerData: { koffi: require.resolve('koffi'), fd: m.fd, stop: stop.buffer, keys: churnKeys, values: churnValues } });
+  `,
+    { eval: true, workerData: { koffi: require.resolve('koffi'), fd: m.fd, stop: stop.buffer, keys: churnKeys, values: churnValues } },
+  );
   const done = new Promise<number>((resolve, reject) => {
-    worker.on('message', (msg) => { if (typeof msg === 'number') resolve(msg); });
+    worker.on('message', (msg) => {
+      if (typeof msg === 'number') resolve(msg);
+    });
     worker.on('error', reject);
   });
   await new Promise<void>((resolve) => worker.once('message', () => resolve()));

@@ -36,7 +36,10 @@ class Harness {
     return new Harness(cg, await mapsOnlyAgent(raceStateEntries ? { raceStateEntries } : {}));
   }
 
-  private constructor(readonly cg: TestCgroup, readonly agent: Agent) {
+  private constructor(
+    readonly cg: TestCgroup,
+    readonly agent: Agent,
+  ) {
     const fam = this.agent.family('memcg_fn')!;
     this.prog = fam.testProgram('test_memcg_fn');
     const out = Buffer.alloc(8);

@@ -7,7 +7,7 @@ import { M } from '../agent/catalog.js';
 import { folded } from '../agent/aggregate/histogram.js';
 import { FAMILIES } from '../agent/probes/index.js';
 
-test('memcg tracepoint probes count a 50 MiB fsync\'d write under its cgroup path; every page started completes', async (t) => {
+test("memcg tracepoint probes count a 50 MiB fsync'd write under its cgroup path; every page started completes", async (t) => {
   const agent = await AgentProcess.start(['--hot', 'memcg_writeback', '--hot', 'memcg_uncharge']);
   t.teardown(() => agent.stop());
   const cg = createCgroup(`hvwatch-wb-${process.pid}`);
@@ -16,20 +16,28 @@ test('memcg tracepoint probes count a 50 MiB fsync\'d write under its cgroup pat
   const pages = fsyncWriteInCgroup(cg, 50);
   t.is(pages, 12800);
   const labels = { cgroup: cg.path };
-  const s = await until(async () => {
-    const s = await agent.scrape();
-    return (value(s, M.memcgWbCompleted.name, labels) ?? 0) >= pages ? s : undefined;
-  }, 15_000, `${pages} completed writeback pages for ${cg.path}`);
+  const s = await until(
+    async () => {
+      const s = await agent.scrape();
+      return (value(s, M.memcgWbCompleted.name, labels) ?? 0) >= pages ? s : undefined;
+    },
+    15_000,
+    `${pages} completed writeback pages for ${cg.path}`,
+  );
   t.true(value(s, M.memcgWbStarted.name, labels)! >= pages);
   t.is(value(s, M.probeAttached.name, { probe: 'memcg_writeback' }), 1);
   t.is(pick(s, M.probeInfo.name, { probe: 'memcg_writeback' })[0]?.labels.attach, 'tp_btf');
 
   // In flight is started - completed (PromQL computes it; docs/metrics.md): it drains to 0.
-  const drained = await until(async () => {
-    const x = await agent.scrape();
-    const inFlight = value(x, M.memcgWbStarted.name, labels)! - value(x, M.memcgWbCompleted.name, labels)!;
-    return inFlight === 0 ? x : undefined;
-  }, 15_000, 'in-flight writeback pages back to 0');
+  const drained = await until(
+    async () => {
+      const x = await agent.scrape();
+      const inFlight = value(x, M.memcgWbStarted.name, labels)! - value(x, M.memcgWbCompleted.name, labels)!;
+      return inFlight === 0 ? x : undefined;
+    },
+    15_000,
+    'in-flight writeback pages back to 0',
+  );
   t.true(value(drained, M.memcgWbCompleted.name, labels)! >= pages);
 });
 
@@ -58,10 +66,14 @@ probes:
   t.regex(agent.stderr, /probe did not attach.*memcg_writeback_wait/);
 
   const pages = fsyncWriteInCgroup(cg, 8);
-  const s = await until(async () => {
-    const s = await agent.scrape();
-    return (value(s, M.memcgWbCompleted.name, { cgroup: cg.path }) ?? 0) >= pages ? s : undefined;
-  }, 15_000, 'the other probe still counting');
+  const s = await until(
+    async () => {
+      const s = await agent.scrape();
+      return (value(s, M.memcgWbCompleted.name, { cgroup: cg.path }) ?? 0) >= pages ? s : undefined;
+    },
+    15_000,
+    'the other probe still counting',
+  );
   t.is(value(s, M.probeAttached.name, { probe: 'memcg_writeback_wait' }), 0);
   t.is(value(s, M.probeAttachFailures.name, { probe: 'memcg_writeback_wait' }), 2);
   t.is(value(s, M.probeAttached.name, { probe: 'memcg_writeback' }), 1);
@@ -70,7 +82,13 @@ probes:
 // ---- handler logic through BPF_PROG_TEST_RUN (the same functions the hooks call) ----
 
 // struct memcg_test_args in bpf/src/memcg.bpf.c.
-function args(op: number, item: number, val: number, cgroupId: bigint, w: { tid?: number; preempt?: boolean; now?: number; folio?: bigint; underWb?: boolean } = {}): Buffer {
+function args(
+  op: number,
+  item: number,
+  val: number,
+  cgroupId: bigint,
+  w: { tid?: number; preempt?: boolean; now?: number; folio?: bigint; underWb?: boolean } = {},
+): Buffer {
   const b = Buffer.alloc(56);
   b.writeUInt32LE(op, 0);
   b.writeInt32LE(item, 4);
@@ -172,12 +190,16 @@ test('uncharge_batch handler via BPF_PROG_TEST_RUN (logic, not attach): pages pe
   t.is(h.sum, 33);
 });
 
-test('writeback-wait latency for real (tracepoint + sched_switch tier, opted in): an fsync\'d write waits under its cgroup', async (t) => {
+test("writeback-wait latency for real (tracepoint + sched_switch tier, opted in): an fsync'd write waits under its cgroup", async (t) => {
   const agent = await AgentProcess.start(['--hot', 'memcg_writeback_wait']);
   t.teardown(() => agent.stop());
   const cg = createCgroup(`hvwatch-waitlat-${process.pid}`);
   t.teardown(() => cg.remove());
-  const status = (await (await fetch(`${agent.url}/api/probes`)).json()) as { name: string; chosen: { attach: string } | null; candidates: { ok: boolean }[] }[];
+  const status = (await (await fetch(`${agent.url}/api/probes`)).json()) as {
+    name: string;
+    chosen: { attach: string } | null;
+    candidates: { ok: boolean }[];
+  }[];
   const w = status.find((p) => p.name === 'memcg_writeback_wait')!;
   // fentry is refused and there are no kprobes on CI hosts: the hot pairing is the one here.
   t.is(w.chosen?.attach, 'tp_btf');
@@ -185,19 +207,23 @@ test('writeback-wait latency for real (tracepoint + sched_switch tier, opted in)
   let s: Awaited<ReturnType<typeof agent.scrape>> | undefined;
   for (let i = 0; i < 5 && !s; i++) {
     fsyncWriteInCgroup(cg, 32);
-    s = await until(async () => {
-      const s = await agent.scrape();
-      return (value(s, `${M.memcgWbWaitTime.name}_count`, labels) ?? 0) > 0 ? s : undefined;
-    }, 3_000, 'a timed writeback wait').catch(() => undefined);
+    s = await until(
+      async () => {
+        const s = await agent.scrape();
+        return (value(s, `${M.memcgWbWaitTime.name}_count`, labels) ?? 0) > 0 ? s : undefined;
+      },
+      3_000,
+      'a timed writeback wait',
+    ).catch(() => undefined);
   }
-  if (!s) return t.fail('no writeback wait was timed after five fsync\'d writes');
+  if (!s) return t.fail("no writeback wait was timed after five fsync'd writes");
   const waits = value(s, M.memcgWbWaits.name, labels)!;
   const timed = value(s, `${M.memcgWbWaitTime.name}_count`, labels)!;
   t.true(waits >= timed, `tracepoint hits (${waits}) count every loop iteration, timed waits (${timed}) one per wait`);
   t.true(value(s, `${M.memcgWbWaitTime.name}_sum`, labels)! > 0, 'some wait slept on its folio');
 });
 
-test('a deleted cgroup\'s entries and series linger after it vanishes (cgroups.removedSeconds), then are dropped', async (t) => {
+test("a deleted cgroup's entries and series linger after it vanishes (cgroups.removedSeconds), then are dropped", async (t) => {
   const cg = createCgroup(`hvwatch-gone-${process.pid}`);
   t.teardown(() => cg.remove());
   const agent = await mapsOnlyAgent();
@@ -224,7 +250,12 @@ probes:
 `);
   const r = await runCli(['probes', '--json', '--strict', '--config', cfg]);
   if (r.code !== 1) return t.fail(`exit ${r.code}, stderr: ${r.stderr}`);
-  const report = JSON.parse(r.stdout) as { name: string; family: string; candidates: { attach: string; target: string; ok: boolean; error: string | null; log: string[] }[]; chosen: unknown }[];
+  const report = JSON.parse(r.stdout) as {
+    name: string;
+    family: string;
+    candidates: { attach: string; target: string; ok: boolean; error: string | null; log: string[] }[];
+    chosen: unknown;
+  }[];
   const w = report.find((p) => p.name === 'memcg_writeback_wait')!;
   t.deepEqual(w.candidates, [{ attach: 'tracepoint', target: 'writeback/hvwatch_absent', ok: false, error: w.candidates[0]!.error, log: [] }]);
   t.regex(w.candidates[0]!.error!, /not found/);
@@ -233,7 +264,9 @@ probes:
   // The function tiers cannot attach on these hosts (no kprobes, fentry refused): --strict
   // passes once only probes that can attach are enabled.
   const fnTiers = new Set(['fentry', 'fexit', 'kprobe', 'kretprobe']);
-  const fn = FAMILIES.flatMap((f) => f.probes).filter((p) => p.candidates.every((c) => fnTiers.has(c.attach))).map((p) => p.name);
+  const fn = FAMILIES.flatMap((f) => f.probes)
+    .filter((p) => p.candidates.every((c) => fnTiers.has(c.attach)))
+    .map((p) => p.name);
   t.true(fn.includes('memcg_uncharge_fn') && fn.includes('kvm_irq_device_release'), fn.join(' '));
   const ok = await runCli(['probes', '--strict', ...fn.flatMap((p) => ['--disable', p])]);
   t.is(ok.code, 0, ok.stderr);

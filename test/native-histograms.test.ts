@@ -45,53 +45,87 @@ test.after.always(async () => {
   await Promise.allSettled([ctx.native?.stop(), ctx.classic?.stop(), ctx.agent?.stop(), ...ctx.guests.map((g) => g.kill())]);
 });
 
-test.serial('protobuf exposition decodes with the same schema: native schema-0 histograms whose buckets add up, counters equal to the text exposition', async (t) => {
-  if (noKvm) return void t.pass(`skipped: ${noKvm}`);
-  await runGuestHeld(FIRST);
-  const vm = { vm: VM, reason: 'IO' };
-  await until(async () => (pick(await ctx.agent!.scrape(), `${M.kvmUserspaceTime.name}_count`, vm)[0]?.value ?? 0) >= FIRST || undefined, 10_000, 'the guest in the text exposition');
-  const [fams, text] = [await protobufScrape(), parseExposition(await ctx.agent!.scrapeText())];
-  const byName = new Map(fams.map((f) => [f.name, f]));
-  // Every family in protobuf is a catalog metric with the catalog's help and type.
-  for (const f of fams) {
-    const d = ALL_METRICS.find((m) => m.name === f.name);
-    t.truthy(d, f.name);
-    t.is(f.help, d!.help);
-    t.is(f.type, { counter: 0, gauge: 1, histogram: 4 }[d!.type]);
-  }
-  const h = byName.get(M.kvmUserspaceTime.name)!.metric.find((m) => m.label.some((l) => l.name === 'vm' && l.value === VM) && m.label.some((l) => l.value === 'IO'))!.histogram!;
-  t.is(h.schema, 0);
-  t.is(h.bucket.length, 0, 'no classic buckets in protobuf');
-  t.true(h.positiveSpan.length >= 1);
-  let acc = 0;
-  const counts = h.positiveDelta.map((d) => (acc += d));
-  t.true(counts.every((c) => c > 0), `only populated buckets are sent: ${counts.join(',')}`);
-  t.is(counts.reduce((a, b) => a + b, 0), h.sampleCount);
-  t.is(h.positiveSpan.reduce((a, s) => a + s.length, 0), counts.length);
-  // The same series in the text exposition: the same count and sum, classic le set of the catalog.
-  t.is(h.sampleCount, pick(text, `${M.kvmUserspaceTime.name}_count`, vm)[0]!.value);
-  t.true(Math.abs(h.sampleSum - pick(text, `${M.kvmUserspaceTime.name}_sum`, vm)[0]!.value) < 1e-9);
-  const les = pick(text, `${M.kvmUserspaceTime.name}_bucket`, vm).map((s) => s.labels.le);
-  t.deepEqual(les, [...classicLayout(M.kvmUserspaceTime.buckets!).text, '+Inf']);
-  const pio = byName.get(M.kvmPio.name)!.metric.find((m) => m.label.some((l) => l.value === VM) && m.label.some((l) => l.value === 'out'))!;
-  t.is(pio.counter!.value, FIRST);
-  t.is(pio.counter!.value, pick(text, M.kvmPio.name, { vm: VM, direction: 'out' })[0]!.value);
-});
+test.serial(
+  'protobuf exposition decodes with the same schema: native schema-0 histograms whose buckets add up, counters equal to the text exposition',
+  async (t) => {
+    if (noKvm) return void t.pass(`skipped: ${noKvm}`);
+    await runGuestHeld(FIRST);
+    const vm = { vm: VM, reason: 'IO' };
+    await until(
+      async () => (pick(await ctx.agent!.scrape(), `${M.kvmUserspaceTime.name}_count`, vm)[0]?.value ?? 0) >= FIRST || undefined,
+      10_000,
+      'the guest in the text exposition',
+    );
+    const [fams, text] = [await protobufScrape(), parseExposition(await ctx.agent!.scrapeText())];
+    const byName = new Map(fams.map((f) => [f.name, f]));
+    // Every family in protobuf is a catalog metric with the catalog's help and type.
+    for (const f of fams) {
+      const d = ALL_METRICS.find((m) => m.name === f.name);
+      t.truthy(d, f.name);
+      t.is(f.help, d!.help);
+      t.is(f.type, { counter: 0, gauge: 1, histogram: 4 }[d!.type]);
+    }
+    const h = byName
+      .get(M.kvmUserspaceTime.name)!
+      .metric.find((m) => m.label.some((l) => l.name === 'vm' && l.value === VM) && m.label.some((l) => l.value === 'IO'))!.histogram!;
+    t.is(h.schema, 0);
+    t.is(h.bucket.length, 0, 'no classic buckets in protobuf');
+    t.true(h.positiveSpan.length >= 1);
+    let acc = 0;
+    const counts = h.positiveDelta.map((d) => (acc += d));
+    t.true(
+      counts.every((c) => c > 0),
+      `only populated buckets are sent: ${counts.join(',')}`,
+    );
+    t.is(
+      counts.reduce((a, b) => a + b, 0),
+      h.sampleCount,
+    );
+    t.is(
+      h.positiveSpan.reduce((a, s) => a + s.length, 0),
+      counts.length,
+    );
+    // The same series in the text exposition: the same count and sum, classic le set of the catalog.
+    t.is(h.sampleCount, pick(text, `${M.kvmUserspaceTime.name}_count`, vm)[0]!.value);
+    t.true(Math.abs(h.sampleSum - pick(text, `${M.kvmUserspaceTime.name}_sum`, vm)[0]!.value) < 1e-9);
+    const les = pick(text, `${M.kvmUserspaceTime.name}_bucket`, vm).map((s) => s.labels.le);
+    t.deepEqual(les, [...classicLayout(M.kvmUserspaceTime.buckets!).text, '+Inf']);
+    const pio = byName.get(M.kvmPio.name)!.metric.find((m) => m.label.some((l) => l.value === VM) && m.label.some((l) => l.value === 'out'))!;
+    t.is(pio.counter!.value, FIRST);
+    t.is(pio.counter!.value, pick(text, M.kvmPio.name, { vm: VM, direction: 'out' })[0]!.value);
+  },
+);
 
 test.serial('Prometheus 2.42 with native histograms scrapes protobuf; its quantile agrees with the classic path within one bucket', async (t) => {
   if (noKvm) return void t.pass(`skipped: ${noKvm}`);
   const sel = `vm="${VM}", reason="IO"`;
   // Both servers hold the VM's series before the second run, so rate() sees the increase.
-  await until(async () => ((await promQuery(ctx.native!, `histogram_count(${M.kvmUserspaceTime.name}{${sel}})`))[0] ? true : undefined), 15_000, 'native series in Prometheus');
-  await until(async () => ((await promQuery(ctx.classic!, `${M.kvmUserspaceTime.name}_count{${sel}}`))[0] ? true : undefined), 15_000, 'classic series in Prometheus');
+  await until(
+    async () => ((await promQuery(ctx.native!, `histogram_count(${M.kvmUserspaceTime.name}{${sel}})`))[0] ? true : undefined),
+    15_000,
+    'native series in Prometheus',
+  );
+  await until(
+    async () => ((await promQuery(ctx.classic!, `${M.kvmUserspaceTime.name}_count{${sel}}`))[0] ? true : undefined),
+    15_000,
+    'classic series in Prometheus',
+  );
   await runGuestHeld(SECOND);
   const total = FIRST + SECOND;
-  const nativeCount = await until(async () => {
-    const v = Number((await promQuery(ctx.native!, `histogram_count(${M.kvmUserspaceTime.name}{${sel}})`))[0]?.value[1] ?? 0);
-    return v >= total ? v : undefined;
-  }, 15_000, `${total} observations in the native histogram`);
+  const nativeCount = await until(
+    async () => {
+      const v = Number((await promQuery(ctx.native!, `histogram_count(${M.kvmUserspaceTime.name}{${sel}})`))[0]?.value[1] ?? 0);
+      return v >= total ? v : undefined;
+    },
+    15_000,
+    `${total} observations in the native histogram`,
+  );
   t.is(nativeCount, total);
-  await until(async () => (Number((await promQuery(ctx.classic!, `${M.kvmUserspaceTime.name}_count{${sel}}`))[0]?.value[1] ?? 0) >= total || undefined), 15_000, 'classic count');
+  await until(
+    async () => Number((await promQuery(ctx.classic!, `${M.kvmUserspaceTime.name}_count{${sel}}`))[0]?.value[1] ?? 0) >= total || undefined,
+    15_000,
+    'classic count',
+  );
 
   // The native server really took protobuf: it has the histogram as one native series and no
   // _bucket series; the classic server has _bucket lines and no native sample.

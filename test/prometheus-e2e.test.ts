@@ -19,7 +19,12 @@ import { amAlerts, promQuery, startAlertmanager, startPrometheus, type Service }
 /** The probe this test makes fail: on by default and attaching on every kernel we run. */
 const BROKEN_PROBE = 'memcg_writeback_wait';
 
-interface ProbeStatusJson { name: string; family: string; enabled: boolean; chosen: { attach: string; target: string } | null }
+interface ProbeStatusJson {
+  name: string;
+  family: string;
+  enabled: boolean;
+  chosen: { attach: string; target: string } | null;
+}
 
 const ctx: { am?: Service; prom?: Service; agent?: AgentProcess; cg?: TestCgroup; guest?: GuestHandle; probes?: ProbeStatusJson[]; pages?: number } = {};
 
@@ -66,17 +71,23 @@ test.after.always(async () => {
 const instance = (): string => `127.0.0.1:${ctx.agent!.port}`;
 
 test.serial('Prometheus scrapes the agent and gets series from every probe family that attached', async (t) => {
-  const up = await until(async () => {
-    const r = await promQuery(ctx.prom!, `up{job="hvwatch", instance="${instance()}"}`);
-    return r[0]?.value[1] === '1' ? r : undefined;
-  }, 10_000, 'up == 1');
+  const up = await until(
+    async () => {
+      const r = await promQuery(ctx.prom!, `up{job="hvwatch", instance="${instance()}"}`);
+      return r[0]?.value[1] === '1' ? r : undefined;
+    },
+    10_000,
+    'up == 1',
+  );
   t.is(up.length, 1);
 
   const attachedFamilies = [...new Set(ctx.probes!.filter((p) => p.chosen).map((p) => p.family))];
   t.true(attachedFamilies.includes('memcg'), `attached families: ${attachedFamilies.join(', ')}`);
   for (const family of attachedFamilies) {
     // Series of the family's own catalog metrics, or at least its BPF maps being read.
-    const own = ALL_METRICS.filter((m) => m.family === family).map((m) => m.name).join('|');
+    const own = ALL_METRICS.filter((m) => m.family === family)
+      .map((m) => m.name)
+      .join('|');
     const expr = `count({__name__=~"${own}.*", instance="${instance()}"}) or count(hvwatch_bpf_map_entries{family="${family}", instance="${instance()}"})`;
     const n = await until(async () => Number((await promQuery(ctx.prom!, expr))[0]?.value[1] ?? 0) || undefined, 10_000, `series of family ${family}`);
     t.true(n > 0, family);
@@ -88,31 +99,42 @@ test.serial('Prometheus scrapes the agent and gets series from every probe famil
     Number((await promQuery(ctx.prom!, `${M.memcgWbCompleted.name}{cgroup="${cgroup}", instance="${instance()}"}`))[0]?.value[1] ?? 0);
   await until(async () => ((await completedNow()) >= ctx.pages! ? true : undefined), 15_000, `the first write's pages for ${cgroup} in Prometheus`);
   ctx.pages! += fsyncWriteInCgroup(ctx.cg!, 16);
-  const completed = await until(async () => {
-    const v = await completedNow();
-    return v >= ctx.pages! ? v : undefined;
-  }, 15_000, `${ctx.pages} completed writeback pages for ${cgroup} in Prometheus`);
+  const completed = await until(
+    async () => {
+      const v = await completedNow();
+      return v >= ctx.pages! ? v : undefined;
+    },
+    15_000,
+    `${ctx.pages} completed writeback pages for ${cgroup} in Prometheus`,
+  );
   t.true(completed >= ctx.pages!);
   const started = await promQuery(ctx.prom!, `${M.memcgWbStarted.name}{cgroup="${cgroup}", instance="${instance()}"}`);
   t.true(Number(started[0]?.value[1]) >= ctx.pages!);
 });
 
-test.serial('the kvm family: a real guest\'s port writes and userspace exits arrive under its vm label', async (t) => {
+test.serial("the kvm family: a real guest's port writes and userspace exits arrive under its vm label", async (t) => {
   if (noKvm) {
     t.log(`skipped: ${noKvm}`);
     t.pass();
     return;
   }
-  t.true(ctx.probes!.some((p) => p.family === 'kvm' && p.chosen), 'a kvm probe attached');
+  t.true(
+    ctx.probes!.some((p) => p.family === 'kvm' && p.chosen),
+    'a kvm probe attached',
+  );
   // The VM is held open after its run: the agent drops a VM's series when its VMM exits.
   ctx.guest = await startGuest({ name: GUEST, writes: GUEST_WRITES, holdMs: 60_000 });
   ctx.guest.go();
   t.is((await ctx.guest.result).io_exits, GUEST_WRITES);
   const vm = `vm="${GUEST}", instance="${instance()}"`;
-  const pio = await until(async () => {
-    const v = Number((await promQuery(ctx.prom!, `${M.kvmPio.name}{${vm}, direction="out"}`))[0]?.value[1] ?? 0);
-    return v >= GUEST_WRITES ? v : undefined;
-  }, 10_000, `${GUEST_WRITES} port writes of ${GUEST} in Prometheus`);
+  const pio = await until(
+    async () => {
+      const v = Number((await promQuery(ctx.prom!, `${M.kvmPio.name}{${vm}, direction="out"}`))[0]?.value[1] ?? 0);
+      return v >= GUEST_WRITES ? v : undefined;
+    },
+    10_000,
+    `${GUEST_WRITES} port writes of ${GUEST} in Prometheus`,
+  );
   t.is(pio, GUEST_WRITES);
   const io = await promQuery(ctx.prom!, `${M.kvmUserspaceExits.name}{${vm}, reason="IO"}`);
   t.is(Number(io[0]?.value[1]), GUEST_WRITES);
@@ -121,14 +143,20 @@ test.serial('the kvm family: a real guest\'s port writes and userspace exits arr
 
 test.serial('a recording rule evaluates over the scraped series', async (t) => {
   const rule = RECORDING.writebackPages;
-  const r = await until(async () => {
-    const res = await promQuery(ctx.prom!, `${rule.record}{cgroup="${ctx.cg!.path}", instance="${instance()}"}`);
-    return Number(res[0]?.value[1] ?? 0) > 0 ? res : undefined;
-  }, 15_000, `${rule.record} for ${ctx.cg!.path}`);
+  const r = await until(
+    async () => {
+      const res = await promQuery(ctx.prom!, `${rule.record}{cgroup="${ctx.cg!.path}", instance="${instance()}"}`);
+      return Number(res[0]?.value[1] ?? 0) > 0 ? res : undefined;
+    },
+    15_000,
+    `${rule.record} for ${ctx.cg!.path}`,
+  );
   t.deepEqual(Object.keys(r[0]!.metric).sort(), ['__name__', ...rule.labels].sort());
   t.is(r[0]!.metric.job, 'hvwatch');
   // The rule group is healthy in Prometheus' own view, not only producing a number.
-  const rules = (await (await fetch(`${ctx.prom!.url}/api/v1/rules?type=record`)).json()) as { data: { groups: { name: string; rules: { name: string; health: string }[] }[] } };
+  const rules = (await (await fetch(`${ctx.prom!.url}/api/v1/rules?type=record`)).json()) as {
+    data: { groups: { name: string; rules: { name: string; health: string }[] }[] };
+  };
   const recordedRule = rules.data.groups.flatMap((g) => g.rules).find((x) => x.name === rule.record);
   t.is(recordedRule?.health, 'ok');
 });
@@ -140,17 +168,25 @@ test.serial('a probe that cannot attach raises HvwatchProbeNotAttached in Promet
   t.true(attached.length > 0);
 
   // Prometheus' rule fires...
-  const firing = await until(async () => {
-    const r = (await (await fetch(`${ctx.prom!.url}/api/v1/alerts`)).json()) as { data: { alerts: { labels: Record<string, string>; state: string }[] } };
-    return r.data.alerts.find((a) => a.labels.alertname === PROBE_NOT_ATTACHED.name && a.labels.probe === BROKEN_PROBE && a.state === 'firing');
-  }, 15_000, `${PROBE_NOT_ATTACHED.name} firing in Prometheus`);
+  const firing = await until(
+    async () => {
+      const r = (await (await fetch(`${ctx.prom!.url}/api/v1/alerts`)).json()) as { data: { alerts: { labels: Record<string, string>; state: string }[] } };
+      return r.data.alerts.find((a) => a.labels.alertname === PROBE_NOT_ATTACHED.name && a.labels.probe === BROKEN_PROBE && a.state === 'firing');
+    },
+    15_000,
+    `${PROBE_NOT_ATTACHED.name} firing in Prometheus`,
+  );
   t.is(firing.labels.instance, instance());
 
   // ...and Prometheus delivers it to Alertmanager.
-  const alert = await until(async () => {
-    const got = await amAlerts(ctx.am!, { alertname: PROBE_NOT_ATTACHED.name, probe: BROKEN_PROBE });
-    return got.find((a) => a.labels.source === undefined); // Prometheus', not the agent's own
-  }, 20_000, `${PROBE_NOT_ATTACHED.name}{probe="${BROKEN_PROBE}"} in Alertmanager`);
+  const alert = await until(
+    async () => {
+      const got = await amAlerts(ctx.am!, { alertname: PROBE_NOT_ATTACHED.name, probe: BROKEN_PROBE });
+      return got.find((a) => a.labels.source === undefined); // Prometheus', not the agent's own
+    },
+    20_000,
+    `${PROBE_NOT_ATTACHED.name}{probe="${BROKEN_PROBE}"} in Alertmanager`,
+  );
   t.like(alert.labels, { alertname: 'HvwatchProbeNotAttached', severity: 'warning', job: 'hvwatch', instance: instance(), probe: BROKEN_PROBE });
   t.is(alert.annotations.summary, `hvwatch probe ${BROKEN_PROBE} did not attach on ${instance()}`);
   t.is(alert.annotations.runbook_url, 'alerts/README.md#hvwatchprobenotattached');
@@ -158,21 +194,32 @@ test.serial('a probe that cannot attach raises HvwatchProbeNotAttached in Promet
 
   // Probes that attached raise nothing.
   const all = await amAlerts(ctx.am!, { alertname: PROBE_NOT_ATTACHED.name });
-  t.deepEqual(all.filter((a) => attached.includes(a.labels.probe!)), []);
+  t.deepEqual(
+    all.filter((a) => attached.includes(a.labels.probe!)),
+    [],
+  );
 });
 
-test.serial('the agent\'s own in-process HvwatchProbeNotAttached reaches Alertmanager without Prometheus', async (t) => {
-  const alert = await until(async () => {
-    const got = await amAlerts(ctx.am!, { alertname: PROBE_NOT_ATTACHED.name, probe: BROKEN_PROBE, source: 'in-process' });
-    return got[0];
-  }, 20_000, `the agent's own ${PROBE_NOT_ATTACHED.name} in Alertmanager`);
+test.serial("the agent's own in-process HvwatchProbeNotAttached reaches Alertmanager without Prometheus", async (t) => {
+  const alert = await until(
+    async () => {
+      const got = await amAlerts(ctx.am!, { alertname: PROBE_NOT_ATTACHED.name, probe: BROKEN_PROBE, source: 'in-process' });
+      return got[0];
+    },
+    20_000,
+    `the agent's own ${PROBE_NOT_ATTACHED.name} in Alertmanager`,
+  );
   t.like(alert.labels, { alertname: PROBE_NOT_ATTACHED.name, severity: 'warning', job: 'hvwatch', probe: BROKEN_PROBE, source: 'in-process' });
   t.is(alert.status.state, 'active');
   t.truthy(alert.annotations.summary);
   // The delivery shows on the agent's own /metrics, from its next evaluation on.
-  const sent = await until(async () => {
-    const m = /^hvwatch_alertmanager_alerts_sent_total\{alertmanager="[^"]+"\} (\d+)$/m.exec(await ctx.agent!.scrapeText());
-    return m && Number(m[1]) > 0 ? Number(m[1]) : undefined;
-  }, 20_000, 'hvwatch_alertmanager_alerts_sent_total > 0 on /metrics');
+  const sent = await until(
+    async () => {
+      const m = /^hvwatch_alertmanager_alerts_sent_total\{alertmanager="[^"]+"\} (\d+)$/m.exec(await ctx.agent!.scrapeText());
+      return m && Number(m[1]) > 0 ? Number(m[1]) : undefined;
+    },
+    20_000,
+    'hvwatch_alertmanager_alerts_sent_total > 0 on /metrics',
+  );
   t.true(sent >= 1);
 });

@@ -20,7 +20,12 @@ const recorded = (): CheckContext['recorded'] => recordingRules(rulesYaml());
 
 function committedDashboards(): Map<string, DashboardJson> {
   const dir = join(REPO_ROOT, 'dashboards/json');
-  return new Map(fs.readdirSync(dir).filter((f) => f.endsWith('.json')).map((f) => [f, JSON.parse(fs.readFileSync(join(dir, f), 'utf8')) as DashboardJson]));
+  return new Map(
+    fs
+      .readdirSync(dir)
+      .filter((f) => f.endsWith('.json'))
+      .map((f) => [f, JSON.parse(fs.readFileSync(join(dir, f), 'utf8')) as DashboardJson]),
+  );
 }
 
 function allExpressions(): { where: string; expr: string }[] {
@@ -30,12 +35,46 @@ function allExpressions(): { where: string; expr: string }[] {
 // ---- the tokenizer and checker ----
 test('tokenizer: selectors, durations, offsets, Grafana variables, strings with escapes', (t) => {
   const toks = tokenize('sum by (instance, le) (rate(x_bucket{cgroup=~"$cgroup", a!="b\\"c"}[$__rate_interval])) > 0.5 or y offset 10m');
-  t.deepEqual(toks.map((x) => `${x.kind}:${x.text}`), [
-    'ident:sum', 'ident:by', 'punct:(', 'ident:instance', 'punct:,', 'ident:le', 'punct:)', 'punct:(', 'ident:rate', 'punct:(',
-    'ident:x_bucket', 'punct:{', 'ident:cgroup', 'op:=~', 'string:"$cgroup"', 'punct:,', 'ident:a', 'op:!=', 'string:"b\\"c"', 'punct:}',
-    'punct:[', 'var:$__rate_interval', 'punct:]', 'punct:)', 'punct:)', 'op:>', 'number:0.5', 'ident:or', 'ident:y', 'ident:offset', 'duration:10m',
-  ]);
-  t.deepEqual(tokenize('a[1h30m:1m]').map((x) => x.kind), ['ident', 'punct', 'duration', 'punct', 'duration', 'punct']);
+  t.deepEqual(
+    toks.map((x) => `${x.kind}:${x.text}`),
+    [
+      'ident:sum',
+      'ident:by',
+      'punct:(',
+      'ident:instance',
+      'punct:,',
+      'ident:le',
+      'punct:)',
+      'punct:(',
+      'ident:rate',
+      'punct:(',
+      'ident:x_bucket',
+      'punct:{',
+      'ident:cgroup',
+      'op:=~',
+      'string:"$cgroup"',
+      'punct:,',
+      'ident:a',
+      'op:!=',
+      'string:"b\\"c"',
+      'punct:}',
+      'punct:[',
+      'var:$__rate_interval',
+      'punct:]',
+      'punct:)',
+      'punct:)',
+      'op:>',
+      'number:0.5',
+      'ident:or',
+      'ident:y',
+      'ident:offset',
+      'duration:10m',
+    ],
+  );
+  t.deepEqual(
+    tokenize('a[1h30m:1m]').map((x) => x.kind),
+    ['ident', 'punct', 'duration', 'punct', 'duration', 'punct'],
+  );
   t.throws(() => tokenize('x{a="unterminated}'), { message: /unterminated string/ });
 });
 
@@ -70,13 +109,21 @@ test('checker: rejects unknown metrics, le on a native histogram, and labels the
   ];
   for (const [e, re] of bad) {
     const p = analyze(e, { recorded: recorded() }).problems;
-    t.true(p.some((x) => re.test(x)), `${e}: ${JSON.stringify(p)}`);
+    t.true(
+      p.some((x) => re.test(x)),
+      `${e}: ${JSON.stringify(p)}`,
+    );
   }
 });
 
 test('recording rules: labels derived from their expressions equal what alerts/rules.ts declares', (t) => {
   const fromFile = recordingRules(rulesYaml());
-  t.deepEqual([...fromFile.keys()].sort(), Object.values(RECORDING).map((r) => r.record).sort());
+  t.deepEqual(
+    [...fromFile.keys()].sort(),
+    Object.values(RECORDING)
+      .map((r) => r.record)
+      .sort(),
+  );
   for (const r of Object.values(RECORDING)) t.deepEqual(fromFile.get(r.record), r.labels, r.record);
 });
 
@@ -88,21 +135,40 @@ test('every expression in the rules file and the dashboards references only expo
   t.deepEqual(problems, []);
   // Metric names only: the check is not vacuous, it saw the families it should.
   const seen = new Set(exprs.flatMap(({ expr }) => analyze(expr, { recorded: recorded() }).metrics));
-  for (const n of [M.memcgRaceEvents.name, `${M.memcgWbLatency.name}_bucket`, M.kvmExits.name, M.kvmNestedStateSaves.name, M.probeAttached.name, 'up']) t.true(seen.has(n), n);
+  for (const n of [M.memcgRaceEvents.name, `${M.memcgWbLatency.name}_bucket`, M.kvmExits.name, M.kvmNestedStateSaves.name, M.probeAttached.name, 'up'])
+    t.true(seen.has(n), n);
 });
 
 test('the same check fails for the committed artifacts when the catalog loses a metric', (t) => {
   const without = ALL_METRICS.filter((m) => m !== M.kvmNestedVmenterFailures && m !== M.memcgWbLatency);
-  const problems = allExpressions().flatMap(({ where, expr }) => analyze(expr, { recorded: recorded(), metrics: without }).problems.map((p) => `${where}: ${p}`));
-  t.true(problems.some((p) => /HvwatchNestedVmentryFailures: unknown metric hvwatch_kvm_nested_vmenter_failures_total/.test(p)), problems.join('\n'));
-  t.true(problems.some((p) => /hvwatch-memcg panel "Writeback latency" A: unknown metric hvwatch_memcg_writeback_latency_seconds_bucket/.test(p)), problems.join('\n'));
+  const problems = allExpressions().flatMap(({ where, expr }) =>
+    analyze(expr, { recorded: recorded(), metrics: without }).problems.map((p) => `${where}: ${p}`),
+  );
+  t.true(
+    problems.some((p) => /HvwatchNestedVmentryFailures: unknown metric hvwatch_kvm_nested_vmenter_failures_total/.test(p)),
+    problems.join('\n'),
+  );
+  t.true(
+    problems.some((p) => /hvwatch-memcg panel "Writeback latency" A: unknown metric hvwatch_memcg_writeback_latency_seconds_bucket/.test(p)),
+    problems.join('\n'),
+  );
 });
 
 test('committed dashboards, provisioning and README equal freshly generated ones', (t) => {
   const files = generateDashboards();
   t.deepEqual([...files.keys()].sort(), [
-    'dashboards/README.md', 'dashboards/json/fleet.json', 'dashboards/json/ima.json', 'dashboards/json/introspection.json', 'dashboards/json/kvm.json', 'dashboards/json/memcg.json',
-    'dashboards/preview/fleet.svg', 'dashboards/preview/ima.svg', 'dashboards/preview/introspection.svg', 'dashboards/preview/kvm.svg', 'dashboards/preview/memcg.svg', 'dashboards/provisioning/hvwatch.yaml',
+    'dashboards/README.md',
+    'dashboards/json/fleet.json',
+    'dashboards/json/ima.json',
+    'dashboards/json/introspection.json',
+    'dashboards/json/kvm.json',
+    'dashboards/json/memcg.json',
+    'dashboards/preview/fleet.svg',
+    'dashboards/preview/ima.svg',
+    'dashboards/preview/introspection.svg',
+    'dashboards/preview/kvm.svg',
+    'dashboards/preview/memcg.svg',
+    'dashboards/provisioning/hvwatch.yaml',
   ]);
   t.deepEqual(staleArtifacts(files), [], 'run `npm run build` and commit the result');
   t.deepEqual(orphanedJson(files), []);
@@ -138,28 +204,70 @@ test('dashboards: every panel has a unit and a description; ids and uids are uni
     const vars = (d.templating?.list ?? []).map((v) => v.name);
     t.deepEqual(vars.slice(0, 2), ['datasource', 'node'], file);
   }
-  for (const f of ['memcg.json', 'ima.json']) t.true(ds.get(f)!.templating!.list!.some((v) => v.name === 'cgroup'), f);
-  for (const f of ['kvm.json', 'introspection.json']) t.true(ds.get(f)!.templating!.list!.some((v) => v.name === 'vm'), f);
+  for (const f of ['memcg.json', 'ima.json'])
+    t.true(
+      ds.get(f)!.templating!.list!.some((v) => v.name === 'cgroup'),
+      f,
+    );
+  for (const f of ['kvm.json', 'introspection.json'])
+    t.true(
+      ds.get(f)!.templating!.list!.some((v) => v.name === 'vm'),
+      f,
+    );
   // The panels the issue asks for.
   const titles = (f: string): string[] => allPanels(ds.get(f)!).map((p) => `${p.type}:${p.title}`);
-  for (const want of ['bargauge:Top VMs by exit rate', 'bargauge:Top cgroups by writeback latency (p99)', 'table:Probes that did not attach', 'timeseries:Race indicators by node and kind']) t.true(titles('fleet.json').includes(want), want);
-  for (const want of ['heatmap:Writeback latency', 'heatmap:Pages per uncharge batch', 'heatmap:Time inside uncharge']) t.true(titles('memcg.json').includes(want), want);
-  for (const want of ['timeseries:VM-exits by reason', 'timeseries:Nested exits: L0 vs L1', 'heatmap:L1 handling time', 'timeseries:Risky saves: GUEST_MODE and RUN_PENDING', 'timeseries:Userspace exits by reason']) t.true(titles('kvm.json').includes(want), want);
-  for (const want of ['timeseries:Measurements', 'heatmap:Hashing time per measurement', 'timeseries:Appraisal p99', 'timeseries:Live cache entries', 'timeseries:Inode pointer reuse', 'stat:Live-state pointer reuse, in range']) t.true(titles('ima.json').includes(want), want);
-  for (const want of ['heatmap:Reply time (vCPU paused)', 'timeseries:Reply actions', 'timeseries:Command errors', 'timeseries:Injections by path', 'heatmap:Delivery delay', 'timeseries:Injections after teardown']) t.true(titles('introspection.json').includes(want), want);
+  for (const want of [
+    'bargauge:Top VMs by exit rate',
+    'bargauge:Top cgroups by writeback latency (p99)',
+    'table:Probes that did not attach',
+    'timeseries:Race indicators by node and kind',
+  ])
+    t.true(titles('fleet.json').includes(want), want);
+  for (const want of ['heatmap:Writeback latency', 'heatmap:Pages per uncharge batch', 'heatmap:Time inside uncharge'])
+    t.true(titles('memcg.json').includes(want), want);
+  for (const want of [
+    'timeseries:VM-exits by reason',
+    'timeseries:Nested exits: L0 vs L1',
+    'heatmap:L1 handling time',
+    'timeseries:Risky saves: GUEST_MODE and RUN_PENDING',
+    'timeseries:Userspace exits by reason',
+  ])
+    t.true(titles('kvm.json').includes(want), want);
+  for (const want of [
+    'timeseries:Measurements',
+    'heatmap:Hashing time per measurement',
+    'timeseries:Appraisal p99',
+    'timeseries:Live cache entries',
+    'timeseries:Inode pointer reuse',
+    'stat:Live-state pointer reuse, in range',
+  ])
+    t.true(titles('ima.json').includes(want), want);
+  for (const want of [
+    'heatmap:Reply time (vCPU paused)',
+    'timeseries:Reply actions',
+    'timeseries:Command errors',
+    'timeseries:Injections by path',
+    'heatmap:Delivery delay',
+    'timeseries:Injections after teardown',
+  ])
+    t.true(titles('introspection.json').includes(want), want);
 });
 
 test('dashboard queries are valid PromQL: promtool parses each one (Grafana variables substituted)', (t) => {
-  const grafana = (e: string): string => e
-    .replace(/\$__rate_interval|\$__interval/g, '1m')
-    .replace(/\$__range/g, '1h')
-    .replace(/\$\{?[a-z_]+\}?/g, '.*');
+  const grafana = (e: string): string =>
+    e
+      .replace(/\$__rate_interval|\$__interval/g, '1m')
+      .replace(/\$__range/g, '1h')
+      .replace(/\$\{?[a-z_]+\}?/g, '.*');
   const exprs = [...buildDashboards().values()].flatMap(dashboardExpressions).filter((e) => !e.expr.startsWith('label_values('));
   t.true(exprs.length > 60);
   const dir = fs.mkdtempSync(join(tmpdir(), 'hvwatch-dash-'));
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   const file = join(dir, 'dashboards.rules.yml');
-  fs.writeFileSync(file, stringify({ groups: [{ name: 'dashboards', rules: exprs.map((e, i) => ({ record: `dashboard_query:${i}`, expr: grafana(e.expr) })) }] }));
+  fs.writeFileSync(
+    file,
+    stringify({ groups: [{ name: 'dashboards', rules: exprs.map((e, i) => ({ record: `dashboard_query:${i}`, expr: grafana(e.expr) })) }] }),
+  );
   const r = spawnSync('promtool', ['check', 'rules', file], { encoding: 'utf8' });
   t.is(r.status, 0, r.stdout + r.stderr);
   t.regex(r.stdout, new RegExp(`SUCCESS: ${exprs.length} rules found`));

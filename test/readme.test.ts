@@ -91,7 +91,9 @@ test('every relative link of the README resolves (file and, for .md, the #sectio
 });
 
 test('every README "Section" and docs/<page>.md "Section" a source file cites exists', (t) => {
-  const files = spawnSync('git', ['ls-files', '*.ts', '*.c', '*.h', '*.sh', '*.yaml', '*.yml'], { cwd: ROOT, encoding: 'utf8' }).stdout.split('\n').filter((f) => f && !f.startsWith('bpf/include/') && f !== 'test/readme.test.ts');
+  const files = spawnSync('git', ['ls-files', '*.ts', '*.c', '*.h', '*.sh', '*.yaml', '*.yml'], { cwd: ROOT, encoding: 'utf8' })
+    .stdout.split('\n')
+    .filter((f) => f && !f.startsWith('bpf/include/') && f !== 'test/readme.test.ts');
   t.true(files.length > 50, 'git ls-files found the sources');
   const headings = (text: string) => new Set([...text.matchAll(/^#{2,4} (.+)$/gm)].map((m) => m[1]!.trim()));
   const pages = new Map<string, Set<string>>();

@@ -27,7 +27,10 @@ const dir = mkdtempSync(join(tmpdir(), 'hvwatch-rr-'));
 class Proc {
   stderr = '';
   readonly exited: Promise<number | null>;
-  constructor(readonly p: ChildProcess, readonly port: number) {
+  constructor(
+    readonly p: ChildProcess,
+    readonly port: number,
+  ) {
     p.stderr?.on('data', (d: Buffer) => (this.stderr += d.toString()));
     this.exited = new Promise((r) => p.on('exit', (c) => r(c)));
   }
@@ -35,14 +38,18 @@ class Proc {
   static async start(args: string[]): Promise<Proc> {
     const port = await freePort();
     const pr = new Proc(spawn(HVWATCH, [...args, '--listen', `127.0.0.1:${port}`], { stdio: ['ignore', 'ignore', 'pipe'] }), port);
-    await until(async () => {
-      if (pr.p.exitCode !== null) throw new Error(`exited ${pr.p.exitCode}: ${pr.stderr}`);
-      try {
-        return (await fetch(`http://127.0.0.1:${port}/readyz`)).status === 200 ? true : undefined;
-      } catch {
-        return undefined;
-      }
-    }, 30_000, `${args[0]} ready`);
+    await until(
+      async () => {
+        if (pr.p.exitCode !== null) throw new Error(`exited ${pr.p.exitCode}: ${pr.stderr}`);
+        try {
+          return (await fetch(`http://127.0.0.1:${port}/readyz`)).status === 200 ? true : undefined;
+        } catch {
+          return undefined;
+        }
+      },
+      30_000,
+      `${args[0]} ready`,
+    );
     return pr;
   }
 
@@ -67,7 +74,10 @@ function byFamily(samples: Sample[]): Map<string, string[]> {
     const base = s.name.replace(/_(bucket|sum|count)$/, '');
     const def = metricByName(s.name) ?? metricByName(base);
     if (!def || DIFFER.has(def.name)) continue;
-    const l = Object.entries(s.labels).sort(([a], [b]) => (a < b ? -1 : 1)).map(([k, v]) => `${k}=${v}`).join(',');
+    const l = Object.entries(s.labels)
+      .sort(([a], [b]) => (a < b ? -1 : 1))
+      .map(([k, v]) => `${k}=${v}`)
+      .join(',');
     if (!out.has(def.family)) out.set(def.family, []);
     out.get(def.family)!.push(`${s.name}{${l}} ${s.value}`);
   }
@@ -81,10 +91,17 @@ test('a recorded real memcg workload replays to the same /metrics as were served
   t.teardown(() => rec.stop());
   const cg = createCgroup(`hvwatch-rr-${process.pid}`);
   const pages = fsyncWriteInCgroup(cg, 8);
-  const live = await until(async () => {
-    const s = await rec.scrape();
-    return (value(s, M.memcgWbCompleted.name, { cgroup: cg.path }) ?? 0) >= pages && value(s, M.memcgWbStarted.name, { cgroup: cg.path }) === value(s, M.memcgWbCompleted.name, { cgroup: cg.path }) ? s : undefined;
-  }, 15_000, 'the workload\'s writeback in the recording agent');
+  const live = await until(
+    async () => {
+      const s = await rec.scrape();
+      return (value(s, M.memcgWbCompleted.name, { cgroup: cg.path }) ?? 0) >= pages &&
+        value(s, M.memcgWbStarted.name, { cgroup: cg.path }) === value(s, M.memcgWbCompleted.name, { cgroup: cg.path })
+        ? s
+        : undefined;
+    },
+    15_000,
+    "the workload's writeback in the recording agent",
+  );
   t.is(await rec.stop(), 0, rec.stderr);
   cg.remove(); // the replay must take the label from the trace, not from this host
 
@@ -92,7 +109,10 @@ test('a recorded real memcg workload replays to the same /metrics as were served
   const snaps = trace.records.filter((r) => r.type === 'snapshot');
   t.is(snaps.at(-1)?.type === 'snapshot' && snaps.at(-1)!.meta.cause, 'final');
   // The live scrape above was the last scrape: its snapshot is the last one with that cause.
-  const last = snaps.map((s, i) => [s, i] as const).filter(([s]) => s.meta.cause === 'scrape').at(-1)![1];
+  const last = snaps
+    .map((s, i) => [s, i] as const)
+    .filter(([s]) => s.meta.cause === 'scrape')
+    .at(-1)![1];
   t.deepEqual(trace.footer?.dropped, { snapshot: 0, events: 0, ident: 0 });
 
   const rep = await Proc.start(['replay', file, '--at', String(last)]);
@@ -128,7 +148,8 @@ test('logic via test run: race events and latency histograms replay to the same 
     return prog.testRun(b).retval;
   };
   const MS = 1_000_000n;
-  for (let i = 0n; i < 20n; i++) { // clean writebacks: start -> end enter/exit
+  for (let i = 0n; i < 20n; i++) {
+    // clean writebacks: start -> end enter/exit
     const f = 0xffff888000100000n + i * 0x1000n;
     run(0, f, 1000n * MS);
     run(1, f, (1000n + i) * MS);
@@ -140,8 +161,13 @@ test('logic via test run: race events and latency histograms replay to the same 
   await until(async () => (agent.races.length ? true : undefined), 5000, 'the race event');
   await agent.collect();
   const liveRaces = agent.races.map(({ time: _t, ...r }) => r);
-  const snapshot = (a: Agent) => Object.fromEntries([M.memcgWbLatency, M.memcgWbEndDuration, M.memcgRaceEvents, M.ringbufEvents, M.memcgWbUnpairedEnds]
-    .map((d) => [d.name, a.store.all(d).map((s) => ({ labels: s.labels, value: s.value, hist: s.hist }))]));
+  const snapshot = (a: Agent) =>
+    Object.fromEntries(
+      [M.memcgWbLatency, M.memcgWbEndDuration, M.memcgRaceEvents, M.ringbufEvents, M.memcgWbUnpairedEnds].map((d) => [
+        d.name,
+        a.store.all(d).map((s) => ({ labels: s.labels, value: s.value, hist: s.hist })),
+      ]),
+    );
   const liveState = snapshot(agent);
   await agent.stop();
 
@@ -151,7 +177,10 @@ test('logic via test run: race events and latency histograms replay to the same 
   re.start();
   await source.play(() => re.collect());
   t.deepEqual(snapshot(re), liveState);
-  t.deepEqual(re.races.map(({ time: _t, ...r }) => r), liveRaces);
+  t.deepEqual(
+    re.races.map(({ time: _t, ...r }) => r),
+    liveRaces,
+  );
   t.is(re.store.get(M.memcgRaceEvents, { kind: RACE_KINDS[2] })?.value, 1);
   t.is(re.store.all(M.memcgWbLatency).find((s) => s.labels.cgroup === cg.path)?.hist?.count, 20);
   await re.stop();

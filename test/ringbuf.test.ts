@@ -38,16 +38,23 @@ async function until(cond: () => boolean, ms = 5000): Promise<void> {
   while (!cond() && Date.now() < deadline) await sleep(10);
 }
 
-test.serial('one worker thread reads two objects\' ring buffers, each ring\'s records to its own owner, in order, across many wraps', async (t) => {
+test.serial("one worker thread reads two objects' ring buffers, each ring's records to its own owner, in order, across many wraps", async (t) => {
   const a = loaded();
   const b = loaded();
-  t.teardown(() => { a.close(); b.close(); });
+  t.teardown(() => {
+    a.close();
+    b.close();
+  });
   const layout = Btf.parse(a.rawBtf()).structLayout('selftest_event')!;
   const seqOff = layout.fields.find((f) => f.name === 'seq')!.offset;
   const seen: [number[], number[]] = [[], []];
   const rb = new RingBufferReader({ batchMs: 5 });
-  const ringA = rb.add(a.map('events').fd, (recs) => { for (const r of recs) seen[0].push(Number(r.readBigUInt64LE(seqOff))); });
-  const ringB = rb.add(b.map('events').fd, (recs) => { for (const r of recs) seen[1].push(Number(r.readBigUInt64LE(seqOff))); });
+  const ringA = rb.add(a.map('events').fd, (recs) => {
+    for (const r of recs) seen[0].push(Number(r.readBigUInt64LE(seqOff)));
+  });
+  const ringB = rb.add(b.map('events').fd, (recs) => {
+    for (const r of recs) seen[1].push(Number(r.readBigUInt64LE(seqOff)));
+  });
   t.is(ringA.size, 16384);
   const before = threads();
   rb.start();
@@ -61,8 +68,14 @@ test.serial('one worker thread reads two objects\' ring buffers, each ring\'s re
     await until(() => seen[0].length >= (round + 1) * 400 && seen[1].length >= (round + 1) * 400);
   }
   await rb.stop();
-  t.deepEqual(seen[0], Array.from({ length: 6000 }, (_, i) => i));
-  t.deepEqual(seen[1], Array.from({ length: 6000 }, (_, i) => 1_000_000 + i));
+  t.deepEqual(
+    seen[0],
+    Array.from({ length: 6000 }, (_, i) => i),
+  );
+  t.deepEqual(
+    seen[1],
+    Array.from({ length: 6000 }, (_, i) => 1_000_000 + i),
+  );
   t.is(ringA.events + ringB.events, 12_000);
   t.is(a.map('hv_errors').handleForFd().counter(1), 0, 'no record refused while the reader keeps up');
   t.deepEqual([ringA.errors, ringB.errors, rb.errors], [[], [], []]);
@@ -139,7 +152,11 @@ test('a ring the worker cannot map is reported on that ring, and a worker left w
 
 test('frame walk: discarded records are skipped, lengths come from the header, frames are 8-byte rounded', (t) => {
   // kernel/bpf/ringbuf.c: u32 len | BUSY (1<<31) | DISCARD (1<<30), u32 pg_off, data.
-  const frames = [{ len: 5, discard: false, fill: 1 }, { len: 12, discard: true, fill: 2 }, { len: 16, discard: false, fill: 3 }];
+  const frames = [
+    { len: 5, discard: false, fill: 1 },
+    { len: 12, discard: true, fill: 2 },
+    { len: 16, discard: false, fill: 3 },
+  ];
   const total = frames.reduce((n, f) => n + ((f.len + 8 + 7) & ~7), 0);
   const buf = Buffer.alloc(total);
   let off = 0;
@@ -176,7 +193,8 @@ test('the compiled decoder gives what decodeStruct gives: big and negative 64-bi
       const rec = Buffer.from(arena, at, layout.size);
       for (let k = 0; k < rec.length; k++) rec[k] = rnd() < 0.5 ? 0 : Math.floor(rnd() * 256);
       for (const f of layout.fields) {
-        if (f.kind === 'array' && rnd() < 0.5) rec.write(['', 'kworker/0:1', 'fio', 'héllo wörld', 'x'.repeat(f.size)][i % 5]!.slice(0, f.size), f.offset, 'utf8');
+        if (f.kind === 'array' && rnd() < 0.5)
+          rec.write(['', 'kworker/0:1', 'fio', 'héllo wörld', 'x'.repeat(f.size)][i % 5]!.slice(0, f.size), f.offset, 'utf8');
         if (f.size === 8 && rnd() < 0.3) rec.writeBigUInt64LE(BigInt(Math.floor(rnd() * 2 ** 40)), f.offset);
         if (f.size === 8 && rnd() < 0.2) rec.writeBigInt64LE(-BigInt(Math.floor(rnd() * 2 ** 40)), f.offset);
       }
@@ -193,12 +211,19 @@ test('the compiled decoder gives what decodeStruct gives: big and negative 64-bi
 
 test('log limiter: a burst, then the refill rate; what it holds back is counted and handed over once', (t) => {
   const l = new LogLimiter(3, 2, 0);
-  t.deepEqual([0, 0, 0, 0, 0].map(() => l.take(0)), [true, true, true, false, false]);
+  t.deepEqual(
+    [0, 0, 0, 0, 0].map(() => l.take(0)),
+    [true, true, true, false, false],
+  );
   t.false(l.take(400)); // 0.8 token
   t.true(l.take(500)); // 1 token after 500 ms at 2/s
   t.is(l.takeSuppressed(), 3);
   t.is(l.takeSuppressed(), 0);
-  t.deepEqual([0, 0, 0, 0].map(() => l.take(10_500)), [true, true, true, false], 'refill is capped at the burst');
+  t.deepEqual(
+    [0, 0, 0, 0].map(() => l.take(10_500)),
+    [true, true, true, false],
+    'refill is capped at the burst',
+  );
 });
 
 test('a storm of race events: every one reaches /api/races data, the log lines past the burst are counted in hvwatch_log_lines_suppressed_total', async (t) => {
@@ -207,26 +232,45 @@ test('a storm of race events: every one reaches /api/races data, the log lines p
   const { M } = await import('../agent/catalog.js');
   const { logEnabled } = await import('../agent/log.js');
   let events = 0;
-  const agent = new Agent(configSchema.parse({}), [{
-    name: 'selftest', object: 'selftest.bpf.o', probes: [], maps: [],
-    events: {
-      map: 'events', struct: 'selftest_event',
-      onEvents: (evs, ctx) => { for (const e of evs) { events++; ctx.logRace({ seq: e.seq }); } },
+  const agent = new Agent(configSchema.parse({}), [
+    {
+      name: 'selftest',
+      object: 'selftest.bpf.o',
+      probes: [],
+      maps: [],
+      events: {
+        map: 'events',
+        struct: 'selftest_event',
+        onEvents: (evs, ctx) => {
+          for (const e of evs) {
+            events++;
+            ctx.logRace({ seq: e.seq });
+          }
+        },
+      },
     },
-  }]);
+  ]);
   agent.start();
   t.teardown(() => agent.stop());
   const suppressed = (): number | undefined => agent.store.get(M.logLinesSuppressed, { reason: 'race_indicator' })?.value;
   t.is(suppressed(), 0, 'the series exists from the start');
-  agent.family('selftest')!.testProgram('selftest_emit').testRun((() => {
-    const b = Buffer.alloc(16);
-    b.writeBigUInt64LE(200n, 0);
-    return b;
-  })());
+  agent
+    .family('selftest')!
+    .testProgram('selftest_emit')
+    .testRun(
+      (() => {
+        const b = Buffer.alloc(16);
+        b.writeBigUInt64LE(200n, 0);
+        return b;
+      })(),
+    );
   await until(() => events >= 200);
   t.is(events, 200);
   t.is(agent.races.length, 200);
-  t.deepEqual(agent.races.map((r) => r.seq), Array.from({ length: 200 }, (_, i) => i));
+  t.deepEqual(
+    agent.races.map((r) => r.seq),
+    Array.from({ length: 200 }, (_, i) => i),
+  );
   t.is(agent.store.get(M.ringbufEvents, { family: 'selftest' })?.value, 200);
   // The burst is 20 lines; a few more may pass if the batches straddle a refill.
   if (logEnabled('warn')) t.true(suppressed()! >= 170 && suppressed()! <= 180, `suppressed ${suppressed()}`);

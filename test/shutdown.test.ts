@@ -10,7 +10,10 @@ import { createCgroup } from './helpers/memcg.js';
 import { M } from '../agent/catalog.js';
 import { capSets } from '../agent/privileges.js';
 
-interface BpfIds { progs: Set<number>; links: Set<number> }
+interface BpfIds {
+  progs: Set<number>;
+  links: Set<number>;
+}
 
 /** Program and link ids behind the fds a process holds (fdinfo has prog_id / link_id). */
 function heldIds(pid: number): BpfIds {
@@ -46,14 +49,18 @@ async function agentIds(agent: AgentProcess): Promise<BpfIds> {
   const ids = heldIds(agent.proc.pid!);
   // While it runs, bpftool sees every one of them: the check after exit is meaningful.
   const live = leftOver(ids);
-  if (live.progs.length !== ids.progs.size || live.links.length !== ids.links.size) throw new Error('bpftool does not list the agent\'s own ids');
+  if (live.progs.length !== ids.progs.size || live.links.length !== ids.links.size) throw new Error("bpftool does not list the agent's own ids");
   return ids;
 }
 
 async function gone(ids: BpfIds): Promise<{ progs: number[]; links: number[] }> {
   // Release after the last fd closes is deferred in the kernel (RCU, workqueues): poll.
   let last = leftOver(ids);
-  await until(async () => ((last = leftOver(ids)).progs.length + last.links.length === 0 ? true : undefined), 15_000, 'the agent\'s programs and links to leave the kernel').catch(() => undefined);
+  await until(
+    async () => ((last = leftOver(ids)).progs.length + last.links.length === 0 ? true : undefined),
+    15_000,
+    "the agent's programs and links to leave the kernel",
+  ).catch(() => undefined);
   return last;
 }
 
@@ -96,10 +103,14 @@ test.serial('--drop-capabilities: CapEff/CapPrm 0 on the main thread, map reads 
   const cg = createCgroup(`hvwatch-capdrop-${process.pid}`);
   t.teardown(() => cg.remove());
   spawnSync('sh', ['-c', `echo $$ > ${cg.dir}/cgroup.procs && dd if=/dev/zero of=/dev/null bs=1M count=4 status=none`]);
-  s = await until(async () => {
-    const x = await agent.scrape();
-    return (value(x, `${M.memcgUnchargeBatchPages.name}_count`, { cgroup: cg.path }) ?? 0) > 0 ? x : undefined;
-  }, 15_000, `uncharge series for ${cg.path} after the drop`);
+  s = await until(
+    async () => {
+      const x = await agent.scrape();
+      return (value(x, `${M.memcgUnchargeBatchPages.name}_count`, { cgroup: cg.path }) ?? 0) > 0 ? x : undefined;
+    },
+    15_000,
+    `uncharge series for ${cg.path} after the drop`,
+  );
   t.true(value(s, `${M.memcgUnchargeBatchPages.name}_sum`, { cgroup: cg.path })! > 0);
 
   t.is(await agent.stop('SIGTERM'), 0, agent.stderr);

@@ -24,16 +24,18 @@ const near = (a: number, b: number, eps = 1e-9): boolean => Math.abs(a - b) <= e
 // parser
 
 test('parser: names, labels, values and TYPE/HELP metadata', (t) => {
-  const e = parseExpositionText([
-    '# HELP hvwatch_kvm_exits_total VM-exits per VM \\\\ and a\\nnewline.',
-    '# TYPE hvwatch_kvm_exits_total counter',
-    '# just a comment',
-    'hvwatch_kvm_exits_total{vm="web",isa="vmx",reason="HLT"} 42',
-    'up 1',
-    'ns:metric_name{a="1",} 2.5e3',
-    '  spaced { a = "x" , b="y" }   -7  ',
-    '',
-  ].join('\n'));
+  const e = parseExpositionText(
+    [
+      '# HELP hvwatch_kvm_exits_total VM-exits per VM \\\\ and a\\nnewline.',
+      '# TYPE hvwatch_kvm_exits_total counter',
+      '# just a comment',
+      'hvwatch_kvm_exits_total{vm="web",isa="vmx",reason="HLT"} 42',
+      'up 1',
+      'ns:metric_name{a="1",} 2.5e3',
+      '  spaced { a = "x" , b="y" }   -7  ',
+      '',
+    ].join('\n'),
+  );
   t.deepEqual(e.samples, [
     { name: 'hvwatch_kvm_exits_total', labels: { vm: 'web', isa: 'vmx', reason: 'HLT' }, value: 42 },
     { name: 'up', labels: {}, value: 1 },
@@ -49,9 +51,7 @@ test('parser: escaped label values', (t) => {
 });
 
 test('parser: NaN, +Inf, -Inf values and an le="+Inf" bucket', (t) => {
-  const x = parseExposition([
-    'h_bucket{le="0.5"} 3', 'h_bucket{le="+Inf"} +Inf', 'g -Inf', 'n NaN', 'e 1E-3', 'f .5', 'i Inf',
-  ].join('\n'));
+  const x = parseExposition(['h_bucket{le="0.5"} 3', 'h_bucket{le="+Inf"} +Inf', 'g -Inf', 'n NaN', 'e 1E-3', 'f .5', 'i Inf'].join('\n'));
   t.is(x[0]!.value, 3);
   t.is(x[1]!.labels['le'], '+Inf');
   t.is(x[1]!.value, Infinity);
@@ -63,17 +63,21 @@ test('parser: NaN, +Inf, -Inf values and an le="+Inf" bucket', (t) => {
 });
 
 test('parser: timestamps, CRLF line ends and OpenMetrics exemplars/EOF', (t) => {
-  const x = parseExposition([
-    'a 1 1700000000000',
-    'b{x="y"} 2 -5',
-    'c 3\r',
-    'd_total{vm="v"} 4 1700000000.25 # {trace_id="abc"} 1.0 1700000000.1',
-    'e_total 5 # {} 2',
-    '# EOF',
-  ].join('\n'));
-  t.deepEqual(x.map((v) => [v.name, v.value, v.timestamp]), [
-    ['a', 1, 1700000000000], ['b', 2, -5], ['c', 3, undefined], ['d_total', 4, 1700000000.25], ['e_total', 5, undefined],
-  ]);
+  const x = parseExposition(
+    ['a 1 1700000000000', 'b{x="y"} 2 -5', 'c 3\r', 'd_total{vm="v"} 4 1700000000.25 # {trace_id="abc"} 1.0 1700000000.1', 'e_total 5 # {} 2', '# EOF'].join(
+      '\n',
+    ),
+  );
+  t.deepEqual(
+    x.map((v) => [v.name, v.value, v.timestamp]),
+    [
+      ['a', 1, 1700000000000],
+      ['b', 2, -5],
+      ['c', 3, undefined],
+      ['d_total', 4, 1700000000.25],
+      ['e_total', 5, undefined],
+    ],
+  );
   t.false('timestamp' in x[2]!);
 });
 
@@ -118,28 +122,43 @@ test('model: rates from two scrapes, VM totals summed over reasons and ISA', (t)
   t.is(f.vms, 1);
   t.is(f.seconds, 2);
   t.is(f.rate, 360);
-  t.deepEqual(f.rows.map((r) => [r.kind, r.depth, r.name, r.rate, r.total]), [
-    ['vm', 0, 'web', 360, 1830],
-    ['exit', 1, 'EPT_VIOLATION', 260, 1530],
-    ['exit', 1, 'HLT', 100, 300],
-  ]);
+  t.deepEqual(
+    f.rows.map((r) => [r.kind, r.depth, r.name, r.rate, r.total]),
+    [
+      ['vm', 0, 'web', 360, 1830],
+      ['exit', 1, 'EPT_VIOLATION', 260, 1530],
+      ['exit', 1, 'HLT', 100, 300],
+    ],
+  );
   t.is(f.rows[0]!.basis, 'exits');
   t.is(f.rows[0]!.share, null);
 });
 
 test('model: VMs and reasons sorted by rate descending, ties by name', (t) => {
   const prev = [exit('a', 'X', 0), exit('b', 'X', 0), exit('c', 'X', 0)];
-  const cur = [
-    exit('a', 'X', 10), exit('a', 'Y', 10), exit('a', 'Z', 30),
-    exit('b', 'X', 500),
-    exit('c', 'Q', 40), exit('c', 'X', 10),
-  ];
+  const cur = [exit('a', 'X', 10), exit('a', 'Y', 10), exit('a', 'Z', 30), exit('b', 'X', 500), exit('c', 'Q', 40), exit('c', 'X', 10)];
   const f = buildFrame(prev, cur, 1);
-  t.deepEqual(vmRows(f.rows).map((r) => [r.name, r.rate]), [['b', 500], ['a', 50], ['c', 50]]);
-  t.deepEqual(children(f.rows, 'a').map((r) => r.name), ['Z', 'X', 'Y']);
-  t.deepEqual(children(f.rows, 'c').map((r) => r.name), ['Q', 'X']);
+  t.deepEqual(
+    vmRows(f.rows).map((r) => [r.name, r.rate]),
+    [
+      ['b', 500],
+      ['a', 50],
+      ['c', 50],
+    ],
+  );
+  t.deepEqual(
+    children(f.rows, 'a').map((r) => r.name),
+    ['Z', 'X', 'Y'],
+  );
+  t.deepEqual(
+    children(f.rows, 'c').map((r) => r.name),
+    ['Q', 'X'],
+  );
   // Child rows follow their VM.
-  t.deepEqual(f.rows.map((r) => r.vm), ['b', 'b', 'a', 'a', 'a', 'a', 'c', 'c', 'c']);
+  t.deepEqual(
+    f.rows.map((r) => r.vm),
+    ['b', 'b', 'a', 'a', 'a', 'a', 'c', 'c', 'c'],
+  );
 });
 
 test('model: exit-reason shares sum to ~100 per VM, also with --limit', (t) => {
@@ -153,7 +172,13 @@ test('model: exit-reason shares sum to ~100 per VM, also with --limit', (t) => {
       const sum = kids.reduce((a, r) => a + r.share!, 0);
       t.true(near(sum, 100, 1e-6), `${vm} limit ${limit}: ${sum}`);
       const vmRow = f.rows.find((r) => r.kind === 'vm' && r.vm === vm)!;
-      t.true(near(kids.reduce((a, r) => a + r.rate, 0), vmRow.rate, 1e-6));
+      t.true(
+        near(
+          kids.reduce((a, r) => a + r.rate, 0),
+          vmRow.rate,
+          1e-6,
+        ),
+      );
     }
   }
 });
@@ -169,13 +194,30 @@ test('model: a counter reset counts from the new value, never negative', (t) => 
     [exit('web', 'HLT', 40), exit('web', 'CPUID', 30), user('web', 'IO', 4)],
     2,
   );
-  t.deepEqual(f.rows.map((r) => [r.name, r.rate]), [['web', 30], ['HLT', 20], ['CPUID', 10], ['user IO', 2]]);
+  t.deepEqual(
+    f.rows.map((r) => [r.name, r.rate]),
+    [
+      ['web', 30],
+      ['HLT', 20],
+      ['CPUID', 10],
+      ['user IO', 2],
+    ],
+  );
   t.true(f.rows.every((r) => r.rate >= 0));
 });
 
 test('model: a series new in the second scrape counts from 0', (t) => {
   const f = buildFrame([exit('web', 'HLT', 10)], [exit('web', 'HLT', 20), exit('web', 'CPUID', 6), exit('new', 'HLT', 4)], 2);
-  t.deepEqual(f.rows.map((r) => [r.name, r.rate]), [['web', 8], ['HLT', 5], ['CPUID', 3], ['new', 2], ['HLT', 2]]);
+  t.deepEqual(
+    f.rows.map((r) => [r.name, r.rate]),
+    [
+      ['web', 8],
+      ['HLT', 5],
+      ['CPUID', 3],
+      ['new', 2],
+      ['HLT', 2],
+    ],
+  );
 });
 
 test('model: without kvm_exit samples a VM total falls back to userspace exits', (t) => {
@@ -186,12 +228,21 @@ test('model: without kvm_exit samples a VM total falls back to userspace exits',
   t.is(fc.basis, 'userspace');
   t.is(fc.rate, 40);
   t.is(fc.total, 231);
-  t.deepEqual(children(f.rows, 'fc1').map((r) => [r.name, r.rate, r.share]), [['user IO', 30, 75], ['user MMIO', 10, 25]]);
+  t.deepEqual(
+    children(f.rows, 'fc1').map((r) => [r.name, r.rate, r.share]),
+    [
+      ['user IO', 30, 75],
+      ['user MMIO', 10, 25],
+    ],
+  );
   // A VM whose kvm_exit series exist keeps them as its basis, even at rate 0.
   const q = f.rows.find((r) => r.kind === 'vm' && r.vm === 'qemu')!;
   t.is(q.basis, 'exits');
   t.is(q.rate, 0);
-  t.deepEqual(children(f.rows, 'qemu').map((r) => [r.name, r.rate, r.share]), [['user IO', 4, null]]);
+  t.deepEqual(
+    children(f.rows, 'qemu').map((r) => [r.name, r.rate, r.share]),
+    [['user IO', 4, null]],
+  );
   t.is(f.rate, 40);
 });
 
@@ -199,12 +250,15 @@ test('model: nested exits are child rows by handler (l0/l1) and reason, summed o
   const prev = [exit('l1vm', 'npf', 0, 'svm'), nested('l1vm', 'l1', 'vmrun', 0), nested('l1vm', 'l0', 'npf', 0), nested('l1vm', 'l0', 'npf', 0, 'vmx')];
   const cur = [exit('l1vm', 'npf', 200, 'svm'), nested('l1vm', 'l1', 'vmrun', 50), nested('l1vm', 'l0', 'npf', 60), nested('l1vm', 'l0', 'npf', 10, 'vmx')];
   const f = buildFrame(prev, cur, 1);
-  t.deepEqual(f.rows.map((r) => [r.kind, r.name, r.rate, r.share]), [
-    ['vm', 'l1vm', 200, null],
-    ['exit', 'npf', 200, 100],
-    ['nested', 'nested l0 npf', 70, 35],
-    ['nested', 'nested l1 vmrun', 50, 25],
-  ]);
+  t.deepEqual(
+    f.rows.map((r) => [r.kind, r.name, r.rate, r.share]),
+    [
+      ['vm', 'l1vm', 200, null],
+      ['exit', 'npf', 200, 100],
+      ['nested', 'nested l0 npf', 70, 35],
+      ['nested', 'nested l1 vmrun', 50, 25],
+    ],
+  );
 });
 
 test('model: --limit keeps the top N rows per group and sums the rest into one row', (t) => {
@@ -212,10 +266,17 @@ test('model: --limit keeps the top N rows per group and sums the rest into one r
   const prev = names.map((n) => exit('vm', n, 0));
   const cur = names.map((n, i) => exit('vm', n, (i + 1) * 10)); // E 50, D 40, C 30, B 20, A 10
   const f = buildFrame(prev, [...cur, user('vm', 'IO', 5), user('vm', 'MMIO', 3), user('vm', 'HLT', 1)], 1, { limit: 2 });
-  t.deepEqual(children(f.rows, 'vm').map((r) => [r.kind, r.name, r.rate]), [
-    ['exit', 'E', 50], ['exit', 'D', 40], ['other', '(3 more)', 60],
-    ['user', 'user IO', 5], ['user', 'user MMIO', 3], ['other', 'user (1 more)', 1],
-  ]);
+  t.deepEqual(
+    children(f.rows, 'vm').map((r) => [r.kind, r.name, r.rate]),
+    [
+      ['exit', 'E', 50],
+      ['exit', 'D', 40],
+      ['other', '(3 more)', 60],
+      ['user', 'user IO', 5],
+      ['user', 'user MMIO', 3],
+      ['other', 'user (1 more)', 1],
+    ],
+  );
   const other = children(f.rows, 'vm')[2]!;
   t.is(other.group, 'exit');
   t.is(other.count, 3);
@@ -226,18 +287,27 @@ test('model: --limit keeps the top N rows per group and sums the rest into one r
 
 test('model: pio/mmio child rows, idle VMs from vm_info, zero-rate reasons hidden', (t) => {
   const cur = [
-    exit('io', 'IO_INSTRUCTION', 100), exit('io', 'HLT', 7),
-    s(M.kvmPio.name, { vm: 'io', direction: 'out' }, 80), s(M.kvmPio.name, { vm: 'io', direction: 'in' }, 20),
+    exit('io', 'IO_INSTRUCTION', 100),
+    exit('io', 'HLT', 7),
+    s(M.kvmPio.name, { vm: 'io', direction: 'out' }, 80),
+    s(M.kvmPio.name, { vm: 'io', direction: 'in' }, 20),
     s(M.kvmMmio.name, { vm: 'io', type: 'write' }, 5),
     s(M.kvmVmInfo.name, { vm: 'idle', pid: '42', source: 'qemu' }, 1),
     s(M.buildInfo.name, { version: '0', kernel: 'k', libbpf: '1' }, 1),
   ];
   const prev = [exit('io', 'IO_INSTRUCTION', 0), exit('io', 'HLT', 7)];
   const f = buildFrame(prev, cur, 1);
-  t.deepEqual(f.rows.map((r) => [r.kind, r.name, r.rate]), [
-    ['vm', 'io', 100], ['exit', 'IO_INSTRUCTION', 100], ['pio', 'pio out', 80], ['pio', 'pio in', 20], ['mmio', 'mmio write', 5],
-    ['vm', 'idle', 0],
-  ]);
+  t.deepEqual(
+    f.rows.map((r) => [r.kind, r.name, r.rate]),
+    [
+      ['vm', 'io', 100],
+      ['exit', 'IO_INSTRUCTION', 100],
+      ['pio', 'pio out', 80],
+      ['pio', 'pio in', 20],
+      ['mmio', 'mmio write', 5],
+      ['vm', 'idle', 0],
+    ],
+  );
   t.is(f.vms, 2);
 });
 
@@ -254,9 +324,12 @@ test('model: an empty exposition is an empty frame; a non-positive interval is r
 const BIG = buildFrame(
   [exit('x'.repeat(120), 'HLT', 0), exit('short', 'EPT_VIOLATION', 0)],
   [
-    exit('x'.repeat(120), 'HLT', 9e12), exit('x'.repeat(120), `R${'y'.repeat(90)}`, 123456789),
-    exit('short', 'EPT_VIOLATION', 0.3), exit('evil\x1b[2Jname', 'HLT\x07', 5),
-    user('fb', 'IO', 3), nested('short', 'l1', 'vmrun', 1e15),
+    exit('x'.repeat(120), 'HLT', 9e12),
+    exit('x'.repeat(120), `R${'y'.repeat(90)}`, 123456789),
+    exit('short', 'EPT_VIOLATION', 0.3),
+    exit('evil\x1b[2Jname', 'HLT\x07', 5),
+    user('fb', 'IO', 3),
+    nested('short', 'l1', 'vmrun', 1e15),
   ],
   0.5,
 );
@@ -322,34 +395,35 @@ async function fakeAgent(body: (n: number) => string, status = 200): Promise<{ u
   return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/metrics`, server, hits: () => n };
 }
 
-const exposition = (n: number): string => [
-  '# HELP hvwatch_build_info Always 1.',
-  '# TYPE hvwatch_build_info gauge',
-  'hvwatch_build_info{version="0.1.0",kernel="6.8.0",libbpf="1.4"} 1',
-  `# HELP ${M.kvmVmInfo.name} Always 1.`,
-  `# TYPE ${M.kvmVmInfo.name} gauge`,
-  `${M.kvmVmInfo.name}{vm="web",pid="100",source="libvirt"} 1`,
-  `${M.kvmVmInfo.name}{vm="fc \\"db\\"",pid="200",source="firecracker"} 1`,
-  `${M.kvmVmInfo.name}{vm="idle",pid="300",source="qemu"} 1`,
-  `# TYPE ${M.kvmExits.name} counter`,
-  `${M.kvmExits.name}{vm="web",isa="vmx",reason="EPT_VIOLATION"} ${1000 + 300 * n}`,
-  `${M.kvmExits.name}{vm="web",isa="vmx",reason="HLT"} ${5000 + 100 * n}`,
-  `${M.kvmExits.name}{vm="web",isa="vmx",reason="IO_INSTRUCTION"} ${50 * n}`,
-  `${M.kvmExits.name}{vm="idle",isa="vmx",reason="HLT"} 77`,
-  `# TYPE ${M.kvmNestedExits.name} counter`,
-  `${M.kvmNestedExits.name}{vm="web",isa="vmx",reason="vmrun",handler="l1"} ${20 * n}`,
-  `${M.kvmNestedExits.name}{vm="web",isa="vmx",reason="npf",handler="l0"} ${10 * n}`,
-  `# TYPE ${M.kvmUserspaceExits.name} counter`,
-  `${M.kvmUserspaceExits.name}{vm="web",reason="IO"} ${40 * n}`,
-  `${M.kvmUserspaceExits.name}{vm="fc \\"db\\"",reason="MMIO"} ${10 * n}`,
-  `${M.kvmUserspaceExits.name}{vm="fc \\"db\\"",reason="IO"} ${5 * n}`,
-  `# TYPE ${M.kvmExitHandling.name} histogram`,
-  `${M.kvmExitHandling.name}_bucket{vm="web",isa="vmx",reason="HLT",le="0.001"} ${n}`,
-  `${M.kvmExitHandling.name}_bucket{vm="web",isa="vmx",reason="HLT",le="+Inf"} ${n}`,
-  `${M.kvmExitHandling.name}_sum{vm="web",isa="vmx",reason="HLT"} NaN`,
-  `${M.kvmExitHandling.name}_count{vm="web",isa="vmx",reason="HLT"} ${n}`,
-  '',
-].join('\n');
+const exposition = (n: number): string =>
+  [
+    '# HELP hvwatch_build_info Always 1.',
+    '# TYPE hvwatch_build_info gauge',
+    'hvwatch_build_info{version="0.1.0",kernel="6.8.0",libbpf="1.4"} 1',
+    `# HELP ${M.kvmVmInfo.name} Always 1.`,
+    `# TYPE ${M.kvmVmInfo.name} gauge`,
+    `${M.kvmVmInfo.name}{vm="web",pid="100",source="libvirt"} 1`,
+    `${M.kvmVmInfo.name}{vm="fc \\"db\\"",pid="200",source="firecracker"} 1`,
+    `${M.kvmVmInfo.name}{vm="idle",pid="300",source="qemu"} 1`,
+    `# TYPE ${M.kvmExits.name} counter`,
+    `${M.kvmExits.name}{vm="web",isa="vmx",reason="EPT_VIOLATION"} ${1000 + 300 * n}`,
+    `${M.kvmExits.name}{vm="web",isa="vmx",reason="HLT"} ${5000 + 100 * n}`,
+    `${M.kvmExits.name}{vm="web",isa="vmx",reason="IO_INSTRUCTION"} ${50 * n}`,
+    `${M.kvmExits.name}{vm="idle",isa="vmx",reason="HLT"} 77`,
+    `# TYPE ${M.kvmNestedExits.name} counter`,
+    `${M.kvmNestedExits.name}{vm="web",isa="vmx",reason="vmrun",handler="l1"} ${20 * n}`,
+    `${M.kvmNestedExits.name}{vm="web",isa="vmx",reason="npf",handler="l0"} ${10 * n}`,
+    `# TYPE ${M.kvmUserspaceExits.name} counter`,
+    `${M.kvmUserspaceExits.name}{vm="web",reason="IO"} ${40 * n}`,
+    `${M.kvmUserspaceExits.name}{vm="fc \\"db\\"",reason="MMIO"} ${10 * n}`,
+    `${M.kvmUserspaceExits.name}{vm="fc \\"db\\"",reason="IO"} ${5 * n}`,
+    `# TYPE ${M.kvmExitHandling.name} histogram`,
+    `${M.kvmExitHandling.name}_bucket{vm="web",isa="vmx",reason="HLT",le="0.001"} ${n}`,
+    `${M.kvmExitHandling.name}_bucket{vm="web",isa="vmx",reason="HLT",le="+Inf"} ${n}`,
+    `${M.kvmExitHandling.name}_sum{vm="web",isa="vmx",reason="HLT"} NaN`,
+    `${M.kvmExitHandling.name}_count{vm="web",isa="vmx",reason="HLT"} ${n}`,
+    '',
+  ].join('\n');
 
 test('e2e: hvwatch top --once prints the frame from two scrapes of a real HTTP endpoint', async (t) => {
   const a = await fakeAgent(exposition);
@@ -368,19 +442,22 @@ test('e2e: hvwatch top --once prints the frame from two scrapes of a real HTTP e
       t.truthy(m, `row: ${l}`);
       return { name: m![1]!, rate: Number(m![2]), share: m![3] ?? '', total: Number(m![4]) };
     });
-    t.deepEqual(table.map((x) => [x.name, x.share, x.total]), [
-      ['web', '', 1300 + 5100 + 50],
-      ['  EPT_VIOLATION', '66.7%', 1300],
-      ['  HLT', '22.2%', 5100],
-      ['  IO_INSTRUCTION', '11.1%', 50],
-      ['  nested l1 vmrun', '4.4%', 20],
-      ['  nested l0 npf', '2.2%', 10],
-      ['  user IO', '8.9%', 40],
-      ['fc "db" *', '', 15],
-      ['  user MMIO', '66.7%', 10],
-      ['  user IO', '33.3%', 5],
-      ['idle', '', 77],
-    ]);
+    t.deepEqual(
+      table.map((x) => [x.name, x.share, x.total]),
+      [
+        ['web', '', 1300 + 5100 + 50],
+        ['  EPT_VIOLATION', '66.7%', 1300],
+        ['  HLT', '22.2%', 5100],
+        ['  IO_INSTRUCTION', '11.1%', 50],
+        ['  nested l1 vmrun', '4.4%', 20],
+        ['  nested l0 npf', '2.2%', 10],
+        ['  user IO', '8.9%', 40],
+        ['fc "db" *', '', 15],
+        ['  user MMIO', '66.7%', 10],
+        ['  user IO', '33.3%', 5],
+        ['idle', '', 77],
+      ],
+    );
     t.is(table.at(-1)!.rate, 0);
     // Rates are increments over the measured interval (~0.5 s).
     const web = table[0]!;
@@ -401,19 +478,22 @@ test('e2e: hvwatch top --json prints the rows', async (t) => {
     t.is(j.vms, 3);
     t.true(j.seconds >= 0.45 && j.seconds < 2, String(j.seconds));
     t.true(near(j.rate, (450 + 15) / j.seconds, 1e-6));
-    t.deepEqual(j.rows.map((x) => [x.kind, x.vm, x.name, x.basis ?? null]), [
-      ['vm', 'web', 'web', 'exits'],
-      ['exit', 'web', 'EPT_VIOLATION', null],
-      ['exit', 'web', 'HLT', null],
-      ['other', 'web', '(1 more)', null],
-      ['nested', 'web', 'nested l1 vmrun', null],
-      ['nested', 'web', 'nested l0 npf', null],
-      ['user', 'web', 'user IO', null],
-      ['vm', 'fc "db"', 'fc "db"', 'userspace'],
-      ['user', 'fc "db"', 'user MMIO', null],
-      ['user', 'fc "db"', 'user IO', null],
-      ['vm', 'idle', 'idle', 'exits'],
-    ]);
+    t.deepEqual(
+      j.rows.map((x) => [x.kind, x.vm, x.name, x.basis ?? null]),
+      [
+        ['vm', 'web', 'web', 'exits'],
+        ['exit', 'web', 'EPT_VIOLATION', null],
+        ['exit', 'web', 'HLT', null],
+        ['other', 'web', '(1 more)', null],
+        ['nested', 'web', 'nested l1 vmrun', null],
+        ['nested', 'web', 'nested l0 npf', null],
+        ['user', 'web', 'user IO', null],
+        ['vm', 'fc "db"', 'fc "db"', 'userspace'],
+        ['user', 'fc "db"', 'user MMIO', null],
+        ['user', 'fc "db"', 'user IO', null],
+        ['vm', 'idle', 'idle', 'exits'],
+      ],
+    );
     t.true(near(j.rows[1]!.rate, 300 / j.seconds, 1e-6));
     t.true(near(j.rows[1]!.share!, 200 / 3, 1e-9));
   } finally {

@@ -107,34 +107,57 @@ test('fuzz: 10,000+ mutated traces never crash or hang the reader and always fai
   const problems = new Set<string>();
   // Most of a small trace is its header (the BTF): aim half the mutations past it.
   const recordsAt = bases.map((b) => PREAMBLE + b.readUInt32LE(12) + 4);
-  fc.assert(fc.property(fc.integer({ min: 0, max: 1 }), fc.array(fc.tuple(mutation, fc.boolean()), { minLength: 1, maxLength: 4 }), fc.boolean(), fc.boolean(), (which, muts, fix, partial) => {
-    let b = Buffer.from(bases[which]!);
-    const from = recordsAt[which]!;
-    for (const [m, inRecords] of muts) {
-      const pos = !b.length ? 0 : inRecords && b.length > from ? from + (m.pos % (b.length - from)) : m.pos % b.length;
-      switch (m.kind) {
-        case 'flip': if (b.length) b[pos]! ^= 1 << m.bit; break;
-        case 'byte': if (b.length) b[pos] = m.value; break;
-        case 'u32': if (pos + 4 <= b.length) b.writeUInt32LE(m.value >>> 0, pos); break;
-        case 'truncate': b = b.subarray(0, pos); break;
-        case 'insert': b = Buffer.concat([b.subarray(0, pos), Buffer.from(m.bytes), b.subarray(pos)]); break;
-        case 'delete': b = Buffer.concat([b.subarray(0, pos), b.subarray(pos + m.n)]); break;
-      }
-    }
-    if (fix) fixChecksums(b);
-    const t0 = performance.now();
-    if (probe(b, partial) === 'ok') readable++;
-    try {
-      readTrace(b);
-    } catch (e) {
-      problems.add((e as TraceError).problem.replace(/\d+/g, 'N').slice(0, 60));
-    }
-    slowest = Math.max(slowest, performance.now() - t0);
-    runs++;
-  }), { numRuns: 10_500, seed: 8 });
+  fc.assert(
+    fc.property(
+      fc.integer({ min: 0, max: 1 }),
+      fc.array(fc.tuple(mutation, fc.boolean()), { minLength: 1, maxLength: 4 }),
+      fc.boolean(),
+      fc.boolean(),
+      (which, muts, fix, partial) => {
+        let b = Buffer.from(bases[which]!);
+        const from = recordsAt[which]!;
+        for (const [m, inRecords] of muts) {
+          const pos = !b.length ? 0 : inRecords && b.length > from ? from + (m.pos % (b.length - from)) : m.pos % b.length;
+          switch (m.kind) {
+            case 'flip':
+              if (b.length) b[pos]! ^= 1 << m.bit;
+              break;
+            case 'byte':
+              if (b.length) b[pos] = m.value;
+              break;
+            case 'u32':
+              if (pos + 4 <= b.length) b.writeUInt32LE(m.value >>> 0, pos);
+              break;
+            case 'truncate':
+              b = b.subarray(0, pos);
+              break;
+            case 'insert':
+              b = Buffer.concat([b.subarray(0, pos), Buffer.from(m.bytes), b.subarray(pos)]);
+              break;
+            case 'delete':
+              b = Buffer.concat([b.subarray(0, pos), b.subarray(pos + m.n)]);
+              break;
+          }
+        }
+        if (fix) fixChecksums(b);
+        const t0 = performance.now();
+        if (probe(b, partial) === 'ok') readable++;
+        try {
+          readTrace(b);
+        } catch (e) {
+          problems.add((e as TraceError).problem.replace(/\d+/g, 'N').slice(0, 60));
+        }
+        slowest = Math.max(slowest, performance.now() - t0);
+        runs++;
+      },
+    ),
+    { numRuns: 10_500, seed: 8 },
+  );
   t.true(runs >= 10_000);
   // A hang detector, not a performance bound: every input is read whole in well under this.
   t.true(slowest < 5000, `slowest input took ${slowest.toFixed(0)} ms`);
   t.true(problems.size >= 15, [...problems].join('\n')); // the mutations reach past the checksums
-  t.log(`${runs} mutated inputs: ${readable} still readable (mutations in ignored bytes, or --partial prefixes), ${problems.size} distinct problems, slowest ${slowest.toFixed(1)} ms`);
+  t.log(
+    `${runs} mutated inputs: ${readable} still readable (mutations in ignored bytes, or --partial prefixes), ${problems.size} distinct problems, slowest ${slowest.toFixed(1)} ms`,
+  );
 });

@@ -3,15 +3,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
-import {
-  MAX_VM_NAME,
-  VmResolver,
-  parseProcStat,
-  parseQemuOpts,
-  parseVmIdentity,
-  pidIdentity,
-  sanitizeVmName,
-} from '../agent/vms.js';
+import { MAX_VM_NAME, VmResolver, parseProcStat, parseQemuOpts, parseVmIdentity, pidIdentity, sanitizeVmName } from '../agent/vms.js';
 import { kvmUsable, startGuest } from './helpers/kvm.js';
 
 // ---------------------------------------------------------------------------
@@ -50,19 +42,32 @@ test('QEMU: ,, is a literal comma', (t) => {
 
 const LIBVIRT_ARGV = [
   QEMU,
-  '-name', 'guest=web01,debug-threads=on',
+  '-name',
+  'guest=web01,debug-threads=on',
   '-S',
-  '-object', '{"qom-type":"secret","id":"masterKey0","format":"raw","file":"/var/lib/libvirt/qemu/domain-3-web01/master-key.aes"}',
-  '-machine', 'pc-q35-7.2,usb=off,dump-guest-core=off',
-  '-uuid', '9f0e5ad4-3d2b-4b8e-a4ad-6ac1e8f6a0c1',
-  '-chardev', 'socket,id=charmonitor,fd=32,server=on,wait=off',
+  '-object',
+  '{"qom-type":"secret","id":"masterKey0","format":"raw","file":"/var/lib/libvirt/qemu/domain-3-web01/master-key.aes"}',
+  '-machine',
+  'pc-q35-7.2,usb=off,dump-guest-core=off',
+  '-uuid',
+  '9f0e5ad4-3d2b-4b8e-a4ad-6ac1e8f6a0c1',
+  '-chardev',
+  'socket,id=charmonitor,fd=32,server=on,wait=off',
 ];
 
 test('libvirt: -uuid plus a libvirt domain path, or a machine cgroup', (t) => {
   t.deepEqual(parseVmIdentity(LIBVIRT_ARGV), { name: 'web01', source: 'libvirt' });
   // Older libvirt: -object in QemuOpts syntax; session libvirt keeps domains under ~/.config.
   t.deepEqual(
-    parseVmIdentity([QEMU, '-name', 'guest=s1', '-uuid', 'u', '-object', 'secret,id=masterKey0,format=raw,file=/home/u/.config/libvirt/qemu/lib/domain-1-s1/master-key.aes']),
+    parseVmIdentity([
+      QEMU,
+      '-name',
+      'guest=s1',
+      '-uuid',
+      'u',
+      '-object',
+      'secret,id=masterKey0,format=raw,file=/home/u/.config/libvirt/qemu/lib/domain-1-s1/master-key.aes',
+    ]),
     { name: 's1', source: 'libvirt' },
   );
   // A hand-started QEMU with a uuid is not libvirt's.
@@ -70,10 +75,10 @@ test('libvirt: -uuid plus a libvirt domain path, or a machine cgroup', (t) => {
   // Nor is one that merely mentions libvirt's directory without -uuid.
   t.is(parseVmIdentity(LIBVIRT_ARGV.filter((a, i, all) => a !== '-uuid' && all[i - 1] !== '-uuid'))?.source, 'qemu');
   // The cgroup says so even when the command line does not.
-  t.deepEqual(
-    parseVmIdentity([QEMU, '-name', 'guest=db1'], undefined, '0::/machine.slice/machine-qemu\\x2d4\\x2ddb1.scope/libvirt/emulator\n'),
-    { name: 'db1', source: 'libvirt' },
-  );
+  t.deepEqual(parseVmIdentity([QEMU, '-name', 'guest=db1'], undefined, '0::/machine.slice/machine-qemu\\x2d4\\x2ddb1.scope/libvirt/emulator\n'), {
+    name: 'db1',
+    source: 'libvirt',
+  });
   t.is(parseVmIdentity([QEMU, '-name', 'guest=db1'], undefined, '12:memory:/machine/qemu-4-db1.libvirt-qemu/emulator\n')?.source, 'libvirt');
   t.is(parseVmIdentity([QEMU, '-name', 'guest=db1'], undefined, '0::/system.slice/qemu@db1.service\n')?.source, 'qemu');
 });
@@ -81,10 +86,10 @@ test('libvirt: -uuid plus a libvirt domain path, or a machine cgroup', (t) => {
 test('Firecracker: --id, through the jailer, and versioned release binaries', (t) => {
   t.deepEqual(parseVmIdentity(['/usr/bin/firecracker', '--api-sock', '/run/fc.sock', '--id', 'fc-7']), { name: 'fc-7', source: 'firecracker' });
   t.deepEqual(parseVmIdentity(['firecracker-v1.7.0-x86_64', '--id=fc-8']), { name: 'fc-8', source: 'firecracker' });
-  t.deepEqual(
-    parseVmIdentity(['/usr/bin/jailer', '--id', 'jail-1', '--exec-file', '/usr/bin/firecracker', '--uid', '123', '--gid', '100']),
-    { name: 'jail-1', source: 'firecracker' },
-  );
+  t.deepEqual(parseVmIdentity(['/usr/bin/jailer', '--id', 'jail-1', '--exec-file', '/usr/bin/firecracker', '--uid', '123', '--gid', '100']), {
+    name: 'jail-1',
+    source: 'firecracker',
+  });
   // argv[0] rewritten: the exe link still says firecracker.
   t.deepEqual(parseVmIdentity(['vmm', '--id', 'fc-9'], '/srv/bin/firecracker (deleted)'), { name: 'fc-9', source: 'firecracker' });
   // No --id: Firecracker's default "anonymous-instance" would merge all such VMs.
@@ -147,7 +152,11 @@ test('parseProcStat: comm with spaces and parentheses', (t) => {
 // ---------------------------------------------------------------------------
 // The resolver over a fake /proc
 
-function fakeProc(t: import('ava').ExecutionContext): { root: string; put(pid: number, o: { start: number; argv: string[]; state?: string; exe?: string; cgroup?: string }): void; rm(pid: number): void } {
+function fakeProc(t: import('ava').ExecutionContext): {
+  root: string;
+  put(pid: number, o: { start: number; argv: string[]; state?: string; exe?: string; cgroup?: string }): void;
+  rm(pid: number): void;
+} {
   const root = fs.mkdtempSync(path.join(tmpdir(), 'hvwatch-fakeproc-'));
   t.teardown(() => fs.rmSync(root, { recursive: true, force: true }));
   return {

@@ -50,11 +50,19 @@ async function startWith(webYaml: string, extraYaml = ''): Promise<{ agent: Agen
   const port = await freePort();
   const proc = spawn(HVWATCH, ['run', '--listen', `127.0.0.1:${port}`, '--config', cfg, '--web.config.file', file], { stdio: ['ignore', 'pipe', 'pipe'] });
   const agent = new AgentProcess(proc, port);
-  await until(async () => (agent.stderr.includes('hvwatch ready') ? true : proc.exitCode !== null ? Promise.reject(new Error(agent.stderr)) : undefined), 20_000, 'agent ready');
+  await until(
+    async () => (agent.stderr.includes('hvwatch ready') ? true : proc.exitCode !== null ? Promise.reject(new Error(agent.stderr)) : undefined),
+    20_000,
+    'agent ready',
+  );
   return { agent, file };
 }
 
-interface Reply { status: number; headers: http.IncomingHttpHeaders; body: string }
+interface Reply {
+  status: number;
+  headers: http.IncomingHttpHeaders;
+  body: string;
+}
 
 function get(url: string, opts: https.RequestOptions & { user?: string; pass?: string } = {}): Promise<Reply> {
   const { user, pass, ...o } = opts;
@@ -147,11 +155,15 @@ test.serial('a changed file is picked up, a broken one keeps the previous config
   t.is((await get(url, { user: 'alice', pass: 'one' })).status, 401);
 
   fs.writeFileSync(file, `basic_auth_users:\n  alice: ${HASH('three')}\nbasic_auth_user: {}\n`);
-  const failed = await until(async () => {
-    const r = await get(url, { user: 'alice', pass: 'two' });
-    const v = value(parseExposition(r.body), M.webConfigReloads.name, { result: 'failure' }) ?? 0;
-    return v >= 1 ? r : undefined;
-  }, 10_000, 'a failed reload counted');
+  const failed = await until(
+    async () => {
+      const r = await get(url, { user: 'alice', pass: 'two' });
+      const v = value(parseExposition(r.body), M.webConfigReloads.name, { result: 'failure' }) ?? 0;
+      return v >= 1 ? r : undefined;
+    },
+    10_000,
+    'a failed reload counted',
+  );
   t.is(failed.status, 200, 'the previous config stays in force');
   t.regex(agent.stderr, /web config reload failed.*key basic_auth_user: unknown key/);
 
@@ -168,8 +180,16 @@ const BAD: [string, string, RegExp][] = [
   ['unknown top-level key', 'basic_auth_user:\n  a: b\n', /key basic_auth_user: unknown key$/],
   ['not a bcrypt hash', 'basic_auth_users:\n  alice: plaintext\n', /key basic_auth_users\.alice: not a bcrypt hash/],
   ['header not allowed', 'http_server_config:\n  headers:\n    Server: x\n', /key http_server_config\.headers\.Server: header cannot be configured/],
-  ['bad TLS version', 'tls_server_config:\n  cert_file: a\n  key_file: b\n  min_version: SSL3\n', /key tls_server_config\.min_version: "SSL3" is not one of TLS10/],
-  ['unreadable cert', 'tls_server_config:\n  cert_file: /nonexistent/c.pem\n  key_file: /nonexistent/k.pem\n', /key tls_server_config\.cert_file: cannot read \/nonexistent\/c\.pem: ENOENT$/],
+  [
+    'bad TLS version',
+    'tls_server_config:\n  cert_file: a\n  key_file: b\n  min_version: SSL3\n',
+    /key tls_server_config\.min_version: "SSL3" is not one of TLS10/,
+  ],
+  [
+    'unreadable cert',
+    'tls_server_config:\n  cert_file: /nonexistent/c.pem\n  key_file: /nonexistent/k.pem\n',
+    /key tls_server_config\.cert_file: cannot read \/nonexistent\/c\.pem: ENOENT$/,
+  ],
   ['http2', 'http_server_config:\n  http2: true\n', /key http_server_config\.http2: HTTP\/2 is not served/],
 ];
 for (const [what, yaml, re] of BAD) {
@@ -188,28 +208,39 @@ test('parseWebConfig: cipher suites, curves and versions map to OpenSSL names', 
   const d = mkdtempSync(join(tmpdir(), 'hvwatch-wc-'));
   fs.writeFileSync(join(d, 'c.pem'), 'C');
   fs.writeFileSync(join(d, 'k.pem'), 'K');
-  const c = parseWebConfig(`tls_server_config:
+  const c = parseWebConfig(
+    `tls_server_config:
   cert_file: c.pem
   key_file: k.pem
   min_version: TLS12
   max_version: TLS12
   cipher_suites: [TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305]
   curve_preferences: [X25519, CurveP256]
-`, join(d, 'web.yml'));
-  t.is(c.tls?.cert?.toString(), 'C', 'relative paths resolve against the file\'s directory');
+`,
+    join(d, 'web.yml'),
+  );
+  t.is(c.tls?.cert?.toString(), 'C', "relative paths resolve against the file's directory");
   t.is(c.tls?.minVersion, 'TLSv1.2');
   t.is(c.tls?.maxVersion, 'TLSv1.2');
   t.regex(String(c.tls?.ciphers), /^ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305:TLS_AES_256_GCM_SHA384/);
   t.is(c.tls?.ecdhCurve, 'X25519:P-256');
   t.deepEqual(c.files, [join(d, 'web.yml'), join(d, 'c.pem'), join(d, 'k.pem')]);
-  t.throws(() => parseWebConfig('tls_server_config:\n  cert_file: c.pem\n  key_file: k.pem\n  min_version: TLS13\n  max_version: TLS12\n', join(d, 'w.yml')),
-    { instanceOf: WebConfigError, message: /min_version: TLS13 is above max_version TLS12/ });
-  t.throws(() => parseWebConfig('tls_server_config:\n  cert_file: c.pem\n  key_file: k.pem\n  client_auth_type: RequireAndVerifyClientCert\n', join(d, 'w.yml')),
-    { message: /client_ca_file: client_auth_type RequireAndVerifyClientCert needs client_ca_file/ });
+  t.throws(() => parseWebConfig('tls_server_config:\n  cert_file: c.pem\n  key_file: k.pem\n  min_version: TLS13\n  max_version: TLS12\n', join(d, 'w.yml')), {
+    instanceOf: WebConfigError,
+    message: /min_version: TLS13 is above max_version TLS12/,
+  });
+  t.throws(
+    () => parseWebConfig('tls_server_config:\n  cert_file: c.pem\n  key_file: k.pem\n  client_auth_type: RequireAndVerifyClientCert\n', join(d, 'w.yml')),
+    { message: /client_ca_file: client_auth_type RequireAndVerifyClientCert needs client_ca_file/ },
+  );
 });
 
 test('AuthCache: real bcrypt; successes cached (bounded, LRU), failures and unknown users never', async (t) => {
-  const users = new Map([['a', HASH('pa', 4)], ['b', HASH('pb', 4)], ['c', HASH('pc', 4)]]);
+  const users = new Map([
+    ['a', HASH('pa', 4)],
+    ['b', HASH('pb', 4)],
+    ['c', HASH('pc', 4)],
+  ]);
   const cache = new AuthCache(2);
   t.true(await cache.verify(users, 'a', 'pa'));
   t.false(await cache.verify(users, 'a', 'wrong'));

@@ -8,7 +8,10 @@ export class LabelBudget {
   private readonly admitted = new Map<string, Set<string>>();
   private readonly refused = new Map<string, Set<string>>();
 
-  constructor(private readonly caps: Readonly<Record<string, number>>, private readonly onDrop: (label: string) => void) {}
+  constructor(
+    private readonly caps: Readonly<Record<string, number>>,
+    private readonly onDrop: (label: string) => void,
+  ) {}
 
   admit(label: string, value: string): string {
     const cap = this.caps[label];

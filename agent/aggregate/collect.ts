@@ -69,11 +69,16 @@ function u64At(buf: Buffer, off: number): number {
 
 function uintAt(buf: Buffer, off: number, size: number): number {
   switch (size) {
-    case 8: return u64At(buf, off);
-    case 4: return buf.readUInt32LE(off);
-    case 2: return buf.readUInt16LE(off);
-    case 1: return buf.readUInt8(off);
-    default: throw new Error(`unsupported field size ${size}`);
+    case 8:
+      return u64At(buf, off);
+    case 4:
+      return buf.readUInt32LE(off);
+    case 2:
+      return buf.readUInt16LE(off);
+    case 1:
+      return buf.readUInt8(off);
+    default:
+      throw new Error(`unsupported field size ${size}`);
   }
 }
 
@@ -252,7 +257,13 @@ function ownLabels(metric: MetricDef, all: Readonly<Record<string, string>>): Re
  * in a batched read; 1 elsewhere) starting at byte `off` of `v`, with `w` the same bytes as
  * 32-bit words for the u64 fields (slots, counters), which are 8-byte aligned in the C
  * structs (bpf/src/*.bpf.c) and so in the value. */
-interface Value { v: Buffer; w: Uint32Array; off: number; cpus: number; stride: number }
+interface Value {
+  v: Buffer;
+  w: Uint32Array;
+  off: number;
+  cpus: number;
+  stride: number;
+}
 
 /** The buffer's bytes as 32-bit words (copied when the buffer is not 4-byte aligned). */
 function words(buf: Buffer): Uint32Array {
@@ -391,7 +402,10 @@ export function collectMap(fam: LoadedFamily, e: MapExport, ctx: CollectContext)
     decodedNow.length = 0;
     for (const l of lay.labels) {
       const decoded = l.decode(u64(k, l.field.offset, l.field.size), ctx, field);
-      if (decoded === null) { gone = true; break; }
+      if (decoded === null) {
+        gone = true;
+        break;
+      }
       if (decoded === RETIRE_INTO_OTHER) retire = true;
       decodedNow.push(decoded);
       labels[l.label] = decoded === RETIRE_INTO_OTHER ? OVERFLOW_VALUE : decoded;
@@ -404,8 +418,16 @@ export function collectMap(fam: LoadedFamily, e: MapExport, ctx: CollectContext)
     }
     hashValue(val, hash);
     const m = memo.get(rawKey);
-    if (!retire && !carry && m && m.collection === collection - 1 && m.h1 === hash.h1 && m.h2 === hash.h2 && sameStrings(m.labels, decodedNow) &&
-        m.series.every((x) => x === undefined || store.keepable(x))) {
+    if (
+      !retire &&
+      !carry &&
+      m &&
+      m.collection === collection - 1 &&
+      m.h1 === hash.h1 &&
+      m.h2 === hash.h2 &&
+      sameStrings(m.labels, decodedNow) &&
+      m.series.every((x) => x === undefined || store.keepable(x))
+    ) {
       for (const x of m.series) if (x) store.keep(x);
       m.collection = collection;
       continue;

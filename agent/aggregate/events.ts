@@ -23,14 +23,18 @@ export function decodeStruct(layout: StructLayout, buf: Buffer): DecodedEvent {
 
 function readInt(buf: Buffer, off: number, size: number, signed: boolean): number | bigint {
   switch (size) {
-    case 1: return signed ? buf.readInt8(off) : buf.readUInt8(off);
-    case 2: return signed ? buf.readInt16LE(off) : buf.readUInt16LE(off);
-    case 4: return signed ? buf.readInt32LE(off) : buf.readUInt32LE(off);
+    case 1:
+      return signed ? buf.readInt8(off) : buf.readUInt8(off);
+    case 2:
+      return signed ? buf.readInt16LE(off) : buf.readUInt16LE(off);
+    case 4:
+      return signed ? buf.readInt32LE(off) : buf.readUInt32LE(off);
     case 8: {
       const v = signed ? buf.readBigInt64LE(off) : buf.readBigUInt64LE(off);
       return v <= BigInt(Number.MAX_SAFE_INTEGER) && v >= BigInt(Number.MIN_SAFE_INTEGER) ? Number(v) : v;
     }
-    default: return NaN;
+    default:
+      return NaN;
   }
 }
 
@@ -57,11 +61,20 @@ export function compileDecoder(layout: StructLayout): (buf: Buffer) => DecodedEv
       } else expr = `str(b, undefined, 0, ${f.offset}, ${f.size}, undefined)`;
     } else if (f.kind === 'int' || f.kind === 'enum' || f.kind === 'ptr') {
       switch (f.size) {
-        case 1: expr = f.signed ? `b.readInt8(${f.offset})` : `b[${f.offset}]`; break;
-        case 2: expr = f.signed ? `b.readInt16LE(${f.offset})` : `b.readUInt16LE(${f.offset})`; break;
-        case 4: expr = w ? (f.signed ? `s[${w}]` : `u[${w}]`) : (f.signed ? `b.readInt32LE(${f.offset})` : `b.readUInt32LE(${f.offset})`); break;
-        case 8: expr = w ? (f.signed ? `s64(b, s, u, ${w}, ${f.offset})` : `u64(b, u, ${w}, ${f.offset})`) : 'undefined'; break;
-        default: expr = 'NaN';
+        case 1:
+          expr = f.signed ? `b.readInt8(${f.offset})` : `b[${f.offset}]`;
+          break;
+        case 2:
+          expr = f.signed ? `b.readInt16LE(${f.offset})` : `b.readUInt16LE(${f.offset})`;
+          break;
+        case 4:
+          expr = w ? (f.signed ? `s[${w}]` : `u[${w}]`) : f.signed ? `b.readInt32LE(${f.offset})` : `b.readUInt32LE(${f.offset})`;
+          break;
+        case 8:
+          expr = w ? (f.signed ? `s64(b, s, u, ${w}, ${f.offset})` : `u64(b, u, ${w}, ${f.offset})`) : 'undefined';
+          break;
+        default:
+          expr = 'NaN';
       }
       if (expr === 'undefined') return (buf) => decodeStruct(layout, buf); // an unaligned u64: not in our structs
     }
@@ -70,7 +83,13 @@ export function compileDecoder(layout: StructLayout): (buf: Buffer) => DecodedEv
     end = Math.max(end, f.offset + f.size);
   }
   // Generated from BTF offsets and sizes only; field names are JSON-quoted.
-  const make = new Function('str', 'u64', 's64', 'slow', 'layout', `
+  const make = new Function(
+    'str',
+    'u64',
+    's64',
+    'slow',
+    'layout',
+    `
     const memos = [${memos.join(', ')}];
     let ab, u, s;
     return function decode(b) {
@@ -78,7 +97,8 @@ export function compileDecoder(layout: StructLayout): (buf: Buffer) => DecodedEv
       if (b.buffer !== ab) { ab = b.buffer; u = new Uint32Array(ab, 0, ab.byteLength >>> 2); s = new Int32Array(ab, 0, ab.byteLength >>> 2); }
       const i = b.byteOffset >>> 2;
       return { ${parts.join(', ')} };
-    };`);
+    };`,
+  );
   return make(readStr, readU64, readS64, decodeStruct, layout) as (buf: Buffer) => DecodedEvent;
 }
 

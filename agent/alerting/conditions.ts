@@ -31,7 +31,8 @@ export const RACE: Condition = {
   metric: M.memcgRaceEvents,
   kind: 'increase',
   summary: (l) => `memcg race indicator ${l.kind} on ${l.instance}`,
-  description: (l) => `hvwatch counted the memcg writeback/uncharge race indicator ${l.kind} on ${l.instance}. ` +
+  description: (l) =>
+    `hvwatch counted the memcg writeback/uncharge race indicator ${l.kind} on ${l.instance}. ` +
     'This is the race class that ends in a NULL memcg dereference in writeback end. ' +
     'The events, with both cgroups, pid, comm, CPU and kernel stack, are at GET /api/races on the node.',
 };
@@ -42,7 +43,8 @@ export const PROBE_NOT_ATTACHED: Condition = {
   metric: M.probeAttached,
   kind: 'zero',
   summary: (l) => `hvwatch probe ${l.probe} did not attach on ${l.instance}`,
-  description: (l) => `The enabled probe ${l.probe} attached none of its candidates on ${l.instance}, ` +
+  description: (l) =>
+    `The enabled probe ${l.probe} attached none of its candidates on ${l.instance}, ` +
     'so what it measures is not observed there. `hvwatch probes` on the node says why each candidate failed.',
 };
 
@@ -52,7 +54,8 @@ export const RINGBUF_DROPS: Condition = {
   metric: M.ringbufDropped,
   kind: 'increase',
   summary: (l) => `hvwatch ring buffer of family ${l.family} dropped events on ${l.instance}`,
-  description: (l) => `The BPF side of family ${l.family} on ${l.instance} found its ring buffer full and dropped events. ` +
+  description: (l) =>
+    `The BPF side of family ${l.family} on ${l.instance} found its ring buffer full and dropped events. ` +
     'Counters stay right (they are kept in the kernel) but event details (GET /api/races, logs) are missing.',
 };
 
@@ -62,7 +65,8 @@ export const IRQ_AFTER_TEARDOWN: Condition = {
   metric: M.kvmIrqAfterTeardown,
   kind: 'increase',
   summary: (l) => `interrupt injected into VM ${l.vm} after its irqchip teardown began, on ${l.instance}`,
-  description: (l) => `hvwatch saw an interrupt injection (${l.path}) into VM ${l.vm} on ${l.instance} after that VM's irqchip or device teardown had begun. ` +
+  description: (l) =>
+    `hvwatch saw an interrupt injection (${l.path}) into VM ${l.vm} on ${l.instance} after that VM's irqchip or device teardown had begun. ` +
     'An injection that reaches a destroyed irqchip is a use-after-free in the host kernel.',
 };
 

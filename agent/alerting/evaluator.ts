@@ -36,7 +36,10 @@ function seriesKey(c: Condition, labels: Labels): string {
 export class Evaluator {
   private readonly tracked = new Map<string, Tracked>();
 
-  constructor(private readonly conditions: readonly Condition[], private readonly holdMs: number) {}
+  constructor(
+    private readonly conditions: readonly Condition[],
+    private readonly holdMs: number,
+  ) {}
 
   evaluate(store: StoreView, now: number): Transitions {
     const out: Transitions = { fired: [], resolved: [] };

@@ -56,20 +56,27 @@ export class InProcessAlerting {
   private evaluations = 0;
   private evaluationErrors = 0;
 
-  constructor(private readonly store: StoreView, private readonly config: AlertingConfig, private readonly opts: AlertingOptions) {
+  constructor(
+    private readonly store: StoreView,
+    private readonly config: AlertingConfig,
+    private readonly opts: AlertingOptions,
+  ) {
     this.evaluator = new Evaluator(opts.conditions ?? IN_PROCESS_CONDITIONS, config.holdSeconds * 1000);
-    this.senders = config.alertmanagers.map((url) => new AlertmanagerSender({
-      url,
-      timeoutMs: config.timeoutSeconds * 1000,
-      queueSize: config.queueSize,
-      backoff: {
-        initialMs: config.backoff.initialSeconds * 1000,
-        maxMs: config.backoff.maxSeconds * 1000,
-        maxAttempts: config.backoff.maxAttempts,
-      },
-      fetch: opts.fetch,
-      random: opts.random,
-    }));
+    this.senders = config.alertmanagers.map(
+      (url) =>
+        new AlertmanagerSender({
+          url,
+          timeoutMs: config.timeoutSeconds * 1000,
+          queueSize: config.queueSize,
+          backoff: {
+            initialMs: config.backoff.initialSeconds * 1000,
+            maxMs: config.backoff.maxSeconds * 1000,
+            maxAttempts: config.backoff.maxAttempts,
+          },
+          fetch: opts.fetch,
+          random: opts.random,
+        }),
+    );
   }
 
   /** Evaluate once and queue what changed or is due for a re-send. Synchronous, never throws. */
@@ -124,7 +131,9 @@ export class InProcessAlerting {
     const tick = async (): Promise<void> => {
       try {
         await refresh?.();
-      } catch { /* a failed collection leaves the store as it was: evaluate that */ }
+      } catch {
+        /* a failed collection leaves the store as it was: evaluate that */
+      }
       this.evaluate();
       if (this.timer) this.timer = setTimeout(() => void tick(), this.config.evaluationIntervalSeconds * 1000).unref();
     };

@@ -10,19 +10,27 @@ import { histogramQuantile } from './quantile.js';
 import { folded } from '../aggregate/histogram.js';
 import { fmt } from './thresholds.js';
 
-export const QUANTILES = [['p50', 0.5], ['p90', 0.9], ['p99', 0.99]] as const;
+export const QUANTILES = [
+  ['p50', 0.5],
+  ['p90', 0.9],
+  ['p99', 0.99],
+] as const;
 
-export const baselineSchema = z.object({
-  format: z.literal('hvwatch-baseline'),
-  version: z.literal(1),
-  agent: z.string(),
-  kernel: z.string(),
-  figures: z.record(z.string(), z.number()),
-}).strict();
+export const baselineSchema = z
+  .object({
+    format: z.literal('hvwatch-baseline'),
+    version: z.literal(1),
+    agent: z.string(),
+    kernel: z.string(),
+    figures: z.record(z.string(), z.number()),
+  })
+  .strict();
 export type Baseline = z.infer<typeof baselineSchema>;
 
 function labelText(l: Labels): string {
-  const e = Object.entries(l).filter(([, v]) => v !== '').sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+  const e = Object.entries(l)
+    .filter(([, v]) => v !== '')
+    .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
   return e.length ? `{${e.map(([k, v]) => `${k}="${v}"`).join(',')}}` : '';
 }
 
@@ -86,7 +94,15 @@ export function compare(base: Baseline, current: Record<string, number>, tol: { 
     const tolerance = tol.figures[figure] ?? tol.figures[metric] ?? tol.tolerance;
     const c = current[figure];
     if (c === undefined) {
-      out.push({ figure, baseline: b, current: undefined, change: undefined, tolerance, regressed: true, message: `missing from this run (baseline ${fmt(b)})` });
+      out.push({
+        figure,
+        baseline: b,
+        current: undefined,
+        change: undefined,
+        tolerance,
+        regressed: true,
+        message: `missing from this run (baseline ${fmt(b)})`,
+      });
       continue;
     }
     const change = b === 0 ? (c === 0 ? 0 : Infinity) : (c - b) / b;
@@ -94,7 +110,12 @@ export function compare(base: Baseline, current: Record<string, number>, tol: { 
     const regressed = isQuantile ? change > tolerance : Math.abs(change) > tolerance;
     const pct = Number.isFinite(change) ? `${change >= 0 ? '+' : ''}${(change * 100).toFixed(1)}%` : 'from 0';
     out.push({
-      figure, baseline: b, current: c, change, tolerance, regressed,
+      figure,
+      baseline: b,
+      current: c,
+      change,
+      tolerance,
+      regressed,
       message: `${fmt(c)} vs baseline ${fmt(b)} (${pct}, tolerance ${(tolerance * 100).toFixed(0)}%)`,
     });
   }

@@ -42,7 +42,9 @@ function workloadText(w: WorkloadResult): string {
 export function formatSummary(r: CheckReport): string {
   const lines: string[] = [];
   const mark = { pass: 'ok  ', fail: 'FAIL', skip: 'skip' } as const;
-  lines.push(`hvwatch check: ${r.source === 'replay' ? `replayed ${r.trace}` : 'live'}, ${r.elapsedSeconds.toFixed(1)}s, ${r.events} events, ${r.races} race indicators`);
+  lines.push(
+    `hvwatch check: ${r.source === 'replay' ? `replayed ${r.trace}` : 'live'}, ${r.elapsedSeconds.toFixed(1)}s, ${r.events} events, ${r.races} race indicators`,
+  );
   if (r.workload) {
     lines.push(`  workload: ${r.workload.command.join(' ')}: ${workloadFailed(r.workload) ? `FAILED (${workloadText(r.workload)})` : 'ok'}`);
   }
@@ -59,9 +61,12 @@ export function formatSummary(r: CheckReport): string {
 }
 
 export function xmlEscape(s: string): string {
-  return s.replace(/[<>&"']/g, (c) => ({ '<': '&lt;', '>': '&gt;', '&': '&amp;', '"': '&quot;', "'": '&apos;' })[c]!)
-    // XML 1.0 cannot carry most control characters even escaped.
-    .replace(/[\u0000-\u0008\u000b\u000c\u000e-\u001f\ufffe\uffff]/g, '?');
+  return (
+    s
+      .replace(/[<>&"']/g, (c) => ({ '<': '&lt;', '>': '&gt;', '&': '&amp;', '"': '&quot;', "'": '&apos;' })[c]!)
+      // XML 1.0 cannot carry most control characters even escaped.
+      .replace(/[\u0000-\u0008\u000b\u000c\u000e-\u001f\ufffe\uffff]/g, '?')
+  );
 }
 
 export function formatJunit(r: CheckReport): string {

@@ -10,41 +10,52 @@ import type { ProbeStatus } from '../loader.js';
 import { histogramQuantile, mergeAll } from './quantile.js';
 import { folded } from '../aggregate/histogram.js';
 
-const ruleSchema = z.object({
-  name: z.string().min(1).optional(),
-  /** One metric name, or several summed (their series all count). */
-  metric: z.union([z.string(), z.array(z.string()).min(1)]),
-  /** Histograms: judge this quantile of all matching series merged; else their summed value. */
-  quantile: z.number().min(0).max(1).optional(),
-  labels: z.record(z.string(), z.string()).default({}),
-  max: z.number().optional(),
-  min: z.number().optional(),
-  /** No series (or no observations): skip the rule (default for quantiles), fail it, or read 0 (default for sums). */
-  missing: z.enum(['skip', 'fail', 'zero']).optional(),
-}).strict().refine((r) => r.max !== undefined || r.min !== undefined, { message: 'a rule needs max or min' });
+const ruleSchema = z
+  .object({
+    name: z.string().min(1).optional(),
+    /** One metric name, or several summed (their series all count). */
+    metric: z.union([z.string(), z.array(z.string()).min(1)]),
+    /** Histograms: judge this quantile of all matching series merged; else their summed value. */
+    quantile: z.number().min(0).max(1).optional(),
+    labels: z.record(z.string(), z.string()).default({}),
+    max: z.number().optional(),
+    min: z.number().optional(),
+    /** No series (or no observations): skip the rule (default for quantiles), fail it, or read 0 (default for sums). */
+    missing: z.enum(['skip', 'fail', 'zero']).optional(),
+  })
+  .strict()
+  .refine((r) => r.max !== undefined || r.min !== undefined, { message: 'a rule needs max or min' });
 
-export const thresholdsSchema = z.object({
-  /** Probes that must attach (also --require). */
-  require: z.array(z.string()).default([]),
-  thresholds: z.object({
-    /** Race indicators allowed (memcg writeback/uncharge races, IRQ injections after teardown). */
-    races: z.number().int().min(0).optional(),
-    writeback_p99_seconds: z.number().positive().optional(),
-    writeback_wait_p99_seconds: z.number().positive().optional(),
-    nested_l1_p99_seconds: z.number().positive().optional(),
-    nested_vmenter_failures: z.number().int().min(0).optional(),
-    kvmi_reply_p99_seconds: z.number().positive().optional(),
-  }).strict().default({}),
-  rules: z.array(ruleSchema).default([]),
-  baseline: z.object({
-    /** Relative change allowed per figure (0.25: 25 %). */
-    tolerance: z.number().min(0).default(0.25),
-    /** Per-figure tolerance, by figure name (`metric{labels} p99`) or metric name. */
-    figures: z.record(z.string(), z.number().min(0)).default({}),
-    /** Metrics compared (default: every histogram and counter of the probe families). */
-    metrics: z.array(z.string()).optional(),
-  }).strict().default({}),
-}).strict();
+export const thresholdsSchema = z
+  .object({
+    /** Probes that must attach (also --require). */
+    require: z.array(z.string()).default([]),
+    thresholds: z
+      .object({
+        /** Race indicators allowed (memcg writeback/uncharge races, IRQ injections after teardown). */
+        races: z.number().int().min(0).optional(),
+        writeback_p99_seconds: z.number().positive().optional(),
+        writeback_wait_p99_seconds: z.number().positive().optional(),
+        nested_l1_p99_seconds: z.number().positive().optional(),
+        nested_vmenter_failures: z.number().int().min(0).optional(),
+        kvmi_reply_p99_seconds: z.number().positive().optional(),
+      })
+      .strict()
+      .default({}),
+    rules: z.array(ruleSchema).default([]),
+    baseline: z
+      .object({
+        /** Relative change allowed per figure (0.25: 25 %). */
+        tolerance: z.number().min(0).default(0.25),
+        /** Per-figure tolerance, by figure name (`metric{labels} p99`) or metric name. */
+        figures: z.record(z.string(), z.number().min(0)).default({}),
+        /** Metrics compared (default: every histogram and counter of the probe families). */
+        metrics: z.array(z.string()).optional(),
+      })
+      .strict()
+      .default({}),
+  })
+  .strict();
 
 export type Thresholds = z.infer<typeof thresholdsSchema>;
 export type Rule = z.infer<typeof ruleSchema>;
@@ -71,7 +82,8 @@ export function parseThresholds(text: string, file: string): Thresholds {
     for (const m of [rule.metric].flat()) {
       const def = metricByName(m);
       if (!def) throw new ThresholdsError(`${file}: key rules.${n}.metric: unknown metric ${m}`);
-      if (rule.quantile !== undefined && def.type !== 'histogram') throw new ThresholdsError(`${file}: key rules.${n}.quantile: ${m} is a ${def.type}, not a histogram`);
+      if (rule.quantile !== undefined && def.type !== 'histogram')
+        throw new ThresholdsError(`${file}: key rules.${n}.quantile: ${m} is a ${def.type}, not a histogram`);
     }
   }
   for (const m of r.data.baseline.metrics ?? []) {
@@ -119,12 +131,17 @@ export interface RuleResult {
   message: string;
 }
 
-const matches = (want: Readonly<Record<string, string>>) => (l: Labels): boolean => Object.entries(want).every(([k, v]) => l[k] === v);
+const matches =
+  (want: Readonly<Record<string, string>>) =>
+  (l: Labels): boolean =>
+    Object.entries(want).every(([k, v]) => l[k] === v);
 
 export function ruleName(r: Rule): string {
   if (r.name) return r.name;
   const m = [r.metric].flat().join('+');
-  const l = Object.entries(r.labels).map(([k, v]) => `${k}="${v}"`).join(',');
+  const l = Object.entries(r.labels)
+    .map(([k, v]) => `${k}="${v}"`)
+    .join(',');
   return `${m}${l ? `{${l}}` : ''}${r.quantile !== undefined ? ` p${+(r.quantile * 100).toFixed(3)}` : ''}`;
 }
 
@@ -151,7 +168,13 @@ export function evaluateRule(r: Rule, store: MetricStore): RuleResult {
     if (missing === 'zero') value = 0;
     else {
       const why = r.quantile !== undefined ? 'no observations' : 'no series';
-      return { name, kind: 'threshold', outcome: missing === 'fail' ? 'fail' : 'skip', limit, message: `${why} (did its probe attach and the workload exercise it?)` };
+      return {
+        name,
+        kind: 'threshold',
+        outcome: missing === 'fail' ? 'fail' : 'skip',
+        limit,
+        message: `${why} (did its probe attach and the workload exercise it?)`,
+      };
     }
   }
   const bad = (r.max !== undefined && value > r.max) || (r.min !== undefined && value < r.min);

@@ -11,10 +11,17 @@ import type { MetricStore } from '../export/store.js';
 import { allProbeNames } from '../probes/index.js';
 import { compare, loadBaseline, summarize, writeBaseline } from '../check/baseline.js';
 import { formatJson, formatJunit, formatSummary, workloadFailed, type CheckReport, type WorkloadResult } from '../check/report.js';
-import { RACE_METRICS, ThresholdsError, evaluateRequire, evaluateRule, expandRules, loadThresholds, thresholdsSchema, type Thresholds } from '../check/thresholds.js';
 import {
-  CommandError, RUN_OPTIONS, RUN_OPTIONS_HELP, logLevel, openTrace, parseSeconds, preflight, replayAgent, runConfig,
-} from './common.js';
+  RACE_METRICS,
+  ThresholdsError,
+  evaluateRequire,
+  evaluateRule,
+  expandRules,
+  loadThresholds,
+  thresholdsSchema,
+  type Thresholds,
+} from '../check/thresholds.js';
+import { CommandError, RUN_OPTIONS, RUN_OPTIONS_HELP, logLevel, openTrace, parseSeconds, preflight, replayAgent, runConfig } from './common.js';
 
 export const CHECK_USAGE = `usage: hvwatch check [options] [-- COMMAND ARGS...]
   Attach the probes, run COMMAND (or watch for --duration), judge the run; or judge a
@@ -55,7 +62,13 @@ async function runWorkload(cmd: string[], durationS: number | undefined, progres
     let timedOut = false;
     const child = spawn(cmd[0]!, cmd.slice(1), { stdio: ['ignore', 'inherit', 'inherit'] });
     const tick = setInterval(() => void progress(), PROGRESS_MS);
-    const kill = durationS !== undefined ? setTimeout(() => { timedOut = true; child.kill('SIGKILL'); }, durationS * 1000) : undefined;
+    const kill =
+      durationS !== undefined
+        ? setTimeout(() => {
+            timedOut = true;
+            child.kill('SIGKILL');
+          }, durationS * 1000)
+        : undefined;
     const done = (r: WorkloadResult): void => {
       clearInterval(tick);
       if (kill) clearTimeout(kill);
@@ -72,7 +85,9 @@ export async function checkCommand(argv: string[]): Promise<number> {
   let a;
   try {
     a = parseArgs({
-      args: dash >= 0 ? argv.slice(0, dash) : argv, allowPositionals: false, strict: true,
+      args: dash >= 0 ? argv.slice(0, dash) : argv,
+      allowPositionals: false,
+      strict: true,
       options: {
         ...RUN_OPTIONS,
         thresholds: { type: 'string', short: 't' },
@@ -99,7 +114,8 @@ export async function checkCommand(argv: string[]): Promise<number> {
   }
   if (dash >= 0 && workload.length === 0) throw new CommandError('nothing after --: give the workload command');
   if (v.replay && (workload.length || v.duration)) throw new CommandError('--replay judges a recorded run: it takes no workload or --duration');
-  if (!v.replay && !workload.length && v.duration === undefined) throw new CommandError(`give a workload after --, --duration S, or --replay FILE\n${CHECK_USAGE}`);
+  if (!v.replay && !workload.length && v.duration === undefined)
+    throw new CommandError(`give a workload after --, --duration S, or --replay FILE\n${CHECK_USAGE}`);
   if (v.partial && !v.replay) throw new CommandError('--partial goes with --replay');
   const duration = v.duration !== undefined ? parseSeconds(v.duration, '--duration') : undefined;
 
@@ -119,13 +135,15 @@ export async function checkCommand(argv: string[]): Promise<number> {
   const known = new Set(allProbeNames());
   for (const p of required) if (!known.has(p)) throw new CommandError(`--require ${p}: unknown probe (known: ${[...known].join(', ')})`);
   for (const m of th.baseline.metrics ?? []) if (!metricByName(m)) throw new CommandError(`baseline metric ${m} is not in the catalog`);
-  const baseline = v.baseline ? (() => {
-    try {
-      return loadBaseline(v.baseline);
-    } catch (e) {
-      throw new CommandError((e as Error).message);
-    }
-  })() : undefined;
+  const baseline = v.baseline
+    ? (() => {
+        try {
+          return loadBaseline(v.baseline);
+        } catch (e) {
+          throw new CommandError((e as Error).message);
+        }
+      })()
+    : undefined;
 
   let agent: Agent;
   let kernel: string;
@@ -172,8 +190,15 @@ export async function checkCommand(argv: string[]): Promise<number> {
   const rules = [...evaluateRequire(required, agent.status), ...expandRules(th).map((r) => evaluateRule(r, agent.store))];
   const figures = summarize(agent.store, th.baseline.metrics);
   const report: CheckReport = {
-    verdict: 'pass', exitCode: 0, source: v.replay ? 'replay' : 'live', trace: v.replay,
-    elapsedSeconds: elapsed(), events: eventsSeen(agent.store), races: racesSeen(agent.store), workload: wl, rules,
+    verdict: 'pass',
+    exitCode: 0,
+    source: v.replay ? 'replay' : 'live',
+    trace: v.replay,
+    elapsedSeconds: elapsed(),
+    events: eventsSeen(agent.store),
+    races: racesSeen(agent.store),
+    workload: wl,
+    rules,
   };
   if (baseline) report.baseline = { file: v.baseline!, figures: compare(baseline, figures, th.baseline) };
   await agent.stop();

@@ -15,7 +15,10 @@ import { ReplaySource } from '../sources/replay.js';
 
 /** Exit status 2 with one line: a usage, configuration, setup or input error. */
 export class CommandError extends Error {
-  constructor(message: string, readonly code = 2) {
+  constructor(
+    message: string,
+    readonly code = 2,
+  ) {
     super(message);
   }
 }

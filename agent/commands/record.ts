@@ -25,7 +25,9 @@ export async function recordCommand(argv: string[]): Promise<number> {
   let a;
   try {
     a = parseArgs({
-      args: dash >= 0 ? argv.slice(0, dash) : argv, allowPositionals: true, strict: true,
+      args: dash >= 0 ? argv.slice(0, dash) : argv,
+      allowPositionals: true,
+      strict: true,
       options: {
         ...RUN_OPTIONS,
         listen: { type: 'string', short: 'l' },
@@ -77,13 +79,22 @@ export async function recordCommand(argv: string[]): Promise<number> {
   let code = 0;
   if (workload.length) {
     const child = spawn(workload[0]!, workload.slice(1), { stdio: ['ignore', 'inherit', 'inherit'] });
-    ends.push(new Promise((resolve) => {
-      child.on('error', (e) => { code = 2; log('error', 'workload did not start', { error: e.message }); resolve('workload'); });
-      child.on('exit', (c, sig) => {
-        if (c !== 0) { code = 2; log('error', 'workload failed', { status: c, signal: sig }); }
-        resolve('workload');
-      });
-    }));
+    ends.push(
+      new Promise((resolve) => {
+        child.on('error', (e) => {
+          code = 2;
+          log('error', 'workload did not start', { error: e.message });
+          resolve('workload');
+        });
+        child.on('exit', (c, sig) => {
+          if (c !== 0) {
+            code = 2;
+            log('error', 'workload failed', { status: c, signal: sig });
+          }
+          resolve('workload');
+        });
+      }),
+    );
   }
   const why = await Promise.race(ends);
   clearInterval(timer);

@@ -19,7 +19,9 @@ export async function replayCommand(argv: string[]): Promise<number> {
   let a;
   try {
     a = parseArgs({
-      args: argv, allowPositionals: true, strict: true,
+      args: argv,
+      allowPositionals: true,
+      strict: true,
       options: {
         listen: { type: 'string', short: 'l' },
         at: { type: 'string' },
@@ -50,8 +52,14 @@ export async function replayCommand(argv: string[]): Promise<number> {
   await source.play(() => agent.collect(), until);
   agent.ready = true;
   log('info', 'trace replayed', {
-    file, kernel: h.kernel, recorded_by: h.agent, host: h.hostname, started: h.started,
-    snapshots: source.played, records: trace.records.length, dropped: JSON.stringify(trace.footer?.dropped ?? null),
+    file,
+    kernel: h.kernel,
+    recorded_by: h.agent,
+    host: h.hostname,
+    started: h.started,
+    snapshots: source.played,
+    records: trace.records.length,
+    dropped: JSON.stringify(trace.footer?.dropped ?? null),
   });
   if (v.print) {
     process.stdout.write(renderText(ALL_METRICS, agent.store));

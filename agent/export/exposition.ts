@@ -24,7 +24,11 @@ export const CONTENT_TYPES: Record<Format, string> = {
 
 const CHUNK = 64 * 1024;
 
-interface MediaRange { type: string; params: Record<string, string>; q: number }
+interface MediaRange {
+  type: string;
+  params: Record<string, string>;
+  q: number;
+}
 
 function parseAccept(accept: string): MediaRange[] {
   const out: MediaRange[] = [];
@@ -37,7 +41,10 @@ function parseAccept(accept: string): MediaRange[] {
       const eq = p.indexOf('=');
       if (eq < 0) continue;
       const k = p.slice(0, eq).trim().toLowerCase();
-      const v = p.slice(eq + 1).trim().replace(/^"|"$/g, '');
+      const v = p
+        .slice(eq + 1)
+        .trim()
+        .replace(/^"|"$/g, '');
       if (k === 'q') q = Number(v);
       else params[k] = v;
     }
@@ -118,15 +125,19 @@ export function* exposition(format: Format, defs: readonly MetricDef[], store: M
   const cum: number[] = [];
   for (const def of defs) {
     const fam = familyName(def, format);
-    out += format === 'openmetrics'
-      ? `# TYPE ${fam} ${def.type}\n# HELP ${fam} ${helpText(def, format)}\n`
-      : `# HELP ${fam} ${helpText(def, format)}\n# TYPE ${fam} ${def.type}\n`;
+    out +=
+      format === 'openmetrics'
+        ? `# TYPE ${fam} ${def.type}\n# HELP ${fam} ${helpText(def, format)}\n`
+        : `# HELP ${fam} ${helpText(def, format)}\n# TYPE ${fam} ${def.type}\n`;
     const name = def.name;
     if (def.type !== 'histogram') {
       for (const s of store.each(def)) {
         const lt = labelText(def, s);
         out += lt ? `${name}{${lt}} ${formatNumber(s.value)}\n` : `${name} ${formatNumber(s.value)}\n`;
-        if (out.length >= CHUNK) { yield out; out = ''; }
+        if (out.length >= CHUNK) {
+          yield out;
+          out = '';
+        }
       }
       continue;
     }
@@ -141,7 +152,10 @@ export function* exposition(format: Format, defs: readonly MetricDef[], store: M
       out += `${pre}+Inf"} ${h.count}\n`;
       const braces = lt ? `{${lt}}` : '';
       out += `${name}_sum${braces} ${formatNumber(h.sum)}\n${name}_count${braces} ${h.count}\n`;
-      if (out.length >= CHUNK) { yield out; out = ''; }
+      if (out.length >= CHUNK) {
+        yield out;
+        out = '';
+      }
     }
   }
   if (format === 'openmetrics') out += '# EOF\n';
@@ -166,7 +180,11 @@ function metricMessage(def: MetricDef, s: Series): object | undefined {
       // Prometheus 2.40-2.46, whose parser needs a delta, a zero count or a threshold
       // (model/textparse/protobufparse.go isNativeHistogram): a series first scraped as
       // classic there never became native. Later servers also accept a (0, 0) span.
-      sampleCount: h.count, sampleSum: h.sum, schema: 0, zeroThreshold: ZERO_THRESHOLD, zeroCount: 0,
+      sampleCount: h.count,
+      sampleSum: h.sum,
+      schema: 0,
+      zeroThreshold: ZERO_THRESHOLD,
+      zeroCount: 0,
       positiveSpan: spans.length ? spans : [{ offset: 0, length: 0 }],
       positiveDelta: deltas,
     },

@@ -78,14 +78,17 @@ function guard(app: Handler, o: GuardOptions): Handler {
       deny();
       return;
     }
-    auth.verify(cfg.users, creds.user, creds.pass).then((ok) => {
-      if (res.destroyed) return;
-      if (ok) app(req, res);
-      else deny();
-    }, (e: unknown) => {
-      log('error', 'basic auth check failed', { error: (e as Error).message });
-      if (!res.destroyed) deny();
-    });
+    auth.verify(cfg.users, creds.user, creds.pass).then(
+      (ok) => {
+        if (res.destroyed) return;
+        if (ok) app(req, res);
+        else deny();
+      },
+      (e: unknown) => {
+        log('error', 'basic auth check failed', { error: (e as Error).message });
+        if (!res.destroyed) deny();
+      },
+    );
   };
 }
 
@@ -137,8 +140,10 @@ export function createGuardedServer(app: Handler, o: GuardOptions): http.Server 
   server.on('clientError', (err: NodeJS.ErrnoException, sock: Duplex) => {
     const code = err.code ?? '';
     const [reason, status]: [RejectReason, string] =
-      code === 'HPE_HEADER_OVERFLOW' ? ['header_too_large', '431 Request Header Fields Too Large']
-        : code === 'ERR_HTTP_REQUEST_TIMEOUT' ? ['timeout', '408 Request Timeout']
+      code === 'HPE_HEADER_OVERFLOW'
+        ? ['header_too_large', '431 Request Header Fields Too Large']
+        : code === 'ERR_HTTP_REQUEST_TIMEOUT'
+          ? ['timeout', '408 Request Timeout']
           : ['bad_request', '400 Bad Request'];
     // A client that went away (ECONNRESET) is not an attack; count only what the server refused.
     if (code !== 'ECONNRESET') o.onReject(reason);

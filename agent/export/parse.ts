@@ -24,7 +24,11 @@ export interface Exposition {
 }
 
 export class ExpositionError extends Error {
-  constructor(readonly line: number, reason: string, text: string) {
+  constructor(
+    readonly line: number,
+    reason: string,
+    text: string,
+  ) {
     super(`line ${line}: ${reason}: ${text.length > 80 ? `${text.slice(0, 77)}...` : text}`);
     this.name = 'ExpositionError';
   }
@@ -38,8 +42,13 @@ const LABEL_CHAR = /[a-zA-Z0-9_]/;
 // spellings of the special values that exporters actually write.
 const FLOAT = /^[+-]?(?:\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?)$/;
 const SPECIAL: Record<string, number> = {
-  'nan': NaN, '+inf': Infinity, 'inf': Infinity, '-inf': -Infinity,
-  '+infinity': Infinity, 'infinity': Infinity, '-infinity': -Infinity,
+  nan: NaN,
+  '+inf': Infinity,
+  inf: Infinity,
+  '-inf': -Infinity,
+  '+infinity': Infinity,
+  infinity: Infinity,
+  '-infinity': -Infinity,
 };
 
 /** A sample value or timestamp: decimal float, NaN, +Inf/-Inf. Undefined if it is neither. */
@@ -51,7 +60,10 @@ export function parseFloatStrict(s: string): number | undefined {
 
 class LineReader {
   pos = 0;
-  constructor(readonly s: string, readonly lineNo: number) {}
+  constructor(
+    readonly s: string,
+    readonly lineNo: number,
+  ) {}
 
   fail(reason: string): never {
     throw new ExpositionError(this.lineNo, reason, this.s);
@@ -87,7 +99,7 @@ class LineReader {
 
   /** A double-quoted label value with the format's three escapes: \\ \" \n. */
   quoted(): string {
-    if (this.peek() !== '"') this.fail('expected \'"\' to open a label value');
+    if (this.peek() !== '"') this.fail("expected '\"' to open a label value");
     this.pos++;
     let out = '';
     for (;;) {
@@ -158,7 +170,7 @@ function sampleLine(r: LineReader): Sample {
     if (r.peek() !== '#') r.fail('unexpected text after the sample');
     r.pos++;
     r.skipBlanks();
-    if (r.peek() !== '{') r.fail('expected an exemplar\'s label set after \'#\'');
+    if (r.peek() !== '{') r.fail("expected an exemplar's label set after '#'");
     r.pos++;
     r.labels();
     r.skipBlanks();

@@ -27,7 +27,10 @@ export function buildApp(agent: Agent): express.Express {
       await agent.collect();
     } catch (e) {
       log('error', 'scrape failed', { error: (e as Error).message });
-      res.status(500).type('text/plain').send(`scrape failed: ${(e as Error).message}\n`);
+      res
+        .status(500)
+        .type('text/plain')
+        .send(`scrape failed: ${(e as Error).message}\n`);
       return;
     }
     const format = negotiate(req.get('accept'));
@@ -72,7 +75,11 @@ function drained(res: express.Response): Promise<void> {
 
 /** Bounds used when the caller gives none (the defaults of the `web` config section). */
 export const DEFAULT_GUARD: Omit<GuardOptions, 'onReject'> = {
-  maxRequests: 40, maxConnections: 256, headersTimeoutMs: 10_000, requestTimeoutMs: 30_000, maxHeaderBytes: 8192,
+  maxRequests: 40,
+  maxConnections: 256,
+  headersTimeoutMs: 10_000,
+  requestTimeoutMs: 30_000,
+  maxHeaderBytes: 8192,
 };
 
 export function listen(app: express.Express, host: string | undefined, port: number, guard?: GuardOptions): Promise<Server> {
@@ -96,9 +103,13 @@ export async function serveAgent(agent: Agent, cfg: Config): Promise<Server> {
   const web = openWebConfig(cfg, agent);
   for (const reason of REJECT_REASONS) agent.store.inc(M.httpRejected, { reason }, 0);
   const server = await listen(buildApp(agent), host, port, {
-    web, maxRequests: cfg.web.maxRequests, maxConnections: cfg.web.maxConnections,
-    headersTimeoutMs: cfg.web.headersTimeout * 1000, requestTimeoutMs: cfg.web.requestTimeout * 1000,
-    maxHeaderBytes: cfg.web.maxHeaderBytes, onReject: (reason) => agent.store.inc(M.httpRejected, { reason }),
+    web,
+    maxRequests: cfg.web.maxRequests,
+    maxConnections: cfg.web.maxConnections,
+    headersTimeoutMs: cfg.web.headersTimeout * 1000,
+    requestTimeoutMs: cfg.web.requestTimeout * 1000,
+    maxHeaderBytes: cfg.web.maxHeaderBytes,
+    onReject: (reason) => agent.store.inc(M.httpRejected, { reason }),
   });
   // Without a handler SIGHUP would end the process.
   process.on('SIGHUP', () => {

@@ -152,7 +152,12 @@ export class MetricStore {
   sweep(): void {
     for (const def of this.swept) {
       const fam = this.series.get(def);
-      if (fam) for (const [k, s] of fam) if (s.epoch !== this.epoch) { fam.delete(k); s.epoch = -1; }
+      if (fam)
+        for (const [k, s] of fam)
+          if (s.epoch !== this.epoch) {
+            fam.delete(k);
+            s.epoch = -1;
+          }
     }
     this.swept.clear();
   }
@@ -161,7 +166,12 @@ export class MetricStore {
     const fam = this.series.get(def);
     if (!fam) return 0;
     let n = 0;
-    for (const [k, s] of fam) if (match(s.labels)) { fam.delete(k); s.epoch = -1; n++; }
+    for (const [k, s] of fam)
+      if (match(s.labels)) {
+        fam.delete(k);
+        s.epoch = -1;
+        n++;
+      }
     return n;
   }
 

@@ -40,31 +40,43 @@ const CLIENT_AUTH = ['NoClientCert', 'RequestClientCert', 'RequireAnyClientCert'
 // exporter-toolkit allows exactly these headers (web/config.go, v0.13).
 const HEADERS = ['Content-Security-Policy', 'X-Frame-Options', 'X-Content-Type-Options', 'X-XSS-Protection', 'Strict-Transport-Security'];
 
-const enumOf = (names: readonly string[]) => z.string().refine((s) => names.includes(s), (s) => ({ message: `${JSON.stringify(s)} is not one of ${names.join(', ')}` }));
+const enumOf = (names: readonly string[]) =>
+  z.string().refine(
+    (s) => names.includes(s),
+    (s) => ({ message: `${JSON.stringify(s)} is not one of ${names.join(', ')}` }),
+  );
 
-const schema = z.object({
-  tls_server_config: z.object({
-    cert_file: z.string().min(1).optional(),
-    key_file: z.string().min(1).optional(),
-    cert: z.string().min(1).optional(),
-    key: z.string().min(1).optional(),
-    client_auth_type: enumOf(CLIENT_AUTH).default('NoClientCert'),
-    client_ca_file: z.string().min(1).optional(),
-    client_ca: z.string().min(1).optional(),
-    client_allowed_sans: z.array(z.string()).optional(),
-    min_version: enumOf(Object.keys(VERSIONS)).default('TLS12'),
-    max_version: enumOf(Object.keys(VERSIONS)).default('TLS13'),
-    cipher_suites: z.array(enumOf(Object.keys(CIPHERS))).optional(),
-    curve_preferences: z.array(enumOf(Object.keys(CURVES))).optional(),
-    // Accepted for compatibility; OpenSSL servers in Node always honour the server order.
-    prefer_server_cipher_suites: z.boolean().optional(),
-  }).strict().optional(),
-  http_server_config: z.object({
-    http2: z.literal(false, { errorMap: () => ({ message: 'HTTP/2 is not served by hvwatch; set http2: false or remove it' }) }).optional(),
-    headers: z.record(z.string(), z.string()).optional(),
-  }).strict().optional(),
-  basic_auth_users: z.record(z.string(), z.string()).nullish(),
-}).strict();
+const schema = z
+  .object({
+    tls_server_config: z
+      .object({
+        cert_file: z.string().min(1).optional(),
+        key_file: z.string().min(1).optional(),
+        cert: z.string().min(1).optional(),
+        key: z.string().min(1).optional(),
+        client_auth_type: enumOf(CLIENT_AUTH).default('NoClientCert'),
+        client_ca_file: z.string().min(1).optional(),
+        client_ca: z.string().min(1).optional(),
+        client_allowed_sans: z.array(z.string()).optional(),
+        min_version: enumOf(Object.keys(VERSIONS)).default('TLS12'),
+        max_version: enumOf(Object.keys(VERSIONS)).default('TLS13'),
+        cipher_suites: z.array(enumOf(Object.keys(CIPHERS))).optional(),
+        curve_preferences: z.array(enumOf(Object.keys(CURVES))).optional(),
+        // Accepted for compatibility; OpenSSL servers in Node always honour the server order.
+        prefer_server_cipher_suites: z.boolean().optional(),
+      })
+      .strict()
+      .optional(),
+    http_server_config: z
+      .object({
+        http2: z.literal(false, { errorMap: () => ({ message: 'HTTP/2 is not served by hvwatch; set http2: false or remove it' }) }).optional(),
+        headers: z.record(z.string(), z.string()).optional(),
+      })
+      .strict()
+      .optional(),
+    basic_auth_users: z.record(z.string(), z.string()).nullish(),
+  })
+  .strict();
 
 export interface WebConfig {
   /** Node TLS server options, or undefined when the endpoint is plain HTTP. */
@@ -112,7 +124,8 @@ export function parseWebConfig(text: string, file: string): WebConfig {
   const users = new Map<string, string>();
   for (const [u, h] of Object.entries(c.basic_auth_users ?? {})) {
     // $2a$/$2b$/$2y$, two-digit cost, 53 characters of salt and hash: what bcryptjs verifies.
-    if (!/^\$2[aby]?\$\d\d\$[./A-Za-z0-9]{53}$/.test(h)) fail(`basic_auth_users.${u}`, 'not a bcrypt hash (expected $2y$NN$ followed by 53 characters, e.g. from htpasswd -nBC 10)');
+    if (!/^\$2[aby]?\$\d\d\$[./A-Za-z0-9]{53}$/.test(h))
+      fail(`basic_auth_users.${u}`, 'not a bcrypt hash (expected $2y$NN$ followed by 53 characters, e.g. from htpasswd -nBC 10)');
     if (u.includes(':')) fail(`basic_auth_users.${u}`, 'a user name cannot contain ":"');
     users.set(u, h);
   }
@@ -123,7 +136,8 @@ export function parseWebConfig(text: string, file: string): WebConfig {
     if (!known) fail(`http_server_config.headers.${name}`, `header cannot be configured (allowed: ${HEADERS.join(', ')})`);
     if (/[\r\n]/.test(v)) fail(`http_server_config.headers.${name}`, 'value contains a line break');
     if (known === 'X-Content-Type-Options' && v !== 'nosniff') fail(`http_server_config.headers.${name}`, 'only "nosniff" is allowed');
-    if (known === 'X-Frame-Options' && !['deny', 'sameorigin'].includes(v.toLowerCase())) fail(`http_server_config.headers.${name}`, 'only "deny" or "sameorigin" are allowed');
+    if (known === 'X-Frame-Options' && !['deny', 'sameorigin'].includes(v.toLowerCase()))
+      fail(`http_server_config.headers.${name}`, 'only "deny" or "sameorigin" are allowed');
     headers.push([known!, v]);
   }
 
@@ -164,7 +178,10 @@ export function parseWebConfig(text: string, file: string): WebConfig {
 
 /** Whether a finished TLS handshake satisfies client_auth_type and client_allowed_sans
  * (Node verifies the chain; the policy about missing or unverified certs is applied here). */
-export function socketAllowed(cfg: WebConfig, sock: { authorized: boolean; getPeerCertificate(): { subjectaltname?: string; raw?: Buffer } | null }): string | undefined {
+export function socketAllowed(
+  cfg: WebConfig,
+  sock: { authorized: boolean; getPeerCertificate(): { subjectaltname?: string; raw?: Buffer } | null },
+): string | undefined {
   const cert = sock.getPeerCertificate();
   const has = !!cert && !!cert.raw;
   switch (cfg.clientAuth) {
@@ -247,10 +264,12 @@ export function loadWebConfig(file: string): WebConfig {
 }
 
 function fingerprint(files: string[]): string {
-  return files.map((f) => {
-    const st = fs.statSync(f, { throwIfNoEntry: false });
-    return st ? `${st.ino}:${st.size}:${st.mtimeMs}` : '-';
-  }).join('|');
+  return files
+    .map((f) => {
+      const st = fs.statSync(f, { throwIfNoEntry: false });
+      return st ? `${st.ino}:${st.size}:${st.mtimeMs}` : '-';
+    })
+    .join('|');
 }
 
 /**
@@ -264,7 +283,11 @@ export class WebConfigSource {
   private print: string;
   private lastCheck = 0;
 
-  constructor(readonly file: string, private readonly onReload: (ok: boolean, error?: string) => void, private readonly checkMs = 1000) {
+  constructor(
+    readonly file: string,
+    private readonly onReload: (ok: boolean, error?: string) => void,
+    private readonly checkMs = 1000,
+  ) {
     this.cfg = loadWebConfig(file);
     this.print = fingerprint(this.cfg.files);
   }
@@ -281,7 +304,8 @@ export class WebConfigSource {
   reload(): boolean {
     try {
       const next = loadWebConfig(this.file);
-      if (!!next.tls !== !!this.cfg.tls) throw new WebConfigError(`${this.file}: TLS cannot be ${next.tls ? 'enabled' : 'disabled'} by a reload; restart hvwatch`);
+      if (!!next.tls !== !!this.cfg.tls)
+        throw new WebConfigError(`${this.file}: TLS cannot be ${next.tls ? 'enabled' : 'disabled'} by a reload; restart hvwatch`);
       this.cfg = next;
       this.print = fingerprint(next.files);
       this.onReload(true);

@@ -24,7 +24,9 @@ export const IRQ_COUNTERS = ['reaped', 'stale_context', 'unpaired', 'no_vm'] as 
 // Signatures and their history: the comment above the attach points in kvm_irq.bpf.c.
 function tracepointProbe(name: string, tp: string, description: string, params?: string[]): ProbeSpec {
   return {
-    name, family, description,
+    name,
+    family,
+    description,
     // Each reads the thread's ioctl context that kvm_irq_ioctl writes: the same tier for all.
     candidates: inStateTiers([
       { attach: 'tp_btf', target: tp, programs: [`btf_${tp}`], ...(params ? { params: { [tp]: params } } : {}) },
@@ -37,7 +39,10 @@ function tracepointProbe(name: string, tp: string, description: string, params?:
 // 6.12 Debian builds: no BTF entry, no symbol) is absent from the kernel, not a failure.
 function functionProbe(name: string, fn: string, description: string): ProbeSpec {
   return {
-    name, family, description, optional: true,
+    name,
+    family,
+    description,
+    optional: true,
     candidates: [
       { attach: 'fentry', target: fn, programs: [`fentry_${fn}`] },
       { attach: 'kprobe', target: fn, programs: [`kprobe_${fn}`] },
@@ -50,22 +55,34 @@ const probes: ProbeSpec[] = [
   tracepointProbe('kvm_irq_msi', 'kvm_msi_set_irq', 'MSIs signalled to the VM (KVM_SIGNAL_MSI, MSI routes), per VM'),
   tracepointProbe('kvm_irq_ioapic', 'kvm_ioapic_set_irq', 'Pin changes seen by the in-kernel IOAPIC, per VM'),
   tracepointProbe('kvm_irq_pic', 'kvm_pic_set_irq', 'Pin changes seen by the in-kernel 8259 PIC, per VM'),
-  tracepointProbe('kvm_irq_apic_accept', 'kvm_apic_accept_irq', 'Interrupts accepted by a vCPU\'s local APIC; opens the delivery latency', ['apicid', 'dm', 'tm', 'vec']),
+  tracepointProbe('kvm_irq_apic_accept', 'kvm_apic_accept_irq', "Interrupts accepted by a vCPU's local APIC; opens the delivery latency", [
+    'apicid',
+    'dm',
+    'tm',
+    'vec',
+  ]),
   tracepointProbe('kvm_irq_inj_virq', 'kvm_inj_virq', 'Interrupts injected into a vCPU; closes the delivery latency', ['vector', 'soft', 'reinjected']),
   {
-    name: 'kvm_irq_ioctl', family,
+    name: 'kvm_irq_ioctl',
+    family,
     description: 'The VM behind KVM_IRQ_LINE / KVM_IRQ_LINE_STATUS / KVM_SIGNAL_MSI, and each KVM_CREATE_VM (a new generation for its struct kvm)',
     // Both hooks are shared with the kvm family's kvm_ioctl: one program runs per hook.
     candidates: inStateTiers([
       {
-        attach: 'tracepoint', target: 'syscalls/sys_enter_ioctl', programs: ['tp_irq_sys_enter_ioctl', 'tp_irq_sys_exit_ioctl'],
+        attach: 'tracepoint',
+        target: 'syscalls/sys_enter_ioctl',
+        programs: ['tp_irq_sys_enter_ioctl', 'tp_irq_sys_exit_ioctl'],
         targets: { tp_irq_sys_exit_ioctl: 'syscalls/sys_exit_ioctl' },
       },
     ]),
   },
-  functionProbe('kvm_irq_device_release', 'kvm_device_release', 'A KVM device fd\'s last close (an irqchip device goes away while its VM lives): teardown begins'),
-  functionProbe('kvm_irq_destroy_devices', 'kvm_destroy_devices', 'The VM\'s devices destroyed in kvm_destroy_vm(): teardown begins'),
-  functionProbe('kvm_irq_free_irq_routing', 'kvm_free_irq_routing', 'The VM\'s irq routing freed in kvm_destroy_vm(): teardown begins'),
+  functionProbe(
+    'kvm_irq_device_release',
+    'kvm_device_release',
+    "A KVM device fd's last close (an irqchip device goes away while its VM lives): teardown begins",
+  ),
+  functionProbe('kvm_irq_destroy_devices', 'kvm_destroy_devices', "The VM's devices destroyed in kvm_destroy_vm(): teardown begins"),
+  functionProbe('kvm_irq_free_irq_routing', 'kvm_free_irq_routing', "The VM's irq routing freed in kvm_destroy_vm(): teardown begins"),
 ];
 
 /** Injections with no VM known (kernel threads, interrupt context) carry tgid 0. */

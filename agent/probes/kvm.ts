@@ -30,26 +30,35 @@ const NESTED_PROGRAMS = {
 
 const probes: ProbeSpec[] = [
   {
-    name: 'kvm_exit', family,
-    description: 'VM-exits per VM and reason, and the time from each exit to the vCPU\'s next entry',
+    name: 'kvm_exit',
+    family,
+    description: "VM-exits per VM and reason, and the time from each exit to the vCPU's next entry",
     // The pending exit per thread: task storage, else the exit_pending hash.
     candidates: inStateTiers([
       {
-        attach: 'tp_btf', target: 'kvm_exit', programs: ['btf_kvm_exit_legacy', 'btf_kvm_entry'],
-        targets: { btf_kvm_entry: 'kvm_entry' }, params: { kvm_exit: LEGACY_EXIT },
+        attach: 'tp_btf',
+        target: 'kvm_exit',
+        programs: ['btf_kvm_exit_legacy', 'btf_kvm_entry'],
+        targets: { btf_kvm_entry: 'kvm_entry' },
+        params: { kvm_exit: LEGACY_EXIT },
       },
       {
-        attach: 'tracepoint', target: 'kvm/kvm_exit', programs: ['tp_kvm_exit', 'btf_kvm_entry'],
+        attach: 'tracepoint',
+        target: 'kvm/kvm_exit',
+        programs: ['tp_kvm_exit', 'btf_kvm_entry'],
         targets: { btf_kvm_entry: 'kvm_entry' },
       },
       {
-        attach: 'tracepoint', target: 'kvm/kvm_exit', programs: ['tp_kvm_exit', 'tp_kvm_entry'],
+        attach: 'tracepoint',
+        target: 'kvm/kvm_exit',
+        programs: ['tp_kvm_exit', 'tp_kvm_entry'],
         targets: { tp_kvm_entry: 'kvm/kvm_entry' },
       },
     ]),
   },
   {
-    name: 'kvm_userspace_exit', family,
+    name: 'kvm_userspace_exit',
+    family,
     description: 'Returns from KVM_RUN to the VMM per VM and KVM_EXIT_* reason',
     // The pending return is closed by kvm_ioctl's KVM_RUN: both keep it in the same tier.
     candidates: inStateTiers([
@@ -58,32 +67,43 @@ const probes: ProbeSpec[] = [
     ]),
   },
   {
-    name: 'kvm_ioctl', family,
-    description: 'KVM_RUN (ends the VMM\'s userspace time) and KVM_GET/SET_NESTED_STATE with result, latency and saved flags',
+    name: 'kvm_ioctl',
+    family,
+    description: "KVM_RUN (ends the VMM's userspace time) and KVM_GET/SET_NESTED_STATE with result, latency and saved flags",
     // Both hooks are shared with kvm_irq_ioctl: one program runs per hook (agent/hook-chain.ts).
     candidates: inStateTiers([
       {
-        attach: 'tracepoint', target: 'syscalls/sys_enter_ioctl', programs: ['tp_sys_enter_ioctl', 'tp_sys_exit_ioctl'],
+        attach: 'tracepoint',
+        target: 'syscalls/sys_enter_ioctl',
+        programs: ['tp_sys_enter_ioctl', 'tp_sys_exit_ioctl'],
         targets: { tp_sys_exit_ioctl: 'syscalls/sys_exit_ioctl' },
       },
     ]),
   },
   {
-    name: 'kvm_io', family,
+    name: 'kvm_io',
+    family,
     description: 'Port I/O and MMIO exits per VM',
     candidates: [
       {
-        attach: 'tp_btf', target: 'kvm_pio', programs: ['btf_kvm_pio', 'btf_kvm_mmio'],
-        targets: { btf_kvm_mmio: 'kvm_mmio' }, params: { kvm_pio: ['rw'], kvm_mmio: ['type'] },
+        attach: 'tp_btf',
+        target: 'kvm_pio',
+        programs: ['btf_kvm_pio', 'btf_kvm_mmio'],
+        targets: { btf_kvm_mmio: 'kvm_mmio' },
+        params: { kvm_pio: ['rw'], kvm_mmio: ['type'] },
       },
       {
-        attach: 'tracepoint', target: 'kvm/kvm_pio', programs: ['tp_kvm_pio', 'tp_kvm_mmio'],
+        attach: 'tracepoint',
+        target: 'kvm/kvm_pio',
+        programs: ['tp_kvm_pio', 'tp_kvm_mmio'],
         targets: { tp_kvm_mmio: 'kvm/kvm_mmio' },
       },
     ],
   },
   {
-    name: 'kvm_emulate', family, hot: HOT_EMULATE,
+    name: 'kvm_emulate',
+    family,
+    hot: HOT_EMULATE,
     description: 'Instructions emulated by KVM per VM, and the ones that failed',
     candidates: [
       { attach: 'tp_btf', target: 'kvm_emulate_insn', programs: ['btf_kvm_emulate_insn'], params: { kvm_emulate_insn: ['vcpu', 'failed'] } },
@@ -91,23 +111,57 @@ const probes: ProbeSpec[] = [
     ],
   },
   {
-    name: 'kvm_nested', family,
+    name: 'kvm_nested',
+    family,
     description: 'Nested VM-exits handled by L0 or reflected to L1, L1 handling latency, nested VM-entries and their failures',
     // Classic records only: the raw kvm_nested_vmexit arguments carry no reason since v5.16.
-    candidates: [
-      { attach: 'tracepoint', target: 'kvm/kvm_nested_vmexit', programs: Object.keys(NESTED_PROGRAMS), targets: NESTED_PROGRAMS },
-    ],
+    candidates: [{ attach: 'tracepoint', target: 'kvm/kvm_nested_vmexit', programs: Object.keys(NESTED_PROGRAMS), targets: NESTED_PROGRAMS }],
   },
 ];
 
 /** KVM_EXIT_* in include/uapi/linux/kvm.h (v6.18), by number. */
 export const KVM_EXIT_NAMES = [
-  'UNKNOWN', 'EXCEPTION', 'IO', 'HYPERCALL', 'DEBUG', 'HLT', 'MMIO', 'IRQ_WINDOW_OPEN', 'SHUTDOWN',
-  'FAIL_ENTRY', 'INTR', 'SET_TPR', 'TPR_ACCESS', 'S390_SIEIC', 'S390_RESET', 'DCR', 'NMI',
-  'INTERNAL_ERROR', 'OSI', 'PAPR_HCALL', 'S390_UCONTROL', 'WATCHDOG', 'S390_TSCH', 'EPR',
-  'SYSTEM_EVENT', 'S390_STSI', 'IOAPIC_EOI', 'HYPERV', 'ARM_NISV', 'X86_RDMSR', 'X86_WRMSR',
-  'DIRTY_RING_FULL', 'AP_RESET_HOLD', 'X86_BUS_LOCK', 'XEN', 'RISCV_SBI', 'RISCV_CSR', 'NOTIFY',
-  'LOONGARCH_IOCSR', 'MEMORY_FAULT', 'TDX',
+  'UNKNOWN',
+  'EXCEPTION',
+  'IO',
+  'HYPERCALL',
+  'DEBUG',
+  'HLT',
+  'MMIO',
+  'IRQ_WINDOW_OPEN',
+  'SHUTDOWN',
+  'FAIL_ENTRY',
+  'INTR',
+  'SET_TPR',
+  'TPR_ACCESS',
+  'S390_SIEIC',
+  'S390_RESET',
+  'DCR',
+  'NMI',
+  'INTERNAL_ERROR',
+  'OSI',
+  'PAPR_HCALL',
+  'S390_UCONTROL',
+  'WATCHDOG',
+  'S390_TSCH',
+  'EPR',
+  'SYSTEM_EVENT',
+  'S390_STSI',
+  'IOAPIC_EOI',
+  'HYPERV',
+  'ARM_NISV',
+  'X86_RDMSR',
+  'X86_WRMSR',
+  'DIRTY_RING_FULL',
+  'AP_RESET_HOLD',
+  'X86_BUS_LOCK',
+  'XEN',
+  'RISCV_SBI',
+  'RISCV_CSR',
+  'NOTIFY',
+  'LOONGARCH_IOCSR',
+  'MEMORY_FAULT',
+  'TDX',
 ] as const;
 // UEXIT_RESTART / UEXIT_ERROR in bpf/src/kvm.bpf.c: KVM_RUN returned an error, no reason.
 const UEXIT_SPECIAL: Record<number, string> = { 0x10000: 'restart', 0x10001: 'error' };
@@ -125,7 +179,7 @@ export function exitReasonName(isa: number, reason: number): string {
 const ERRNO_NAMES = new Map<number, string>(Object.entries(osConstants.errno).map(([k, v]) => [v, k]));
 
 export function errnoName(err: number): string {
-  return err === 0 ? 'ok' : ERRNO_NAMES.get(err) ?? `errno_${err}`;
+  return err === 0 ? 'ok' : (ERRNO_NAMES.get(err) ?? `errno_${err}`);
 }
 
 const isaDecoder: Decoder = (raw) => ISA[Number(raw) as 1 | 2] ?? `isa${raw}`;

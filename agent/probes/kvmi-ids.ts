@@ -23,14 +23,32 @@ const EVENTS: Record<KvmiAbi, Readonly<Record<number, string>>> = {
   // v10..v12 (include/uapi/linux/kvmi.h): KVMI_VM_EVENT_UNHOOK = KVMI_VM_EVENT_ID(0) and
   // KVMI_VCPU_EVENT_<X> = KVMI_VCPU_EVENT_ID(0..9), in this order.
   'v10-v12': {
-    0: 'UNHOOK', 1: 'PAUSE', 3: 'HYPERCALL', 5: 'BREAKPOINT', 7: 'CR', 9: 'TRAP',
-    11: 'XSETBV', 13: 'DESCRIPTOR', 15: 'MSR', 17: 'PF', 19: 'SINGLESTEP',
+    0: 'UNHOOK',
+    1: 'PAUSE',
+    3: 'HYPERCALL',
+    5: 'BREAKPOINT',
+    7: 'CR',
+    9: 'TRAP',
+    11: 'XSETBV',
+    13: 'DESCRIPTOR',
+    15: 'MSR',
+    17: 'PF',
+    19: 'SINGLESTEP',
   },
   // v7..v9: KVMI_EVENT_UNHOOK 0, KVMI_EVENT_PAUSE_VCPU 1 ... KVMI_EVENT_PF 9 (v7 patches
   // 43-72), KVMI_EVENT_SINGLESTEP 10 (v7 patch 75, appended).
   'v7-v9': {
-    0: 'UNHOOK', 1: 'PAUSE', 2: 'HYPERCALL', 3: 'BREAKPOINT', 4: 'CR', 5: 'TRAP',
-    6: 'XSETBV', 7: 'DESCRIPTOR', 8: 'MSR', 9: 'PF', 10: 'SINGLESTEP',
+    0: 'UNHOOK',
+    1: 'PAUSE',
+    2: 'HYPERCALL',
+    3: 'BREAKPOINT',
+    4: 'CR',
+    5: 'TRAP',
+    6: 'XSETBV',
+    7: 'DESCRIPTOR',
+    8: 'MSR',
+    9: 'PF',
+    10: 'SINGLESTEP',
   },
 };
 
@@ -40,27 +58,58 @@ const COMMANDS: Record<KvmiAbi, Readonly<Record<number, string>>> = {
   // revision and KVMI_VM_SET_PAGE_ACCESS in another (and 22 the latter), so 20+ stay numbers.
   // vCPU messages: KVMI_VCPU_MESSAGE_ID(0..14), the same in v10..v12.
   'v10-v12': {
-    0: 'KVMI_VM_EVENT', 2: 'KVMI_GET_VERSION', 4: 'KVMI_VM_CHECK_COMMAND', 6: 'KVMI_VM_CHECK_EVENT',
-    8: 'KVMI_VM_GET_INFO', 10: 'KVMI_VM_CONTROL_EVENTS', 12: 'KVMI_VM_READ_PHYSICAL',
-    14: 'KVMI_VM_WRITE_PHYSICAL', 16: 'KVMI_VM_PAUSE_VCPU', 18: 'KVMI_VM_CONTROL_CLEANUP',
-    1: 'KVMI_VCPU_EVENT', 3: 'KVMI_VCPU_GET_INFO', 5: 'KVMI_VCPU_CONTROL_EVENTS',
-    7: 'KVMI_VCPU_GET_REGISTERS', 9: 'KVMI_VCPU_SET_REGISTERS', 11: 'KVMI_VCPU_GET_CPUID',
-    13: 'KVMI_VCPU_CONTROL_CR', 15: 'KVMI_VCPU_INJECT_EXCEPTION', 17: 'KVMI_VCPU_GET_XCR',
-    19: 'KVMI_VCPU_GET_XSAVE', 21: 'KVMI_VCPU_SET_XSAVE', 23: 'KVMI_VCPU_GET_MTRR_TYPE',
-    25: 'KVMI_VCPU_CONTROL_MSR', 27: 'KVMI_VCPU_CONTROL_SINGLESTEP', 29: 'KVMI_VCPU_TRANSLATE_GVA',
+    0: 'KVMI_VM_EVENT',
+    2: 'KVMI_GET_VERSION',
+    4: 'KVMI_VM_CHECK_COMMAND',
+    6: 'KVMI_VM_CHECK_EVENT',
+    8: 'KVMI_VM_GET_INFO',
+    10: 'KVMI_VM_CONTROL_EVENTS',
+    12: 'KVMI_VM_READ_PHYSICAL',
+    14: 'KVMI_VM_WRITE_PHYSICAL',
+    16: 'KVMI_VM_PAUSE_VCPU',
+    18: 'KVMI_VM_CONTROL_CLEANUP',
+    1: 'KVMI_VCPU_EVENT',
+    3: 'KVMI_VCPU_GET_INFO',
+    5: 'KVMI_VCPU_CONTROL_EVENTS',
+    7: 'KVMI_VCPU_GET_REGISTERS',
+    9: 'KVMI_VCPU_SET_REGISTERS',
+    11: 'KVMI_VCPU_GET_CPUID',
+    13: 'KVMI_VCPU_CONTROL_CR',
+    15: 'KVMI_VCPU_INJECT_EXCEPTION',
+    17: 'KVMI_VCPU_GET_XCR',
+    19: 'KVMI_VCPU_GET_XSAVE',
+    21: 'KVMI_VCPU_SET_XSAVE',
+    23: 'KVMI_VCPU_GET_MTRR_TYPE',
+    25: 'KVMI_VCPU_CONTROL_MSR',
+    27: 'KVMI_VCPU_CONTROL_SINGLESTEP',
+    29: 'KVMI_VCPU_TRANSLATE_GVA',
   },
   // v7..v9, one sequence (seed 001: KVMI_VM_GET_MAX_GFN 17, KVMI_VCPU_GET_XSAVE 18).
   // 1 is KVMI_EVENT_REPLY in v7 and KVMI_EVENT in v8+ (the tool's reply to an event). Ids
   // from 22 on differ between v7 (singlestep, translate) and v9 (cleanup, xcr, set_xsave
   // inserted), so they stay numbers.
   'v7-v9': {
-    1: 'KVMI_EVENT', 2: 'KVMI_GET_VERSION', 3: 'KVMI_VM_CHECK_COMMAND', 4: 'KVMI_VM_CHECK_EVENT',
-    5: 'KVMI_VM_GET_INFO', 6: 'KVMI_VM_CONTROL_EVENTS', 7: 'KVMI_VM_READ_PHYSICAL',
-    8: 'KVMI_VM_WRITE_PHYSICAL', 9: 'KVMI_VCPU_GET_INFO', 10: 'KVMI_VCPU_PAUSE',
-    11: 'KVMI_VCPU_CONTROL_EVENTS', 12: 'KVMI_VCPU_GET_REGISTERS', 13: 'KVMI_VCPU_SET_REGISTERS',
-    14: 'KVMI_VCPU_GET_CPUID', 15: 'KVMI_VCPU_CONTROL_CR', 16: 'KVMI_VCPU_INJECT_EXCEPTION',
-    17: 'KVMI_VM_GET_MAX_GFN', 18: 'KVMI_VCPU_GET_XSAVE', 19: 'KVMI_VCPU_GET_MTRR_TYPE',
-    20: 'KVMI_VCPU_CONTROL_MSR', 21: 'KVMI_VM_SET_PAGE_ACCESS',
+    1: 'KVMI_EVENT',
+    2: 'KVMI_GET_VERSION',
+    3: 'KVMI_VM_CHECK_COMMAND',
+    4: 'KVMI_VM_CHECK_EVENT',
+    5: 'KVMI_VM_GET_INFO',
+    6: 'KVMI_VM_CONTROL_EVENTS',
+    7: 'KVMI_VM_READ_PHYSICAL',
+    8: 'KVMI_VM_WRITE_PHYSICAL',
+    9: 'KVMI_VCPU_GET_INFO',
+    10: 'KVMI_VCPU_PAUSE',
+    11: 'KVMI_VCPU_CONTROL_EVENTS',
+    12: 'KVMI_VCPU_GET_REGISTERS',
+    13: 'KVMI_VCPU_SET_REGISTERS',
+    14: 'KVMI_VCPU_GET_CPUID',
+    15: 'KVMI_VCPU_CONTROL_CR',
+    16: 'KVMI_VCPU_INJECT_EXCEPTION',
+    17: 'KVMI_VM_GET_MAX_GFN',
+    18: 'KVMI_VCPU_GET_XSAVE',
+    19: 'KVMI_VCPU_GET_MTRR_TYPE',
+    20: 'KVMI_VCPU_CONTROL_MSR',
+    21: 'KVMI_VM_SET_PAGE_ACCESS',
   },
 };
 
@@ -73,8 +122,16 @@ const ACTION_UNREADABLE = 0xffffffff;
  * added by the series, "KVM: add new error codes for VM introspection"). Commands reply
  * with their negation. */
 export const KVM_ERRORS: Readonly<Record<number, string>> = {
-  1000: 'KVM_ENOSYS', 14: 'KVM_EFAULT', 22: 'KVM_EINVAL', 7: 'KVM_E2BIG', 1: 'KVM_EPERM',
-  95: 'KVM_EOPNOTSUPP', 11: 'KVM_EAGAIN', 2: 'KVM_ENOENT', 12: 'KVM_ENOMEM', 16: 'KVM_EBUSY',
+  1000: 'KVM_ENOSYS',
+  14: 'KVM_EFAULT',
+  22: 'KVM_EINVAL',
+  7: 'KVM_E2BIG',
+  1: 'KVM_EPERM',
+  95: 'KVM_EOPNOTSUPP',
+  11: 'KVM_EAGAIN',
+  2: 'KVM_ENOENT',
+  12: 'KVM_ENOMEM',
+  16: 'KVM_EBUSY',
 };
 
 export function eventName(abi: KvmiAbi, id: number): string {

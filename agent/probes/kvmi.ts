@@ -20,8 +20,9 @@ const family = 'kvmi';
 //   has its address taken by kvmi_cmd_read_physical, so it stays a function).
 const probes: ProbeSpec[] = [
   {
-    name: 'kvmi_events', family,
-    description: 'Introspection events per VM and type, the vCPU\'s paused time until the reply, the reply action, events left without a reply',
+    name: 'kvmi_events',
+    family,
+    description: "Introspection events per VM and type, the vCPU's paused time until the reply, the reply action, events left without a reply",
     candidates: [
       { attach: 'fentry', target: 'kvmi_send_vcpu_event', programs: ['fentry_kvmi_send', 'fexit_kvmi_send'] },
       { attach: 'fentry', target: 'kvmi_send_event', programs: ['fentry_kvmi_send', 'fexit_kvmi_send'] },
@@ -30,7 +31,8 @@ const probes: ProbeSpec[] = [
     ],
   },
   {
-    name: 'kvmi_unhook', family,
+    name: 'kvmi_unhook',
+    family,
     description: 'Unhook notices sent to the introspection tool per VM',
     candidates: [
       { attach: 'fentry', target: 'kvmi_msg_send_unhook', programs: ['fentry_kvmi_unhook'] },
@@ -38,35 +40,45 @@ const probes: ProbeSpec[] = [
     ],
   },
   {
-    name: 'kvmi_commands', family,
+    name: 'kvmi_commands',
+    family,
     description: 'Introspection commands per VM, command id and result (KVM error code)',
     candidates: [
       { attach: 'fentry', target: 'kvmi_msg_reply', programs: ['fentry_kvmi_reply'] },
       {
-        attach: 'fentry', target: 'kvmi_msg_vm_reply', programs: ['fentry_kvmi_reply', 'fentry_kvmi_vcpu_reply'],
+        attach: 'fentry',
+        target: 'kvmi_msg_vm_reply',
+        programs: ['fentry_kvmi_reply', 'fentry_kvmi_vcpu_reply'],
         targets: { fentry_kvmi_vcpu_reply: 'kvmi_msg_vcpu_reply' },
       },
       { attach: 'kprobe', target: 'kvmi_msg_reply', programs: ['kprobe_kvmi_reply'] },
       {
-        attach: 'kprobe', target: 'kvmi_msg_vm_reply', programs: ['kprobe_kvmi_reply', 'kprobe_kvmi_vcpu_reply'],
+        attach: 'kprobe',
+        target: 'kvmi_msg_vm_reply',
+        programs: ['kprobe_kvmi_reply', 'kprobe_kvmi_vcpu_reply'],
         targets: { kprobe_kvmi_vcpu_reply: 'kvmi_msg_vcpu_reply' },
       },
     ],
   },
   {
-    name: 'kvmi_command_dispatch', family,
+    name: 'kvmi_command_dispatch',
+    family,
     description: 'Where commands start being handled (the receiving thread, the vCPU job), for the command latency',
     // Latency only: commands are counted without it, so a kernel whose dispatch functions
     // were inlined leaves this probe off rather than failed.
     optional: true,
     candidates: [
       {
-        attach: 'fentry', target: 'kvmi_job_vcpu_msg', programs: ['fentry_kvmi_cmd_job', 'fentry_kvmi_cmd_received'],
+        attach: 'fentry',
+        target: 'kvmi_job_vcpu_msg',
+        programs: ['fentry_kvmi_cmd_job', 'fentry_kvmi_cmd_received'],
         targets: { fentry_kvmi_cmd_received: 'kvmi_is_command_allowed' },
       },
       { attach: 'fentry', target: 'kvmi_job_vcpu_cmd', programs: ['fentry_kvmi_cmd_job'] },
       {
-        attach: 'kprobe', target: 'kvmi_job_vcpu_msg', programs: ['kprobe_kvmi_cmd_job', 'kprobe_kvmi_cmd_received'],
+        attach: 'kprobe',
+        target: 'kvmi_job_vcpu_msg',
+        programs: ['kprobe_kvmi_cmd_job', 'kprobe_kvmi_cmd_received'],
         targets: { kprobe_kvmi_cmd_received: 'kvmi_is_command_allowed' },
       },
       { attach: 'kprobe', target: 'kvmi_job_vcpu_cmd', programs: ['kprobe_kvmi_cmd_job'] },
@@ -80,10 +92,22 @@ const probes: ProbeSpec[] = [
 export const KVMI_CORE_FUNCTIONS = ['kvmi_send_vcpu_event', 'kvmi_send_event', 'kvmi_msg_send_unhook', 'kvmi_msg_process'] as const;
 /** Reported when found, to say which hooks exist (per-event wrappers, dispatch). */
 const KVMI_OTHER_FUNCTIONS = [
-  'kvmi_msg_send_vcpu_pause', 'kvmi_msg_send_vcpu_hypercall', 'kvmi_msg_send_vcpu_bp', 'kvmi_msg_send_vcpu_pf',
-  'kvmi_msg_send_vcpu_singlestep', 'kvmi_msg_send_vcpu_cr', 'kvmi_msg_send_vcpu_trap', 'kvmi_msg_send_vcpu_xsetbv',
-  'kvmi_msg_send_vcpu_descriptor', 'kvmi_msg_send_vcpu_msr', 'kvmi_msg_reply', 'kvmi_msg_vm_reply',
-  'kvmi_msg_vcpu_reply', 'kvmi_is_command_allowed', 'kvmi_job_vcpu_msg', 'kvmi_job_vcpu_cmd',
+  'kvmi_msg_send_vcpu_pause',
+  'kvmi_msg_send_vcpu_hypercall',
+  'kvmi_msg_send_vcpu_bp',
+  'kvmi_msg_send_vcpu_pf',
+  'kvmi_msg_send_vcpu_singlestep',
+  'kvmi_msg_send_vcpu_cr',
+  'kvmi_msg_send_vcpu_trap',
+  'kvmi_msg_send_vcpu_xsetbv',
+  'kvmi_msg_send_vcpu_descriptor',
+  'kvmi_msg_send_vcpu_msr',
+  'kvmi_msg_reply',
+  'kvmi_msg_vm_reply',
+  'kvmi_msg_vcpu_reply',
+  'kvmi_is_command_allowed',
+  'kvmi_job_vcpu_msg',
+  'kvmi_job_vcpu_cmd',
 ] as const;
 
 export interface KvmiDetection {
@@ -123,7 +147,8 @@ export function detectKvmi(): KvmiDetection {
   const present = KVMI_CORE_FUNCTIONS.some((f) => names.has(f));
   if (present) return { present, abi: kvmiAbiOf(names), found };
   return {
-    present, found,
+    present,
+    found,
     reason: `no KVM introspection (KVMI) in this kernel: none of ${KVMI_CORE_FUNCTIONS.join(', ')} in its BTF or /proc/kallsyms (KVMI is not upstream: kernels built from the KVMI v7..v12 series only)`,
   };
 }

@@ -26,7 +26,8 @@ const raceKind: Decoder = (raw) => RACE_KINDS[Number(raw)] ?? `kind_${raw}`;
 //   uncharge_folio: static, used only where BTF/kallsyms list it (often inlined).
 const probes: ProbeSpec[] = [
   {
-    name: 'memcg_writeback_start_fn', family,
+    name: 'memcg_writeback_start_fn',
+    family,
     description: 'Writeback start per folio: opens the latency and race state for the folio',
     candidates: [
       { attach: 'fentry', target: '__folio_start_writeback', programs: ['fentry_wb_start'] },
@@ -36,7 +37,8 @@ const probes: ProbeSpec[] = [
     ],
   },
   {
-    name: 'memcg_writeback_end_fn', family,
+    name: 'memcg_writeback_end_fn',
+    family,
     description: 'Writeback end per folio: latency since start, time inside, memcg-cleared and zero-refcount races',
     candidates: [
       { attach: 'fentry', target: '__folio_end_writeback', programs: ['fentry_wb_end', 'fexit_wb_end'] },
@@ -46,7 +48,8 @@ const probes: ProbeSpec[] = [
     ],
   },
   {
-    name: 'memcg_uncharge_folio_fn', family,
+    name: 'memcg_uncharge_folio_fn',
+    family,
     description: 'Each folio uncharged: uncharge-during-writeback-end and uncharge-under-writeback races',
     candidates: [
       { attach: 'fentry', target: 'uncharge_folio', programs: ['fentry_uncharge_folio'] },
@@ -54,16 +57,19 @@ const probes: ProbeSpec[] = [
     ],
   },
   {
-    name: 'memcg_uncharge_fn', family,
+    name: 'memcg_uncharge_fn',
+    family,
     description: 'Time inside each uncharge call, single folio and batch',
     candidates: [
       {
-        attach: 'fentry', target: '__mem_cgroup_uncharge',
+        attach: 'fentry',
+        target: '__mem_cgroup_uncharge',
         programs: ['fentry_uncharge', 'fexit_uncharge', 'fentry_uncharge_folios', 'fexit_uncharge_folios'],
         targets: { fentry_uncharge_folios: '__mem_cgroup_uncharge_folios', fexit_uncharge_folios: '__mem_cgroup_uncharge_folios' },
       },
       {
-        attach: 'fentry', target: '__mem_cgroup_uncharge',
+        attach: 'fentry',
+        target: '__mem_cgroup_uncharge',
         programs: ['fentry_uncharge', 'fexit_uncharge', 'fentry_uncharge_list', 'fexit_uncharge_list'],
         targets: { fentry_uncharge_list: '__mem_cgroup_uncharge_list', fexit_uncharge_list: '__mem_cgroup_uncharge_list' },
       },
@@ -72,7 +78,6 @@ const probes: ProbeSpec[] = [
     ],
   },
 ];
-
 
 // state_counters indices (enum state_counter).
 const ST = { inserts: 0, removes: 1, reaped: 2, unpaired: 3 } as const;
@@ -121,7 +126,10 @@ export const memcgFnFamily: FamilySpec = {
           start_cgroup: e.start_memcg_id ? ctx.resolveCgroup(Number(e.start_memcg_id)) : null,
           since_paired_ns: Number(e.delta_ns),
           folio: `0x${BigInt(e.folio ?? 0).toString(16)}`,
-          pid: e.pid, comm: e.comm, cpu: e.cpu, other_cpu: e.other_cpu,
+          pid: e.pid,
+          comm: e.comm,
+          cpu: e.cpu,
+          other_cpu: e.other_cpu,
           stack: Number(e.stack_id) >= 0 ? ctx.stack(Number(e.stack_id)) : [],
         };
         ctx.logRace(record);

@@ -23,7 +23,9 @@ const HOT_SWITCH = 'sched_switch fires on every context switch; opt in for wait 
 // Function tiers first where they exist: they fire once per batch or wait, not per page.
 const probes: ProbeSpec[] = [
   {
-    name: 'memcg_writeback', family, hot: HOT_LRUVEC,
+    name: 'memcg_writeback',
+    family,
+    hot: HOT_LRUVEC,
     description: 'Writeback pages started/completed and in flight per memcg (NR_WRITEBACK deltas)',
     candidates: [
       { attach: 'tp_btf', target: 'mod_memcg_lruvec_state', programs: ['btf_memcg_lruvec_state'] },
@@ -31,7 +33,8 @@ const probes: ProbeSpec[] = [
     ],
   },
   {
-    name: 'memcg_uncharge', family,
+    name: 'memcg_uncharge',
+    family,
     description: 'Uncharge batches and pages per batch per memcg (uncharge_batch; PGPGOUT on cgroup v1)',
     candidates: [
       { attach: 'fentry', target: 'uncharge_batch', programs: ['fentry_uncharge_batch'] },
@@ -41,14 +44,18 @@ const probes: ProbeSpec[] = [
     ],
   },
   {
-    name: 'memcg_writeback_wait', family,
+    name: 'memcg_writeback_wait',
+    family,
     description: 'Tasks waiting on folio writeback and how long, per memcg of the waiting task',
     candidates: [
       { attach: 'fentry', target: 'folio_wait_writeback', programs: ['fentry_wait_writeback', 'fexit_wait_writeback'] },
       { attach: 'kprobe', target: 'folio_wait_writeback', programs: ['kprobe_wait_writeback', 'kretprobe_wait_writeback'] },
       {
-        attach: 'tp_btf', target: 'folio_wait_writeback', hot: HOT_SWITCH,
-        programs: ['btf_wait_writeback_begin', 'btf_wait_sched_switch'], targets: { btf_wait_sched_switch: 'sched_switch' },
+        attach: 'tp_btf',
+        target: 'folio_wait_writeback',
+        hot: HOT_SWITCH,
+        programs: ['btf_wait_writeback_begin', 'btf_wait_sched_switch'],
+        targets: { btf_wait_sched_switch: 'sched_switch' },
       },
       // Counts only: no latency without a pairing.
       { attach: 'tp_btf', target: 'folio_wait_writeback', programs: ['btf_folio_wait_writeback'] },
@@ -56,11 +63,17 @@ const probes: ProbeSpec[] = [
     ],
   },
   {
-    name: 'cgroup_lifecycle', family,
+    name: 'cgroup_lifecycle',
+    family,
     description: 'Memory cgroups made and removed (path at mkdir, time of rmdir): names cgroups that are gone before a scrape',
     candidates: [
       { attach: 'tp_btf', target: 'cgroup_mkdir', programs: ['btf_cgroup_mkdir', 'btf_cgroup_rmdir'], targets: { btf_cgroup_rmdir: 'cgroup_rmdir' } },
-      { attach: 'tracepoint', target: 'cgroup/cgroup_mkdir', programs: ['tp_cgroup_mkdir', 'tp_cgroup_rmdir'], targets: { tp_cgroup_rmdir: 'cgroup/cgroup_rmdir' } },
+      {
+        attach: 'tracepoint',
+        target: 'cgroup/cgroup_mkdir',
+        programs: ['tp_cgroup_mkdir', 'tp_cgroup_rmdir'],
+        targets: { tp_cgroup_rmdir: 'cgroup/cgroup_rmdir' },
+      },
     ],
   },
 ];

@@ -124,7 +124,9 @@ export function inStateTiers(cands: readonly Candidate[]): Candidate[] {
   const ts = (n: string): string => `${n}_ts`;
   return [
     ...cands.map((c) => ({
-      ...c, state: TASK_STORAGE, programs: c.programs.map(ts),
+      ...c,
+      state: TASK_STORAGE,
+      programs: c.programs.map(ts),
       ...(c.targets ? { targets: Object.fromEntries(Object.entries(c.targets).map(([k, v]) => [ts(k), v])) } : {}),
     })),
     ...cands.map((c) => ({ ...c, state: HASH_MAP })),

@@ -157,7 +157,12 @@ export function learnVms(fam: FamilyView): void {
     // A record no stats entry carries (its insert found the stats map full) is never retired
     // by the decoders: sweep it once it is older than a linger and its process is gone (live
     // only: a replayed trace's clock and processes are not this host's).
-    if (identity === fromProc && !known.has(pid) && nowNs - v.readBigUInt64LE(oSeen) > BigInt(lingerMs + SWEEP_GRACE_MS) * 1_000_000n && vms.startTime(pid) !== startTicks) {
+    if (
+      identity === fromProc &&
+      !known.has(pid) &&
+      nowNs - v.readBigUInt64LE(oSeen) > BigInt(lingerMs + SWEEP_GRACE_MS) * 1_000_000n &&
+      vms.startTime(pid) !== startTicks
+    ) {
       map.delete(k);
       firstSight.delete(pid);
       continue;

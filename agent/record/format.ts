@@ -34,88 +34,123 @@ export const TYPE_NAMES: Record<number, RecordType> = { 1: 'snapshot', 2: 'event
 
 /** A trace that cannot be read: where (byte offset in the file) and what. */
 export class TraceError extends Error {
-  constructor(readonly offset: number, readonly problem: string) {
+  constructor(
+    readonly offset: number,
+    readonly problem: string,
+  ) {
     super(`byte offset ${offset}: ${problem}`);
     this.name = 'TraceError';
   }
 }
 
-const mapSchema = z.object({
-  name: z.string().min(1),
-  keySize: z.number().int().min(0).max(1 << 16), // 0: a ring buffer (recorded as count 0)
-  valueSize: z.number().int().min(0).max(1 << 20),
-  maxEntries: z.number().int().min(0),
-  percpu: z.boolean(),
-  keyType: z.number().int().min(0),
-  valueType: z.number().int().min(0),
-  content: z.enum(['full', 'count']),
-}).strict();
-
-export const headerSchema = z.object({
-  format: z.literal('hvwatch-trace'),
-  agent: z.string(),
-  kernel: z.string(),
-  libbpf: z.string(),
-  hostname: z.string(),
-  started: z.string(),
-  intervalMs: z.number().min(0),
-  maxBytes: z.number().int().positive().nullable(),
-  cardinality: z.object({ cgroups: z.number().int().positive(), vms: z.number().int().positive() }).strict(),
-  cgroupVersion: z.union([z.literal(1), z.literal(2)]).nullable(),
-  probes: z.array(z.object({
-    name: z.string(),
-    family: z.string(),
-    description: z.string(),
-    enabled: z.boolean(),
-    skipped: z.string().optional(),
-    hot: z.string().optional(),
-    candidates: z.array(z.object({ attach: z.string(), target: z.string(), ok: z.boolean(), error: z.string().optional() }).strict()),
-    chosen: z.object({
-      attach: z.string(), target: z.string(),
-      /** Where the probe keeps per-thread state (task storage, hash), when it keeps any. */
-      state: z.string().optional(),
-      /** Shared hooks it runs on by tail call after another probe's program. */
-      chained: z.array(z.object({ hook: z.string(), after: z.string() }).strict()).optional(),
-    }).strict().nullable(),
-    absent: z.boolean().optional(),
-  }).strict()),
-  families: z.array(z.object({
+const mapSchema = z
+  .object({
     name: z.string().min(1),
-    object: z.string(),
-    btf: z.string(), // base64 of the deflated (raw deflate) BTF
-    maps: z.array(mapSchema).max(0xffff),
-    programs: z.array(z.object({ probe: z.string(), program: z.string() }).strict()),
-  }).strict()).max(0xffff),
-}).strict();
+    keySize: z
+      .number()
+      .int()
+      .min(0)
+      .max(1 << 16), // 0: a ring buffer (recorded as count 0)
+    valueSize: z
+      .number()
+      .int()
+      .min(0)
+      .max(1 << 20),
+    maxEntries: z.number().int().min(0),
+    percpu: z.boolean(),
+    keyType: z.number().int().min(0),
+    valueType: z.number().int().min(0),
+    content: z.enum(['full', 'count']),
+  })
+  .strict();
+
+export const headerSchema = z
+  .object({
+    format: z.literal('hvwatch-trace'),
+    agent: z.string(),
+    kernel: z.string(),
+    libbpf: z.string(),
+    hostname: z.string(),
+    started: z.string(),
+    intervalMs: z.number().min(0),
+    maxBytes: z.number().int().positive().nullable(),
+    cardinality: z.object({ cgroups: z.number().int().positive(), vms: z.number().int().positive() }).strict(),
+    cgroupVersion: z.union([z.literal(1), z.literal(2)]).nullable(),
+    probes: z.array(
+      z
+        .object({
+          name: z.string(),
+          family: z.string(),
+          description: z.string(),
+          enabled: z.boolean(),
+          skipped: z.string().optional(),
+          hot: z.string().optional(),
+          candidates: z.array(z.object({ attach: z.string(), target: z.string(), ok: z.boolean(), error: z.string().optional() }).strict()),
+          chosen: z
+            .object({
+              attach: z.string(),
+              target: z.string(),
+              /** Where the probe keeps per-thread state (task storage, hash), when it keeps any. */
+              state: z.string().optional(),
+              /** Shared hooks it runs on by tail call after another probe's program. */
+              chained: z.array(z.object({ hook: z.string(), after: z.string() }).strict()).optional(),
+            })
+            .strict()
+            .nullable(),
+          absent: z.boolean().optional(),
+        })
+        .strict(),
+    ),
+    families: z
+      .array(
+        z
+          .object({
+            name: z.string().min(1),
+            object: z.string(),
+            btf: z.string(), // base64 of the deflated (raw deflate) BTF
+            maps: z.array(mapSchema).max(0xffff),
+            programs: z.array(z.object({ probe: z.string(), program: z.string() }).strict()),
+          })
+          .strict(),
+      )
+      .max(0xffff),
+  })
+  .strict();
 
 export type TraceHeader = z.infer<typeof headerSchema>;
 export type TraceMapMeta = z.infer<typeof mapSchema>;
 
-export const snapshotMetaSchema = z.object({
-  now: z.number(),
-  gc: z.boolean(),
-  cause: z.enum(['interval', 'scrape', 'final']),
-  bpfStats: z.boolean(),
-  /** [runs, run ns] per program, families then programs in header order. */
-  progs: z.array(z.tuple([z.number(), z.number()])),
-}).strict();
+export const snapshotMetaSchema = z
+  .object({
+    now: z.number(),
+    gc: z.boolean(),
+    cause: z.enum(['interval', 'scrape', 'final']),
+    bpfStats: z.boolean(),
+    /** [runs, run ns] per program, families then programs in header order. */
+    progs: z.array(z.tuple([z.number(), z.number()])),
+  })
+  .strict();
 export type SnapshotMeta = z.infer<typeof snapshotMetaSchema>;
 
 const vmId = z.object({ name: z.string(), source: z.enum(['qemu', 'libvirt', 'firecracker', 'cloud-hypervisor', 'pid']) }).strict();
-export const identSchema = z.object({
-  cg: z.array(z.tuple([z.string().regex(/^\d+$/), z.string().nullable()])).optional(),
-  alive: z.array(z.tuple([z.string().regex(/^\d+$/), z.boolean()])).optional(),
-  files: z.array(z.tuple([z.string(), z.string(), z.string().nullable()])).optional(),
-  vm: z.array(z.tuple([z.number().int(), vmId.nullable()])).optional(),
-  kube: z.array(z.tuple([z.string(), z.object({ namespace: z.string(), pod: z.string(), container: z.string() }).strict()])).optional(),
-}).strict();
+export const identSchema = z
+  .object({
+    cg: z.array(z.tuple([z.string().regex(/^\d+$/), z.string().nullable()])).optional(),
+    alive: z.array(z.tuple([z.string().regex(/^\d+$/), z.boolean()])).optional(),
+    files: z.array(z.tuple([z.string(), z.string(), z.string().nullable()])).optional(),
+    vm: z.array(z.tuple([z.number().int(), vmId.nullable()])).optional(),
+    kube: z.array(z.tuple([z.string(), z.object({ namespace: z.string(), pod: z.string(), container: z.string() }).strict()])).optional(),
+  })
+  .strict();
 
-export const footerSchema = z.object({
-  records: z.number().int().min(0),
-  bytes: z.number().int().min(0),
-  dropped: z.object({ snapshot: z.number().int().min(0), events: z.number().int().min(0), ident: z.number().int().min(0) }).strict(),
-  reason: z.string(),
-}).strict();
+export const footerSchema = z
+  .object({
+    records: z.number().int().min(0),
+    bytes: z.number().int().min(0),
+    dropped: z.object({ snapshot: z.number().int().min(0), events: z.number().int().min(0), ident: z.number().int().min(0) }).strict(),
+    reason: z.string(),
+  })
+  .strict();
 export type TraceFooter = z.infer<typeof footerSchema>;
 
 export interface SnapshotMapData {

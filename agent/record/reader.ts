@@ -4,9 +4,25 @@
 import { crc32, inflateRawSync } from 'node:zlib';
 import { Btf } from '../../bpf/btf.js';
 import {
-  FLAG_DEFLATE, MAGIC, MAX_HEADER, MAX_RECORD, PREAMBLE, RECORD_HEAD, RECORD_TAIL, TYPE_NAMES, TraceError, VERSION,
-  footerSchema, headerSchema, identSchema, snapshotMetaSchema,
-  type SnapshotMapData, type SnapshotMeta, type TraceFooter, type TraceHeader, type TraceRecord,
+  FLAG_DEFLATE,
+  MAGIC,
+  MAX_HEADER,
+  MAX_RECORD,
+  PREAMBLE,
+  RECORD_HEAD,
+  RECORD_TAIL,
+  TYPE_NAMES,
+  TraceError,
+  VERSION,
+  footerSchema,
+  headerSchema,
+  identSchema,
+  snapshotMetaSchema,
+  type SnapshotMapData,
+  type SnapshotMeta,
+  type TraceFooter,
+  type TraceHeader,
+  type TraceRecord,
 } from './format.js';
 import type { z } from 'zod';
 
@@ -42,8 +58,12 @@ function parseJson<T>(bytes: Buffer, at: number, what: string, schema: z.ZodType
  * (or, for a deflated payload, the record's offset and the offset inside the payload). */
 class Cursor {
   pos = 0;
-  constructor(private readonly b: Buffer, private readonly where: (pos: number) => number, private readonly what: string,
-    private readonly inflated: boolean) {}
+  constructor(
+    private readonly b: Buffer,
+    private readonly where: (pos: number) => number,
+    private readonly what: string,
+    private readonly inflated: boolean,
+  ) {}
 
   fail(problem: string): never {
     throw new TraceError(this.where(this.pos), this.inflated ? `${problem} (at byte ${this.pos} of the inflated ${this.what} payload)` : problem);
@@ -53,9 +73,22 @@ class Cursor {
     if (this.pos + n > this.b.length) this.fail(`${this.what} record truncated: ${what} needs ${n} bytes, ${this.b.length - this.pos} left in the payload`);
   }
 
-  u8(what: string): number { this.need(1, what); return this.b.readUInt8(this.pos++); }
-  u16(what: string): number { this.need(2, what); const v = this.b.readUInt16LE(this.pos); this.pos += 2; return v; }
-  u32(what: string): number { this.need(4, what); const v = this.b.readUInt32LE(this.pos); this.pos += 4; return v; }
+  u8(what: string): number {
+    this.need(1, what);
+    return this.b.readUInt8(this.pos++);
+  }
+  u16(what: string): number {
+    this.need(2, what);
+    const v = this.b.readUInt16LE(this.pos);
+    this.pos += 2;
+    return v;
+  }
+  u32(what: string): number {
+    this.need(4, what);
+    const v = this.b.readUInt32LE(this.pos);
+    this.pos += 4;
+    return v;
+  }
   bytes(n: number, what: string): Buffer {
     this.need(n, what);
     const v = this.b.subarray(this.pos, this.pos + n);
@@ -74,9 +107,12 @@ class Cursor {
 
 function parseHeader(buf: Buffer): { header: TraceHeader; btf: Btf[]; end: number } {
   if (buf.length < MAGIC.length || !buf.subarray(0, MAGIC.length).equals(MAGIC)) {
-    throw new TraceError(0, buf.length < MAGIC.length && MAGIC.subarray(0, buf.length).equals(buf)
-      ? `file is ${buf.length} bytes, too short to be an hvwatch trace`
-      : 'not an hvwatch trace (bad magic; expected "HVWTRACE")');
+    throw new TraceError(
+      0,
+      buf.length < MAGIC.length && MAGIC.subarray(0, buf.length).equals(buf)
+        ? `file is ${buf.length} bytes, too short to be an hvwatch trace`
+        : 'not an hvwatch trace (bad magic; expected "HVWTRACE")',
+    );
   }
   if (buf.length < PREAMBLE) throw new TraceError(buf.length, `file ends inside the ${PREAMBLE}-byte preamble (${buf.length} bytes)`);
   const version = buf.readUInt16LE(8);
@@ -86,7 +122,8 @@ function parseHeader(buf: Buffer): { header: TraceHeader; btf: Btf[]; end: numbe
   if (flags !== 0) throw new TraceError(10, `unknown preamble flags 0x${flags.toString(16)}`);
   const h = buf.readUInt32LE(12);
   if (h > MAX_HEADER) throw new TraceError(12, `header length ${h} exceeds the ${MAX_HEADER}-byte limit`);
-  if (PREAMBLE + h + 4 > buf.length) throw new TraceError(12, `header of ${h} bytes (+4 checksum) runs past the end of the file (${buf.length} bytes): truncated`);
+  if (PREAMBLE + h + 4 > buf.length)
+    throw new TraceError(12, `header of ${h} bytes (+4 checksum) runs past the end of the file (${buf.length} bytes): truncated`);
   const hb = buf.subarray(PREAMBLE, PREAMBLE + h);
   const sum = buf.readUInt32LE(PREAMBLE + h);
   if (crc32(hb) !== sum) throw new TraceError(PREAMBLE + h, 'header checksum mismatch: the header is corrupt');
@@ -186,10 +223,15 @@ export function readTrace(buf: Buffer, opts: ReadOptions = {}): Trace {
   try {
     while (off < buf.length) {
       if (footer) throw new TraceError(off, `${buf.length - off} bytes after the footer record`);
-      if (buf.length - off < RECORD_HEAD + RECORD_TAIL) throw new TraceError(off, `truncated record: ${buf.length - off} bytes left, a record needs at least ${RECORD_HEAD + RECORD_TAIL}`);
+      if (buf.length - off < RECORD_HEAD + RECORD_TAIL)
+        throw new TraceError(off, `truncated record: ${buf.length - off} bytes left, a record needs at least ${RECORD_HEAD + RECORD_TAIL}`);
       const len = buf.readUInt32LE(off);
       if (len > MAX_RECORD) throw new TraceError(off, `record length ${len} exceeds the ${MAX_RECORD}-byte limit`);
-      if (off + RECORD_HEAD + len + RECORD_TAIL > buf.length) throw new TraceError(off, `truncated record: it claims ${len} payload bytes, the file ends ${buf.length - off - RECORD_HEAD - RECORD_TAIL} bytes later`);
+      if (off + RECORD_HEAD + len + RECORD_TAIL > buf.length)
+        throw new TraceError(
+          off,
+          `truncated record: it claims ${len} payload bytes, the file ends ${buf.length - off - RECORD_HEAD - RECORD_TAIL} bytes later`,
+        );
       const typeNo = buf.readUInt8(off + 4);
       const flags = buf.readUInt8(off + 5);
       const body = buf.subarray(off + 4, off + RECORD_HEAD + len);
@@ -213,9 +255,15 @@ export function readTrace(buf: Buffer, opts: ReadOptions = {}): Trace {
       const c = new Cursor(payload, (p) => (deflated ? base : base + p), type, deflated);
       const at = off;
       switch (type) {
-        case 'snapshot': records.push({ type, offset: at, t, ...parseSnapshot(c, header) }); break;
-        case 'events': records.push({ type, offset: at, t, ...parseEvents(c, header) }); break;
-        case 'ident': records.push({ type, offset: at, t, delta: parseJson(payload, base, 'ident record', identSchema) }); break;
+        case 'snapshot':
+          records.push({ type, offset: at, t, ...parseSnapshot(c, header) });
+          break;
+        case 'events':
+          records.push({ type, offset: at, t, ...parseEvents(c, header) });
+          break;
+        case 'ident':
+          records.push({ type, offset: at, t, delta: parseJson(payload, base, 'ident record', identSchema) });
+          break;
         case 'footer':
           footer = parseJson(payload, base, 'footer record', footerSchema);
           records.push({ type, offset: at, t, footer });

@@ -4,8 +4,17 @@
 import * as fs from 'node:fs';
 import { crc32, deflateRawSync } from 'node:zlib';
 import {
-  FLAG_DEFLATE, MAGIC, PREAMBLE, RECORD_HEAD, RECORD_TAIL, RECORD_TYPES, VERSION,
-  type RecordType, type SnapshotMeta, type TraceFooter, type TraceHeader,
+  FLAG_DEFLATE,
+  MAGIC,
+  PREAMBLE,
+  RECORD_HEAD,
+  RECORD_TAIL,
+  RECORD_TYPES,
+  VERSION,
+  type RecordType,
+  type SnapshotMeta,
+  type TraceFooter,
+  type TraceHeader,
 } from './format.js';
 import type { IdentDelta } from '../sources/host.js';
 
@@ -126,7 +135,11 @@ export class TraceWriter {
   readonly stats: WriterStats = { bytes: 0, records: 0, dropped: { snapshot: 0, events: 0, ident: 0 } };
 
   /** Throws when the file cannot be created or the header alone exceeds maxBytes. */
-  constructor(readonly file: string, header: TraceHeader, private readonly opts: { maxBytes?: number; compress?: boolean; onDrop?: (type: keyof TraceFooter['dropped'], n: number) => void } = {}) {
+  constructor(
+    readonly file: string,
+    header: TraceHeader,
+    private readonly opts: { maxBytes?: number; compress?: boolean; onDrop?: (type: keyof TraceFooter['dropped'], n: number) => void } = {},
+  ) {
     const hb = encodeHeader(header);
     if (opts.maxBytes !== undefined && hb.length + FOOTER_RESERVE > opts.maxBytes) {
       throw new Error(`--max-bytes ${opts.maxBytes} is too small: the trace header alone takes ${hb.length} bytes (+${FOOTER_RESERVE} kept for the footer)`);

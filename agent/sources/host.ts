@@ -96,7 +96,10 @@ export class HostTables {
 
 /** The live resolver, noting every answer it gives. */
 export class TappingCgroupResolver extends CgroupResolver {
-  constructor(h: MemoryHierarchy, private readonly tables: HostTables) {
+  constructor(
+    h: MemoryHierarchy,
+    private readonly tables: HostTables,
+  ) {
     super(h);
   }
 
@@ -123,7 +126,10 @@ export class TappingCgroupResolver extends CgroupResolver {
 export class TableCgroupResolver extends CgroupResolver {
   private readonly counts: CgroupResolverStats = { hits: 0, misses: 0, unresolved: 0, rescans: 0 };
 
-  constructor(h: MemoryHierarchy, private readonly tables: HostTables) {
+  constructor(
+    h: MemoryHierarchy,
+    private readonly tables: HostTables,
+  ) {
     super(h);
   }
 

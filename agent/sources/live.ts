@@ -20,7 +20,11 @@ export class LiveSource implements Source {
   private stats: { close(): void } | undefined;
   private reader: RingBufferReader | undefined;
 
-  constructor(private readonly config: Config, private readonly specs: readonly FamilySpec[], opts: LoadOptions) {
+  constructor(
+    private readonly config: Config,
+    private readonly specs: readonly FamilySpec[],
+    opts: LoadOptions,
+  ) {
     this.loader = new Loader(opts);
     const h = config.cgroups.root ? { version: findMemoryHierarchy()?.version ?? 2, mountPoint: config.cgroups.root } : findMemoryHierarchy();
     this.host = { cgroups: h ? { hierarchy: h, resolver: new CgroupResolver(h) } : undefined };
@@ -71,7 +75,8 @@ export class LiveSource implements Source {
   private addEvents(fam: LoadedFamily, mapName: string, sink: EventSink): void {
     const map = fam.maps.get(mapName);
     if (!map) return; // the agent reports the unusable ring buffer
-    const onError = (message: string): void => log('error', 'ring buffer reader failed; this family\'s events are no longer read', { family: fam.spec.name, error: message });
+    const onError = (message: string): void =>
+      log('error', "ring buffer reader failed; this family's events are no longer read", { family: fam.spec.name, error: message });
     try {
       this.reader ??= new RingBufferReader();
       this.reader.add(map.fd, (records) => sink(fam as FamilyView, records, fam.maps), { onError });

@@ -33,21 +33,50 @@ interface RecFamily {
 
 /** Records a live map's lookups (the event handlers' stack lookups) for the events record. */
 class TappedMap implements MapView {
-  constructor(private readonly m: MapView, private readonly index: number,
-    private readonly out: { map: number; key: Buffer; value: Buffer | undefined }[]) {}
-  get name(): string { return this.m.name; }
-  get keySize(): number { return this.m.keySize; }
-  get valueSize(): number { return this.m.valueSize; }
-  get maxEntries(): number { return this.m.maxEntries; }
-  get percpu(): boolean { return this.m.percpu; }
-  keys(): Buffer[] { return this.m.keys(); }
-  entries(): Iterable<[Buffer, Buffer]> { return this.m.entries(); }
-  lookup(key: Buffer): Buffer | undefined { return this.note(key, this.m.lookup(key)); }
-  lookupRaw(key: Buffer): Buffer | undefined { return this.note(key, this.m.lookupRaw(key)); }
-  count(): number { return this.m.count(); }
-  counter(i: number): number { return this.m.counter(i); }
-  delete(key: Buffer): boolean { return this.m.delete(key); }
-  update(key: Buffer, value: Buffer, flags?: number): void { this.m.update(key, value, flags); }
+  constructor(
+    private readonly m: MapView,
+    private readonly index: number,
+    private readonly out: { map: number; key: Buffer; value: Buffer | undefined }[],
+  ) {}
+  get name(): string {
+    return this.m.name;
+  }
+  get keySize(): number {
+    return this.m.keySize;
+  }
+  get valueSize(): number {
+    return this.m.valueSize;
+  }
+  get maxEntries(): number {
+    return this.m.maxEntries;
+  }
+  get percpu(): boolean {
+    return this.m.percpu;
+  }
+  keys(): Buffer[] {
+    return this.m.keys();
+  }
+  entries(): Iterable<[Buffer, Buffer]> {
+    return this.m.entries();
+  }
+  lookup(key: Buffer): Buffer | undefined {
+    return this.note(key, this.m.lookup(key));
+  }
+  lookupRaw(key: Buffer): Buffer | undefined {
+    return this.note(key, this.m.lookupRaw(key));
+  }
+  count(): number {
+    return this.m.count();
+  }
+  counter(i: number): number {
+    return this.m.counter(i);
+  }
+  delete(key: Buffer): boolean {
+    return this.m.delete(key);
+  }
+  update(key: Buffer, value: Buffer, flags?: number): void {
+    this.m.update(key, value, flags);
+  }
   private note(key: Buffer, value: Buffer | undefined): Buffer | undefined {
     // A per-CPU raw value is wider than the recorded value size; such lookups are not replayable.
     if (value === undefined || value.length === this.m.valueSize) this.out.push({ map: this.index, key: Buffer.from(key), value: value && Buffer.from(value) });
@@ -71,7 +100,11 @@ export class RecordingSource implements Source {
   /** Why the next collection happens (the record command's timer sets "interval"). */
   cause: 'interval' | 'scrape' | 'final' = 'scrape';
 
-  constructor(readonly live: LiveSource, private readonly config: Config, private readonly opts: RecordOptions) {
+  constructor(
+    readonly live: LiveSource,
+    private readonly config: Config,
+    private readonly opts: RecordOptions,
+  ) {
     const cg = live.host.cgroups;
     if (cg) {
       this.files = new HostFiles(cg.hierarchy.version);
@@ -116,7 +149,16 @@ export class RecordingSource implements Source {
         const ids = live.typeIds.get(name) ?? { key: 0, value: 0 };
         // Maps the pipeline only counts (pointer-keyed state) are recorded as their count.
         const countOnly = m.keySize === 0 || (live.spec.watchMaps?.includes(name) && !exported.has(name));
-        metas.push({ name, keySize: m.keySize, valueSize: m.valueSize, maxEntries: m.maxEntries, percpu: m.percpu, keyType: ids.key, valueType: ids.value, content: countOnly ? 'count' : 'full' });
+        metas.push({
+          name,
+          keySize: m.keySize,
+          valueSize: m.valueSize,
+          maxEntries: m.maxEntries,
+          percpu: m.percpu,
+          keyType: ids.key,
+          valueType: ids.value,
+          content: countOnly ? 'count' : 'full',
+        });
       }
       const obj = BpfObject.open(live.path);
       let btf: Buffer;
@@ -125,9 +167,18 @@ export class RecordingSource implements Source {
       } finally {
         obj.close();
       }
-      families.push({ name: live.spec.name, object: live.spec.object, btf: deflateRawSync(btf).toString('base64'), maps: metas, programs: live.programs.map((p) => ({ probe: p.probe, program: p.program.name })) });
+      families.push({
+        name: live.spec.name,
+        object: live.spec.object,
+        btf: deflateRawSync(btf).toString('base64'),
+        maps: metas,
+        programs: live.programs.map((p) => ({ probe: p.probe, program: p.program.name })),
+      });
       const view: RecFamily['view'] = {
-        spec: live.spec, btf: live.btf, typeIds: live.typeIds, maps: live.maps,
+        spec: live.spec,
+        btf: live.btf,
+        typeIds: live.typeIds,
+        maps: live.maps,
         programs: [],
       };
       const rf: RecFamily = { view, live, index, metas, lastStats: live.programs.map(() => ({ runCount: 0, runTimeNs: 0 })) };
@@ -138,21 +189,35 @@ export class RecordingSource implements Source {
       this.fams.push(rf);
     });
     const header: TraceHeader = {
-      format: 'hvwatch-trace', agent: AGENT_VERSION, kernel: this.live.build.kernel, libbpf: this.live.build.libbpf,
-      hostname: hostname(), started: new Date().toISOString(), intervalMs: this.opts.intervalMs, maxBytes: this.opts.maxBytes ?? null,
+      format: 'hvwatch-trace',
+      agent: AGENT_VERSION,
+      kernel: this.live.build.kernel,
+      libbpf: this.live.build.libbpf,
+      hostname: hostname(),
+      started: new Date().toISOString(),
+      intervalMs: this.opts.intervalMs,
+      maxBytes: this.opts.maxBytes ?? null,
       cardinality: { cgroups: this.config.cardinality.cgroups, vms: this.config.cardinality.vms },
       cgroupVersion: this.live.host.cgroups?.hierarchy.version ?? null,
       probes: this.live.status.map((s) => ({
-        name: s.name, family: s.family, description: s.description, enabled: s.enabled, skipped: s.skipped, hot: s.hot,
+        name: s.name,
+        family: s.family,
+        description: s.description,
+        enabled: s.enabled,
+        skipped: s.skipped,
+        hot: s.hot,
         candidates: s.candidates.map((c) => ({ attach: c.attach, target: c.target, ok: c.ok, error: c.error })),
-        chosen: s.chosen, absent: s.absent,
+        chosen: s.chosen,
+        absent: s.absent,
       })),
       families,
     };
     this.writer = new TraceWriter(this.opts.file, header, {
-      maxBytes: this.opts.maxBytes, compress: this.opts.compress,
+      maxBytes: this.opts.maxBytes,
+      compress: this.opts.compress,
       onDrop: (type, n) => {
-        if (type !== 'ident' && this.writer && this.writer.stats.dropped[type] === n) log('warn', 'trace reached --max-bytes: later records are dropped and counted', { file: this.opts.file });
+        if (type !== 'ident' && this.writer && this.writer.stats.dropped[type] === n)
+          log('warn', 'trace reached --max-bytes: later records are dropped and counted', { file: this.opts.file });
         this.store?.inc(M.recordDropped, { type }, n);
       },
     });

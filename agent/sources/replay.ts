@@ -34,7 +34,10 @@ export class ReplaySource implements Source {
   /** Snapshots played so far. */
   played = 0;
 
-  constructor(readonly trace: Trace, specs: readonly FamilySpec[]) {
+  constructor(
+    readonly trace: Trace,
+    specs: readonly FamilySpec[],
+  ) {
     const h = trace.header;
     this.status = h.probes.map((p) => ({ ...p, candidates: p.candidates.map((c) => ({ ...c })) }));
     this.build = { kernel: h.kernel, libbpf: h.libbpf };
@@ -59,7 +62,13 @@ export class ReplaySource implements Source {
       const rf: ReplayFamily = { index, progBase: base, view: { spec, btf, maps, typeIds, programs: [] } };
       rf.view.programs = f.programs.map((p, i) => ({
         probe: p.probe,
-        program: { name: p.program, stats: () => { const s = this.lastMeta?.progs[base + i]; return { runCount: s?.[0] ?? 0, runTimeNs: s?.[1] ?? 0 }; } },
+        program: {
+          name: p.program,
+          stats: () => {
+            const s = this.lastMeta?.progs[base + i];
+            return { runCount: s?.[0] ?? 0, runTimeNs: s?.[1] ?? 0 };
+          },
+        },
       }));
       this.fams.push(rf);
       this.byIndex.set(index, rf);

@@ -20,8 +20,12 @@ export class SnapshotMap implements MapView {
   readonly maxEntries: number;
   private readonly byKey = new Map<string, [Buffer, Buffer]>();
 
-  constructor(meta: SnapshotMeta, entries: Iterable<[Buffer, Buffer]>, private readonly countOnly?: number,
-    private readonly onDelete?: (key: Buffer) => void) {
+  constructor(
+    meta: SnapshotMeta,
+    entries: Iterable<[Buffer, Buffer]>,
+    private readonly countOnly?: number,
+    private readonly onDelete?: (key: Buffer) => void,
+  ) {
     this.name = meta.name;
     this.keySize = meta.keySize;
     this.valueSize = meta.valueSize;

@@ -33,7 +33,9 @@ function parse(argv: string[]): TopOptions | 'help' {
   let a;
   try {
     a = parseArgs({
-      args: argv, allowPositionals: false, strict: true,
+      args: argv,
+      allowPositionals: false,
+      strict: true,
       options: {
         url: { type: 'string' },
         interval: { type: 'string' },
@@ -80,7 +82,9 @@ async function once(o: TopOptions): Promise<number> {
   const b = await scrape(o.url);
   const f = frameOf(a, b, o.limit);
   if (o.json) {
-    process.stdout.write(`${JSON.stringify({ time: b.time.toISOString(), url: o.url, seconds: f.seconds, vms: f.vms, rate: f.rate, rows: f.rows }, null, 2)}\n`);
+    process.stdout.write(
+      `${JSON.stringify({ time: b.time.toISOString(), url: o.url, seconds: f.seconds, vms: f.vms, rate: f.rate, rows: f.rows }, null, 2)}\n`,
+    );
   } else {
     const tty = process.stdout.isTTY === true;
     const lines = render(f, { url: o.url, time: b.time, tty, width: (tty && process.stdout.columns) || 80 });

@@ -75,23 +75,31 @@ interface Agg {
 type Group = Exclude<RowKind, 'vm' | 'other'>;
 const GROUPS: readonly Group[] = ['exit', 'nested', 'user', 'pio', 'mmio'];
 const GROUP_METRIC: Record<Group, string> = {
-  exit: TOP_METRICS.exits, nested: TOP_METRICS.nested, user: TOP_METRICS.user, pio: TOP_METRICS.pio, mmio: TOP_METRICS.mmio,
+  exit: TOP_METRICS.exits,
+  nested: TOP_METRICS.nested,
+  user: TOP_METRICS.user,
+  pio: TOP_METRICS.pio,
+  mmio: TOP_METRICS.mmio,
 };
 
 function childName(group: Group, l: Record<string, string>): string {
   switch (group) {
-    case 'exit': return l['reason'] ?? '?';
-    case 'nested': return `nested ${l['handler'] ?? '?'} ${l['reason'] ?? '?'}`;
-    case 'user': return `user ${l['reason'] ?? '?'}`;
-    case 'pio': return `pio ${l['direction'] ?? '?'}`;
-    case 'mmio': return `mmio ${l['type'] ?? '?'}`;
+    case 'exit':
+      return l['reason'] ?? '?';
+    case 'nested':
+      return `nested ${l['handler'] ?? '?'} ${l['reason'] ?? '?'}`;
+    case 'user':
+      return `user ${l['reason'] ?? '?'}`;
+    case 'pio':
+      return `pio ${l['direction'] ?? '?'}`;
+    case 'mmio':
+      return `mmio ${l['type'] ?? '?'}`;
   }
 }
 
 const GROUP_PREFIX: Record<Group, string> = { exit: '', nested: 'nested ', user: 'user ', pio: 'pio ', mmio: 'mmio ' };
 
-const byRate = <T extends { rate: number; name: string }>(a: T, b: T): number =>
-  b.rate - a.rate || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0);
+const byRate = <T extends { rate: number; name: string }>(a: T, b: T): number => b.rate - a.rate || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0);
 
 /** The rows of one frame from two scrapes `seconds` apart. */
 export function buildFrame(prev: readonly Sample[], cur: readonly Sample[], seconds: number, opts: ModelOptions = {}): Frame {
@@ -137,7 +145,10 @@ export function buildFrame(prev: readonly Sample[], cur: readonly Sample[], seco
     const share = (r: number): number | null => (tot.rate > 0 ? (100 * r) / tot.rate : null);
     const children: Row[] = [];
     for (const g of GROUPS) {
-      const rows = [...groups.get(g)!].map(([name, a]) => ({ name, ...a })).filter((a) => a.rate > 0).sort(byRate);
+      const rows = [...groups.get(g)!]
+        .map(([name, a]) => ({ name, ...a }))
+        .filter((a) => a.rate > 0)
+        .sort(byRate);
       for (const a of rows.slice(0, limit)) {
         children.push({ kind: g, depth: 1, vm, name: a.name, rate: a.rate, share: share(a.rate), total: a.total });
       }
@@ -145,7 +156,17 @@ export function buildFrame(prev: readonly Sample[], cur: readonly Sample[], seco
       if (rest.length) {
         const r = rest.reduce((x, a) => x + a.rate, 0);
         const t = rest.reduce((x, a) => x + a.total, 0);
-        children.push({ kind: 'other', depth: 1, vm, name: `${GROUP_PREFIX[g]}(${rest.length} more)`, rate: r, share: share(r), total: t, group: g, count: rest.length });
+        children.push({
+          kind: 'other',
+          depth: 1,
+          vm,
+          name: `${GROUP_PREFIX[g]}(${rest.length} more)`,
+          rate: r,
+          share: share(r),
+          total: t,
+          group: g,
+          count: rest.length,
+        });
       }
     }
     blocks.push({ vm: vmRow, children });

@@ -4,7 +4,10 @@ import { performance } from 'node:perf_hooks';
 import { ExpositionError, parseExposition, type Sample } from '../export/parse.js';
 
 export class TopError extends Error {
-  constructor(message: string, readonly kind: 'unreachable' | 'http' | 'parse') {
+  constructor(
+    message: string,
+    readonly kind: 'unreachable' | 'http' | 'parse',
+  ) {
     super(message);
     this.name = 'TopError';
   }

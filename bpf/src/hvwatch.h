@@ -13,12 +13,29 @@ static __always_inline u32 log2_slot(u64 v)
 {
 	u32 r = 0;
 	/* Branch-free-ish binary search: 6 compares, no loop, verifier-friendly. */
-	if (v >> 32) { v >>= 32; r += 32; }
-	if (v >> 16) { v >>= 16; r += 16; }
-	if (v >> 8)  { v >>= 8;  r += 8; }
-	if (v >> 4)  { v >>= 4;  r += 4; }
-	if (v >> 2)  { v >>= 2;  r += 2; }
-	if (v >> 1)  { r += 1; }
+	if (v >> 32) {
+		v >>= 32;
+		r += 32;
+	}
+	if (v >> 16) {
+		v >>= 16;
+		r += 16;
+	}
+	if (v >> 8) {
+		v >>= 8;
+		r += 8;
+	}
+	if (v >> 4) {
+		v >>= 4;
+		r += 4;
+	}
+	if (v >> 2) {
+		v >>= 2;
+		r += 2;
+	}
+	if (v >> 1) {
+		r += 1;
+	}
 	return r < HIST_SLOTS ? r : HIST_SLOTS - 1;
 }
 
@@ -40,12 +57,12 @@ enum hv_error {
 	HV_ERR_MAX = 4,
 };
 
-#define DEFINE_ERROR_MAP()                                   \
-	struct {                                             \
-		__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);     \
-		__uint(max_entries, HV_ERR_MAX);             \
-		__type(key, u32);                            \
-		__type(value, u64);                          \
+#define DEFINE_ERROR_MAP()                               \
+	struct {                                         \
+		__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY); \
+		__uint(max_entries, HV_ERR_MAX);         \
+		__type(key, u32);                        \
+		__type(value, u64);                      \
 	} hv_errors SEC(".maps")
 
 static __always_inline void count_error(void *map, u32 kind)
@@ -92,13 +109,13 @@ struct hv_vm_seen {
 	char cmdline[VM_CMDLINE_BYTES];
 };
 
-#define DEFINE_VM_SEEN_MAP()                                 \
-	struct {                                             \
-		__uint(type, BPF_MAP_TYPE_HASH);             \
-		__uint(max_entries, 2048);                   \
-		__type(key, u32); /* tgid */                 \
-		__type(value, struct hv_vm_seen);            \
-	} hv_vm_seen SEC(".maps");                           \
+#define DEFINE_VM_SEEN_MAP()                      \
+	struct {                                  \
+		__uint(type, BPF_MAP_TYPE_HASH);  \
+		__uint(max_entries, 2048);        \
+		__type(key, u32); /* tgid */      \
+		__type(value, struct hv_vm_seen); \
+	} hv_vm_seen SEC(".maps");                \
 	static const struct hv_vm_seen hv_vm_seen_zero
 
 /* Records tgid's identity the first time it is seen. Only from the VMM's own context:
@@ -139,8 +156,7 @@ static __always_inline void vm_first_sight(void *seen, const void *zero, void *e
 }
 
 /* lookup_or_init for a stats map keyed by VMM tgid: a new key may be a new VM. */
-static __always_inline void *lookup_or_init_vm(void *map, const void *key, const void *zero, void *errors,
-					       void *seen, const void *seen_zero, u32 tgid)
+static __always_inline void *lookup_or_init_vm(void *map, const void *key, const void *zero, void *errors, void *seen, const void *seen_zero, u32 tgid)
 {
 	void *v = bpf_map_lookup_elem(map, key);
 	if (v)
@@ -148,8 +164,7 @@ static __always_inline void *lookup_or_init_vm(void *map, const void *key, const
 	vm_first_sight(seen, seen_zero, errors, tgid);
 	return lookup_or_init(map, key, zero, errors);
 }
-#define lookup_or_init_vm_seen(map, key, zero, tgid) \
-	lookup_or_init_vm(map, key, zero, &hv_errors, &hv_vm_seen, &hv_vm_seen_zero, tgid)
+#define lookup_or_init_vm_seen(map, key, zero, tgid) lookup_or_init_vm(map, key, zero, &hv_errors, &hv_vm_seen, &hv_vm_seen_zero, tgid)
 
 /* Event structs reach user space as raw bytes; the agent decodes them by the layout in the
  * object's BTF. clang emits BTF only for types something references, so each event struct

@@ -641,7 +641,8 @@ int BPF_PROG(btf_kvm_exit_legacy, unsigned int exit_reason, struct kvm_vcpu *vcp
 SEC("tracepoint/kvm/kvm_exit")
 int tp_kvm_exit(struct trace_event_raw_kvm_exit *ctx)
 {
-	handle_exit(CUR_IDS(bpf_get_current_pid_tgid()), bpf_ktime_get_ns(), BPF_CORE_READ(ctx, vcpu_id), BPF_CORE_READ(ctx, isa), BPF_CORE_READ(ctx, exit_reason));
+	handle_exit(
+	        CUR_IDS(bpf_get_current_pid_tgid()), bpf_ktime_get_ns(), BPF_CORE_READ(ctx, vcpu_id), BPF_CORE_READ(ctx, isa), BPF_CORE_READ(ctx, exit_reason));
 	return 0;
 }
 
@@ -657,7 +658,8 @@ int BPF_PROG(btf_kvm_exit_legacy_ts, unsigned int exit_reason, struct kvm_vcpu *
 SEC("tracepoint/kvm/kvm_exit")
 int tp_kvm_exit_ts(struct trace_event_raw_kvm_exit *ctx)
 {
-	handle_exit_ts(task_state(true), (u32)(bpf_get_current_pid_tgid() >> 32), bpf_ktime_get_ns(), BPF_CORE_READ(ctx, vcpu_id), BPF_CORE_READ(ctx, isa), BPF_CORE_READ(ctx, exit_reason));
+	handle_exit_ts(task_state(true), (u32)(bpf_get_current_pid_tgid() >> 32), bpf_ktime_get_ns(), BPF_CORE_READ(ctx, vcpu_id), BPF_CORE_READ(ctx, isa),
+	        BPF_CORE_READ(ctx, exit_reason));
 	return 0;
 }
 

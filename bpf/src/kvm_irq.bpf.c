@@ -94,10 +94,10 @@ struct {
 
 /* Things not counted as asked, so they are counted here: index = enum irq_counter. */
 enum irq_counter {
-	C_REAPED = 0,         /* VM state entries dropped: destroyed VM seen again, or replaced at KVM_CREATE_VM */
-	C_STALE_CONTEXT = 1,  /* injections whose ioctl context named an older generation */
-	C_UNPAIRED = 2,       /* kvm_inj_virq (hard, first try) with no acceptance recorded for its vCPU and vector */
-	C_NO_VM = 3,          /* injections with no VM known (kernel thread or interrupt context) */
+	C_REAPED = 0,        /* VM state entries dropped: destroyed VM seen again, or replaced at KVM_CREATE_VM */
+	C_STALE_CONTEXT = 1, /* injections whose ioctl context named an older generation */
+	C_UNPAIRED = 2,      /* kvm_inj_virq (hard, first try) with no acceptance recorded for its vCPU and vector */
+	C_NO_VM = 3,         /* injections with no VM known (kernel thread or interrupt context) */
 	C_MAX = 4,
 };
 
@@ -465,30 +465,30 @@ static __always_inline u64 fd_private(u64 fd)
  * Only kvm_apic_accept_irq's and kvm_inj_virq's arguments are read. */
 /* The four whose arguments are not read: one count from either tier. */
 /* Each in two tiers of the thread context: the hash map, and task storage (_ts). */
-#define INJECT_PROGRAMS(tp, path)               \
-	SEC("tp_btf/" #tp)                      \
-	int BPF_PROG(btf_##tp)                  \
-	{                                       \
+#define INJECT_PROGRAMS(tp, path)                \
+	SEC("tp_btf/" #tp)                       \
+	int BPF_PROG(btf_##tp)                   \
+	{                                        \
 		on_inject(false, path, 0, 0, 0); \
-		return 0;                       \
-	}                                       \
-	SEC("tracepoint/kvm/" #tp)              \
-	int tp_##tp(void *ctx)                  \
-	{                                       \
+		return 0;                        \
+	}                                        \
+	SEC("tracepoint/kvm/" #tp)               \
+	int tp_##tp(void *ctx)                   \
+	{                                        \
 		on_inject(false, path, 0, 0, 0); \
-		return 0;                       \
-	}                                       \
-	SEC("tp_btf/" #tp)                      \
-	int BPF_PROG(btf_##tp##_ts)             \
-	{                                       \
+		return 0;                        \
+	}                                        \
+	SEC("tp_btf/" #tp)                       \
+	int BPF_PROG(btf_##tp##_ts)              \
+	{                                        \
 		on_inject(true, path, 0, 0, 0);  \
-		return 0;                       \
-	}                                       \
-	SEC("tracepoint/kvm/" #tp)              \
-	int tp_##tp##_ts(void *ctx)             \
-	{                                       \
+		return 0;                        \
+	}                                        \
+	SEC("tracepoint/kvm/" #tp)               \
+	int tp_##tp##_ts(void *ctx)              \
+	{                                        \
 		on_inject(true, path, 0, 0, 0);  \
-		return 0;                       \
+		return 0;                        \
 	}
 
 INJECT_PROGRAMS(kvm_set_irq, P_SET_IRQ)
@@ -496,18 +496,18 @@ INJECT_PROGRAMS(kvm_msi_set_irq, P_MSI)
 INJECT_PROGRAMS(kvm_ioapic_set_irq, P_IOAPIC)
 INJECT_PROGRAMS(kvm_pic_set_irq, P_PIC)
 
-#define APIC_ACCEPT_PROGRAMS(suffix, ts)                                                                   \
-	SEC("tp_btf/kvm_apic_accept_irq")                                                                 \
-	int BPF_PROG(btf_kvm_apic_accept_irq##suffix, __u32 apicid, __u16 dm, __u16 tm, __u8 vec)         \
-	{                                                                                                 \
-		on_inject(ts, P_APIC_ACCEPT, apicid, vec, 0);                                             \
-		return 0;                                                                                 \
-	}                                                                                                 \
-	SEC("tracepoint/kvm/kvm_apic_accept_irq")                                                         \
-	int tp_kvm_apic_accept_irq##suffix(struct trace_event_raw_kvm_apic_accept_irq *ctx)               \
-	{                                                                                                 \
-		on_inject(ts, P_APIC_ACCEPT, BPF_CORE_READ(ctx, apicid), BPF_CORE_READ(ctx, vec), 0);     \
-		return 0;                                                                                 \
+#define APIC_ACCEPT_PROGRAMS(suffix, ts)                                                              \
+	SEC("tp_btf/kvm_apic_accept_irq")                                                             \
+	int BPF_PROG(btf_kvm_apic_accept_irq##suffix, __u32 apicid, __u16 dm, __u16 tm, __u8 vec)     \
+	{                                                                                             \
+		on_inject(ts, P_APIC_ACCEPT, apicid, vec, 0);                                         \
+		return 0;                                                                             \
+	}                                                                                             \
+	SEC("tracepoint/kvm/kvm_apic_accept_irq")                                                     \
+	int tp_kvm_apic_accept_irq##suffix(struct trace_event_raw_kvm_apic_accept_irq *ctx)           \
+	{                                                                                             \
+		on_inject(ts, P_APIC_ACCEPT, BPF_CORE_READ(ctx, apicid), BPF_CORE_READ(ctx, vec), 0); \
+		return 0;                                                                             \
 	}
 
 APIC_ACCEPT_PROGRAMS(, false)
@@ -530,18 +530,18 @@ static __always_inline void tp_inj_virq(bool ts, struct trace_event_raw_kvm_inj_
 	on_inject(ts, P_INJ_VIRQ, vector, 0, flags);
 }
 
-#define INJ_VIRQ_PROGRAMS(suffix, ts)                                                          \
-	SEC("tp_btf/kvm_inj_virq")                                                            \
+#define INJ_VIRQ_PROGRAMS(suffix, ts)                                                           \
+	SEC("tp_btf/kvm_inj_virq")                                                              \
 	int BPF_PROG(btf_kvm_inj_virq##suffix, unsigned int vector, bool soft, bool reinjected) \
-	{                                                                                     \
-		on_inject(ts, P_INJ_VIRQ, vector, 0, (soft ? 1 : 0) | (reinjected ? 2 : 0));  \
-		return 0;                                                                     \
-	}                                                                                     \
-	SEC("tracepoint/kvm/kvm_inj_virq")                                                    \
-	int tp_kvm_inj_virq##suffix(struct trace_event_raw_kvm_inj_virq *ctx)                 \
-	{                                                                                     \
-		tp_inj_virq(ts, ctx);                                                         \
-		return 0;                                                                     \
+	{                                                                                       \
+		on_inject(ts, P_INJ_VIRQ, vector, 0, (soft ? 1 : 0) | (reinjected ? 2 : 0));    \
+		return 0;                                                                       \
+	}                                                                                       \
+	SEC("tracepoint/kvm/kvm_inj_virq")                                                      \
+	int tp_kvm_inj_virq##suffix(struct trace_event_raw_kvm_inj_virq *ctx)                   \
+	{                                                                                       \
+		tp_inj_virq(ts, ctx);                                                           \
+		return 0;                                                                       \
 	}
 
 INJ_VIRQ_PROGRAMS(, false)
@@ -573,7 +573,7 @@ static __always_inline void irq_sys_enter(bool ts, struct sys_enter_ioctl_args *
 {
 	u32 cmd = ctx->cmd;
 	if (cmd != KVM_RUN_IOCTL && cmd != KVM_IRQ_LINE_IOCTL && cmd != KVM_IRQ_LINE_STATUS_IOCTL && cmd != KVM_SIGNAL_MSI_IOCTL &&
-	    cmd != KVM_CREATE_VM_IOCTL && cmd != KVM_CREATE_VCPU_IOCTL)
+	        cmd != KVM_CREATE_VM_IOCTL && cmd != KVM_CREATE_VCPU_IOCTL)
 		return;
 	if (cmd == KVM_CREATE_VCPU_IOCTL) {
 		bump_vcpu_fd_gen();

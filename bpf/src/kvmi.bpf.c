@@ -83,8 +83,8 @@ struct ev_key {
 
 struct ev_stats {
 	u64 sent;
-	u64 unreplied;                  /* returned without a reply (unhook, connection closed) */
-	u64 reply_slots[HIST_SLOTS];    /* log2 ns from send to reply: the vCPU's paused time */
+	u64 unreplied;               /* returned without a reply (unhook, connection closed) */
+	u64 reply_slots[HIST_SLOTS]; /* log2 ns from send to reply: the vCPU's paused time */
 	u64 reply_sum_ns;
 };
 
@@ -388,8 +388,7 @@ int BPF_PROG(fentry_kvmi_send, struct kvm_vcpu *vcpu, u32 ev_id)
 }
 
 SEC("fexit/kvmi_send_vcpu_event")
-int BPF_PROG(fexit_kvmi_send, struct kvm_vcpu *vcpu, u32 ev_id, void *ev, size_t ev_size,
-	     void *rpl, size_t rpl_size, u32 *action, int ret)
+int BPF_PROG(fexit_kvmi_send, struct kvm_vcpu *vcpu, u32 ev_id, void *ev, size_t ev_size, void *rpl, size_t rpl_size, u32 *action, int ret)
 {
 	on_send_return(vcpu, ret);
 	return 0;

@@ -242,8 +242,7 @@ struct uncharge_gather___old {
 
 static __always_inline void on_uncharge_batch(const struct uncharge_gather *ug)
 {
-	u64 pages = bpf_core_field_exists(ug->nr_memory) ? BPF_CORE_READ(ug, nr_memory)
-		: BPF_CORE_READ((struct uncharge_gather___old *)ug, nr_pages);
+	u64 pages = bpf_core_field_exists(ug->nr_memory) ? BPF_CORE_READ(ug, nr_memory) : BPF_CORE_READ((struct uncharge_gather___old *)ug, nr_pages);
 	handle_uncharge_batch(memcg_cgroup_id(BPF_CORE_READ(ug, memcg)), pages);
 }
 

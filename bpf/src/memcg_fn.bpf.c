@@ -53,9 +53,9 @@ struct memcg_key {
 struct memcg_fn_stats {
 	u64 wb_latency_slots[HIST_SLOTS]; /* log2 ns, writeback start -> end of each folio */
 	u64 wb_latency_sum_ns;
-	u64 wb_end_slots[HIST_SLOTS];     /* log2 ns inside __folio_end_writeback */
+	u64 wb_end_slots[HIST_SLOTS]; /* log2 ns inside __folio_end_writeback */
 	u64 wb_end_sum_ns;
-	u64 uncharge_slots[HIST_SLOTS];   /* log2 ns inside one uncharge call */
+	u64 uncharge_slots[HIST_SLOTS]; /* log2 ns inside one uncharge call */
 	u64 uncharge_sum_ns;
 	u64 uncharged_folios;
 };
@@ -77,9 +77,9 @@ struct {
 
 /* Counters about the state machine itself: index = enum state_counter. */
 enum state_counter {
-	ST_INSERTS = 0, /* folio entries created */
-	ST_REMOVES = 1, /* folio entries deleted at writeback end exit */
-	ST_REAPED = 2,  /* stale writeback-end markers ignored and cleared */
+	ST_INSERTS = 0,      /* folio entries created */
+	ST_REMOVES = 1,      /* folio entries deleted at writeback end exit */
+	ST_REAPED = 2,       /* stale writeback-end markers ignored and cleared */
 	ST_UNPAIRED_END = 3, /* writeback end with no recorded start (began before attach, or evicted) */
 	ST_MAX = 4,
 };
@@ -124,7 +124,7 @@ struct memcg_race_event {
 	u32 kind;           /* enum race_kind */
 	u32 pid;
 	u32 cpu;
-	u32 other_cpu;      /* the CPU inside writeback end, for uncharge_during_writeback_end */
+	u32 other_cpu; /* the CPU inside writeback end, for uncharge_during_writeback_end */
 	char comm[16];
 };
 EXPORT_BTF_TYPE(struct memcg_race_event, memcg_race_event);
@@ -249,13 +249,11 @@ static __always_inline void handle_uncharge_folio(u64 folio, u64 now, u32 cpu, u
 			st->end_enter_ns = 0;
 			count_state(ST_REAPED);
 		} else if (st->end_cpu != cpu) {
-			add_hit(hits, RACE_UNCHARGE_DURING_WB_END, st->end_cpu, st->memcg_id,
-				now > st->end_enter_ns ? now - st->end_enter_ns : 0);
+			add_hit(hits, RACE_UNCHARGE_DURING_WB_END, st->end_cpu, st->memcg_id, now > st->end_enter_ns ? now - st->end_enter_ns : 0);
 		}
 	}
 	if (flags & writeback_flag())
-		add_hit(hits, RACE_UNCHARGE_UNDER_WB, cpu, st ? st->memcg_id : 0,
-			st && now > st->start_ns && st->start_ns ? now - st->start_ns : 0);
+		add_hit(hits, RACE_UNCHARGE_UNDER_WB, cpu, st ? st->memcg_id : 0, st && now > st->start_ns && st->start_ns ? now - st->start_ns : 0);
 	struct memcg_fn_stats *s = fn_stats(memcg_id);
 	if (s)
 		s->uncharged_folios++;

@@ -50,7 +50,10 @@ export function value(samples: Sample[], name: string, labels: Record<string, st
 export class AgentProcess {
   stderr = '';
   private exited: Promise<number | null>;
-  constructor(readonly proc: ChildProcess, readonly port: number) {
+  constructor(
+    readonly proc: ChildProcess,
+    readonly port: number,
+  ) {
     proc.stderr?.on('data', (d: Buffer) => (this.stderr += d.toString()));
     this.exited = new Promise((resolve) => proc.on('exit', (code) => resolve(code)));
   }
@@ -69,7 +72,9 @@ export class AgentProcess {
       try {
         const r = await fetch(`${a.url}/readyz`);
         if (r.status === 200) return a;
-      } catch { /* not listening yet */ }
+      } catch {
+        /* not listening yet */
+      }
       if (Date.now() > deadline) {
         await a.stop();
         throw new Error(`agent not ready in ${timeoutMs} ms: ${a.stderr}`);

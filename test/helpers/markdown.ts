@@ -12,7 +12,13 @@ export function anchors(markdown: string): Set<string> {
     if (line.startsWith('```')) fence = !fence;
     const m = !fence && /^#{1,6} (.*)$/.exec(line);
     if (!m) continue;
-    out.add(m[1]!.trim().toLowerCase().replace(/[^\p{L}\p{N} _-]/gu, '').replace(/ /g, '-'));
+    out.add(
+      m[1]!
+        .trim()
+        .toLowerCase()
+        .replace(/[^\p{L}\p{N} _-]/gu, '')
+        .replace(/ /g, '-'),
+    );
   }
   return out;
 }

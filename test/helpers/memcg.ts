@@ -22,7 +22,11 @@ export function createCgroup(name: string): TestCgroup {
   const dir = join(h.mountPoint, name);
   fs.mkdirSync(dir, { recursive: true });
   if (h.version === 2) {
-    try { fs.writeFileSync(join(h.mountPoint, 'cgroup.subtree_control'), '+memory'); } catch { /* already */ }
+    try {
+      fs.writeFileSync(join(h.mountPoint, 'cgroup.subtree_control'), '+memory');
+    } catch {
+      /* already */
+    }
   }
   return {
     path: `/${name}`,

@@ -15,10 +15,19 @@ export class Service {
   // If the test process dies without teardown (a worker killed on timeout), its exit still
   // takes the service's process group down: nothing is left listening on the machine.
   private readonly killOnExit = (): void => {
-    try { if (this.proc.pid !== undefined) process.kill(-this.proc.pid, 'SIGKILL'); } catch { /* gone */ }
+    try {
+      if (this.proc.pid !== undefined) process.kill(-this.proc.pid, 'SIGKILL');
+    } catch {
+      /* gone */
+    }
   };
 
-  constructor(readonly name: string, readonly proc: ChildProcess, readonly port: number, readonly dir: string) {
+  constructor(
+    readonly name: string,
+    readonly proc: ChildProcess,
+    readonly port: number,
+    readonly dir: string,
+  ) {
     const keep = (d: Buffer): void => void (this.output = (this.output + d.toString()).slice(-20_000));
     proc.stdout?.on('data', keep);
     proc.stderr?.on('data', keep);
@@ -38,8 +47,18 @@ export class Service {
   async stop(): Promise<void> {
     const pid = this.proc.pid;
     if (pid !== undefined && this.proc.exitCode === null && this.proc.signalCode === null) {
-      try { process.kill(-pid, 'SIGTERM'); } catch { /* already gone */ }
-      const killer = setTimeout(() => { try { process.kill(-pid, 'SIGKILL'); } catch { /* gone */ } }, 5_000);
+      try {
+        process.kill(-pid, 'SIGTERM');
+      } catch {
+        /* already gone */
+      }
+      const killer = setTimeout(() => {
+        try {
+          process.kill(-pid, 'SIGKILL');
+        } catch {
+          /* gone */
+        }
+      }, 5_000);
       await this.exited;
       clearTimeout(killer);
     }
@@ -66,7 +85,9 @@ async function startService(name: string, bin: string, args: (port: number, dir:
     }
     try {
       if ((await fetch(`${s.url}/-/ready`)).ok) return s;
-    } catch { /* not listening yet */ }
+    } catch {
+      /* not listening yet */
+    }
     if (Date.now() > deadline) {
       await s.stop();
       throw new Error(`${name} not ready in ${timeoutMs} ms: ${s.output}`);
@@ -81,21 +102,28 @@ export interface AlertmanagerOptions {
 
 export async function startAlertmanager(opts: AlertmanagerOptions = {}, timeoutMs = 15_000): Promise<Service> {
   const dir = fs.mkdtempSync(join(tmpdir(), 'hvwatch-am-'));
-  const receiver = opts.webhook
-    ? { name: 'test', webhook_configs: [{ url: opts.webhook, send_resolved: true }] }
-    : { name: 'test' };
-  fs.writeFileSync(join(dir, 'alertmanager.yml'), stringify({
-    // Short waits: tests see notifications within a second or two.
-    route: { receiver: 'test', group_by: ['alertname'], group_wait: '0s', group_interval: '1s', repeat_interval: '1h' },
-    receivers: [receiver],
-  }));
-  return startService('alertmanager', 'prometheus-alertmanager', (port, d) => [
-    `--config.file=${join(d, 'alertmanager.yml')}`,
-    `--storage.path=${join(d, 'data')}`,
-    `--web.listen-address=127.0.0.1:${port}`,
-    '--cluster.listen-address=', // no HA gossip: it would bind 0.0.0.0:9094
-    '--log.level=warn',
-  ], dir, timeoutMs);
+  const receiver = opts.webhook ? { name: 'test', webhook_configs: [{ url: opts.webhook, send_resolved: true }] } : { name: 'test' };
+  fs.writeFileSync(
+    join(dir, 'alertmanager.yml'),
+    stringify({
+      // Short waits: tests see notifications within a second or two.
+      route: { receiver: 'test', group_by: ['alertname'], group_wait: '0s', group_interval: '1s', repeat_interval: '1h' },
+      receivers: [receiver],
+    }),
+  );
+  return startService(
+    'alertmanager',
+    'prometheus-alertmanager',
+    (port, d) => [
+      `--config.file=${join(d, 'alertmanager.yml')}`,
+      `--storage.path=${join(d, 'data')}`,
+      `--web.listen-address=127.0.0.1:${port}`,
+      '--cluster.listen-address=', // no HA gossip: it would bind 0.0.0.0:9094
+      '--log.level=warn',
+    ],
+    dir,
+    timeoutMs,
+  );
 }
 
 export interface PrometheusOptions {
@@ -112,19 +140,28 @@ export interface PrometheusOptions {
 export async function startPrometheus(opts: PrometheusOptions, timeoutMs = 20_000): Promise<Service> {
   const dir = fs.mkdtempSync(join(tmpdir(), 'hvwatch-prom-'));
   const interval = opts.interval ?? '1s';
-  fs.writeFileSync(join(dir, 'prometheus.yml'), stringify({
-    global: { scrape_interval: interval, evaluation_interval: interval, scrape_timeout: interval },
-    rule_files: opts.ruleFiles ?? [],
-    scrape_configs: [{ job_name: 'hvwatch', static_configs: [{ targets: opts.targets }] }],
-    ...(opts.alertmanager ? { alerting: { alertmanagers: [{ static_configs: [{ targets: [opts.alertmanager] }] }] } } : {}),
-  }));
-  return startService('prometheus', 'prometheus', (port, d) => [
-    `--config.file=${join(d, 'prometheus.yml')}`,
-    `--storage.tsdb.path=${join(d, 'data')}`,
-    `--web.listen-address=127.0.0.1:${port}`,
-    '--log.level=warn',
-    ...(opts.features?.length ? [`--enable-feature=${opts.features.join(',')}`] : []),
-  ], dir, timeoutMs);
+  fs.writeFileSync(
+    join(dir, 'prometheus.yml'),
+    stringify({
+      global: { scrape_interval: interval, evaluation_interval: interval, scrape_timeout: interval },
+      rule_files: opts.ruleFiles ?? [],
+      scrape_configs: [{ job_name: 'hvwatch', static_configs: [{ targets: opts.targets }] }],
+      ...(opts.alertmanager ? { alerting: { alertmanagers: [{ static_configs: [{ targets: [opts.alertmanager] }] }] } } : {}),
+    }),
+  );
+  return startService(
+    'prometheus',
+    'prometheus',
+    (port, d) => [
+      `--config.file=${join(d, 'prometheus.yml')}`,
+      `--storage.tsdb.path=${join(d, 'data')}`,
+      `--web.listen-address=127.0.0.1:${port}`,
+      '--log.level=warn',
+      ...(opts.features?.length ? [`--enable-feature=${opts.features.join(',')}`] : []),
+    ],
+    dir,
+    timeoutMs,
+  );
 }
 
 export interface PromSample {
@@ -153,7 +190,9 @@ export interface AmAlert {
 
 /** Alerts Alertmanager holds (not resolved ones), optionally filtered by label matchers. */
 export async function amAlerts(am: Service, filter: Record<string, string> = {}): Promise<AmAlert[]> {
-  const q = Object.entries(filter).map(([k, v]) => `filter=${encodeURIComponent(`${k}="${v}"`)}`).join('&');
+  const q = Object.entries(filter)
+    .map(([k, v]) => `filter=${encodeURIComponent(`${k}="${v}"`)}`)
+    .join('&');
   const r = await fetch(`${am.url}/api/v2/alerts${q ? `?${q}` : ''}`);
   if (!r.ok) throw new Error(`alertmanager /api/v2/alerts: ${r.status}`);
   return (await r.json()) as AmAlert[];

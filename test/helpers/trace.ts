@@ -21,11 +21,19 @@ export function memcgFnFamily(): FamilyInfo {
   const obj = BpfObject.open(join(BPF_BUILD_DIR, 'memcg_fn.bpf.o'));
   try {
     const btfRaw = obj.rawBtf();
-    const metas: TraceMapMeta[] = obj.maps().filter((m) => !m.name.includes('.')).map((m) => ({
-      name: m.name, keySize: m.keySize, valueSize: m.valueSize, maxEntries: m.maxEntries, percpu: false,
-      keyType: m.btfKeyTypeId, valueType: m.btfValueTypeId,
-      content: m.keySize === 0 || m.name === 'wb_folios' ? 'count' : 'full',
-    }));
+    const metas: TraceMapMeta[] = obj
+      .maps()
+      .filter((m) => !m.name.includes('.'))
+      .map((m) => ({
+        name: m.name,
+        keySize: m.keySize,
+        valueSize: m.valueSize,
+        maxEntries: m.maxEntries,
+        percpu: false,
+        keyType: m.btfKeyTypeId,
+        valueType: m.btfValueTypeId,
+        content: m.keySize === 0 || m.name === 'wb_folios' ? 'count' : 'full',
+      }));
     cached = { btfRaw, btf: Btf.parse(btfRaw), metas };
     return cached;
   } finally {
@@ -55,13 +63,26 @@ function statsEntry(f: FamilyInfo, slots: Record<number, number>): [Buffer, Buff
 
 export function synthHeader(f = memcgFnFamily()): TraceHeader {
   return {
-    format: 'hvwatch-trace', agent: 'test', kernel: '6.1.0-synthetic', libbpf: 'v1.1', hostname: 'synthetic-host',
-    started: '2024-01-01T00:00:00.000Z', intervalMs: 1000, maxBytes: null,
-    cardinality: { cgroups: 2000, vms: 256 }, cgroupVersion: 2,
-    probes: [{
-      name: 'memcg_writeback_end_fn', family: 'memcg_fn', description: 'writeback end', enabled: true,
-      candidates: [{ attach: 'fentry', target: '__folio_end_writeback', ok: true }], chosen: { attach: 'fentry', target: '__folio_end_writeback' },
-    }],
+    format: 'hvwatch-trace',
+    agent: 'test',
+    kernel: '6.1.0-synthetic',
+    libbpf: 'v1.1',
+    hostname: 'synthetic-host',
+    started: '2024-01-01T00:00:00.000Z',
+    intervalMs: 1000,
+    maxBytes: null,
+    cardinality: { cgroups: 2000, vms: 256 },
+    cgroupVersion: 2,
+    probes: [
+      {
+        name: 'memcg_writeback_end_fn',
+        family: 'memcg_fn',
+        description: 'writeback end',
+        enabled: true,
+        candidates: [{ attach: 'fentry', target: '__folio_end_writeback', ok: true }],
+        chosen: { attach: 'fentry', target: '__folio_end_writeback' },
+      },
+    ],
     families: [{ name: 'memcg_fn', object: 'memcg_fn.bpf.o', btf: deflateRawSync(f.btfRaw).toString('base64'), maps: f.metas, programs: [] }],
   };
 }
@@ -79,8 +100,15 @@ export function writeSynthTrace(file: string, slots: Record<number, number>, opt
   const stats = f.metas.findIndex((m) => m.name === 'memcg_fn_stats');
   for (let i = 1; i <= n; i++) {
     const part = Object.fromEntries(Object.entries(slots).map(([s, c]) => [s, Math.round((c * i) / n)]));
-    w.writeSnapshot({ now: 1_700_000_000_000 + i * 1000, gc: i === 1, cause: 'interval', bpfStats: false, progs: [] },
-      f.metas.map((m, mi) => ({ family: 0, map: mi, entries: mi === stats ? [statsEntry(f, part)] : m.content === 'count' ? null : [], count: mi === stats ? 1 : 0 })));
+    w.writeSnapshot(
+      { now: 1_700_000_000_000 + i * 1000, gc: i === 1, cause: 'interval', bpfStats: false, progs: [] },
+      f.metas.map((m, mi) => ({
+        family: 0,
+        map: mi,
+        entries: mi === stats ? [statsEntry(f, part)] : m.content === 'count' ? null : [],
+        count: mi === stats ? 1 : 0,
+      })),
+    );
   }
   w.close('stop');
 }

@@ -23,9 +23,11 @@ const GUEST_TIMEOUT_MS = 150_000;
 const PROBES: ProbeSpec[] = FAMILIES.flatMap((f) => f.probes);
 
 // ---- decided at module load: a missing tool, kernel package, build or privilege skips, never passes ----
-const commonReason = !fs.existsSync(path.join(ROOT, 'dist/agent/cli.js')) ? `agent not built in ${ROOT}dist (run npm run setup)`
-  : !which('bpftool') ? 'bpftool not installed (the oracle needs it; apt-get install bpftool)'
-  : undefined;
+const commonReason = !fs.existsSync(path.join(ROOT, 'dist/agent/cli.js'))
+  ? `agent not built in ${ROOT}dist (run npm run setup)`
+  : !which('bpftool')
+    ? 'bpftool not installed (the oracle needs it; apt-get install bpftool)'
+    : undefined;
 const hostReason = commonReason ?? (process.getuid?.() !== 0 ? 'hvwatch probes needs root (CAP_BPF/CAP_PERFMON)' : undefined);
 const vmReason = commonReason ?? vmUnavailableReason();
 const kernels: [KernelEntry, string | undefined][] = [];
@@ -38,13 +40,12 @@ if (!vmReason) {
 
 // ---- the script: the agent, then the oracle (after the agent, which mounts tracefs on a host that has not) ----
 const q = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
-const hooks = (kinds: string[]): string[] =>
-  [...new Set(PROBES.flatMap((p) => p.candidates.filter((c) => kinds.includes(c.attach)).map((c) => c.target)))];
+const hooks = (kinds: string[]): string[] => [...new Set(PROBES.flatMap((p) => p.candidates.filter((c) => kinds.includes(c.attach)).map((c) => c.target)))];
 const TRACEPOINTS = hooks(['tracepoint']);
 const BTF_TYPEDEFS = hooks(['tp_btf', 'raw_tracepoint']).map((t) => `btf_trace_${t}`);
 const BTF_FUNCS = hooks(['fentry', 'fexit']);
 const KSYMS = hooks(['kprobe', 'kretprobe']);
-const alt = (names: string[]): string => names.length ? names.join('|') : 'x^'; // 'x^' matches nothing
+const alt = (names: string[]): string => (names.length ? names.join('|') : 'x^'); // 'x^' matches nothing
 
 const SCRIPT = `
 tmp=$(mktemp -d)
@@ -79,8 +80,20 @@ rm -rf "$tmp"
 `;
 
 // ---- parsing and the verdict (pure: the same function decides the assertions and the matrix's pass/fail) ----
-interface ReportCandidate { attach: string; target: string; ok: boolean; error: string | null }
-interface ReportProbe { name: string; family: string; enabled: boolean; skipped: string | null; candidates: ReportCandidate[]; chosen: { attach: string; target: string } | null }
+interface ReportCandidate {
+  attach: string;
+  target: string;
+  ok: boolean;
+  error: string | null;
+}
+interface ReportProbe {
+  name: string;
+  family: string;
+  enabled: boolean;
+  skipped: string | null;
+  candidates: ReportCandidate[];
+  chosen: { attach: string; target: string } | null;
+}
 interface Run {
   label: string; // matrix row label
   status: number | null; // agent exit status
@@ -100,11 +113,19 @@ const between = (s: string, tag: string): string | undefined => {
 };
 
 function parseRun(label: string, stdout: string): Run {
-  const kv = Object.fromEntries(stdout.split('\n').flatMap((l) => { const m = /^(\w+)=(.*)$/.exec(l); return m ? [[m[1]!, m[2]!]] : []; }));
+  const kv = Object.fromEntries(
+    stdout.split('\n').flatMap((l) => {
+      const m = /^(\w+)=(.*)$/.exec(l);
+      return m ? [[m[1]!, m[2]!]] : [];
+    }),
+  );
   const facts = new Map<string, boolean>();
   for (const name of TRACEPOINTS) facts.set(`tracepoint ${name}`, false);
   for (const name of BTF_TYPEDEFS) facts.set(`TYPEDEF ${name}`, false);
-  for (const name of BTF_FUNCS) { facts.set(`FUNC ${name}`, false); facts.set(`ftrace ${name}`, false); }
+  for (const name of BTF_FUNCS) {
+    facts.set(`FUNC ${name}`, false);
+    facts.set(`ftrace ${name}`, false);
+  }
   for (const name of KSYMS) facts.set(`ksym ${name}`, false);
   const funcArgs = new Map<string, number>();
   for (const l of stdout.split('\n')) {
@@ -116,13 +137,28 @@ function parseRun(label: string, stdout: string): Run {
   facts.set('kprobes', kv['kprobes'] === 'yes');
   let report: ReportProbe[] | null;
   const json = between(stdout, 'probes-json');
-  try { report = json ? JSON.parse(json) as ReportProbe[] : null; } catch { report = null; }
-  const oracleOk = kv['bpftool_status'] !== '0' ? `bpftool btf dump failed (status ${kv['bpftool_status'] ?? 'none'})`
-    : kv['tracefs'] === 'none' || !kv['tracefs'] ? 'tracefs not mounted' : undefined;
+  try {
+    report = json ? (JSON.parse(json) as ReportProbe[]) : null;
+  } catch {
+    report = null;
+  }
+  const oracleOk =
+    kv['bpftool_status'] !== '0'
+      ? `bpftool btf dump failed (status ${kv['bpftool_status'] ?? 'none'})`
+      : kv['tracefs'] === 'none' || !kv['tracefs']
+        ? 'tracefs not mounted'
+        : undefined;
   const run: Run = {
-    label, status: kv['agent_status'] !== undefined ? Number(kv['agent_status']) : null,
-    agentSeconds: kv['agent_seconds'] !== undefined ? Number(kv['agent_seconds']) : null, release: kv['release'] ?? '?',
-    report, agentStderr: between(stdout, 'agent-stderr') ?? '', facts, funcArgs, oracleOk, problems: [],
+    label,
+    status: kv['agent_status'] !== undefined ? Number(kv['agent_status']) : null,
+    agentSeconds: kv['agent_seconds'] !== undefined ? Number(kv['agent_seconds']) : null,
+    release: kv['release'] ?? '?',
+    report,
+    agentStderr: between(stdout, 'agent-stderr') ?? '',
+    facts,
+    funcArgs,
+    oracleOk,
+    problems: [],
   };
   run.problems = verdict(run);
   return run;
@@ -144,16 +180,27 @@ function otherSignature(r: Run, probe: string, c: Candidate | ReportCandidate): 
 function hookExists(r: Run, c: Candidate | ReportCandidate, probe?: string): boolean {
   if (probe && otherSignature(r, probe, c)) return false;
   switch (c.attach) {
-    case 'tracepoint': return r.facts.get(`tracepoint ${c.target}`) ?? false;
-    case 'tp_btf': case 'raw_tracepoint': return r.facts.get(`TYPEDEF btf_trace_${c.target}`) ?? false;
+    case 'tracepoint':
+      return r.facts.get(`tracepoint ${c.target}`) ?? false;
+    case 'tp_btf':
+    case 'raw_tracepoint':
+      return r.facts.get(`TYPEDEF btf_trace_${c.target}`) ?? false;
     // A trampoline needs the function in BTF and ftrace-able (a kernel that hides
     // available_filter_functions, as a restricted host does, refuses fentry too).
     // And the function's arguments must fit the trampoline: at most 6 on x86-64 before 6.6
     // (arch/x86/net/bpf_jit_comp.c v6.1), 12 from 6.6 (MAX_BPF_FUNC_ARGS).
-    case 'fentry': case 'fexit': return !!r.facts.get(`FUNC ${c.target}`) && !!r.facts.get(`ftrace ${c.target}`)
-      && (r.funcArgs.get(c.target) ?? 0) <= (releaseAtLeast(r.release, 6, 6) ? 12 : 6);
-    case 'kprobe': case 'kretprobe': return !!r.facts.get('kprobes') && !!r.facts.get(`ksym ${c.target}`);
-    default: return false;
+    case 'fentry':
+    case 'fexit':
+      return (
+        !!r.facts.get(`FUNC ${c.target}`) &&
+        !!r.facts.get(`ftrace ${c.target}`) &&
+        (r.funcArgs.get(c.target) ?? 0) <= (releaseAtLeast(r.release, 6, 6) ? 12 : 6)
+      );
+    case 'kprobe':
+    case 'kretprobe':
+      return !!r.facts.get('kprobes') && !!r.facts.get(`ksym ${c.target}`);
+    default:
+      return false;
   }
 }
 
@@ -188,7 +235,8 @@ function verdict(r: Run): string[] {
     if (!got.enabled || got.skipped !== null) {
       // Off is right only for a probe whose subsystem this kernel lacks (kvmi): no hook of any candidate exists.
       const exists = spec.candidates.filter((c) => hookExists(r, c, spec.name));
-      if (exists.length) p.push(`${spec.name}: not enabled with --hot all although ${exists.map((c) => `${c.attach}:${c.target}`).join(', ')} exists (skipped: ${got.skipped})`);
+      if (exists.length)
+        p.push(`${spec.name}: not enabled with --hot all although ${exists.map((c) => `${c.attach}:${c.target}`).join(', ')} exists (skipped: ${got.skipped})`);
       continue;
     }
     for (const c of got.candidates) {
@@ -214,7 +262,11 @@ function verdict(r: Run): string[] {
     if (!got.chosen && refused.length !== spec.candidates.length) p.push(`${spec.name}: ${refused.length} of ${spec.candidates.length} candidates reported`);
     for (const c of refused) {
       if (c.ok) p.push(`${spec.name} ${c.attach}:${c.target}: ok but not chosen`);
-      else if (!hookExists(r, c, spec.name) && mustName(r, c) && !((MISSING_HOOK.test(c.error ?? '') || SIGNATURE.test(c.error ?? '')) && (c.error ?? '').includes(c.target))) {
+      else if (
+        !hookExists(r, c, spec.name) &&
+        mustName(r, c) &&
+        !((MISSING_HOOK.test(c.error ?? '') || SIGNATURE.test(c.error ?? '')) && (c.error ?? '').includes(c.target))
+      ) {
         p.push(`${spec.name} ${c.attach}:${c.target}: hook missing, but the error does not name it: ${c.error}`);
       }
     }
@@ -231,15 +283,19 @@ function cell(r: Run, name: string): string {
   if (!got) return '?';
   if (got.chosen) return `\`${got.chosen.attach}\``;
   if (!got.enabled) return '— off';
-  const reasons = [...new Set(got.candidates.map((c) => {
-    const e = c.error ?? '';
-    if (/no btf_trace_|not found in \S+\/events/.test(e)) return 'no tracepoint';
-    if (/^function .* not in kernel BTF/.test(e)) return 'no function';
-    if ((c.attach === 'fentry' || c.attach === 'fexit') && /Operation not permitted/.test(e)) return 'fentry refused';
-    if (/not in \/proc\/kallsyms/.test(e)) return 'no symbol';
-    if (/no kprobes/.test(e)) return 'no kprobes';
-    return 'attach failed';
-  }))];
+  const reasons = [
+    ...new Set(
+      got.candidates.map((c) => {
+        const e = c.error ?? '';
+        if (/no btf_trace_|not found in \S+\/events/.test(e)) return 'no tracepoint';
+        if (/^function .* not in kernel BTF/.test(e)) return 'no function';
+        if ((c.attach === 'fentry' || c.attach === 'fexit') && /Operation not permitted/.test(e)) return 'fentry refused';
+        if (/not in \/proc\/kallsyms/.test(e)) return 'no symbol';
+        if (/no kprobes/.test(e)) return 'no kprobes';
+        return 'attach failed';
+      }),
+    ),
+  ];
   return `— ${reasons.join(', ')}`;
 }
 
@@ -265,7 +321,8 @@ function renderSection(runs: Run[]): string {
 function writeMatrixDoc(section: string): 'unchanged' | 'rewritten' {
   const text = fs.readFileSync(MATRIX_DOC, 'utf8');
   let next: string;
-  const s = text.indexOf(START), e = text.indexOf(END);
+  const s = text.indexOf(START),
+    e = text.indexOf(END);
   if (s >= 0 && e > s) next = text.slice(0, s) + section + text.slice(e + END.length);
   else next = `${text.trimEnd()}\n\n${section}\n`;
   if (next === text) return 'unchanged';
@@ -283,43 +340,52 @@ function check(t: import('ava').ExecutionContext, r: Run, extra: () => string): 
 
 for (const [k, skip] of kernels.length ? kernels : [[{ name: '6.1', package: '-', release: '-' } as KernelEntry, vmReason] as const]) {
   const reason = vmReason ?? skip;
-  (reason ? test.skip : test.serial)(`${k.name} guest: every probe takes the first tier whose hook exists${reason ? ` (skipped: ${reason})` : ''}`, async (t) => {
-    const label = `\`${k.release}\` (Debian, QEMU)`;
-    let g: GuestResult;
-    try {
-      // kvm_amd (and with it kvm) is a module in Debian kernels: load it so the kvm family's hooks exist.
-      g = await runInGuest(k, SCRIPT, { timeoutMs: GUEST_TIMEOUT_MS, modules: ['kvm_amd'] });
-    } catch (e) {
-      runs.set(label, { ...parseRun(label, ''), problems: [`guest run threw: ${(e as Error).message}`] });
-      throw e;
-    }
-    const r = parseRun(label, g.stdout);
-    if (g.status !== 0) r.problems.unshift(`guest script status ${g.status} (timedOut=${g.timedOut})`);
-    if (r.release !== k.release) r.problems.unshift(`guest runs ${r.release}, expected ${k.release}`);
-    t.log(`${k.package}: attempts=${g.attempts} wall=${g.seconds}s boot=${g.bootSeconds}s script=${g.scriptSeconds}s agent=${r.agentSeconds}s`);
-    runs.set(label, r);
-    check(t, r, () => describeRun(g));
-  });
+  (reason ? test.skip : test.serial)(
+    `${k.name} guest: every probe takes the first tier whose hook exists${reason ? ` (skipped: ${reason})` : ''}`,
+    async (t) => {
+      const label = `\`${k.release}\` (Debian, QEMU)`;
+      let g: GuestResult;
+      try {
+        // kvm_amd (and with it kvm) is a module in Debian kernels: load it so the kvm family's hooks exist.
+        g = await runInGuest(k, SCRIPT, { timeoutMs: GUEST_TIMEOUT_MS, modules: ['kvm_amd'] });
+      } catch (e) {
+        runs.set(label, { ...parseRun(label, ''), problems: [`guest run threw: ${(e as Error).message}`] });
+        throw e;
+      }
+      const r = parseRun(label, g.stdout);
+      if (g.status !== 0) r.problems.unshift(`guest script status ${g.status} (timedOut=${g.timedOut})`);
+      if (r.release !== k.release) r.problems.unshift(`guest runs ${r.release}, expected ${k.release}`);
+      t.log(`${k.package}: attempts=${g.attempts} wall=${g.seconds}s boot=${g.bootSeconds}s script=${g.scriptSeconds}s agent=${r.agentSeconds}s`);
+      runs.set(label, r);
+      check(t, r, () => describeRun(g));
+    },
+  );
 }
 
-(hostReason ? test.skip : test.serial)(`host kernel: every probe takes the first tier whose hook exists${hostReason ? ` (skipped: ${hostReason})` : ''}`, (t) => {
-  const h = spawnSync('bash', ['-c', SCRIPT], { encoding: 'utf8', timeout: 60_000, maxBuffer: 64 << 20 });
-  const r = parseRun('', h.stdout ?? '');
-  r.label = `\`${r.release}\` (host)`;
-  if (h.status !== 0) r.problems.unshift(`host script status ${h.status} ${h.error?.message ?? ''}`.trim());
-  runs.set(r.label, r);
-  check(t, r, () => `--- stderr ---\n${h.stderr}`);
-});
+(hostReason ? test.skip : test.serial)(
+  `host kernel: every probe takes the first tier whose hook exists${hostReason ? ` (skipped: ${hostReason})` : ''}`,
+  (t) => {
+    const h = spawnSync('bash', ['-c', SCRIPT], { encoding: 'utf8', timeout: 60_000, maxBuffer: 64 << 20 });
+    const r = parseRun('', h.stdout ?? '');
+    r.label = `\`${r.release}\` (host)`;
+    if (h.status !== 0) r.problems.unshift(`host script status ${h.status} ${h.error?.message ?? ''}`.trim());
+    runs.set(r.label, r);
+    check(t, r, () => `--- stderr ---\n${h.stderr}`);
+  },
+);
 
 const readmeReason = vmReason ?? hostReason ?? kernels.find(([, s]) => s)?.[1];
-(readmeReason ? test.skip : test.serial)(`docs/kernel-matrix.md is regenerated from this run${readmeReason ? ` (skipped, docs/kernel-matrix.md left as is: ${readmeReason})` : ''}`, (t) => {
-  const expected = kernels.length + 1;
-  t.is(runs.size, expected, `only ${runs.size} of ${expected} runs produced results (run the whole file to regenerate docs/kernel-matrix.md)`);
-  if (runs.size !== expected) return;
-  const section = renderSection([...runs.values()]);
-  t.log(`docs/kernel-matrix.md ${writeMatrixDoc(section)}:\n${section}`);
-  const text = fs.readFileSync(MATRIX_DOC, 'utf8');
-  t.true(text.includes(section));
-  t.is(text.split(START).length, 2, 'exactly one kernel-matrix section');
-  t.true(text.indexOf('# Kernel matrix') < text.indexOf(START));
-});
+(readmeReason ? test.skip : test.serial)(
+  `docs/kernel-matrix.md is regenerated from this run${readmeReason ? ` (skipped, docs/kernel-matrix.md left as is: ${readmeReason})` : ''}`,
+  (t) => {
+    const expected = kernels.length + 1;
+    t.is(runs.size, expected, `only ${runs.size} of ${expected} runs produced results (run the whole file to regenerate docs/kernel-matrix.md)`);
+    if (runs.size !== expected) return;
+    const section = renderSection([...runs.values()]);
+    t.log(`docs/kernel-matrix.md ${writeMatrixDoc(section)}:\n${section}`);
+    const text = fs.readFileSync(MATRIX_DOC, 'utf8');
+    t.true(text.includes(section));
+    t.is(text.split(START).length, 2, 'exactly one kernel-matrix section');
+    t.true(text.indexOf('# Kernel matrix') < text.indexOf(START));
+  },
+);

@@ -21,24 +21,37 @@ const reason61 = vmReason ?? (k61 ? kernels.get(k61) : 'apt-cache offers no linu
 
 /** key=value lines of the guest's stdout. */
 const facts = (r: GuestResult): Record<string, string> =>
-  Object.fromEntries(r.stdout.split('\n').flatMap((l) => { const m = /^(\w+)=(.*)$/.exec(l); return m ? [[m[1]!, m[2]!]] : []; }));
+  Object.fromEntries(
+    r.stdout.split('\n').flatMap((l) => {
+      const m = /^(\w+)=(.*)$/.exec(l);
+      return m ? [[m[1]!, m[2]!]] : [];
+    }),
+  );
 
 (reason61 ? test.skip : test.serial)(`6.1 guest: release, kprobes, nested kvm_amd, exit status${reason61 ? ` (skipped: ${reason61})` : ''}`, async (t) => {
   const k = k61!;
-  const r = await runInGuest(k, `
+  const r = await runInGuest(
+    k,
+    `
 echo "release=$(uname -r)"
 [ -e /sys/kernel/tracing/kprobe_events ] && echo kprobe_events=yes || echo kprobe_events=no
 echo "kallsyms=$(grep -c ' T __folio_end_writeback$' /proc/kallsyms)"
 echo "nested=$(cat /sys/module/kvm_amd/parameters/nested)"
 echo "cwd=$(pwd)"
 exit 7
-`, { modules: ['kvm_amd nested=1'] });
+`,
+    { modules: ['kvm_amd nested=1'] },
+  );
   const f = facts(r);
   t.log(`${k.package}: attempts=${r.attempts} seconds=${r.seconds} boot=${r.bootSeconds}s script=${r.scriptSeconds}s`);
   const ok = [
-    t.is(r.status, 7), t.is(f['release'], k.release), t.is(f['kprobe_events'], 'yes'),
+    t.is(r.status, 7),
+    t.is(f['release'], k.release),
+    t.is(f['kprobe_events'], 'yes'),
     t.true(Number(f['kallsyms']) >= 1, `__folio_end_writeback in kallsyms: ${f['kallsyms']}`),
-    t.regex(f['nested'] ?? '', /^(1|Y)$/), t.is(f['cwd'], process.cwd()), t.false(r.timedOut),
+    t.regex(f['nested'] ?? '', /^(1|Y)$/),
+    t.is(f['cwd'], process.cwd()),
+    t.false(r.timedOut),
   ];
   if (ok.includes(false)) t.log(describeRun(r));
 });
@@ -73,8 +86,16 @@ int main(int argc, char **argv) {
 }
 `;
 function buildFentryProbe(): { obj: string; loader: string } | string {
-  const dir = path.join(CACHE_DIR, 'fentry-probe', createHash('sha256').update(BPF_SRC + LOADER_SRC).digest('hex').slice(0, 12));
-  const obj = path.join(dir, 'probe.bpf.o'), loader = path.join(dir, 'loader');
+  const dir = path.join(
+    CACHE_DIR,
+    'fentry-probe',
+    createHash('sha256')
+      .update(BPF_SRC + LOADER_SRC)
+      .digest('hex')
+      .slice(0, 12),
+  );
+  const obj = path.join(dir, 'probe.bpf.o'),
+    loader = path.join(dir, 'loader');
   if (fs.existsSync(obj) && fs.existsSync(loader)) return { obj, loader };
   fs.mkdirSync(dir, { recursive: true });
   fs.writeFileSync(path.join(dir, 'probe.bpf.c'), BPF_SRC);
@@ -94,17 +115,26 @@ for (const [k, kernelSkip] of kernels.size ? kernels : new Map([[{ name: '6.1', 
   const reason = typeof probe === 'string' ? probe : kernelSkip;
   (reason ? test.skip : test.serial)(`${k.name} guest: fentry attaches and fires, node runs${reason ? ` (skipped: ${reason})` : ''}`, async (t) => {
     const { obj, loader } = probe as { obj: string; loader: string };
-    const r = await runInGuest(k, `
+    const r = await runInGuest(
+      k,
+      `
 echo "release=$(uname -r)"
 echo "filter_fn=$(grep -c '^__folio_end_writeback$' /sys/kernel/debug/tracing/available_filter_functions)"
 echo "node=$(node -e 'console.log(process.version)')"
 '${loader}' '${obj}'
-`);
+`,
+    );
     const f = facts(r);
-    t.log(`${k.package}: attempts=${r.attempts} seconds=${r.seconds} boot=${r.bootSeconds}s script=${r.scriptSeconds}s node=${f['node']} writebacks=${f['writebacks']}`);
+    t.log(
+      `${k.package}: attempts=${r.attempts} seconds=${r.seconds} boot=${r.bootSeconds}s script=${r.scriptSeconds}s node=${f['node']} writebacks=${f['writebacks']}`,
+    );
     const ok = [
-      t.is(r.status, 0), t.is(f['release'], k.release), t.true(Number(f['filter_fn']) >= 1, `filter_fn=${f['filter_fn']}`),
-      t.is(f['node'], process.version), t.is(f['attached'], '2'), t.true(Number(f['reads']) >= 100, `reads=${f['reads']}`),
+      t.is(r.status, 0),
+      t.is(f['release'], k.release),
+      t.true(Number(f['filter_fn']) >= 1, `filter_fn=${f['filter_fn']}`),
+      t.is(f['node'], process.version),
+      t.is(f['attached'], '2'),
+      t.true(Number(f['reads']) >= 100, `reads=${f['reads']}`),
     ];
     if (ok.includes(false)) t.log(describeRun(r));
   });

@@ -26,7 +26,11 @@ export const CACHE_DIR = process.env['HVWATCH_VM_CACHE'] ?? '/var/cache/hvwatch-
 const SERIES = ['5.10', '6.1', '6.12'];
 const KEEP_RUNS = 30;
 
-export interface KernelEntry { name: string; package: string; release: string }
+export interface KernelEntry {
+  name: string;
+  package: string;
+  release: string;
+}
 export interface GuestOptions {
   timeoutMs?: number; // hard timeout per boot attempt (default 120000)
   retries?: number; // extra boots when an attempt produced no result (hang/crash), default 1
@@ -64,7 +68,12 @@ export function which(cmd: string): string | undefined {
   const dirs = [...(process.env['PATH'] ?? '').split(':'), '/usr/sbin', '/sbin'];
   for (const d of dirs) {
     const p = path.join(d || '.', cmd);
-    try { fs.accessSync(p, fs.constants.X_OK); return p; } catch { /* next */ }
+    try {
+      fs.accessSync(p, fs.constants.X_OK);
+      return p;
+    } catch {
+      /* next */
+    }
   }
   return undefined;
 }
@@ -72,7 +81,9 @@ export function which(cmd: string): string | undefined {
 function isStaticElf(file: string): boolean {
   const b = fs.readFileSync(file);
   if (b.length < 64 || b.readUInt32BE(0) !== 0x7f454c46 || b[4] !== 2) return false;
-  const phoff = Number(b.readBigUInt64LE(0x20)), phsize = b.readUInt16LE(0x36), phnum = b.readUInt16LE(0x38);
+  const phoff = Number(b.readBigUInt64LE(0x20)),
+    phsize = b.readUInt16LE(0x36),
+    phnum = b.readUInt16LE(0x38);
   for (let i = 0; i < phnum; i++) if (b.readUInt32LE(phoff + i * phsize) === 3 /* PT_INTERP */) return false;
   return true;
 }
@@ -91,7 +102,9 @@ export function kernelMatrix(): KernelEntry[] {
     const r = spawnSync('apt-cache', args, { encoding: 'utf8', maxBuffer: 64 << 20 });
     return r.status === 0 ? r.stdout : '';
   };
-  const names = apt(['pkgnames', 'linux-image-']).split('\n').flatMap((p) => entry(p) ?? [])
+  const names = apt(['pkgnames', 'linux-image-'])
+    .split('\n')
+    .flatMap((p) => entry(p) ?? [])
     .filter((e) => SERIES.includes(e.name));
   if (!names.length) return (matrix = []);
   // Keep packages that have an installable candidate (pkgnames also lists merely-referenced names).
@@ -102,7 +115,8 @@ export function kernelMatrix(): KernelEntry[] {
   }
   const nums = (e: KernelEntry): number[] => (e.release.match(/\d+/g) ?? []).map(Number);
   const newer = (a: KernelEntry, b: KernelEntry): boolean => {
-    const x = nums(a), y = nums(b);
+    const x = nums(a),
+      y = nums(b);
     for (let i = 0; i < Math.max(x.length, y.length); i++) if ((x[i] ?? 0) !== (y[i] ?? 0)) return (x[i] ?? 0) > (y[i] ?? 0);
     return false;
   };
@@ -121,14 +135,25 @@ export function vmUnavailableReason(): string | undefined {
   const compute = (): string | undefined => {
     if (process.env['HVWATCH_VM'] === '0') return 'HVWATCH_VM=0';
     if (process.platform !== 'linux' || process.arch !== 'x64') return `needs linux/x64, not ${process.platform}/${process.arch}`;
-    const tools: [string, string][] = [['qemu-system-x86_64', 'qemu-system-x86'], ['depmod', 'kmod'], ['modprobe', 'kmod'],
-      ['cpio', 'cpio'], ['xz', 'xz-utils'], ['gzip', 'gzip'], ['apt-get', 'apt'], ['apt-cache', 'apt'], ['dpkg-deb', 'dpkg']];
+    const tools: [string, string][] = [
+      ['qemu-system-x86_64', 'qemu-system-x86'],
+      ['depmod', 'kmod'],
+      ['modprobe', 'kmod'],
+      ['cpio', 'cpio'],
+      ['xz', 'xz-utils'],
+      ['gzip', 'gzip'],
+      ['apt-get', 'apt'],
+      ['apt-cache', 'apt'],
+      ['dpkg-deb', 'dpkg'],
+    ];
     for (const [cmd, pkg] of tools) if (!which(cmd)) return `${cmd} not installed (apt-get install ${pkg}; see test/vm/deps.txt)`;
     if (!fs.existsSync('/bin/busybox') || !isStaticElf('/bin/busybox')) return 'static /bin/busybox missing (apt-get install busybox-static)';
     try {
       fs.mkdirSync(CACHE_DIR, { recursive: true });
       fs.accessSync(CACHE_DIR, fs.constants.W_OK);
-    } catch (e) { return `cache dir ${CACHE_DIR} not writable (set HVWATCH_VM_CACHE): ${(e as Error).message}`; }
+    } catch (e) {
+      return `cache dir ${CACHE_DIR} not writable (set HVWATCH_VM_CACHE): ${(e as Error).message}`;
+    }
     if (!kernelMatrix().length) return 'apt-cache offers no linux-image-*-amd64 package (apt-get update?)';
     return undefined;
   };
@@ -146,7 +171,12 @@ export async function prepareKernel(k: KernelEntry): Promise<{ vmlinuz: string; 
     try {
       await exec('apt-get', ['-q', '-o', 'APT::Sandbox::User=root', 'download', k.package], tmp);
     } catch (e) {
-      return { skip: `apt-get download ${k.package} failed: ${String((e as { stderr?: string }).stderr ?? e).trim().split('\n').pop()}` };
+      return {
+        skip: `apt-get download ${k.package} failed: ${String((e as { stderr?: string }).stderr ?? e)
+          .trim()
+          .split('\n')
+          .pop()}`,
+      };
     }
     const deb = fs.readdirSync(tmp).find((f) => f.endsWith('.deb'));
     if (!deb) return { skip: `apt-get download ${k.package} produced no .deb` };
@@ -156,7 +186,11 @@ export async function prepareKernel(k: KernelEntry): Promise<{ vmlinuz: string; 
     if (!fs.existsSync(path.join(tmp, 'boot', `vmlinuz-${k.release}`))) return { skip: `${k.package} has no boot/vmlinuz-${k.release}` };
     fs.writeFileSync(path.join(tmp, '.ready'), `${k.package}\n`);
     if (!fs.existsSync(path.join(dir, '.ready'))) fs.rmSync(dir, { recursive: true, force: true }); // left by a crashed run
-    try { fs.renameSync(tmp, dir); } catch { /* another process won the race */ }
+    try {
+      fs.renameSync(tmp, dir);
+    } catch {
+      /* another process won the race */
+    }
     return ready;
   } finally {
     fs.rmSync(tmp, { recursive: true, force: true });
@@ -224,9 +258,12 @@ export async function buildInitramfs(k: KernelEntry, modulesDir: string): Promis
 
 // PID 1 after switch_root: set up the guest like a test host, run the script, write results, power off.
 function guestScript(k: KernelEntry, modulesDir: string, opts: GuestOptions): string {
-  const env = Object.entries(opts.env ?? {}).map(([n, v]) => `export ${n}=${q(v)}\n`).join('');
-  const mods = (opts.modules ?? []).map((m) =>
-    `[ -z "$fail" ] && { modprobe ${m.trim().split(/\s+/).map(q).join(' ')} || fail=${q(`modprobe ${m}`)}; }\n`).join('');
+  const env = Object.entries(opts.env ?? {})
+    .map(([n, v]) => `export ${n}=${q(v)}\n`)
+    .join('');
+  const mods = (opts.modules ?? [])
+    .map((m) => `[ -z "$fail" ] && { modprobe ${m.trim().split(/\s+/).map(q).join(' ')} || fail=${q(`modprobe ${m}`)}; }\n`)
+    .join('');
   return `#!/bin/sh
 OUT=/run/hvwatch-out
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root TERM=dumb LANG=C.UTF-8
@@ -255,7 +292,14 @@ wait
 }
 
 const live = new Set<number>();
-process.on('exit', () => { for (const pid of live) try { process.kill(-pid, 'SIGKILL'); } catch { /* gone */ } });
+process.on('exit', () => {
+  for (const pid of live)
+    try {
+      process.kill(-pid, 'SIGKILL');
+    } catch {
+      /* gone */
+    }
+});
 
 function newRunDir(k: KernelEntry): string {
   const runs = path.join(CACHE_DIR, 'runs');
@@ -266,18 +310,46 @@ function newRunDir(k: KernelEntry): string {
   fs.mkdirSync(dir);
   return dir;
 }
-const readOr = (f: string): string => { try { return fs.readFileSync(f, 'utf8'); } catch { return ''; } };
+const readOr = (f: string): string => {
+  try {
+    return fs.readFileSync(f, 'utf8');
+  } catch {
+    return '';
+  }
+};
 
 async function bootOnce(k: KernelEntry, files: { vmlinuz: string; modulesDir: string; initrd: string }, script: string, opts: GuestOptions) {
   const dir = newRunDir(k);
   fs.writeFileSync(path.join(dir, 'script.sh'), script);
   fs.writeFileSync(path.join(dir, 'guest.sh'), guestScript(k, files.modulesDir, opts));
   const esc = (p: string): string => p.replace(/,/g, ',,');
-  const args = ['-accel', 'tcg', '-cpu', opts.cpu ?? 'EPYC', '-m', String(opts.memMb ?? 2048), '-smp', String(opts.smp ?? 2),
-    '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot', '-serial', `file:${path.join(dir, 'console.log')}`,
-    '-kernel', files.vmlinuz, '-initrd', files.initrd, '-append', ['console=ttyS0 panic=-1 quiet loglevel=4 rw', ...(opts.append ?? [])].join(' '),
-    '-virtfs', 'local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap,id=hostroot',
-    '-virtfs', `local,path=${esc(dir)},mount_tag=out,security_model=none,id=out`];
+  const args = [
+    '-accel',
+    'tcg',
+    '-cpu',
+    opts.cpu ?? 'EPYC',
+    '-m',
+    String(opts.memMb ?? 2048),
+    '-smp',
+    String(opts.smp ?? 2),
+    '-nodefaults',
+    '-no-user-config',
+    '-display',
+    'none',
+    '-no-reboot',
+    '-serial',
+    `file:${path.join(dir, 'console.log')}`,
+    '-kernel',
+    files.vmlinuz,
+    '-initrd',
+    files.initrd,
+    '-append',
+    ['console=ttyS0 panic=-1 quiet loglevel=4 rw', ...(opts.append ?? [])].join(' '),
+    '-virtfs',
+    'local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap,id=hostroot',
+    '-virtfs',
+    `local,path=${esc(dir)},mount_tag=out,security_model=none,id=out`,
+  ];
   const log = fs.openSync(path.join(dir, 'qemu.log'), 'w');
   fs.writeFileSync(path.join(dir, 'qemu.cmd'), ['qemu-system-x86_64', ...args].map(q).join(' ') + '\n');
   const child = spawn('qemu-system-x86_64', args, { detached: true, stdio: ['ignore', log, log] });
@@ -286,16 +358,27 @@ async function bootOnce(k: KernelEntry, files: { vmlinuz: string; modulesDir: st
   if (child.pid) live.add(child.pid);
   const timer = setTimeout(() => {
     timedOut = true;
-    try { process.kill(-child.pid!, 'SIGKILL'); } catch { /* gone */ }
+    try {
+      process.kill(-child.pid!, 'SIGKILL');
+    } catch {
+      /* gone */
+    }
   }, opts.timeoutMs ?? 120_000);
-  await new Promise<void>((resolve) => { child.once('exit', () => resolve()); child.once('error', () => resolve()); });
+  await new Promise<void>((resolve) => {
+    child.once('exit', () => resolve());
+    child.once('error', () => resolve());
+  });
   clearTimeout(timer);
   if (child.pid) live.delete(child.pid);
   const status = readOr(path.join(dir, 'status')).trim();
   const [t0, t1] = readOr(path.join(dir, 'times')).trim().split(/\s+/).map(Number);
   return {
-    status: status === '' ? null : Number(status), timedOut, outDir: dir,
-    stdout: readOr(path.join(dir, 'stdout')), stderr: readOr(path.join(dir, 'stderr')), console: readOr(path.join(dir, 'console.log')),
+    status: status === '' ? null : Number(status),
+    timedOut,
+    outDir: dir,
+    stdout: readOr(path.join(dir, 'stdout')),
+    stderr: readOr(path.join(dir, 'stderr')),
+    console: readOr(path.join(dir, 'console.log')),
     bootSeconds: t0 !== undefined && !Number.isNaN(t0) ? t0 : null,
     scriptSeconds: t0 !== undefined && t1 !== undefined && !Number.isNaN(t1) ? Math.round((t1 - t0) * 100) / 100 : null,
   };
@@ -322,9 +405,12 @@ export async function runInGuest(k: KernelEntry, script: string, opts: GuestOpti
 /** A failure report: status, where the files are, and the tails of stderr, console and QEMU's log. */
 export function describeRun(r: GuestResult, lines = 40): string {
   const tail = (s: string): string => s.trimEnd().split('\n').slice(-lines).join('\n');
-  return [`status=${r.status} timedOut=${r.timedOut} attempts=${r.attempts} seconds=${r.seconds} outDir=${r.outDir}`,
-    `--- stderr ---\n${tail(r.stderr)}`, `--- console ---\n${tail(r.console)}`,
-    `--- qemu.log ---\n${tail(readOr(path.join(r.outDir, 'qemu.log')))}`].join('\n');
+  return [
+    `status=${r.status} timedOut=${r.timedOut} attempts=${r.attempts} seconds=${r.seconds} outDir=${r.outDir}`,
+    `--- stderr ---\n${tail(r.stderr)}`,
+    `--- console ---\n${tail(r.console)}`,
+    `--- qemu.log ---\n${tail(readOr(path.join(r.outDir, 'qemu.log')))}`,
+  ].join('\n');
 }
 
 /**
@@ -344,7 +430,9 @@ export async function guestPlan(series: readonly string[], vmReason: string | un
   const placeholder = (name: string): KernelEntry => ({ name, package: `-${name}`, release: '-' });
   return series.flatMap((s) => {
     const found = kernels.filter(([k]) => k.name === s);
-    return found.length ? found : [[placeholder(s), vmReason ? undefined : `no ${s} kernel in the matrix (apt-cache offers none, or HVWATCH_VM_KERNELS leaves it out)`]];
+    return found.length
+      ? found
+      : [[placeholder(s), vmReason ? undefined : `no ${s} kernel in the matrix (apt-cache offers none, or HVWATCH_VM_KERNELS leaves it out)`]];
   });
 }
 

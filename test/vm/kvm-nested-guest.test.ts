@@ -60,8 +60,7 @@ const GUEST_TIMEOUT_MS = 120_000;
 // 6.1 is required; 6.12 runs the same 6.1-built binaries (the KVM ioctl ABI is stable) and costs
 // one more boot of ~30 s warm, which the budget allows.
 const SERIES = ['6.1', '6.12'];
-const SELFTESTS = ['x86_64/svm_vmcall_test', 'x86_64/svm_nested_shutdown_test', 'x86_64/svm_int_ctl_test', 'x86_64/state_test',
-  NESTED_STATE_HELPER.name];
+const SELFTESTS = ['x86_64/svm_vmcall_test', 'x86_64/svm_nested_shutdown_test', 'x86_64/svm_int_ctl_test', 'x86_64/state_test', NESTED_STATE_HELPER.name];
 // state_test.c (6.1), SVM: GUEST_SYNC 1-7, each saved (GET) and restored into a new VM (SET); the
 // stops in L2 are 4 and 6.
 const STATE_TEST = { gets: 7, sets: 7, guestModeGets: 2 };
@@ -71,10 +70,13 @@ const KVM_HOT_PROBES = ['kvm_emulate'];
 
 // ---- decided at module load: a missing tool, kernel package or build skips, never passes ----
 // The guest runs the host's root: these must exist there.
-const commonReason = !fs.existsSync(path.join(ROOT, 'dist/agent/cli.js')) ? `agent not built in ${ROOT}dist (run npm run setup)`
-  : !which('ip') ? 'ip not installed (apt-get install iproute2; the guest needs it to bring up loopback)'
-  : !which('awk') ? 'awk not installed (the trace oracle needs it)'
-  : undefined;
+const commonReason = !fs.existsSync(path.join(ROOT, 'dist/agent/cli.js'))
+  ? `agent not built in ${ROOT}dist (run npm run setup)`
+  : !which('ip')
+    ? 'ip not installed (apt-get install iproute2; the guest needs it to bring up loopback)'
+    : !which('awk')
+      ? 'awk not installed (the trace oracle needs it)'
+      : undefined;
 const vmReason = commonReason ?? vmUnavailableReason();
 const plan = await guestPlan(SERIES, vmReason);
 let selftests: Selftests | undefined;
@@ -186,9 +188,20 @@ exit 0
 }
 
 // ---- parsing ----
-interface Program { name: string; pid: number; vm: string; held: string; exit?: number; output: string }
+interface Program {
+  name: string;
+  pid: number;
+  vm: string;
+  held: string;
+  exit?: number;
+  output: string;
+}
 interface ProbeStatusJson {
-  name: string; family: string; enabled: boolean; skipped?: string; chosen: { attach: string; target: string } | null;
+  name: string;
+  family: string;
+  enabled: boolean;
+  skipped?: string;
+  chosen: { attach: string; target: string } | null;
   candidates: { attach: string; target: string; ok: boolean; error?: string; log?: string[] }[];
 }
 interface GuestRun {
@@ -204,16 +217,25 @@ interface GuestRun {
   agentStderr: string;
 }
 
-const between = (s: string, tag: string): string | undefined =>
-  new RegExp(`^<<<${tag}\\n([\\s\\S]*?)^${tag}>>>$`, 'm').exec(s)?.[1];
+const between = (s: string, tag: string): string | undefined => new RegExp(`^<<<${tag}\\n([\\s\\S]*?)^${tag}>>>$`, 'm').exec(s)?.[1];
 
 function parseGuest(g: GuestResult): GuestRun {
   const out = g.stdout;
-  const kv = Object.fromEntries(out.split('\n').flatMap((l) => { const m = /^(\w+)=(.*)$/.exec(l); return m ? [[m[1]!, m[2]!]] : []; }));
+  const kv = Object.fromEntries(
+    out.split('\n').flatMap((l) => {
+      const m = /^(\w+)=(.*)$/.exec(l);
+      return m ? [[m[1]!, m[2]!]] : [];
+    }),
+  );
   const exits = new Map<number, number>();
   for (const m of out.matchAll(/^selftest_exit pid=(\d+) status=(\d+)$/gm)) exits.set(Number(m[1]), Number(m[2]));
   const programs = [...out.matchAll(/^selftest=(\S+) pid=(\d+) held_status=(\S+)$/gm)].map((m) => ({
-    name: m[1]!, pid: Number(m[2]), vm: `pid-${m[2]}`, held: m[3]!, exit: exits.get(Number(m[2])), output: between(out, `out-${m[1]}`) ?? '',
+    name: m[1]!,
+    pid: Number(m[2]),
+    vm: `pid-${m[2]}`,
+    held: m[3]!,
+    exit: exits.get(Number(m[2])),
+    output: between(out, `out-${m[1]}`) ?? '',
   }));
   const oracle = new Map<string, Map<string, number>>();
   for (const m of out.matchAll(/^oracle kind=(\S+) tid=(\d+) reason=(\S+) n=(\d+)$/gm)) {
@@ -224,10 +246,22 @@ function parseGuest(g: GuestResult): GuestRun {
   const metricsText = between(out, 'metrics') ?? '';
   const probesText = between(out, 'probes')?.trim() ?? '';
   let probes: ProbeStatusJson[] = [];
-  try { probes = JSON.parse(probesText) as ProbeStatusJson[]; } catch { /* checked by the tests */ }
+  try {
+    probes = JSON.parse(probesText) as ProbeStatusJson[];
+  } catch {
+    /* checked by the tests */
+  }
   return {
-    g, kv, programs, oracle, metrics: parseExposition(metricsText), metricsText, after: parseExposition(between(out, 'metrics-after') ?? ''),
-    probes, probesText, agentStderr: between(out, 'agent-stderr') ?? '',
+    g,
+    kv,
+    programs,
+    oracle,
+    metrics: parseExposition(metricsText),
+    metricsText,
+    after: parseExposition(between(out, 'metrics-after') ?? ''),
+    probes,
+    probesText,
+    agentStderr: between(out, 'agent-stderr') ?? '',
   };
 }
 
@@ -239,24 +273,34 @@ const oracleOf = (r: GuestRun, kind: string, pid: number): Record<string, number
 function agentOf(s: Sample[], name: string, labels: Record<string, string>): Record<string, number> {
   const by: Record<string, number> = {};
   for (const x of pick(s, name, labels)) by[x.labels['reason'] ?? '-'] = (by[x.labels['reason'] ?? '-'] ?? 0) + x.value;
-  return Object.fromEntries(Object.entries(by).filter(([, v]) => v !== 0).sort());
+  return Object.fromEntries(
+    Object.entries(by)
+      .filter(([, v]) => v !== 0)
+      .sort(),
+  );
 }
 const sum = (o: Record<string, number>): number => Object.values(o).reduce((a, b) => a + b, 0);
-const fmt = (o: Record<string, number>): string => Object.entries(o).map(([k, v]) => `${k}=${v}`).join(' ') || '(none)';
+const fmt = (o: Record<string, number>): string =>
+  Object.entries(o)
+    .map(([k, v]) => `${k}=${v}`)
+    .join(' ') || '(none)';
 /** The kvm lines of an exposition (and the kvm probes' info), histogram buckets only where the
  * cumulative count steps up (a histogram has 27 buckets per VM and reason, mostly repeats). */
 function kvmLines(text: string): string {
   let prev: { series: string; v: string } | undefined;
-  return text.split('\n').filter((l) => {
-    if (/^hvwatch_probe_(info|attached)\{/.test(l)) return /probe="kvm_/.test(l);
-    if (!/^hvwatch_kvm_/.test(l)) return false;
-    const b = /^(\S+_bucket\{.*?)le="([^"]*)"(.*) (\S+)$/.exec(l);
-    if (!b) return true;
-    const series = `${b[1]}${b[3]}`;
-    const keep = b[2] === '+Inf' || prev?.series !== series ? b[4] !== '0' || b[2] === '+Inf' : prev.v !== b[4];
-    prev = { series, v: b[4]! };
-    return keep;
-  }).join('\n');
+  return text
+    .split('\n')
+    .filter((l) => {
+      if (/^hvwatch_probe_(info|attached)\{/.test(l)) return /probe="kvm_/.test(l);
+      if (!/^hvwatch_kvm_/.test(l)) return false;
+      const b = /^(\S+_bucket\{.*?)le="([^"]*)"(.*) (\S+)$/.exec(l);
+      if (!b) return true;
+      const series = `${b[1]}${b[3]}`;
+      const keep = b[2] === '+Inf' || prev?.series !== series ? b[4] !== '0' || b[2] === '+Inf' : prev.v !== b[4];
+      prev = { series, v: b[4]! };
+      return keep;
+    })
+    .join('\n');
 }
 
 // ---- one boot per kernel, shared by that kernel's tests ----
@@ -273,14 +317,15 @@ function boot(k: KernelEntry, st: Selftests): Promise<GuestRun> {
 async function guest(t: ExecutionContext, k: KernelEntry, st: Selftests): Promise<GuestRun | undefined> {
   const r = await boot(k, st);
   if (r.g.status === 0 && r.metrics.length && r.programs.length === SELFTESTS.length) return r;
-  t.fail(`guest script did not complete (${r.kv['guest_error'] ?? `status ${r.g.status}`})\n${r.agentStderr}\n${describeRun(r.g)}\n--- stdout ---\n${r.g.stdout.slice(-4000)}`);
+  t.fail(
+    `guest script did not complete (${r.kv['guest_error'] ?? `status ${r.g.status}`})\n${r.agentStderr}\n${describeRun(r.g)}\n--- stdout ---\n${r.g.stdout.slice(-4000)}`,
+  );
   return undefined;
 }
 
 for (const [k, skip] of plan) {
   const reason = vmReason ?? skip ?? selftestReason;
-  const title = (what: string): string =>
-    `${k.name} guest kernel, nested SVM (QEMU): ${what}${reason ? ` (skipped: ${reason})` : ''}`;
+  const title = (what: string): string => `${k.name} guest kernel, nested SVM (QEMU): ${what}${reason ? ` (skipped: ${reason})` : ''}`;
   const run = reason ? test.skip : test.serial;
   const st = selftests!; // defined whenever reason is undefined
 
@@ -288,21 +333,27 @@ for (const [k, skip] of plan) {
     const r = await guest(t, k, st);
     if (!r) return;
     const { g, kv } = r;
-    t.log(`${k.package}: attempts=${g.attempts} wall=${g.seconds}s boot=${g.bootSeconds}s script=${g.scriptSeconds}s ` +
-      `(guest: agent ready ${kv['t_ready']}s, workload done ${kv['t_workload']}s, scraped ${kv['t_scraped']}s, end ${kv['t_end']}s); ` +
-      `selftests ${st.version} ${st.cached ? `cached (lookup ${st.seconds}s; built in ${st.buildSeconds}s)` : `built now in ${st.seconds}s`}; outDir=${g.outDir}`);
+    t.log(
+      `${k.package}: attempts=${g.attempts} wall=${g.seconds}s boot=${g.bootSeconds}s script=${g.scriptSeconds}s ` +
+        `(guest: agent ready ${kv['t_ready']}s, workload done ${kv['t_workload']}s, scraped ${kv['t_scraped']}s, end ${kv['t_end']}s); ` +
+        `selftests ${st.version} ${st.cached ? `cached (lookup ${st.seconds}s; built in ${st.buildSeconds}s)` : `built now in ${st.seconds}s`}; outDir=${g.outDir}`,
+    );
     t.log(`kvm_amd ${kv['kvm_amd']}; module BTF: ${kv['module_btf'] || '(none)'}`);
     const kvmProbes = r.probes.filter((p) => p.family === 'kvm');
     for (const p of kvmProbes) {
       // chosen has no index, and two candidates can share attach and target (kvm_exit's classic
       // tracepoint paired with a tp_btf or a classic kvm_entry): the first ok one is the one taken.
       const idx = p.candidates.findIndex((c) => c.ok);
-      t.log(`probe ${p.name}: ${p.chosen ? `${p.chosen.attach} ${p.chosen.target} (candidate #${idx + 1})` : 'NOT ATTACHED'}; tried ` +
-        p.candidates.map((c) => `${c.attach} ${c.target} ${c.ok ? 'ok' : `failed (${c.error ?? '?'})`}`).join('; '));
+      t.log(
+        `probe ${p.name}: ${p.chosen ? `${p.chosen.attach} ${p.chosen.target} (candidate #${idx + 1})` : 'NOT ATTACHED'}; tried ` +
+          p.candidates.map((c) => `${c.attach} ${c.target} ${c.ok ? 'ok' : `failed (${c.error ?? '?'})`}`).join('; '),
+      );
     }
     // The scrape and /api/probes, to stdout with markers (the full guest output is in outDir/stdout).
-    console.log(`=== kvm-nested-guest ${k.release}: /metrics (kvm lines) ===\n${kvmLines(r.metricsText)}\n` +
-      `=== kvm-nested-guest ${k.release}: /api/probes (kvm family, one probe a line) ===\n${kvmProbes.map((p) => JSON.stringify(p)).join('\n')}\n=== end ===`);
+    console.log(
+      `=== kvm-nested-guest ${k.release}: /metrics (kvm lines) ===\n${kvmLines(r.metricsText)}\n` +
+        `=== kvm-nested-guest ${k.release}: /api/probes (kvm family, one probe a line) ===\n${kvmProbes.map((p) => JSON.stringify(p)).join('\n')}\n=== end ===`,
+    );
 
     t.is(kv['release'], k.release);
     t.true(kv['kvm_amd']?.startsWith('nested:1') || kv['kvm_amd']?.startsWith('nested:Y'), `kvm_amd ${kv['kvm_amd']}`);
@@ -326,7 +377,10 @@ for (const [k, skip] of plan) {
     t.deepEqual(kvmProbes.find((p) => p.name === 'kvm_nested')?.chosen, { attach: 'tracepoint', target: 'kvm/kvm_nested_vmexit' });
 
     // The workload: every program ran to completion, passed, and was held (so scraped alive).
-    t.deepEqual(r.programs.map((p) => p.name), SELFTESTS.map((s) => path.basename(s)));
+    t.deepEqual(
+      r.programs.map((p) => p.name),
+      SELFTESTS.map((s) => path.basename(s)),
+    );
     for (const p of r.programs) {
       t.is(p.held, '0', `${p.name} (pid ${p.pid}) exit status at hold: ${p.held}\n${p.output}`);
       t.is(p.exit, 0, `${p.name} exit status ${p.exit}\n${p.output}`);
@@ -342,13 +396,17 @@ for (const [k, skip] of plan) {
   run(title('no kvm candidate whose hooks exist is refused by the verifier or fails to attach'), async (t) => {
     const r = await guest(t, k, st);
     if (!r) return;
-    const refused = r.probes.filter((p) => p.family === 'kvm').flatMap((p) => p.candidates
-      .filter((c) => !c.ok && (c.log?.length || /^(open|load|attach|set attach target|set autoload) /.test(c.error ?? '')))
-      .map((c) => `${p.name}: ${c.attach} ${c.target}: ${c.error}\n  ${(c.log ?? []).slice(-6).join('\n  ')}`));
+    const refused = r.probes
+      .filter((p) => p.family === 'kvm')
+      .flatMap((p) =>
+        p.candidates
+          .filter((c) => !c.ok && (c.log?.length || /^(open|load|attach|set attach target|set autoload) /.test(c.error ?? '')))
+          .map((c) => `${p.name}: ${c.attach} ${c.target}: ${c.error}\n  ${(c.log ?? []).slice(-6).join('\n  ')}`),
+      );
     t.deepEqual(refused, [], `kvm programs refused on ${k.release}:\n${refused.join('\n')}`);
   });
 
-  run(title('VM-exits by reason and exit-handling latency (kvm_exit -> kvm_entry) equal the tracepoints\', per selftest VM'), async (t) => {
+  run(title("VM-exits by reason and exit-handling latency (kvm_exit -> kvm_entry) equal the tracepoints', per selftest VM"), async (t) => {
     const r = await guest(t, k, st);
     if (!r) return;
     t.is(r.kv['trace_overrun'], '0', 'the oracle lost trace events');
@@ -358,7 +416,11 @@ for (const [k, skip] of plan) {
       const exits = agentOf(r.metrics, M.kvmExits.name, { vm: p.vm, isa: 'svm' });
       const count = agentOf(r.metrics, `${M.kvmExitHandling.name}_count`, { vm: p.vm, isa: 'svm' });
       const hsum = agentOf(r.metrics, `${M.kvmExitHandling.name}_sum`, { vm: p.vm, isa: 'svm' });
-      t.log(`${p.name} (${p.vm}): exits ${fmt(exits)}; handled ${fmt(count)}; handling sum ${Object.entries(hsum).map(([k2, v]) => `${k2}=${(v * 1e6).toFixed(0)}us`).join(' ')}`);
+      t.log(
+        `${p.name} (${p.vm}): exits ${fmt(exits)}; handled ${fmt(count)}; handling sum ${Object.entries(hsum)
+          .map(([k2, v]) => `${k2}=${(v * 1e6).toFixed(0)}us`)
+          .join(' ')}`,
+      );
       t.deepEqual(exits, oracleOf(r, 'exit', p.pid), `${p.name}: exits by reason vs kvm:kvm_exit`);
       t.deepEqual(count, oracleOf(r, 'handled', p.pid), `${p.name}: exit-handling samples by reason vs kvm_exit -> kvm_entry pairs`);
       for (const reason of Object.keys(count)) t.true((hsum[reason] ?? 0) > 0, `${p.name}: handling sum for ${reason}`);
@@ -371,10 +433,15 @@ for (const [k, skip] of plan) {
     t.true(handled > 0, 'no exit-handling latency sample');
     // Nothing outside the selftests' VMs (there is no other VM in the guest).
     const vms = new Set(r.programs.map((p) => p.vm));
-    t.deepEqual(pick(r.metrics, M.kvmExits.name).filter((s) => !vms.has(s.labels['vm'] ?? '')).map((s) => s.labels), []);
+    t.deepEqual(
+      pick(r.metrics, M.kvmExits.name)
+        .filter((s) => !vms.has(s.labels['vm'] ?? ''))
+        .map((s) => s.labels),
+      [],
+    );
   });
 
-  run(title('nested exits split L0 / L1 by reason and nested VM-entries equal the tracepoints\', per selftest VM'), async (t) => {
+  run(title("nested exits split L0 / L1 by reason and nested VM-entries equal the tracepoints', per selftest VM"), async (t) => {
     const r = await guest(t, k, st);
     if (!r) return;
     t.is(r.kv['trace_overrun'], '0', 'the oracle lost trace events');
@@ -404,18 +471,27 @@ for (const [k, skip] of plan) {
       t.is(agentOf(r.metrics, M.kvmNestedExits.name, { vm: p.vm, handler: 'l1' })['hypercall'], 1, `${name}: reflected VMMCALL`);
     }
     // L2's first accesses fault into L0's nested page tables (L1 does not use nested paging here).
-    t.true(r.programs.some((p) => (agentOf(r.metrics, M.kvmNestedExits.name, { vm: p.vm, handler: 'l0' })['npf'] ?? 0) > 0), 'npf handled by L0');
+    t.true(
+      r.programs.some((p) => (agentOf(r.metrics, M.kvmNestedExits.name, { vm: p.vm, handler: 'l0' })['npf'] ?? 0) > 0),
+      'npf handled by L0',
+    );
     t.is(value(r.metrics, M.kvmUnpaired.name, { pairing: 'nested_l1' }), 0, 'unpaired inject -> vmenter');
   });
 
-  run(title('L1 handling latency (inject -> next nested VM-entry) per reason equals the tracepoints\''), async (t) => {
+  run(title("L1 handling latency (inject -> next nested VM-entry) per reason equals the tracepoints'"), async (t) => {
     const r = await guest(t, k, st);
     if (!r) return;
     t.is(r.kv['trace_overrun'], '0', 'the oracle lost trace events');
     for (const p of r.programs) {
       const count = agentOf(r.metrics, `${M.kvmNestedL1Handling.name}_count`, { vm: p.vm, isa: 'svm' });
       const s = agentOf(r.metrics, `${M.kvmNestedL1Handling.name}_sum`, { vm: p.vm, isa: 'svm' });
-      t.log(`${p.name} (${p.vm}): L1 handling count ${fmt(count)}; sum ${Object.entries(s).map(([k2, v]) => `${k2}=${(v * 1e6).toFixed(0)}us`).join(' ') || '0'}`);
+      t.log(
+        `${p.name} (${p.vm}): L1 handling count ${fmt(count)}; sum ${
+          Object.entries(s)
+            .map(([k2, v]) => `${k2}=${(v * 1e6).toFixed(0)}us`)
+            .join(' ') || '0'
+        }`,
+      );
       t.deepEqual(count, oracleOf(r, 'l1_resumed', p.pid), `${p.name}: L1 handling samples vs inject -> vmenter pairs`);
       for (const reason of Object.keys(count)) t.true((s[reason] ?? 0) > 0, `${p.name}: L1 handling sum for ${reason}`);
     }
@@ -438,12 +514,21 @@ for (const [k, skip] of plan) {
     const ops = pick(r.metrics, M.kvmNestedStateOps.name).map((s) => `${s.labels['vm']}:${s.labels['op']}/${s.labels['result']}=${s.value}`);
     const saves = pick(r.metrics, M.kvmNestedStateSaves.name).map((s) => `${s.labels['vm']}:${s.labels['flag']}=${s.value}`);
     t.log(`helper says: ${line}`);
-    t.log(`agent: ops ${ops.join(' ') || '(none)'}; saves ${saves.join(' ') || '(none)'}; ` +
-      `op time count ${value(r.metrics, `${M.kvmNestedStateOpTime.name}_count`, { vm: h.vm })}`);
-    t.regex(line, new RegExp(`gets=${NESTED_STATE_HELPER.gets} guest_mode=${NESTED_STATE_HELPER.guestModeGets} run_pending=0 set_einval=${NESTED_STATE_HELPER.setEinval} `));
+    t.log(
+      `agent: ops ${ops.join(' ') || '(none)'}; saves ${saves.join(' ') || '(none)'}; ` +
+        `op time count ${value(r.metrics, `${M.kvmNestedStateOpTime.name}_count`, { vm: h.vm })}`,
+    );
+    t.regex(
+      line,
+      new RegExp(`gets=${NESTED_STATE_HELPER.gets} guest_mode=${NESTED_STATE_HELPER.guestModeGets} run_pending=0 set_einval=${NESTED_STATE_HELPER.setEinval} `),
+    );
     t.is(value(r.metrics, M.kvmNestedStateOps.name, { vm: h.vm, op: 'get', result: 'ok' }), NESTED_STATE_HELPER.gets);
     t.is(value(r.metrics, M.kvmNestedStateSaves.name, { vm: h.vm, flag: 'guest_mode' }), NESTED_STATE_HELPER.guestModeGets);
-    t.is(value(r.metrics, M.kvmNestedStateSaves.name, { vm: h.vm, flag: 'run_pending' }), undefined, 'no RUN_PENDING save: not born (README "Series lifecycle")');
+    t.is(
+      value(r.metrics, M.kvmNestedStateSaves.name, { vm: h.vm, flag: 'run_pending' }),
+      undefined,
+      'no RUN_PENDING save: not born (README "Series lifecycle")',
+    );
     t.is(value(r.metrics, M.kvmNestedStateOps.name, { vm: h.vm, op: 'set', result: 'EINVAL' }), NESTED_STATE_HELPER.setEinval);
     t.is(value(r.metrics, `${M.kvmNestedStateOpTime.name}_count`, { vm: h.vm, op: 'get' }), NESTED_STATE_HELPER.gets);
     // The kernel's own state_test: every stop saved and restored, GUEST_MODE at its two L2 stops.
@@ -451,29 +536,50 @@ for (const [k, skip] of plan) {
     t.is(value(r.metrics, M.kvmNestedStateOps.name, { vm: s.vm, op: 'get', result: 'ok' }), STATE_TEST.gets, 'state_test GETs');
     t.is(value(r.metrics, M.kvmNestedStateOps.name, { vm: s.vm, op: 'set', result: 'ok' }), STATE_TEST.sets, 'state_test SETs');
     t.is(value(r.metrics, M.kvmNestedStateSaves.name, { vm: s.vm, flag: 'guest_mode' }), STATE_TEST.guestModeGets, 'state_test GUEST_MODE saves');
-    t.deepEqual(pick(r.metrics, M.kvmNestedStateOps.name, { vm: s.vm }).filter((x) => x.labels['result'] !== 'ok').map((x) => x.labels), []);
+    t.deepEqual(
+      pick(r.metrics, M.kvmNestedStateOps.name, { vm: s.vm })
+        .filter((x) => x.labels['result'] !== 'ok')
+        .map((x) => x.labels),
+      [],
+    );
     // The SVM selftests never save or restore nested state.
     const savers = new Set([h.vm, s.vm]);
-    t.deepEqual(pick(r.metrics, M.kvmNestedStateOps.name).filter((x) => !savers.has(x.labels['vm'] ?? '')).map((x) => x.labels), []);
+    t.deepEqual(
+      pick(r.metrics, M.kvmNestedStateOps.name)
+        .filter((x) => !savers.has(x.labels['vm'] ?? ''))
+        .map((x) => x.labels),
+      [],
+    );
   });
 
-  run(title('every series carries its selftest\'s VM (pid-<N>, hvwatch_kvm_vm_info) and goes when the process exits'), async (t) => {
+  run(title("every series carries its selftest's VM (pid-<N>, hvwatch_kvm_vm_info) and goes when the process exits"), async (t) => {
     const r = await guest(t, k, st);
     if (!r) return;
     const info = pick(r.metrics, M.kvmVmInfo.name);
-    t.log(`vm_info: ${info.map((s) => `${s.labels['vm']}(pid ${s.labels['pid']}, ${s.labels['source']})`).join(' ')}; ` +
-      `programs: ${r.programs.map((p) => `${p.name}=${p.pid}`).join(' ')}`);
-    t.deepEqual(info.map((s) => s.labels).sort((a, b) => Number(a['pid']) - Number(b['pid'])),
-      r.programs.map((p) => ({ vm: p.vm, pid: String(p.pid), source: 'pid' })).sort((a, b) => Number(a.pid) - Number(b.pid)));
+    t.log(
+      `vm_info: ${info.map((s) => `${s.labels['vm']}(pid ${s.labels['pid']}, ${s.labels['source']})`).join(' ')}; ` +
+        `programs: ${r.programs.map((p) => `${p.name}=${p.pid}`).join(' ')}`,
+    );
+    t.deepEqual(
+      info.map((s) => s.labels).sort((a, b) => Number(a['pid']) - Number(b['pid'])),
+      r.programs.map((p) => ({ vm: p.vm, pid: String(p.pid), source: 'pid' })).sort((a, b) => Number(a.pid) - Number(b.pid)),
+    );
     t.true(info.every((s) => s.value === 1));
     // Every kvm series with a vm label names one of the programs, and each program has exits.
     const vms = new Set(r.programs.map((p) => p.vm));
     const foreign = r.metrics.filter((s) => s.name.startsWith('hvwatch_kvm_') && 'vm' in s.labels && !vms.has(s.labels['vm']!));
-    t.deepEqual(foreign.map((s) => `${s.name}${JSON.stringify(s.labels)}`), []);
+    t.deepEqual(
+      foreign.map((s) => `${s.name}${JSON.stringify(s.labels)}`),
+      [],
+    );
     for (const p of r.programs) t.true((value(r.metrics, M.kvmExits.name, { vm: p.vm }) ?? 0) > 0, `${p.name}: no exits under ${p.vm}`);
     // Released, the processes exited: the next scrape has none of their series.
     t.true(r.after.length > 0, 'no scrape after the release');
     const left = r.after.filter((s) => s.name.startsWith('hvwatch_kvm_') && 'vm' in s.labels);
-    t.deepEqual(left.map((s) => `${s.name}${JSON.stringify(s.labels)}`), [], 'series of exited VMs');
+    t.deepEqual(
+      left.map((s) => `${s.name}${JSON.stringify(s.labels)}`),
+      [],
+      'series of exited VMs',
+    );
   });
 }

@@ -31,15 +31,21 @@ const FN_PROBES = ['memcg_writeback_start_fn', 'memcg_writeback_end_fn', 'memcg_
 const SERIES = ['6.1', '6.12'];
 // kvm is not loaded in this guest (test/vm/kvm-nested-guest.test.ts covers it): its probes are
 // off here, so that any warning the agent logs is about the memcg probes under test.
-const KVM_OFF = FAMILIES.find((f) => f.name === 'kvm')!.probes.map((p) => `--disable ${p.name}`).join(' ');
+const KVM_OFF = FAMILIES.find((f) => f.name === 'kvm')!
+  .probes.map((p) => `--disable ${p.name}`)
+  .join(' ');
 
 // ---- decided at module load: a missing tool, kernel package or build skips, never passes ----
 // The guest runs the host's root: these must exist there.
-const commonReason = !fs.existsSync(path.join(ROOT, 'dist/agent/cli.js')) ? `agent not built in ${ROOT}dist (run npm run setup)`
-  : !which('losetup') ? 'losetup not installed (apt-get install mount)'
-  : !which('mkfs.ext4') ? 'mkfs.ext4 not installed (apt-get install e2fsprogs)'
-  : !which('ip') ? 'ip not installed (apt-get install iproute2; the guest needs it to bring up loopback)'
-  : undefined;
+const commonReason = !fs.existsSync(path.join(ROOT, 'dist/agent/cli.js'))
+  ? `agent not built in ${ROOT}dist (run npm run setup)`
+  : !which('losetup')
+    ? 'losetup not installed (apt-get install mount)'
+    : !which('mkfs.ext4')
+      ? 'mkfs.ext4 not installed (apt-get install e2fsprogs)'
+      : !which('ip')
+        ? 'ip not installed (apt-get install iproute2; the guest needs it to bring up loopback)'
+        : undefined;
 const vmReason = commonReason ?? vmUnavailableReason();
 const plan = await guestPlan(SERIES, vmReason);
 
@@ -175,20 +181,42 @@ interface GuestRun {
   agentStderr: string;
 }
 
-const between = (s: string, tag: string): string | undefined =>
-  new RegExp(`^<<<${tag}\\n([\\s\\S]*?)^${tag}>>>$`, 'm').exec(s)?.[1];
+const between = (s: string, tag: string): string | undefined => new RegExp(`^<<<${tag}\\n([\\s\\S]*?)^${tag}>>>$`, 'm').exec(s)?.[1];
 
 function parseGuest(g: GuestResult): GuestRun {
-  const kv = Object.fromEntries(g.stdout.split('\n').flatMap((l) => { const m = /^(\w+)=(.*)$/.exec(l); return m ? [[m[1]!, m[2]!]] : []; }));
-  const scrape = (tag: string): Sample[] => { const t = between(g.stdout, tag); return t ? parseExposition(t) : []; };
+  const kv = Object.fromEntries(
+    g.stdout.split('\n').flatMap((l) => {
+      const m = /^(\w+)=(.*)$/.exec(l);
+      return m ? [[m[1]!, m[2]!]] : [];
+    }),
+  );
+  const scrape = (tag: string): Sample[] => {
+    const t = between(g.stdout, tag);
+    return t ? parseExposition(t) : [];
+  };
   const racesText = between(g.stdout, 'races')?.trim() ?? '';
   let races: unknown;
-  try { races = JSON.parse(racesText); } catch { races = `unparseable: ${racesText}`; }
-  return { g, kv, write: scrape('metrics-write'), final: scrape('metrics-final'), gone: scrape('metrics-gone'), races, racesText, agentStderr: between(g.stdout, 'agent-stderr') ?? '' };
+  try {
+    races = JSON.parse(racesText);
+  } catch {
+    races = `unparseable: ${racesText}`;
+  }
+  return {
+    g,
+    kv,
+    write: scrape('metrics-write'),
+    final: scrape('metrics-final'),
+    gone: scrape('metrics-gone'),
+    races,
+    racesText,
+    agentStderr: between(g.stdout, 'agent-stderr') ?? '',
+  };
 }
 
-const hist = (s: Sample[], name: string): { count: number; sum: number } =>
-  ({ count: value(s, `${name}_count`, LABELS) ?? 0, sum: value(s, `${name}_sum`, LABELS) ?? 0 });
+const hist = (s: Sample[], name: string): { count: number; sum: number } => ({
+  count: value(s, `${name}_count`, LABELS) ?? 0,
+  sum: value(s, `${name}_sum`, LABELS) ?? 0,
+});
 const attachedVia = (s: Sample[], probe: string): string | undefined => pick(s, M.probeInfo.name, { probe })[0]?.labels['attach'];
 
 // ---- one boot per kernel, shared by that kernel's tests ----
@@ -205,28 +233,37 @@ function boot(k: KernelEntry): Promise<GuestRun> {
 async function guest(t: ExecutionContext, k: KernelEntry): Promise<GuestRun | undefined> {
   const r = await boot(k);
   if (r.g.status === 0 && r.final.length) return r;
-  t.fail(`guest script did not complete (${r.kv['guest_error'] ?? `status ${r.g.status}`})\n${r.agentStderr}\n${describeRun(r.g)}\n--- stdout ---\n${r.g.stdout.slice(-4000)}`);
+  t.fail(
+    `guest script did not complete (${r.kv['guest_error'] ?? `status ${r.g.status}`})\n${r.agentStderr}\n${describeRun(r.g)}\n--- stdout ---\n${r.g.stdout.slice(-4000)}`,
+  );
   return undefined;
 }
 
 for (const [k, skip] of plan) {
   const reason = vmReason ?? skip;
-  const title = (what: string): string =>
-    `${k.name} guest kernel, real fentry (QEMU): ${what}${reason ? ` (skipped: ${reason})` : ''}`;
+  const title = (what: string): string => `${k.name} guest kernel, real fentry (QEMU): ${what}${reason ? ` (skipped: ${reason})` : ''}`;
   const run = reason ? test.skip : test.serial;
 
   run(title('memcg_*_fn probes attach via fentry; the agent runs clean'), async (t) => {
     const r = await guest(t, k);
     if (!r) return;
     const { g, kv, final } = r;
-    t.log(`${k.package}: attempts=${g.attempts} wall=${g.seconds}s boot=${g.bootSeconds}s script=${g.scriptSeconds}s ` +
-      `(guest: setup ${kv['t_setup']}s, agent ready ${kv['t_ready']}s, write settled ${kv['t_write_settled']}s, delete settled ${kv['t_delete_settled']}s, end ${kv['t_end']}s)`);
+    t.log(
+      `${k.package}: attempts=${g.attempts} wall=${g.seconds}s boot=${g.bootSeconds}s script=${g.scriptSeconds}s ` +
+        `(guest: setup ${kv['t_setup']}s, agent ready ${kv['t_ready']}s, write settled ${kv['t_write_settled']}s, delete settled ${kv['t_delete_settled']}s, end ${kv['t_end']}s)`,
+    );
     t.log(`${kv['memory_hierarchy']}; fs ${kv['fs']}; probes: ${FN_PROBES.map((p) => `${p}=${attachedVia(final, p) ?? 'none'}`).join(' ')}`);
     t.is(kv['release'], k.release);
     t.is(attachedVia(final, 'memcg_writeback_start_fn'), 'fentry');
     t.is(attachedVia(final, 'memcg_writeback_end_fn'), 'fentry');
-    t.deepEqual(pick(final, M.probeInfo.name, { probe: 'memcg_writeback_start_fn' }).map((s) => s.labels['target']), ['__folio_start_writeback']);
-    t.deepEqual(pick(final, M.probeInfo.name, { probe: 'memcg_writeback_end_fn' }).map((s) => s.labels['target']), ['__folio_end_writeback']);
+    t.deepEqual(
+      pick(final, M.probeInfo.name, { probe: 'memcg_writeback_start_fn' }).map((s) => s.labels['target']),
+      ['__folio_start_writeback'],
+    );
+    t.deepEqual(
+      pick(final, M.probeInfo.name, { probe: 'memcg_writeback_end_fn' }).map((s) => s.labels['target']),
+      ['__folio_end_writeback'],
+    );
     // The uncharge probes: fentry whenever they attached (the kernel matrix says they do on 6.1/6.12).
     for (const p of ['memcg_uncharge_folio_fn', 'memcg_uncharge_fn']) {
       const via = attachedVia(final, p);
@@ -245,9 +282,11 @@ for (const [k, skip] of plan) {
     const end = hist(write, M.memcgWbEndDuration.name);
     const dirtied = Number(kv['dirtied_folios']);
     const written = Number(kv['nr_written_delta']);
-    t.log(`latency count=${lat.count} sum=${lat.sum.toFixed(3)}s (mean ${(lat.sum / lat.count * 1e3).toFixed(2)} ms); ` +
-      `writeback-end count=${end.count} sum=${(end.sum * 1e3).toFixed(3)}ms; folios dirtied (tracepoint)=${kv['dirtied_folios']} ` +
-      `(overrun ${kv['trace_overrun']}); nr_written delta=${written} pages; cgroup file bytes after write=${kv['file_bytes_after_write']}`);
+    t.log(
+      `latency count=${lat.count} sum=${lat.sum.toFixed(3)}s (mean ${((lat.sum / lat.count) * 1e3).toFixed(2)} ms); ` +
+        `writeback-end count=${end.count} sum=${(end.sum * 1e3).toFixed(3)}ms; folios dirtied (tracepoint)=${kv['dirtied_folios']} ` +
+        `(overrun ${kv['trace_overrun']}); nr_written delta=${written} pages; cgroup file bytes after write=${kv['file_bytes_after_write']}`,
+    );
     // Lower bound: every folio the write dirtied was written back after the agent attached, so it
     // has a start and an end; without the tracepoint, 32 MiB is at least 16 folios of 2 MiB (PMD).
     const lower = Number.isFinite(dirtied) && kv['trace_overrun'] === '0' ? dirtied : (MIB << 20) / (2 << 20);
@@ -273,10 +312,15 @@ for (const [k, skip] of plan) {
     const after = value(final, M.memcgUnchargedFolios.name, LABELS) ?? 0;
     const dur = hist(final, M.memcgUnchargeDuration.name);
     const dirtied = Number(kv['dirtied_folios']);
-    t.log(`uncharged folios ${before} -> ${after} (+${after - before}); uncharge duration count=${dur.count} sum=${(dur.sum * 1e3).toFixed(3)}ms; ` +
-      `cgroup file bytes ${kv['file_bytes_after_write']} -> ${kv['file_bytes_after_delete']}; ` +
-      `unknown-cgroup uncharged folios=${value(final, M.memcgUnchargedFolios.name, { cgroup: 'unknown' }) ?? 0}`);
-    if (!folioProbe && !callProbe) { t.pass('no uncharge probe attached: nothing to check'); return; }
+    t.log(
+      `uncharged folios ${before} -> ${after} (+${after - before}); uncharge duration count=${dur.count} sum=${(dur.sum * 1e3).toFixed(3)}ms; ` +
+        `cgroup file bytes ${kv['file_bytes_after_write']} -> ${kv['file_bytes_after_delete']}; ` +
+        `unknown-cgroup uncharged folios=${value(final, M.memcgUnchargedFolios.name, { cgroup: 'unknown' }) ?? 0}`,
+    );
+    if (!folioProbe && !callProbe) {
+      t.pass('no uncharge probe attached: nothing to check');
+      return;
+    }
     if (folioProbe) {
       t.true(after > before, 'uncharged folios grew after the delete');
       // Each folio of the deleted file is uncharged once, in this cgroup.
@@ -288,17 +332,19 @@ for (const [k, skip] of plan) {
       t.true(dur.count > 0, 'uncharge duration count > 0');
       t.true(dur.sum > 0, 'uncharge duration sum > 0');
     }
-    t.true(Number(kv['file_bytes_after_delete']) < Number(kv['file_bytes_after_write']) / 4, 'the cgroup\'s page cache went away');
+    t.true(Number(kv['file_bytes_after_delete']) < Number(kv['file_bytes_after_write']) / 4, "the cgroup's page cache went away");
   });
 
-  run(title('a cgroup made, written with fsync and removed between two scrapes: its folios\' writeback is exact under its path (first sight)'), async (t) => {
+  run(title("a cgroup made, written with fsync and removed between two scrapes: its folios' writeback is exact under its path (first sight)"), async (t) => {
     const r = await guest(t, k);
     if (!r) return;
     const { kv, gone } = r;
     const labels = { cgroup: `/${CGROUP}-gone` };
     const count = value(gone, `${M.memcgWbLatency.name}_count`, labels);
     const dirtied = Number(kv['gone_dirtied_folios']);
-    t.log(`removed cgroup: writeback latency count ${count}, folios dirtied (tracepoint) ${kv['gone_dirtied_folios']}; cgroup_lifecycle via ${attachedVia(gone, 'cgroup_lifecycle')}`);
+    t.log(
+      `removed cgroup: writeback latency count ${count}, folios dirtied (tracepoint) ${kv['gone_dirtied_folios']}; cgroup_lifecycle via ${attachedVia(gone, 'cgroup_lifecycle')}`,
+    );
     t.truthy(attachedVia(gone, 'cgroup_lifecycle'));
     t.true(dirtied > 0, 'the write dirtied folios');
     t.is(count, dirtied, 'every folio it wrote back, under its path although it was gone');
@@ -310,8 +356,10 @@ for (const [k, skip] of plan) {
     const { final } = r;
     const counts = Object.fromEntries(RACE_KINDS.map((kind) => [kind, value(final, M.memcgRaceEvents.name, { kind })]));
     const extra = pick(final, M.memcgRaceEvents.name).filter((s) => !(RACE_KINDS as readonly string[]).includes(s.labels['kind'] ?? ''));
-    t.log(`race events: ${JSON.stringify(counts)}; /api/races: ${r.racesText.slice(0, 2000)}; ` +
-      `state: reaped=${value(final, M.memcgRaceStateReaped.name)} evicted=${value(final, M.memcgRaceStateEvictions.name)} unpaired=${value(final, M.memcgWbUnpairedEnds.name)}`);
+    t.log(
+      `race events: ${JSON.stringify(counts)}; /api/races: ${r.racesText.slice(0, 2000)}; ` +
+        `state: reaped=${value(final, M.memcgRaceStateReaped.name)} evicted=${value(final, M.memcgRaceStateEvictions.name)} unpaired=${value(final, M.memcgWbUnpairedEnds.name)}`,
+    );
     t.deepEqual(counts, Object.fromEntries(RACE_KINDS.map((kind) => [kind, 0])), 'a race indicator fired on a clean workload');
     t.deepEqual(extra, [], 'race kinds outside RACE_KINDS');
     t.deepEqual(r.races, [], '/api/races');

@@ -43,8 +43,12 @@ const tmpName = (p: string): string => `${p}.tmp-${process.pid}-${randomBytes(4)
 // The last lines of a command's output, without make's echoed compiler command lines (each a few
 // hundred characters of flags), so the error itself shows.
 const tail = (s: string, n = 25): string =>
-  s.trimEnd().split('\n').filter((l) => !/^(gcc|cc|clang) /.test(l)).slice(-n).join('\n');
-
+  s
+    .trimEnd()
+    .split('\n')
+    .filter((l) => !/^(gcc|cc|clang) /.test(l))
+    .slice(-n)
+    .join('\n');
 
 /** Runs a command; on failure throws an Error whose message is the command and its output's tail. */
 async function run(cmd: string, args: string[], cwd: string, env?: NodeJS.ProcessEnv): Promise<string> {
@@ -64,9 +68,24 @@ async function run(cmd: string, args: string[], cwd: string, env?: NodeJS.Proces
 // tools/lib/rbtree.c (lib/rbtree.c includes "../../../../lib/rbtree.c" relative to itself: without
 // it the compiler silently finds the kernel's lib/rbtree.c through -I and the link fails),
 // selftests/{kvm,lib.mk,kselftest*.h}.
-const MEMBERS = ['Makefile', 'scripts', 'include/uapi', 'arch/x86/Makefile', 'arch/x86/Kbuild', 'arch/x86/entry/syscalls',
-  'arch/x86/tools', 'arch/x86/include/uapi', 'tools/include', 'tools/arch/x86/include', 'tools/build', 'tools/scripts',
-  'tools/lib/rbtree.c', 'tools/testing/selftests/kvm', 'tools/testing/selftests/lib.mk', 'tools/testing/selftests/kselftest*'];
+const MEMBERS = [
+  'Makefile',
+  'scripts',
+  'include/uapi',
+  'arch/x86/Makefile',
+  'arch/x86/Kbuild',
+  'arch/x86/entry/syscalls',
+  'arch/x86/tools',
+  'arch/x86/include/uapi',
+  'tools/include',
+  'tools/arch/x86/include',
+  'tools/build',
+  'tools/scripts',
+  'tools/lib/rbtree.c',
+  'tools/testing/selftests/kvm',
+  'tools/testing/selftests/lib.mk',
+  'tools/testing/selftests/kselftest*',
+];
 
 /**
  * hold.so: with HVWATCH_HOLD_DIR set, a process that calls exit() (a selftest returning from main,
@@ -256,9 +275,18 @@ async function candidate(pkg: string): Promise<string | undefined> {
   }
 }
 
-interface Stamp { version: string; tests: string[]; helpers: Record<string, string>; buildSeconds: number }
+interface Stamp {
+  version: string;
+  tests: string[];
+  helpers: Record<string, string>;
+  buildSeconds: number;
+}
 const readStamp = (dir: string): Stamp | undefined => {
-  try { return JSON.parse(fs.readFileSync(path.join(dir, '.ready'), 'utf8')) as Stamp; } catch { return undefined; }
+  try {
+    return JSON.parse(fs.readFileSync(path.join(dir, '.ready'), 'utf8')) as Stamp;
+  } catch {
+    return undefined;
+  }
 };
 
 async function ensureHold(dir: string): Promise<string> {
@@ -284,37 +312,56 @@ async function ensureHold(dir: string): Promise<string> {
 export async function prepareSelftests(tests: string[], series = '6.1'): Promise<Selftests | { skip: string }> {
   const t0 = Date.now();
   const pkg = `linux-source-${series}`;
-  for (const [cmd, deb] of [['make', 'make'], ['gcc', 'gcc'], ['tar', 'tar'], ['xz', 'xz-utils'], ['apt-get', 'apt'],
-    ['apt-cache', 'apt'], ['dpkg-deb', 'dpkg']] as const) {
+  for (const [cmd, deb] of [
+    ['make', 'make'],
+    ['gcc', 'gcc'],
+    ['tar', 'tar'],
+    ['xz', 'xz-utils'],
+    ['apt-get', 'apt'],
+    ['apt-cache', 'apt'],
+    ['dpkg-deb', 'dpkg'],
+  ] as const) {
     if (!which(cmd)) return { skip: `${cmd} not installed (apt-get install ${deb}; see test/vm/deps.txt)` };
   }
   if (!fs.existsSync('/usr/include/stdio.h')) return { skip: 'libc6-dev not installed (no /usr/include/stdio.h; see test/vm/deps.txt)' };
   const root = path.join(CACHE_DIR, 'selftests');
   try {
     fs.mkdirSync(root, { recursive: true });
-  } catch (e) { return { skip: `cannot create ${root}: ${(e as Error).message}` }; }
+  } catch (e) {
+    return { skip: `cannot create ${root}: ${(e as Error).message}` };
+  }
 
   let version = await candidate(pkg);
   if (!version) {
     // Offline, or apt lists without the package: a build of any version will do.
-    const built = fs.readdirSync(root).filter((d) => !d.includes('.tmp-') && readStamp(path.join(root, d))).sort();
+    const built = fs
+      .readdirSync(root)
+      .filter((d) => !d.includes('.tmp-') && readStamp(path.join(root, d)))
+      .sort();
     version = built.at(-1);
     if (!version) return { skip: `apt-cache offers no ${pkg} package (apt-get update?) and no build is cached in ${root}` };
   }
   const dir = path.join(root, version);
   const result = (cached: boolean, hold: string, stamp: Stamp): Selftests => ({
-    version, dir, hold, cached, bin: (t) => path.join(dir, t), buildSeconds: stamp.buildSeconds,
+    version,
+    dir,
+    hold,
+    cached,
+    bin: (t) => path.join(dir, t),
+    buildSeconds: stamp.buildSeconds,
     seconds: Math.round((Date.now() - t0) / 100) / 10,
   });
 
   const helperHash = (t: string): string => sha(HELPERS[t]!);
   const have = readStamp(dir);
-  const fresh = (st: Stamp, t: string): boolean => st.tests.includes(t) && fs.existsSync(path.join(dir, t)) &&
-    (!(t in HELPERS) || st.helpers?.[t] === helperHash(t));
+  const fresh = (st: Stamp, t: string): boolean =>
+    st.tests.includes(t) && fs.existsSync(path.join(dir, t)) && (!(t in HELPERS) || st.helpers?.[t] === helperHash(t));
   if (have && tests.every((t) => fresh(have, t))) {
     try {
       return result(true, await ensureHold(dir), have);
-    } catch (e) { return { skip: `building the hold helper failed: ${(e as Error).message}` }; }
+    } catch (e) {
+      return { skip: `building the hold helper failed: ${(e as Error).message}` };
+    }
   }
 
   // A cached build of this version lacking a test: rebuild with the union, so nothing is lost.
@@ -326,7 +373,9 @@ export async function prepareSelftests(tests: string[], series = '6.1'): Promise
   try {
     try {
       await run('apt-get', ['-q', '-o', 'APT::Sandbox::User=root', 'download', `${pkg}=${version}`], tmp);
-    } catch (e) { return { skip: `apt-get download ${pkg}=${version}: ${(e as Error).message}` }; }
+    } catch (e) {
+      return { skip: `apt-get download ${pkg}=${version}: ${(e as Error).message}` };
+    }
     const deb = fs.readdirSync(tmp).find((f) => f.endsWith('.deb'));
     if (!deb) return { skip: `apt-get download ${pkg}=${version} produced no .deb` };
     const src = path.join(tmp, 'src');
@@ -346,8 +395,7 @@ export async function prepareSelftests(tests: string[], series = '6.1'): Promise
       for (const h of helpers) fs.writeFileSync(path.join(kvmDir, `${h}.c`), HELPERS[h]!);
       // The Makefile sets TEST_GEN_PROGS_x86_64 with '=' but extends TEST_GEN_PROGS_EXTENDED_x86_64
       // with '+=': set before the include, our programs get the lib objects as prerequisites.
-      fs.writeFileSync(path.join(kvmDir, 'hvwatch.mk'),
-        helpers.map((h) => `TEST_GEN_PROGS_EXTENDED_x86_64 += ${h}\n`).join('') + 'include Makefile\n');
+      fs.writeFileSync(path.join(kvmDir, 'hvwatch.mk'), helpers.map((h) => `TEST_GEN_PROGS_EXTENDED_x86_64 += ${h}\n`).join('') + 'include Makefile\n');
       const out = path.join(tmp, 'out');
       await run('make', ['-f', 'hvwatch.mk', '-j', jobs, `OUTPUT=${out}`, ...tests.map((t) => path.join(out, t))], kvmDir);
       for (const t of tests) {
@@ -360,15 +408,26 @@ export async function prepareSelftests(tests: string[], series = '6.1'): Promise
       fs.rmSync(src, { recursive: true, force: true });
       fs.rmSync(path.join(tmp, 'out'), { recursive: true, force: true });
     }
-    const stamp: Stamp = { version, tests, helpers: Object.fromEntries(tests.filter((t) => t in HELPERS).map((t) => [t, helperHash(t)])), buildSeconds: Math.round((Date.now() - t0) / 100) / 10 };
+    const stamp: Stamp = {
+      version,
+      tests,
+      helpers: Object.fromEntries(tests.filter((t) => t in HELPERS).map((t) => [t, helperHash(t)])),
+      buildSeconds: Math.round((Date.now() - t0) / 100) / 10,
+    };
     fs.writeFileSync(path.join(tmp, '.ready'), JSON.stringify(stamp) + '\n');
     if (fs.existsSync(dir)) fs.rmSync(dir, { recursive: true, force: true }); // an older, smaller build, or a crashed run's
-    try { fs.renameSync(tmp, dir); } catch { /* another process won the race: use its build */ }
+    try {
+      fs.renameSync(tmp, dir);
+    } catch {
+      /* another process won the race: use its build */
+    }
     const now = readStamp(dir);
     if (!now) return { skip: `selftest build vanished from ${dir}` };
     try {
       return result(false, await ensureHold(dir), now);
-    } catch (e) { return { skip: `building the hold helper failed: ${(e as Error).message}` }; }
+    } catch (e) {
+      return { skip: `building the hold helper failed: ${(e as Error).message}` };
+    }
   } finally {
     fs.rmSync(tmp, { recursive: true, force: true });
   }
