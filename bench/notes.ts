@@ -59,4 +59,7 @@ export const MISS_NOTES: Record<string, string> = {
     'loop, so this ratio overstates it.',
   bench_exit_entry:
     "a lookup-or-insert of the per-VM, per-reason counter and the thread's pending half on exit, two " + 'lookups and a histogram update on entry.',
+  bench_ima_cycle:
+    "each of the six events looks up its cgroup's stats entry, and the two cache gets and the free also look up " +
+    "and update the inode pointer's identity (or its tombstone) in an LRU hash: the reuse indicator's price.",
 };
