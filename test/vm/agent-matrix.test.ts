@@ -12,7 +12,17 @@ import { fileURLToPath } from 'node:url';
 import test from 'ava';
 import { FAMILIES } from '../../agent/probes/index.js';
 import type { Candidate, ProbeSpec } from '../../agent/probes/model.js';
-import { describeRun, kernelMatrix, prepareKernel, runInGuest, vmUnavailableReason, which, type GuestResult, type KernelEntry } from './harness.js';
+import {
+  describeRun,
+  kernelMatrix,
+  prepareKernel,
+  runInGuest,
+  vmUnavailableReason,
+  type GuestResult,
+  type KernelEntry,
+  hostToolsReason,
+  q,
+} from './harness.js';
 
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url)); // dist/test/vm/ -> repo root
 const HVWATCH = path.join(ROOT, 'bin/hvwatch');
@@ -23,11 +33,7 @@ const GUEST_TIMEOUT_MS = 150_000;
 const PROBES: ProbeSpec[] = FAMILIES.flatMap((f) => f.probes);
 
 // ---- decided at module load: a missing tool, kernel package, build or privilege skips, never passes ----
-const commonReason = !fs.existsSync(path.join(ROOT, 'dist/agent/cli.js'))
-  ? `agent not built in ${ROOT}dist (run npm run setup)`
-  : !which('bpftool')
-    ? 'bpftool not installed (the oracle needs it; apt-get install bpftool)'
-    : undefined;
+const commonReason = hostToolsReason(ROOT, [['bpftool', 'the oracle needs it; apt-get install bpftool']]);
 const hostReason = commonReason ?? (process.getuid?.() !== 0 ? 'hvwatch probes needs root (CAP_BPF/CAP_PERFMON)' : undefined);
 const vmReason = commonReason ?? vmUnavailableReason();
 const kernels: [KernelEntry, string | undefined][] = [];
@@ -39,7 +45,6 @@ if (!vmReason) {
 }
 
 // ---- the script: the agent, then the oracle (after the agent, which mounts tracefs on a host that has not) ----
-const q = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
 const hooks = (kinds: string[]): string[] => [...new Set(PROBES.flatMap((p) => p.candidates.filter((c) => kinds.includes(c.attach)).map((c) => c.target)))];
 const TRACEPOINTS = hooks(['tracepoint']);
 const BTF_TYPEDEFS = hooks(['tp_btf', 'raw_tracepoint']).map((t) => `btf_trace_${t}`);

@@ -59,9 +59,18 @@ async function exec(cmd: string, args: string[], cwd?: string): Promise<string> 
   const { stdout } = await execFileP(cmd, args, { cwd, maxBuffer: 64 << 20, encoding: 'utf8' });
   return stdout;
 }
-const q = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
+/** A POSIX shell single-quoted word (for the guest scripts the tests write). */
+export const q = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
 const sha = (s: string): string => createHash('sha256').update(s).digest('hex').slice(0, 12);
 const tmpName = (p: string): string => `${p}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+
+/** Why a guest test cannot run on this host before any kernel is looked at: the agent is not
+ * built under `root`, or the first of `tools` (command, how to get it) is missing. */
+export function hostToolsReason(root: string, tools: [cmd: string, install: string][]): string | undefined {
+  if (!fs.existsSync(path.join(root, 'dist/agent/cli.js'))) return `agent not built in ${root}dist (run npm run setup)`;
+  const missing = tools.find(([cmd]) => !which(cmd));
+  return missing && `${missing[0]} not installed (${missing[1]})`;
+}
 
 /** The path of an executable on PATH (or /usr/sbin, /sbin), else undefined. */
 export function which(cmd: string): string | undefined {

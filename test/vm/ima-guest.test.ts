@@ -14,14 +14,23 @@
 //    old entry was never seen freed), the kind the alert fires on.
 // The hosts we run on have no IMA (and no fentry/kprobes), so this is where these probes meet
 // real kernel events. Skips, with the reason in the title, when QEMU/tools/kernels are unavailable.
-import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import test, { type ExecutionContext } from 'ava';
 import { M } from '../../agent/catalog.js';
 import { FAMILIES } from '../../agent/probes/index.js';
 import { parseExposition, pick, value, type Sample } from '../helpers/agent.js';
-import { GUEST_AGENT_SHELL, describeRun, guestPlan, runInGuest, vmUnavailableReason, which, type GuestResult, type KernelEntry } from './harness.js';
+import {
+  GUEST_AGENT_SHELL,
+  describeRun,
+  guestPlan,
+  runInGuest,
+  vmUnavailableReason,
+  type GuestResult,
+  type KernelEntry,
+  hostToolsReason,
+  q,
+} from './harness.js';
 
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url)); // dist/test/vm/ -> repo root
 const HVWATCH = path.join(ROOT, 'bin/hvwatch');
@@ -39,21 +48,15 @@ const OTHERS_OFF = FAMILIES.filter((f) => f.name !== 'ima')
   .map((p) => `--disable ${p.name}`)
   .join(' ');
 
-const commonReason = !fs.existsSync(path.join(ROOT, 'dist/agent/cli.js'))
-  ? `agent not built in ${ROOT}dist (run npm run setup)`
-  : !which('losetup')
-    ? 'losetup not installed (apt-get install mount)'
-    : !which('mkfs.ext4')
-      ? 'mkfs.ext4 not installed (apt-get install e2fsprogs)'
-      : !which('lsattr')
-        ? 'lsattr not installed (apt-get install e2fsprogs)'
-        : !which('ip')
-          ? 'ip not installed (apt-get install iproute2)'
-          : undefined;
+const commonReason = hostToolsReason(ROOT, [
+  ['losetup', 'apt-get install mount'],
+  ['mkfs.ext4', 'apt-get install e2fsprogs'],
+  ['lsattr', 'apt-get install e2fsprogs'],
+  ['ip', 'apt-get install iproute2'],
+]);
 const vmReason = commonReason ?? vmUnavailableReason();
 const plan = await guestPlan(SERIES, vmReason);
 
-const q = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
 const SCRIPT = `
 set -u
 HVWATCH=${q(HVWATCH)}

@@ -45,13 +45,22 @@
 //
 // Skips, with the reason in the title, when QEMU/tools/kernel packages/the selftest build are
 // unavailable; never passes vacuously.
-import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import test, { type ExecutionContext } from 'ava';
 import { M } from '../../agent/catalog.js';
 import { parseExposition, pick, value, type Sample } from '../helpers/agent.js';
-import { GUEST_AGENT_SHELL, describeRun, guestPlan, runInGuest, vmUnavailableReason, which, type GuestResult, type KernelEntry } from './harness.js';
+import {
+  GUEST_AGENT_SHELL,
+  describeRun,
+  guestPlan,
+  runInGuest,
+  vmUnavailableReason,
+  type GuestResult,
+  type KernelEntry,
+  hostToolsReason,
+  q,
+} from './harness.js';
 import { NESTED_STATE_HELPER, prepareSelftests, type Selftests } from './selftests.js';
 
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url)); // dist/test/vm/ -> repo root
@@ -70,13 +79,10 @@ const KVM_HOT_PROBES = ['kvm_emulate'];
 
 // ---- decided at module load: a missing tool, kernel package or build skips, never passes ----
 // The guest runs the host's root: these must exist there.
-const commonReason = !fs.existsSync(path.join(ROOT, 'dist/agent/cli.js'))
-  ? `agent not built in ${ROOT}dist (run npm run setup)`
-  : !which('ip')
-    ? 'ip not installed (apt-get install iproute2; the guest needs it to bring up loopback)'
-    : !which('awk')
-      ? 'awk not installed (the trace oracle needs it)'
-      : undefined;
+const commonReason = hostToolsReason(ROOT, [
+  ['ip', 'apt-get install iproute2; the guest needs it to bring up loopback'],
+  ['awk', 'the trace oracle needs it'],
+]);
 const vmReason = commonReason ?? vmUnavailableReason();
 const plan = await guestPlan(SERIES, vmReason);
 let selftests: Selftests | undefined;
@@ -88,7 +94,6 @@ if (!vmReason) {
 }
 
 // ---- the guest script ----
-const q = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
 
 // Reduces the ftrace record to counts per (kind, thread, reason). The selftests run their one vCPU
 // on the main thread, so the thread id is the VMM's pid. Kinds: exit (kvm_exit), handled (a

@@ -9,7 +9,6 @@
 // clean workload shows no race indicator at all. The hosts we run on refuse fentry and lack
 // kprobes, so this is the only place these probes run against real kernel events.
 // Skips, with the reason in the title, when QEMU/tools/kernel packages/the build are unavailable.
-import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import test, { type ExecutionContext } from 'ava';
@@ -17,7 +16,17 @@ import { M } from '../../agent/catalog.js';
 import { RACE_KINDS } from '../../agent/probes/memcg-fn.js';
 import { FAMILIES } from '../../agent/probes/index.js';
 import { parseExposition, pick, value, type Sample } from '../helpers/agent.js';
-import { GUEST_AGENT_SHELL, describeRun, guestPlan, runInGuest, vmUnavailableReason, which, type GuestResult, type KernelEntry } from './harness.js';
+import {
+  GUEST_AGENT_SHELL,
+  describeRun,
+  guestPlan,
+  runInGuest,
+  vmUnavailableReason,
+  type GuestResult,
+  type KernelEntry,
+  hostToolsReason,
+  q,
+} from './harness.js';
 
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url)); // dist/test/vm/ -> repo root
 const HVWATCH = path.join(ROOT, 'bin/hvwatch');
@@ -37,15 +46,11 @@ const KVM_OFF = FAMILIES.find((f) => f.name === 'kvm')!
 
 // ---- decided at module load: a missing tool, kernel package or build skips, never passes ----
 // The guest runs the host's root: these must exist there.
-const commonReason = !fs.existsSync(path.join(ROOT, 'dist/agent/cli.js'))
-  ? `agent not built in ${ROOT}dist (run npm run setup)`
-  : !which('losetup')
-    ? 'losetup not installed (apt-get install mount)'
-    : !which('mkfs.ext4')
-      ? 'mkfs.ext4 not installed (apt-get install e2fsprogs)'
-      : !which('ip')
-        ? 'ip not installed (apt-get install iproute2; the guest needs it to bring up loopback)'
-        : undefined;
+const commonReason = hostToolsReason(ROOT, [
+  ['losetup', 'apt-get install mount'],
+  ['mkfs.ext4', 'apt-get install e2fsprogs'],
+  ['ip', 'apt-get install iproute2; the guest needs it to bring up loopback'],
+]);
 const vmReason = commonReason ?? vmUnavailableReason();
 const plan = await guestPlan(SERIES, vmReason);
 
@@ -60,7 +65,6 @@ const plan = await guestPlan(SERIES, vmReason);
 // cgroup v2: the harness's guest init mounts cgroup2 at /sys/fs/cgroup and nothing mounts v1, so
 // the memory controller is on v2; the script mounts it itself if that ever changes, and enables
 // +memory for children. Loopback is down in the guest (nothing configures it), so it brings lo up.
-const q = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
 const SCRIPT = `
 set -u
 HVWATCH=${q(HVWATCH)}
