@@ -7,8 +7,7 @@ import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { spawn } from 'node:child_process';
-import { HVWATCH, ROOT } from './helpers/agent.js';
+import { ROOT, runCli } from './helpers/agent.js';
 import { memoryHierarchy } from './helpers/memcg.js';
 import { writeSynthTrace } from './helpers/trace.js';
 import { histogramQuantile } from '../agent/check/quantile.js';
@@ -16,16 +15,6 @@ import { folded, log2Histogram } from '../agent/aggregate/histogram.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'hvwatch-check-'));
 
-function runCli(args: string[], opts: { env?: Record<string, string> } = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const p = spawn(HVWATCH, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } });
-    let stdout = '';
-    let stderr = '';
-    p.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    p.on('exit', (code) => resolve({ code, stdout, stderr }));
-  });
-}
 const EXAMPLE = join(ROOT, 'examples/memcg-check');
 
 /** A small XML 1.0 well-formedness check: prolog, balanced elements, quoted attributes,

@@ -106,16 +106,21 @@ export class AgentProcess {
 }
 
 /** Runs the CLI to completion (for exit-status tests). */
-export function runCli(args: string[], opts: { wrap?: string[] } = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
+/** Resolves on 'close', not 'exit': 'exit' can fire before the pipes are drained, which
+ * cut a JSON report short once in CI. */
+export function runCli(
+  args: string[],
+  opts: { wrap?: string[]; env?: Record<string, string> } = {},
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
     const cmd = opts.wrap ? opts.wrap[0]! : HVWATCH;
     const argv = opts.wrap ? [...opts.wrap.slice(1), HVWATCH, ...args] : args;
-    const p = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const p = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } });
     let stdout = '';
     let stderr = '';
     p.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
     p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    p.on('exit', (code) => resolve({ code, stdout, stderr }));
+    p.on('close', (code) => resolve({ code, stdout, stderr }));
   });
 }
 
