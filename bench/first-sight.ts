@@ -16,7 +16,7 @@ import { Agent } from '../agent/agent.js';
 import { configSchema } from '../agent/config.js';
 import { M } from '../agent/catalog.js';
 import { findMemoryHierarchy } from '../agent/cgroups.js';
-import { allProbeNames } from '../agent/probes/index.js';
+import { allProbeNames } from '../agent/families.js';
 import { median, progress } from './common.js';
 import { GUEST } from './kvm.js';
 

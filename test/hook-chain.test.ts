@@ -9,7 +9,7 @@ import { spawnSync } from 'node:child_process';
 import { Agent } from '../agent/agent.js';
 import { configSchema } from '../agent/config.js';
 import { M } from '../agent/catalog.js';
-import { allProbeNames } from '../agent/probes/index.js';
+import { allProbeNames } from '../agent/families.js';
 import { kvmUsable, startGuest } from './helpers/kvm.js';
 
 const skip = kvmUsable() ?? (spawnSync('bpftool', ['version']).status === 0 ? undefined : 'bpftool is not installed');

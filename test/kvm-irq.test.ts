@@ -12,12 +12,12 @@ import { accessSync, constants, existsSync, mkdirSync, readFileSync, rmdirSync, 
 import { join } from 'node:path';
 import { Agent } from '../agent/agent.js';
 import { configSchema } from '../agent/config.js';
-import { allProbeNames } from '../agent/probes/index.js';
-import { IRQ_COUNTERS, IRQ_PATHS, TEARDOWN_KINDS } from '../agent/probes/kvm-irq.js';
+import { allProbeNames } from '../agent/families.js';
+import { IRQ_COUNTERS, IRQ_PATHS, TEARDOWN_KINDS } from '../families/kvm_irq/family.js';
 import { tracefsRoot } from '../agent/kernel.js';
 import { M } from '../agent/catalog.js';
 import type { ProbeStatus } from '../agent/loader.js';
-import { HASH_MAP, TASK_STORAGE } from '../agent/probes/model.js';
+import { HASH_MAP, TASK_STORAGE } from '../agent/model/family.js';
 import { AgentProcess, ROOT, pick, until, value, writeConfig } from './helpers/agent.js';
 import { kvmUsable } from './helpers/kvm.js';
 

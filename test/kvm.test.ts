@@ -6,11 +6,11 @@
 import test from 'ava';
 import { Agent } from '../agent/agent.js';
 import { configSchema } from '../agent/config.js';
-import { allProbeNames } from '../agent/probes/index.js';
-import { exitReasonName, errnoName } from '../agent/probes/kvm.js';
+import { allProbeNames } from '../agent/families.js';
+import { exitReasonName, errnoName } from '../families/kvm/family.js';
 import { M } from '../agent/catalog.js';
 import type { ProbeStatus } from '../agent/loader.js';
-import { HASH_MAP, TASK_STORAGE } from '../agent/probes/model.js';
+import { HASH_MAP, TASK_STORAGE } from '../agent/model/family.js';
 import { AgentProcess, pick, until, value, writeConfig } from './helpers/agent.js';
 import { kvmUsable, startGuest } from './helpers/kvm.js';
 

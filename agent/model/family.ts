@@ -1,13 +1,20 @@
-// The probe model. A family is one BPF object; its probes each declare attach candidates
-// in priority order; the loader (agent/loader.ts) takes the first that loads and attaches
-// on this kernel. How maps become metrics is declared here too, so a new family touches
-// only its own files (docs/ARCHITECTURE.md "Where a new family goes today").
-import type { AttachKind } from '../../bpf/libbpf.js';
-import type { MetricDef } from '../catalog.js';
+// The probe model, the bottom of the agent (docs/ARCHITECTURE.md "The rooms"): what a family
+// declares and the small interfaces it is handed. A family is a folder, families/<name>/,
+// holding one BPF object and a factory, `create(config, services)`, that returns its
+// FamilySpec: its probes each declare attach candidates in priority order; the loader
+// (agent/loader.ts) takes the first that loads and attaches on this kernel. How maps become
+// metrics is declared here too, so a new family touches its folder and one line of the
+// registry, families/index.ts (docs/ARCHITECTURE.md "Where a new family goes").
+//
+// This file imports types only, and none from the loader, the collector or the agent: they
+// import it.
+import type { AttachKind, MapRead, ProgStats } from '../../bpf/libbpf.js';
+import type { Btf } from '../../bpf/btf.js';
+import type { MetricDef } from './metric.js';
 import type { MetricStore } from '../export/store.js';
-import type { CollectContext, Decoder } from '../aggregate/collect.js';
 import type { DecodedEvent } from '../aggregate/events.js';
-import type { LoadedFamily } from '../loader.js';
+import type { LabelBudget } from '../aggregate/budget.js';
+import type { CgroupResolver, MemoryHierarchy } from '../cgroups.js';
 import type { Config } from '../config.js';
 
 export type { AttachKind };
@@ -79,6 +86,97 @@ export interface EventContext {
   logRace: (record: Record<string, unknown>, level?: 'warn' | 'info') => void;
 }
 
+/** What one scrape's decoders and family hooks are given. */
+export interface CollectContext {
+  store: MetricStore;
+  budget: LabelBudget;
+  cgroups?: { resolver: CgroupResolver; hierarchy: MemoryHierarchy };
+  now: number;
+  /** Check whether labelled objects still exist (throttled: it costs a stat per cgroup). */
+  gc: boolean;
+}
+
+/** A decoded key label, or null when the object behind the key is gone (drop the entry).
+ * `field` reads another field of the same key (an exit reason's name depends on its ISA). */
+export type Decoder = (raw: bigint, ctx: CollectContext, field: (name: string) => bigint) => string | null;
+
+/** What a decoder returns for an object past its linger whose counts were folded into
+ * "_other": the entry is deleted like for null, but its final counts stay in the "_other"
+ * series, which outlives any one object and so must never go backwards. */
+export const RETIRE_INTO_OTHER = '\u0000retire:_other';
+
+/** What the pipeline calls on a map: the public surface of bpf/libbpf.ts MapFd. */
+export interface MapView {
+  readonly name: string;
+  readonly keySize: number;
+  readonly valueSize: number;
+  readonly maxEntries: number;
+  readonly percpu: boolean;
+  keys(): Buffer[];
+  entries(): Iterable<[Buffer, Buffer]>;
+  lookup(key: Buffer): Buffer | undefined;
+  lookupRaw(key: Buffer): Buffer | undefined;
+  count(): number;
+  counter(i: number): number;
+  delete(key: Buffer): boolean;
+  update(key: Buffer, value: Buffer, flags?: number): void;
+  /** The whole map in one batched read (live maps: bpf/libbpf.ts MapFd.readAll). */
+  readAll?(): MapRead;
+}
+
+export interface ProgramView {
+  readonly name: string;
+  stats(): ProgStats;
+}
+
+/** A family as the pipeline sees it: its spec, its maps, and the BTF that decodes them
+ * (loader.ts LoadedFamily, a recorder's wrapper of it, or a replayed trace's). */
+export interface FamilyView {
+  readonly spec: FamilySpec;
+  readonly maps: ReadonlyMap<string, MapView>;
+  readonly typeIds: ReadonlyMap<string, { key: number; value: number }>;
+  readonly btf: Btf;
+  readonly programs: readonly { probe: string; program: ProgramView }[];
+}
+
+/** The `vm` label every KVM-side family shares (agent/services/vm-labels.ts): one instance
+ * per agent, so the families agree on names and share one cardinality slot per VM. */
+export interface VmLabels {
+  /** Key field tgid -> the VM's name (null once the VM is gone and its linger over). */
+  readonly decoder: Decoder;
+  /** Reads a VM family's first-sight records (hv_vm_seen); call from its prepare hook. */
+  learn(fam: FamilyView, ctx: CollectContext): void;
+}
+
+/** What this kernel has, asked once and shared by every family (agent/services/kernel.ts). */
+export interface KernelFacts {
+  /** The running kernel's release (/proc/sys/kernel/osrelease). */
+  readonly release: string;
+  /** Whether the running kernel is at least major.minor. */
+  atLeast(major: number, minor: number): boolean;
+  /** Names starting with `prefix` in any kernel BTF's strings (vmlinux or bpf.btfPath, modules). */
+  btfNamesWithPrefix(prefix: string): Set<string>;
+  /** Function symbols starting with `prefix` in /proc/kallsyms (one read of the file, shared). */
+  kallsymsWithPrefix(prefix: string): Set<string>;
+}
+
+/** What a family's factory is handed: one instance per agent. */
+export interface Services {
+  readonly vms: VmLabels;
+  readonly kernel: KernelFacts;
+}
+
+/** A registered family (families/index.ts): its folder's family.ts, imported as a module. */
+export interface FamilyModule {
+  /** The family's name: its folder, its BPF object (<name>.bpf.o) and its metrics' family. */
+  readonly name: string;
+  /** Its metrics (families/<name>/metrics.ts); the catalog gathers them. */
+  readonly metrics: Readonly<Record<string, MetricDef>>;
+  /** The family's declarations for one agent. Cheap and side-effect free: what asks the
+   * kernel runs in the spec's present() and setup(). */
+  create(config: Config, services: Services): FamilySpec;
+}
+
 export interface FamilySpec {
   name: string;
   /** BPF object file name under bpf/build/. */
@@ -96,9 +194,9 @@ export interface FamilySpec {
   /** Maps whose fill level is exported (hvwatch_bpf_map_entries) besides the MapExport ones. */
   watchMaps?: string[];
   /** Extra scrape-time work that reads outside BPF (cgroupfs, procfs); runs after the maps. */
-  collect?: (ctx: CollectContext, store: MetricStore, fam: LoadedFamily) => void;
+  collect?: (ctx: CollectContext, store: MetricStore, fam: FamilyView) => void;
   /** Scrape-time work before the maps are read (e.g. a lookup table the decoders need). */
-  prepare?: (ctx: CollectContext, fam: LoadedFamily) => void;
+  prepare?: (ctx: CollectContext, fam: FamilyView) => void;
   /** Whether the subsystem the family watches is in this kernel at all; a reason when not
    * (kvm not loaded). Its probes are then off, not failed. */
   present?: () => string | undefined;
@@ -109,7 +207,7 @@ export interface FamilySpec {
    * (bench/test-run-cost.ts divides by it; its comment in the .bpf.c says why). */
   benchEventsPerRun?: Readonly<Record<string, number>>;
   /** Once after load: write configuration into the family's BPF maps. */
-  setup?: (fam: LoadedFamily, cfg: Config) => void;
+  setup?: (fam: FamilyView, cfg: Config) => void;
 }
 
 /** Candidate.state values. */

@@ -8,10 +8,10 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CgroupResolver, cgroupDir, type CgroupResolverStats, type MemoryHierarchy } from '../cgroups.js';
 import type { VmIdentity } from '../vms.js';
-import { useVmIdentity } from '../probes/vm-label.js';
+import type { VmLabelService } from '../services/vm-labels.js';
 import { NO_KUBE_LABELS, type KubeLabels } from '../k8s.js';
 
-/** Per-cgroup files a family's collect hook reads (agent/probes/memcg.ts: memory.stat). */
+/** Per-cgroup files a family's collect hook reads (families/memcg/family.ts: memory.stat). */
 export const CGROUP_FILES = ['memory.stat'] as const;
 
 export interface IdentDelta {
@@ -223,15 +223,15 @@ export function captureCgroupFiles(live: MemoryHierarchy, tables: HostTables, fi
   }
 }
 
-/** VM identities as the recording saw them (the vm label's lookup, agent/probes/vm-label.ts). */
-export function tapVms(tables: HostTables): () => void {
-  return useVmIdentity((fromProc) => (pid) => {
+/** VM identities as the recording saw them (the vm label's lookup, agent/services/vm-labels.ts). */
+export function tapVms(tables: HostTables, vms: Pick<VmLabelService, 'useIdentity'>): () => void {
+  return vms.useIdentity((fromProc) => (pid) => {
     const id = fromProc(pid);
     tables.noteVm(pid, id);
     return id;
   });
 }
 
-export function serveVms(tables: HostTables): () => void {
-  return useVmIdentity(() => (pid) => tables.vm.get(pid) ?? null);
+export function serveVms(tables: HostTables, vms: Pick<VmLabelService, 'useIdentity'>): () => void {
+  return vms.useIdentity(() => (pid) => tables.vm.get(pid) ?? null);
 }

@@ -5,13 +5,14 @@ import { readFileSync } from 'node:fs';
 import { enableRunTimeStats, libbpfVersion, releaseFreedMemory } from '../../bpf/libbpf.js';
 import { RingBufferReader } from '../../bpf/ringbuf.js';
 import { CgroupResolver, findMemoryHierarchy } from '../cgroups.js';
-import { ensureTracefs, kernelRelease, useVmlinuxBtf } from '../kernel.js';
+import { ensureTracefs } from '../kernel.js';
 import { Loader, type LoadOptions, type LoadedFamily, type ProbeStatus } from '../loader.js';
 import { log } from '../log.js';
 import { Btf } from '../../bpf/btf.js';
-import type { FamilySpec } from '../probes/model.js';
+import type { FamilySpec } from '../model/family.js';
+import type { AgentServices } from '../services/index.js';
 import type { Config } from '../config.js';
-import type { EventSink, FamilyView, HostView, Source } from './source.js';
+import type { EventSink, HostView, Source } from './source.js';
 
 export class LiveSource implements Source {
   readonly kind = 'live';
@@ -24,8 +25,9 @@ export class LiveSource implements Source {
     private readonly config: Config,
     private readonly specs: readonly FamilySpec[],
     opts: LoadOptions,
+    readonly services: AgentServices,
   ) {
-    this.loader = new Loader(opts);
+    this.loader = new Loader(opts, services.kernel);
     const h = config.cgroups.root ? { version: findMemoryHierarchy()?.version ?? 2, mountPoint: config.cgroups.root } : findMemoryHierarchy();
     this.host = { cgroups: h ? { hierarchy: h, resolver: new CgroupResolver(h) } : undefined };
     if (!h) log('warn', 'no memory cgroup hierarchy mounted: cgroup labels will be "unknown"');
@@ -40,12 +42,11 @@ export class LiveSource implements Source {
   }
 
   get build(): { kernel: string; libbpf: string } {
-    return { kernel: kernelRelease(), libbpf: libbpfVersion };
+    return { kernel: this.services.kernel.release, libbpf: libbpfVersion };
   }
 
   start(sink: EventSink): void {
     const cfg = this.config;
-    if (cfg.bpf.btfPath) useVmlinuxBtf(cfg.bpf.btfPath);
     if (!ensureTracefs()) log('warn', 'tracefs not mounted and mount failed: tracepoint candidates will not attach');
     if (cfg.bpf.stats) {
       try {
@@ -79,7 +80,7 @@ export class LiveSource implements Source {
       log('error', "ring buffer reader failed; this family's events are no longer read", { family: fam.spec.name, error: message });
     try {
       this.reader ??= new RingBufferReader();
-      this.reader.add(map.fd, (records) => sink(fam as FamilyView, records, fam.maps), { onError });
+      this.reader.add(map.fd, (records) => sink(fam, records, fam.maps), { onError });
     } catch (e) {
       onError((e as Error).message);
     }

@@ -1,10 +1,10 @@
 // IMA per node and cgroup (seed 004): measurements and their hashing time, appraisals, the
 // time IMA adds to each file check, the integrity cache's growth (allocations, frees, live
 // entries) and the inode pointer-reuse indicator.
-import { M, type MetricDef } from '../agent/catalog.js';
-import { by, heatmapQueries, quantile, re, series } from '../alerts/promql.js';
-import { U, dashboard, datasourceVar, graph, heat, labelVar, single } from './lib.js';
-import { nodeVar } from './fleet.js';
+import { M, type MetricDef } from '../../agent/catalog.js';
+import { by, heatmapQueries, quantile, re, series } from '../../alerts/promql.js';
+import { U, dashboard, datasourceVar, graph, heat, labelVar, single } from '../../dashboards/lib.js';
+import { nodeVar } from '../../dashboards/vars.js';
 
 const NODE = { instance: re('$node') };
 const CG = { ...NODE, cgroup: re('$cgroup') };
@@ -122,3 +122,6 @@ export const ima = () =>
       },
     ],
   });
+
+/** The boards this family's folder owns (dashboards/generate.ts gathers them in registry order). */
+export const boards = { 'ima.json': ima };

@@ -1,17 +1,18 @@
 // ima family (seed 004): IMA's measurement and appraisal path and its integrity cache (the
 // per-inode iint), per cgroup of the task that opened the file, and an inode pointer-reuse
-// indicator (bpf/src/ima.bpf.c says which kernel functions, in which versions, and why).
+// indicator (ima.bpf.c says which kernel functions, in which versions, and why).
 // Where the kernel has no IMA, or has it built but not active, the family is off with
 // that reason ("not present"), not failed.
 import fs from 'node:fs';
-import { M } from '../catalog.js';
-import { kallsymsWithPrefix, kernelAtLeast, kernelBtfNamesWithPrefix } from '../kernel.js';
-import type { Decoder } from '../aggregate/collect.js';
-import type { FamilySpec, ProbeSpec } from './model.js';
+import { IMA_METRICS as M } from './metrics.js';
+import type { Decoder, FamilySpec, KernelFacts, ProbeSpec, Services } from '../../agent/model/family.js';
+import type { Config } from '../../agent/config.js';
 
-const family = 'ima';
+export const name = 'ima';
+export { IMA_METRICS as metrics } from './metrics.js';
+const family = name;
 
-/** enum reuse_kind in bpf/src/ima.bpf.c, in order. docs/metrics.md "Race indicators" says how to read them. */
+/** enum reuse_kind in ima.bpf.c, in order. docs/metrics.md "Race indicators" says how to read them. */
 export const REUSE_KINDS = ['after_free', 'live_state'] as const;
 /** enum ima_counter, as hvwatch_ima_state_events_total{kind} (index 0 and 1 are the cache's own metrics). */
 const IC = { allocs: 0, frees: 1, untrackedFrees: 2, unpaired: 3 } as const;
@@ -26,7 +27,7 @@ function timedCandidates(fns: string[], progs: [string, string], kprogs: [string
   ];
 }
 
-// Symbols and their kernels: the comment at the top of bpf/src/ima.bpf.c (which also says why
+// Symbols and their kernels: the comment at the top of ima.bpf.c (which also says why
 // 6.1 takes fentry on ima_file_check and kprobe for the appraisal: its x86 trampoline takes
 // at most 6 arguments, and those two functions have 7). No IMA tracepoint
 // exists in 6.1 or 6.12 (no ima events in tracefs, no btf_trace_ima*), so there is no
@@ -103,9 +104,14 @@ const IMA_CORE = ['ima_file_check', 'ima_bprm_check'] as const;
  * With securityfs not mounted, activity cannot be told: the family is then attached (a hook
  * of an inactive IMA never fires, which costs nothing) and the log says so.
  */
-export function detectIma(root = '/sys/kernel/security', names?: { btf: Set<string>; kallsyms: Set<string> }, lsmIma = kernelAtLeast(6, 9)): ImaDetection {
-  const btf = names?.btf ?? kernelBtfNamesWithPrefix('ima_');
-  const ksyms = names?.kallsyms ?? kallsymsWithPrefix('ima_');
+export function detectIma(
+  kernel: Pick<KernelFacts, 'btfNamesWithPrefix' | 'kallsymsWithPrefix' | 'atLeast'>,
+  root = '/sys/kernel/security',
+  names?: { btf: Set<string>; kallsyms: Set<string> },
+  lsmIma = kernel.atLeast(6, 9),
+): ImaDetection {
+  const btf = names?.btf ?? kernel.btfNamesWithPrefix('ima_');
+  const ksyms = names?.kallsyms ?? kernel.kallsymsWithPrefix('ima_');
   const built = IMA_CORE.some((f) => btf.has(f) || ksyms.has(f));
   if (!built) {
     return {
@@ -142,68 +148,70 @@ export function detectIma(root = '/sys/kernel/security', names?: { btf: Set<stri
   return { built, active: undefined };
 }
 
-export const imaFamily: FamilySpec = {
-  name: family,
-  object: 'ima.bpf.o',
-  probes,
-  presentMetric: M.imaPresent,
-  present: () => detectIma().reason,
-  sizes: { ima_stats: 'perObject', ima_inodes: 'perFolio' },
-  maps: [
-    {
-      map: 'ima_stats',
-      labels: [{ label: 'cgroup', field: 'cgroup_id', decoder: 'cgroup' }],
-      fields: [
-        { field: 'check_slots', metric: M.imaCheckDuration, sumField: 'check_sum_ns' },
-        { field: 'measure_slots', metric: M.imaMeasurementDuration, sumField: 'measure_sum_ns' },
-        { field: 'appraise_slots', metric: M.imaAppraisalDuration, sumField: 'appraise_sum_ns' },
-        { field: 'measurements', metric: M.imaMeasurements },
-        { field: 'violations', metric: M.imaViolations },
-        { field: 'cache_allocs', metric: M.imaCacheAllocations },
-      ],
+export function create(_config: Config, services: Services): FamilySpec {
+  return {
+    name: family,
+    object: 'ima.bpf.o',
+    probes,
+    presentMetric: M.imaPresent,
+    present: () => detectIma(services.kernel).reason,
+    sizes: { ima_stats: 'perObject', ima_inodes: 'perFolio' },
+    maps: [
+      {
+        map: 'ima_stats',
+        labels: [{ label: 'cgroup', field: 'cgroup_id', decoder: 'cgroup' }],
+        fields: [
+          { field: 'check_slots', metric: M.imaCheckDuration, sumField: 'check_sum_ns' },
+          { field: 'measure_slots', metric: M.imaMeasurementDuration, sumField: 'measure_sum_ns' },
+          { field: 'appraise_slots', metric: M.imaAppraisalDuration, sumField: 'appraise_sum_ns' },
+          { field: 'measurements', metric: M.imaMeasurements },
+          { field: 'violations', metric: M.imaViolations },
+          { field: 'cache_allocs', metric: M.imaCacheAllocations },
+        ],
+      },
+      { map: 'reuse_counts', labels: [{ label: 'kind', field: 'key', decoder: reuseKind }], fields: [{ field: 'value', metric: M.imaInodeReuse }] },
+    ],
+    watchMaps: ['ima_inodes'],
+    benchEventsPerRun: { bench_ima_cycle: 6 }, // check, get (alloc), hash, log entry, get (hit), free
+    collect(_ctx, store, fam) {
+      const c = fam.maps.get('ima_counters');
+      if (!c) return;
+      const allocs = c.counter(IC.allocs);
+      const frees = c.counter(IC.frees);
+      store.set(M.imaCacheFrees, {}, frees + c.counter(IC.untrackedFrees));
+      store.set(M.imaCacheEntries, {}, Math.max(0, allocs - frees));
+      store.set(M.imaStateEvents, { kind: 'untracked_free' }, c.counter(IC.untrackedFrees));
+      store.set(M.imaStateEvents, { kind: 'unpaired' }, c.counter(IC.unpaired));
     },
-    { map: 'reuse_counts', labels: [{ label: 'kind', field: 'key', decoder: reuseKind }], fields: [{ field: 'value', metric: M.imaInodeReuse }] },
-  ],
-  watchMaps: ['ima_inodes'],
-  benchEventsPerRun: { bench_ima_cycle: 6 }, // check, get (alloc), hash, log entry, get (hit), free
-  collect(_ctx, store, fam) {
-    const c = fam.maps.get('ima_counters');
-    if (!c) return;
-    const allocs = c.counter(IC.allocs);
-    const frees = c.counter(IC.frees);
-    store.set(M.imaCacheFrees, {}, frees + c.counter(IC.untrackedFrees));
-    store.set(M.imaCacheEntries, {}, Math.max(0, allocs - frees));
-    store.set(M.imaStateEvents, { kind: 'untracked_free' }, c.counter(IC.untrackedFrees));
-    store.set(M.imaStateEvents, { kind: 'unpaired' }, c.counter(IC.unpaired));
-  },
-  events: {
-    map: 'events',
-    struct: 'ima_reuse_event',
-    onEvents(events, ctx) {
-      const time = new Date().toISOString(); // one clock read per batch (memcg-fn.ts)
-      for (const e of events) {
-        const kind = REUSE_KINDS[e.kind as number] ?? `kind_${e.kind}`;
-        ctx.logRace(
-          {
-            kind,
-            time,
-            inode: `0x${BigInt(e.inode ?? 0).toString(16)}`,
-            old: { dev: devName(Number(e.old_dev)), ino: Number(e.old_ino), generation: Number(e.old_gen) },
-            new: { dev: devName(Number(e.new_dev)), ino: Number(e.new_ino), generation: Number(e.new_gen) },
-            since_alloc_ns: Number(e.since_alloc_ns),
-            since_free_ns: Number(e.since_free_ns),
-            old_cgroup: e.old_cgroup_id ? ctx.resolveCgroup(Number(e.old_cgroup_id)) : null,
-            cgroup: e.cgroup_id ? ctx.resolveCgroup(Number(e.cgroup_id)) : null,
-            pid: e.pid,
-            comm: e.comm,
-            // After-free reuse is a slab object's normal second life: recorded, logged at info.
-          },
-          kind === 'after_free' ? 'info' : 'warn',
-        );
-      }
+    events: {
+      map: 'events',
+      struct: 'ima_reuse_event',
+      onEvents(events, ctx) {
+        const time = new Date().toISOString(); // one clock read per batch (families/memcg_fn/family.ts)
+        for (const e of events) {
+          const kind = REUSE_KINDS[e.kind as number] ?? `kind_${e.kind}`;
+          ctx.logRace(
+            {
+              kind,
+              time,
+              inode: `0x${BigInt(e.inode ?? 0).toString(16)}`,
+              old: { dev: devName(Number(e.old_dev)), ino: Number(e.old_ino), generation: Number(e.old_gen) },
+              new: { dev: devName(Number(e.new_dev)), ino: Number(e.new_ino), generation: Number(e.new_gen) },
+              since_alloc_ns: Number(e.since_alloc_ns),
+              since_free_ns: Number(e.since_free_ns),
+              old_cgroup: e.old_cgroup_id ? ctx.resolveCgroup(Number(e.old_cgroup_id)) : null,
+              cgroup: e.cgroup_id ? ctx.resolveCgroup(Number(e.cgroup_id)) : null,
+              pid: e.pid,
+              comm: e.comm,
+              // After-free reuse is a slab object's normal second life: recorded, logged at info.
+            },
+            kind === 'after_free' ? 'info' : 'warn',
+          );
+        }
+      },
     },
-  },
-};
+  };
+}
 
 /** A kernel dev_t (major << 20 | minor, include/linux/kdev_t.h) as "major:minor", as stat(1) and /proc show it. */
 export function devName(dev: number): string {

@@ -1,20 +1,18 @@
 // KVM exits and nested virtualization per VM (seed 000): exit reasons, what goes to the
 // VMM, L0 against L1 handling of L2 exits, L1's handling time, nested VM-entry failures and
 // nested-state save/restore.
-import { M, type MetricDef } from '../agent/catalog.js';
-import { FLAG_RUN_PENDING, RECORDING } from '../alerts/rules.js';
-import { by, heatmapQueries, quantile, re, recorded, series } from '../alerts/promql.js';
-import { U, dashboard, datasourceVar, graph, heat, labelVar } from './lib.js';
-import { nodeVar } from './fleet.js';
+import { M, type MetricDef } from '../../agent/catalog.js';
+import { FLAG_RUN_PENDING } from './alerts.js';
+import { RECORDING } from '../../alerts/recording.js';
+import { by, heatmapQueries, quantile, re, recorded, series } from '../../alerts/promql.js';
+import { U, dashboard, datasourceVar, graph, heat, labelVar } from '../../dashboards/lib.js';
+import { nodeVar, vmVar } from '../../dashboards/vars.js';
 
 const NODE = { instance: re('$node') };
 const VM = { ...NODE, vm: re('$vm') };
 
 /** Per-second rate summed by the given labels over the selected nodes and VMs. */
 const rateBy = (d: MetricDef, labels: string[]): string => `sum ${by(labels, d)} (rate(${series(d, VM)}[$__rate_interval]))`;
-
-export const vmVar = (): ReturnType<typeof labelVar> =>
-  labelVar('vm', 'VM', `label_values(${series(M.kvmVmInfo, NODE)}, vm)`, 'VMs (VMM processes) seen by the KVM probes on the selected nodes.');
 
 export const kvm = () =>
   dashboard({
@@ -192,3 +190,6 @@ export const kvm = () =>
       },
     ],
   });
+
+/** The boards this family's folder owns (dashboards/generate.ts gathers them in registry order). */
+export const boards = { 'kvm.json': kvm };

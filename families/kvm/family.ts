@@ -1,15 +1,16 @@
 // kvm family (seed 000): exits per VM and reason with their handling latency, userspace
 // exits and time, I/O and emulation, nested exits split L0/L1 with L1's handling latency,
-// nested VM-entry failures, and nested-state save/restore (bpf/src/kvm.bpf.c).
+// nested VM-entry failures, and nested-state save/restore (families/kvm/kvm.bpf.c).
 import { existsSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
-import { M } from '../catalog.js';
-import { learnVms, publishVmInfo, setExitedVmLinger, vmDecoder } from './vm-label.js';
-import type { CollectContext, Decoder } from '../aggregate/collect.js';
-import { inStateTiers, type FamilySpec, type ProbeSpec } from './model.js';
-import { ISA, SVM_EXIT_REASONS, VMX_EXIT_REASONS } from './kvm-reasons.js';
+import { KVM_METRICS as M } from './metrics.js';
+import { inStateTiers, type Decoder, type FamilySpec, type ProbeSpec, type Services } from '../../agent/model/family.js';
+import type { Config } from '../../agent/config.js';
+import { ISA, SVM_EXIT_REASONS, VMX_EXIT_REASONS } from './reasons.js';
 
-const family = 'kvm';
+export const name = 'kvm';
+export { KVM_METRICS as metrics } from './metrics.js';
+const family = name;
 
 // Parameter names of the raw tracepoints, from btf_trace_<name> (arch/x86/kvm/trace.h,
 // include/trace/events/kvm.h). The loader checks them before trying a tp_btf candidate.
@@ -163,7 +164,7 @@ export const KVM_EXIT_NAMES = [
   'MEMORY_FAULT',
   'TDX',
 ] as const;
-// UEXIT_RESTART / UEXIT_ERROR in bpf/src/kvm.bpf.c: KVM_RUN returned an error, no reason.
+// UEXIT_RESTART / UEXIT_ERROR in kvm.bpf.c: KVM_RUN returned an error, no reason.
 const UEXIT_SPECIAL: Record<number, string> = { 0x10000: 'restart', 0x10001: 'error' };
 
 export function exitReasonName(isa: number, reason: number): string {
@@ -188,103 +189,101 @@ const uexitDecoder: Decoder = (raw) => KVM_EXIT_NAMES[Number(raw)] ?? UEXIT_SPEC
 const opDecoder: Decoder = (raw) => (raw === 1n ? 'get' : raw === 2n ? 'set' : `op${raw}`);
 const errDecoder: Decoder = (raw) => errnoName(Number(raw));
 
-const messages = new Map<bigint, string>();
-const messageDecoder: Decoder = (raw) => messages.get(raw) ?? `message_${raw.toString(16)}`;
-
-const VM = { label: 'vm', field: 'tgid', decoder: vmDecoder };
-
-// enum unpaired in bpf/src/kvm.bpf.c.
+// enum unpaired in kvm.bpf.c.
 const UNPAIRED = ['exit_entry', 'nested_l1', 'userspace'] as const;
 
-export const kvmFamily: FamilySpec = {
-  name: family,
-  object: 'kvm.bpf.o',
-  probes,
-  sizes: { kvm_exits: 'perObject', kvm_uexits: 'perObject', kvm_nested: 'perObject', kvm_vcpu_exits: 'perObject' },
-  maps: [
-    {
-      map: 'kvm_exits',
-      labels: [VM, { label: 'isa', field: 'isa', decoder: isaDecoder }, { label: 'reason', field: 'reason', decoder: reasonDecoder }],
-      fields: [
-        { field: 'exits', metric: M.kvmExits },
-        { field: 'handling_slots', metric: M.kvmExitHandling, sumField: 'handling_sum_ns' },
-      ],
+export function create(_config: Config, services: Services): FamilySpec {
+  // The consistency-check messages the BPF side interned, by hash (bounded: 512).
+  const messages = new Map<bigint, string>();
+  const messageDecoder: Decoder = (raw) => messages.get(raw) ?? `message_${raw.toString(16)}`;
+  const VM = { label: 'vm', field: 'tgid', decoder: services.vms.decoder };
+  return {
+    name: family,
+    object: 'kvm.bpf.o',
+    probes,
+    sizes: { kvm_exits: 'perObject', kvm_uexits: 'perObject', kvm_nested: 'perObject', kvm_vcpu_exits: 'perObject' },
+    maps: [
+      {
+        map: 'kvm_exits',
+        labels: [VM, { label: 'isa', field: 'isa', decoder: isaDecoder }, { label: 'reason', field: 'reason', decoder: reasonDecoder }],
+        fields: [
+          { field: 'exits', metric: M.kvmExits },
+          { field: 'handling_slots', metric: M.kvmExitHandling, sumField: 'handling_sum_ns' },
+        ],
+      },
+      {
+        map: 'kvm_vcpu_exits',
+        labels: [VM, { label: 'vcpu', field: 'vcpu_id', decoder: 'number' }],
+        fields: [{ field: 'value', metric: M.kvmVcpuExits }],
+      },
+      {
+        map: 'kvm_uexits',
+        labels: [VM, { label: 'reason', field: 'reason', decoder: uexitDecoder }],
+        fields: [
+          { field: 'exits', metric: M.kvmUserspaceExits },
+          { field: 'user_slots', metric: M.kvmUserspaceTime, sumField: 'user_sum_ns' },
+        ],
+      },
+      {
+        map: 'kvm_vms',
+        labels: [VM],
+        fields: [
+          { field: 'pio_in', metric: M.kvmPio, labels: { direction: 'in' } },
+          { field: 'pio_out', metric: M.kvmPio, labels: { direction: 'out' } },
+          { field: 'mmio_unsat_read', metric: M.kvmMmio, labels: { type: 'unsatisfied_read' } },
+          { field: 'mmio_read', metric: M.kvmMmio, labels: { type: 'read' } },
+          { field: 'mmio_write', metric: M.kvmMmio, labels: { type: 'write' } },
+          { field: 'emulated_ok', metric: M.kvmEmulated, labels: { result: 'ok' } },
+          { field: 'emulated_failed', metric: M.kvmEmulated, labels: { result: 'failed' } },
+          { field: 'nested_vmenters', metric: M.kvmNestedVmenters },
+          { field: 'nested_intr_exits', metric: M.kvmNestedIntrExits },
+        ],
+      },
+      {
+        map: 'kvm_nested',
+        labels: [VM, { label: 'isa', field: 'isa', decoder: isaDecoder }, { label: 'reason', field: 'reason', decoder: reasonDecoder }],
+        fields: [
+          { field: 'l0', metric: M.kvmNestedExits, labels: { handler: 'l0' } },
+          { field: 'l1', metric: M.kvmNestedExits, labels: { handler: 'l1' } },
+          { field: 'l1_slots', metric: M.kvmNestedL1Handling, sumField: 'l1_sum_ns' },
+        ],
+      },
+      {
+        map: 'kvm_vmenter_failures',
+        labels: [VM, { label: 'message', field: 'msg_hash', decoder: messageDecoder }],
+        fields: [{ field: 'value', metric: M.kvmNestedVmenterFailures }],
+      },
+      {
+        map: 'kvm_nstate',
+        labels: [VM, { label: 'op', field: 'op', decoder: opDecoder }, { label: 'result', field: 'err', decoder: errDecoder }],
+        fields: [
+          { field: 'ops', metric: M.kvmNestedStateOps },
+          { field: 'slots', metric: M.kvmNestedStateOpTime, sumField: 'sum_ns' },
+          { field: 'saves_guest_mode', metric: M.kvmNestedStateSaves, labels: { flag: 'guest_mode' } },
+          { field: 'saves_run_pending', metric: M.kvmNestedStateSaves, labels: { flag: 'run_pending' } },
+        ],
+      },
+    ],
+    watchMaps: ['hv_vm_seen', 'exit_pending', 'nested_pending', 'user_pending'],
+    // /sys/module/kvm exists when kvm is loaded or built in. Probes are attached at start:
+    // an agent started before `modprobe kvm` needs a restart to see VMs.
+    present: () => (existsSync('/sys/module/kvm') ? undefined : 'kvm is not loaded (no /sys/module/kvm)'),
+    setup(fam, cfg) {
+      const k = Buffer.alloc(4);
+      const v = Buffer.alloc(4);
+      v.writeUInt32LE(cfg.kvm.vcpuLabel ? 1 : 0);
+      fam.maps.get('kvm_cfg')!.update(k, v);
     },
-    {
-      map: 'kvm_vcpu_exits',
-      labels: [VM, { label: 'vcpu', field: 'vcpu_id', decoder: 'number' }],
-      fields: [{ field: 'value', metric: M.kvmVcpuExits }],
+    prepare(ctx, fam) {
+      services.vms.learn(fam, ctx); // names at first sight (agent/services/vm-labels.ts)
+      for (const [k, v] of fam.maps.get('vmenter_msgs')?.entries() ?? []) {
+        const h = k.readBigUInt64LE(0);
+        if (!messages.has(h)) messages.set(h, v.toString('latin1', 0, Math.max(0, v.indexOf(0))).replace(/[^\x20-\x7e]/g, '?'));
+      }
     },
-    {
-      map: 'kvm_uexits',
-      labels: [VM, { label: 'reason', field: 'reason', decoder: uexitDecoder }],
-      fields: [
-        { field: 'exits', metric: M.kvmUserspaceExits },
-        { field: 'user_slots', metric: M.kvmUserspaceTime, sumField: 'user_sum_ns' },
-      ],
+    collect(_ctx, store, fam) {
+      const un = fam.maps.get('unpaired');
+      if (un) UNPAIRED.forEach((pairing, i) => store.set(M.kvmUnpaired, { pairing }, un.counter(i)));
     },
-    {
-      map: 'kvm_vms',
-      labels: [VM],
-      fields: [
-        { field: 'pio_in', metric: M.kvmPio, labels: { direction: 'in' } },
-        { field: 'pio_out', metric: M.kvmPio, labels: { direction: 'out' } },
-        { field: 'mmio_unsat_read', metric: M.kvmMmio, labels: { type: 'unsatisfied_read' } },
-        { field: 'mmio_read', metric: M.kvmMmio, labels: { type: 'read' } },
-        { field: 'mmio_write', metric: M.kvmMmio, labels: { type: 'write' } },
-        { field: 'emulated_ok', metric: M.kvmEmulated, labels: { result: 'ok' } },
-        { field: 'emulated_failed', metric: M.kvmEmulated, labels: { result: 'failed' } },
-        { field: 'nested_vmenters', metric: M.kvmNestedVmenters },
-        { field: 'nested_intr_exits', metric: M.kvmNestedIntrExits },
-      ],
-    },
-    {
-      map: 'kvm_nested',
-      labels: [VM, { label: 'isa', field: 'isa', decoder: isaDecoder }, { label: 'reason', field: 'reason', decoder: reasonDecoder }],
-      fields: [
-        { field: 'l0', metric: M.kvmNestedExits, labels: { handler: 'l0' } },
-        { field: 'l1', metric: M.kvmNestedExits, labels: { handler: 'l1' } },
-        { field: 'l1_slots', metric: M.kvmNestedL1Handling, sumField: 'l1_sum_ns' },
-      ],
-    },
-    {
-      map: 'kvm_vmenter_failures',
-      labels: [VM, { label: 'message', field: 'msg_hash', decoder: messageDecoder }],
-      fields: [{ field: 'value', metric: M.kvmNestedVmenterFailures }],
-    },
-    {
-      map: 'kvm_nstate',
-      labels: [VM, { label: 'op', field: 'op', decoder: opDecoder }, { label: 'result', field: 'err', decoder: errDecoder }],
-      fields: [
-        { field: 'ops', metric: M.kvmNestedStateOps },
-        { field: 'slots', metric: M.kvmNestedStateOpTime, sumField: 'sum_ns' },
-        { field: 'saves_guest_mode', metric: M.kvmNestedStateSaves, labels: { flag: 'guest_mode' } },
-        { field: 'saves_run_pending', metric: M.kvmNestedStateSaves, labels: { flag: 'run_pending' } },
-      ],
-    },
-  ],
-  watchMaps: ['hv_vm_seen', 'exit_pending', 'nested_pending', 'user_pending'],
-  // /sys/module/kvm exists when kvm is loaded or built in. Probes are attached at start:
-  // an agent started before `modprobe kvm` needs a restart to see VMs.
-  present: () => (existsSync('/sys/module/kvm') ? undefined : 'kvm is not loaded (no /sys/module/kvm)'),
-  setup(fam, cfg) {
-    const k = Buffer.alloc(4);
-    const v = Buffer.alloc(4);
-    v.writeUInt32LE(cfg.kvm.vcpuLabel ? 1 : 0);
-    fam.maps.get('kvm_cfg')!.update(k, v);
-    setExitedVmLinger(cfg.kvm.exitedVmSeconds);
-  },
-  prepare(_ctx: CollectContext, fam) {
-    learnVms(fam); // names at first sight (vm-label.ts)
-    // The consistency-check messages the BPF side interned, by hash (bounded: 512).
-    for (const [k, v] of fam.maps.get('vmenter_msgs')?.entries() ?? []) {
-      const h = k.readBigUInt64LE(0);
-      if (!messages.has(h)) messages.set(h, v.toString('latin1', 0, Math.max(0, v.indexOf(0))).replace(/[^\x20-\x7e]/g, '?'));
-    }
-  },
-  collect(ctx, store, fam) {
-    publishVmInfo(ctx, store);
-    const un = fam.maps.get('unpaired');
-    if (un) UNPAIRED.forEach((pairing, i) => store.set(M.kvmUnpaired, { pairing }, un.counter(i)));
-  },
-};
+  };
+}

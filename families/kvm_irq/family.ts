@@ -1,17 +1,18 @@
 // kvm_irq family (seed 003): interrupt injections per VM and path, the time from a local
 // APIC's acceptance to the injection into the vCPU, irqchip/device teardown steps, and
-// injections that reach a VM after its teardown began (bpf/src/kvm_irq.bpf.c explains how
+// injections that reach a VM after its teardown began (kvm_irq.bpf.c explains how
 // an injection is tied to its VM, and the generation that keeps a reused struct kvm
 // address from matching).
 import { existsSync } from 'node:fs';
-import { M } from '../catalog.js';
-import type { Decoder } from '../aggregate/collect.js';
-import { inStateTiers, type FamilySpec, type ProbeSpec } from './model.js';
-import { learnVms, publishVmInfo, vmDecoder } from './vm-label.js';
+import { KVM_IRQ_METRICS as M } from './metrics.js';
+import { inStateTiers, type Decoder, type FamilySpec, type ProbeSpec, type Services } from '../../agent/model/family.js';
+import type { Config } from '../../agent/config.js';
 
-const family = 'kvm_irq';
+export const name = 'kvm_irq';
+export { KVM_IRQ_METRICS as metrics } from './metrics.js';
+const family = name;
 
-/** enum irq_path in bpf/src/kvm_irq.bpf.c, as label values (the kvm:kvm_<path> tracepoints). */
+/** enum irq_path in kvm_irq.bpf.c, as label values (the kvm:kvm_<path> tracepoints). */
 export const IRQ_PATHS = ['set_irq', 'msi', 'ioapic', 'pic', 'apic_accept', 'inj_virq'] as const;
 /** enum td_kind. */
 export const TEARDOWN_KINDS = ['device_release', 'destroy_devices', 'free_irq_routing'] as const;
@@ -87,31 +88,33 @@ const probes: ProbeSpec[] = [
 
 /** Injections with no VM known (kernel threads, interrupt context) carry tgid 0. */
 export const UNKNOWN_VM = 'unknown';
-const irqVmDecoder: Decoder = (raw, ctx, field) => (raw === 0n ? UNKNOWN_VM : vmDecoder(raw, ctx, field));
 
-export const kvmIrqFamily: FamilySpec = {
-  name: family,
-  object: 'kvm_irq.bpf.o',
-  probes,
-  sizes: { irq_vms: 'perObject' },
-  maps: [
-    {
-      map: 'irq_vms',
-      labels: [{ label: 'vm', field: 'tgid', decoder: irqVmDecoder }],
-      fields: [
-        ...IRQ_PATHS.map((path) => ({ field: `inj_${path}`, metric: M.kvmIrqInjections, labels: { path } })),
-        ...IRQ_PATHS.map((path) => ({ field: `after_${path}`, metric: M.kvmIrqAfterTeardown, labels: { path } })),
-        ...TEARDOWN_KINDS.map((kind) => ({ field: `td_${kind}`, metric: M.kvmIrqTeardowns, labels: { kind } })),
-        { field: 'delivery_slots', metric: M.kvmIrqDelivery, sumField: 'delivery_sum_ns' },
-      ],
+export function create(_config: Config, services: Services): FamilySpec {
+  const vmDecoder = services.vms.decoder;
+  const irqVmDecoder: Decoder = (raw, ctx, field) => (raw === 0n ? UNKNOWN_VM : vmDecoder(raw, ctx, field));
+  return {
+    name: family,
+    object: 'kvm_irq.bpf.o',
+    probes,
+    sizes: { irq_vms: 'perObject' },
+    maps: [
+      {
+        map: 'irq_vms',
+        labels: [{ label: 'vm', field: 'tgid', decoder: irqVmDecoder }],
+        fields: [
+          ...IRQ_PATHS.map((path) => ({ field: `inj_${path}`, metric: M.kvmIrqInjections, labels: { path } })),
+          ...IRQ_PATHS.map((path) => ({ field: `after_${path}`, metric: M.kvmIrqAfterTeardown, labels: { path } })),
+          ...TEARDOWN_KINDS.map((kind) => ({ field: `td_${kind}`, metric: M.kvmIrqTeardowns, labels: { kind } })),
+          { field: 'delivery_slots', metric: M.kvmIrqDelivery, sumField: 'delivery_sum_ns' },
+        ],
+      },
+    ],
+    watchMaps: ['hv_vm_seen', 'irq_vm_state', 'irq_ctx', 'irq_deliv'],
+    present: () => (existsSync('/sys/module/kvm') ? undefined : 'kvm is not loaded (no /sys/module/kvm)'),
+    prepare: (ctx, fam) => services.vms.learn(fam, ctx), // names at first sight (agent/services/vm-labels.ts)
+    collect(_ctx, store, fam) {
+      const c = fam.maps.get('irq_counters');
+      if (c) IRQ_COUNTERS.forEach((kind, i) => store.set(M.kvmIrqStateEvents, { kind }, c.counter(i)));
     },
-  ],
-  watchMaps: ['hv_vm_seen', 'irq_vm_state', 'irq_ctx', 'irq_deliv'],
-  present: () => (existsSync('/sys/module/kvm') ? undefined : 'kvm is not loaded (no /sys/module/kvm)'),
-  prepare: (_ctx, fam) => learnVms(fam), // names at first sight (vm-label.ts)
-  collect(ctx, store, fam) {
-    publishVmInfo(ctx, store);
-    const c = fam.maps.get('irq_counters');
-    if (c) IRQ_COUNTERS.forEach((kind, i) => store.set(M.kvmIrqStateEvents, { kind }, c.counter(i)));
-  },
-};
+  };
+}

@@ -2,12 +2,12 @@
 // events and the time each vCPU waits paused for its reply, reply actions, events left
 // unreplied at unhook, commands and their errors; interrupt injections by path, the delay
 // to delivery into the vCPU, irqchip teardown and injections that came after it.
-import { M, type MetricDef } from '../agent/catalog.js';
-import { KVMI_REPLY_P99_SECONDS, RECORDING } from '../alerts/rules.js';
-import { by, heatmapQueries, quantile, re, recorded, series, type Matchers } from '../alerts/promql.js';
-import { U, dashboard, datasourceVar, graph, heat, single } from './lib.js';
-import { nodeVar } from './fleet.js';
-import { vmVar } from './kvm.js';
+import { M, type MetricDef } from '../../agent/catalog.js';
+import { KVMI_REPLY_P99_SECONDS } from './alerts.js';
+import { RECORDING } from '../../alerts/recording.js';
+import { by, heatmapQueries, quantile, re, recorded, series, type Matchers } from '../../alerts/promql.js';
+import { U, dashboard, datasourceVar, graph, heat, single } from '../../dashboards/lib.js';
+import { nodeVar, vmVar } from '../../dashboards/vars.js';
 
 const NODE = { instance: re('$node') };
 const VM = { ...NODE, vm: re('$vm') };
@@ -168,3 +168,6 @@ export const introspection = () =>
       },
     ],
   });
+
+/** The boards this family's folder owns (dashboards/generate.ts gathers them in registry order). */
+export const boards = { 'introspection.json': introspection };

@@ -1,16 +1,16 @@
 // kvmi family (seed 001): VM introspection events (sent, time to reply, reply action,
 // unreplied), unhooks, and introspection commands with their KVM error codes and latency
-// (bpf/src/kvmi.bpf.c). KVMI is not upstream: the family is present only on kernels built
+// (kvmi.bpf.c). KVMI is not upstream: the family is present only on kernels built
 // from the KVMI series (v7..v12), and reports "not present" everywhere else.
-import { kallsymsWithPrefix, kernelBtfNamesWithPrefix } from '../kernel.js';
-import { M } from '../catalog.js';
-import { learnVms, publishVmInfo, vmDecoder } from './vm-label.js';
-import type { Decoder } from '../aggregate/collect.js';
-import type { FamilySpec, ProbeSpec } from './model.js';
-import { actionName, commandName, eventName, resultName, type KvmiAbi } from './kvmi-ids.js';
-import { log } from '../log.js';
+import { KVMI_METRICS as M } from './metrics.js';
+import type { Decoder, FamilySpec, KernelFacts, ProbeSpec, Services } from '../../agent/model/family.js';
+import type { Config } from '../../agent/config.js';
+import { actionName, commandName, eventName, resultName, type KvmiAbi } from './ids.js';
+import { log } from '../../agent/log.js';
 
-const family = 'kvmi';
+export const name = 'kvmi';
+export { KVMI_METRICS as metrics } from './metrics.js';
+const family = name;
 
 // Function names by series revision (virt/kvm/introspection/kvmi_msg.c, kvmi.c):
 //   kvmi_send_vcpu_event, kvmi_job_vcpu_msg, kvmi_is_command_allowed: v10..v12;
@@ -112,7 +112,7 @@ const KVMI_OTHER_FUNCTIONS = [
 
 export interface KvmiDetection {
   present: boolean;
-  /** Which numbering the kernel's symbols imply (agent/probes/kvmi-ids.ts). */
+  /** Which numbering the kernel's symbols imply (families/kvmi/ids.ts). */
   abi?: KvmiAbi;
   /** The KVMI functions found, with where. */
   found: string[];
@@ -131,9 +131,9 @@ export function kvmiAbiOf(found: ReadonlySet<string>): KvmiAbi | undefined {
 // one scan for "kvmi_". Parsing those BTFs (and loading the kallsyms table) to ask the same
 // question cost some 75 MB of RSS here, much of which stayed after start-up. A BTF string
 // may also be a type or member name; every name asked about is a function of the series.
-export function detectKvmi(): KvmiDetection {
-  const inBtfNames = kernelBtfNamesWithPrefix('kvmi_');
-  const inKallsymsNames = kallsymsWithPrefix('kvmi_');
+export function detectKvmi(kernel: Pick<KernelFacts, 'btfNamesWithPrefix' | 'kallsymsWithPrefix'>): KvmiDetection {
+  const inBtfNames = kernel.btfNamesWithPrefix('kvmi_');
+  const inKallsymsNames = kernel.kallsymsWithPrefix('kvmi_');
   const names = new Set<string>();
   const found: string[] = [];
   for (const fn of [...KVMI_CORE_FUNCTIONS, ...KVMI_OTHER_FUNCTIONS]) {
@@ -155,70 +155,69 @@ export function detectKvmi(): KvmiDetection {
 
 /* ---- labels ---- */
 
-// Ids are decoded by the ABI this kernel's symbols imply; where neither send function is
-// found (the family forced on, as in tests) the v10..v12 numbering of the issue applies.
-let abi: KvmiAbi = 'v10-v12';
-/** Which numbering decodes event and command ids (set from detection at setup). */
-export function useKvmiAbi(a: KvmiAbi): void {
-  abi = a;
-}
-
-const VM = { label: 'vm', field: 'tgid', decoder: vmDecoder };
-const EVENT = { label: 'event', field: 'event', decoder: ((raw) => eventName(abi, Number(raw))) as Decoder };
-const COMMAND = { label: 'command', field: 'command', decoder: ((raw) => commandName(abi, Number(raw))) as Decoder };
-
-/** enum unpaired in bpf/src/kvmi.bpf.c. */
+/** enum unpaired in kvmi.bpf.c. */
 export const KVMI_UNPAIRED = ['event_stale', 'event_no_start', 'command'] as const;
 
-export const kvmiFamily: FamilySpec = {
-  name: family,
-  object: 'kvmi.bpf.o',
-  probes,
-  sizes: { kvmi_events: 'perObject', kvmi_replies: 'perObject', kvmi_commands: 'perObject', kvmi_command_time: 'perObject' },
-  maps: [
-    {
-      map: 'kvmi_events',
-      labels: [VM, EVENT],
-      fields: [
-        { field: 'sent', metric: M.kvmiEvents },
-        { field: 'unreplied', metric: M.kvmiUnreplied },
-        // From microseconds (a tool answering from a busy loop) to a minute (a human at a debugger).
-        { field: 'reply_slots', metric: M.kvmiReplyTime, sumField: 'reply_sum_ns' },
-      ],
+export function create(_config: Config, services: Services): FamilySpec {
+  // Ids are decoded by the ABI this kernel's symbols imply (set from detection at setup);
+  // where neither send function is found (the family forced on, as in tests) the v10..v12
+  // numbering of the issue applies.
+  let abi: KvmiAbi = 'v10-v12';
+  // present() and setup() ask the same question: the kernel is scanned once.
+  let detected: KvmiDetection | undefined;
+  const detect = (): KvmiDetection => (detected ??= detectKvmi(services.kernel));
+  const VM = { label: 'vm', field: 'tgid', decoder: services.vms.decoder };
+  const EVENT = { label: 'event', field: 'event', decoder: ((raw) => eventName(abi, Number(raw))) as Decoder };
+  const COMMAND = { label: 'command', field: 'command', decoder: ((raw) => commandName(abi, Number(raw))) as Decoder };
+  return {
+    name: family,
+    object: 'kvmi.bpf.o',
+    probes,
+    sizes: { kvmi_events: 'perObject', kvmi_replies: 'perObject', kvmi_commands: 'perObject', kvmi_command_time: 'perObject' },
+    maps: [
+      {
+        map: 'kvmi_events',
+        labels: [VM, EVENT],
+        fields: [
+          { field: 'sent', metric: M.kvmiEvents },
+          { field: 'unreplied', metric: M.kvmiUnreplied },
+          // From microseconds (a tool answering from a busy loop) to a minute (a human at a debugger).
+          { field: 'reply_slots', metric: M.kvmiReplyTime, sumField: 'reply_sum_ns' },
+        ],
+      },
+      {
+        map: 'kvmi_replies',
+        labels: [VM, EVENT, { label: 'action', field: 'action', decoder: (raw) => actionName(Number(raw)) }],
+        fields: [{ field: 'value', metric: M.kvmiReplies }],
+      },
+      {
+        map: 'kvmi_unhooks',
+        labels: [VM],
+        fields: [{ field: 'value', metric: M.kvmiUnhooks }],
+      },
+      {
+        map: 'kvmi_commands',
+        labels: [VM, COMMAND, { label: 'result', field: 'result', decoder: (raw) => resultName(Number(BigInt.asIntN(32, raw))) }],
+        fields: [{ field: 'value', metric: M.kvmiCommands }],
+      },
+      {
+        map: 'kvmi_command_time',
+        labels: [VM, COMMAND],
+        fields: [{ field: 'slots', metric: M.kvmiCommandTime, sumField: 'sum_ns' }],
+      },
+    ],
+    watchMaps: ['hv_vm_seen', 'ev_pending', 'cmd_pending'],
+    presentMetric: M.kvmiPresent,
+    present: () => detect().reason,
+    setup() {
+      const d = detect();
+      if (d.abi) abi = d.abi;
+      if (d.present) log('info', 'KVM introspection found', { abi: d.abi ?? `unknown, decoding as ${abi}`, functions: d.found.join(' ') });
     },
-    {
-      map: 'kvmi_replies',
-      labels: [VM, EVENT, { label: 'action', field: 'action', decoder: (raw) => actionName(Number(raw)) }],
-      fields: [{ field: 'value', metric: M.kvmiReplies }],
+    prepare: (ctx, fam) => services.vms.learn(fam, ctx), // names at first sight (agent/services/vm-labels.ts)
+    collect(_ctx, store, fam) {
+      const un = fam.maps.get('kvmi_unpaired');
+      if (un) KVMI_UNPAIRED.forEach((pairing, i) => store.set(M.kvmiUnpaired, { pairing }, un.counter(i)));
     },
-    {
-      map: 'kvmi_unhooks',
-      labels: [VM],
-      fields: [{ field: 'value', metric: M.kvmiUnhooks }],
-    },
-    {
-      map: 'kvmi_commands',
-      labels: [VM, COMMAND, { label: 'result', field: 'result', decoder: (raw) => resultName(Number(BigInt.asIntN(32, raw))) }],
-      fields: [{ field: 'value', metric: M.kvmiCommands }],
-    },
-    {
-      map: 'kvmi_command_time',
-      labels: [VM, COMMAND],
-      fields: [{ field: 'slots', metric: M.kvmiCommandTime, sumField: 'sum_ns' }],
-    },
-  ],
-  watchMaps: ['hv_vm_seen', 'ev_pending', 'cmd_pending'],
-  presentMetric: M.kvmiPresent,
-  present: () => detectKvmi().reason,
-  setup() {
-    const d = detectKvmi();
-    if (d.abi) useKvmiAbi(d.abi);
-    if (d.present) log('info', 'KVM introspection found', { abi: d.abi ?? `unknown, decoding as ${abi}`, functions: d.found.join(' ') });
-  },
-  prepare: (_ctx, fam) => learnVms(fam), // names at first sight (vm-label.ts)
-  collect(ctx, store, fam) {
-    publishVmInfo(ctx, store);
-    const un = fam.maps.get('kvmi_unpaired');
-    if (un) KVMI_UNPAIRED.forEach((pairing, i) => store.set(M.kvmiUnpaired, { pairing }, un.counter(i)));
-  },
-};
+  };
+}

@@ -7,7 +7,7 @@
 //
 // Which table applies. Every revision reports KVMI_VERSION = 1 (KVMI_GET_VERSION), so the
 // version the kernel reports cannot tell them apart. The ABI is instead told by the kernel's
-// own symbols (agent/probes/kvmi.ts, detectKvmi):
+// own symbols (families/kvmi/family.ts, detectKvmi):
 //  - 'v10-v12': kvmi_send_vcpu_event. v10 (25 Nov 2020) split VM and vCPU messages: VM ids
 //    are even (KVMI_VM_MESSAGE_ID(n) = n << 1), vCPU ids odd ((n << 1) | 1), and the same for
 //    events (KVMI_VM_EVENT_ID / KVMI_VCPU_EVENT_ID).

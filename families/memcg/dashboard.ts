@@ -1,10 +1,10 @@
 // memcg writeback and uncharge per node and cgroup (seed 002): throughput and backlog from
 // the tracepoint tier, latency heatmaps from the function tier's histograms, and the race
 // indicators with the state that tracks them.
-import { M, type MetricDef } from '../agent/catalog.js';
-import { by, heatmapQueries, histogramRate, quantile, re, series } from '../alerts/promql.js';
-import { U, dashboard, datasourceVar, graph, heat, labelVar } from './lib.js';
-import { nodeVar } from './fleet.js';
+import { M, type MetricDef } from '../../agent/catalog.js';
+import { by, heatmapQueries, histogramRate, quantile, re, series } from '../../alerts/promql.js';
+import { U, dashboard, datasourceVar, graph, heat, labelVar } from '../../dashboards/lib.js';
+import { nodeVar } from '../../dashboards/vars.js';
 
 const NODE = { instance: re('$node') };
 const CG = { ...NODE, cgroup: re('$cgroup') };
@@ -202,3 +202,6 @@ export const memcg = () =>
       },
     ],
   });
+
+/** The boards this family's folder owns (dashboards/generate.ts gathers them in registry order). */
+export const boards = { 'memcg.json': memcg };

@@ -1,16 +1,17 @@
 // memcg family: writeback and uncharge per memory cgroup (seed 002). Tracepoint tiers work
 // on this kernel; the function-level tiers (fentry/kprobe on __folio_end_writeback, the
-// uncharge functions) are declared here and carry the race indicators (bpf/src/memcg.bpf.c).
-import { M } from '../catalog.js';
-import { findMemoryHierarchy, memoryHierarchyId, readMemoryStat, type MemoryStat } from '../cgroups.js';
-import type { FamilySpec, ProbeSpec } from './model.js';
-import type { MetricStore, Series } from '../export/store.js';
-import type { CollectContext } from '../aggregate/collect.js';
-import type { FamilyView } from '../sources/source.js';
+// uncharge functions) are in the memcg_fn family and carry the race indicators (memcg.bpf.c).
+import { MEMCG_METRICS as M } from './metrics.js';
+import { findMemoryHierarchy, memoryHierarchyId, readMemoryStat, type MemoryStat } from '../../agent/cgroups.js';
+import type { CollectContext, FamilySpec, FamilyView, ProbeSpec, Services } from '../../agent/model/family.js';
+import type { Series } from '../../agent/export/store.js';
 import type { StructLayout } from '../../bpf/btf.js';
-import { log } from '../log.js';
+import type { Config } from '../../agent/config.js';
+import { log } from '../../agent/log.js';
 
-const family = 'memcg';
+export const name = 'memcg';
+export { MEMCG_METRICS as metrics } from './metrics.js';
+const family = name;
 
 /* Hot-hook cost, measured by `npm run bench` (bench/RESULTS.md, 6.18): mod_memcg_lruvec_state
  * fires 4.0x and count_memcg_events 2.0x per page fault; both together cost +16.9 % on a
@@ -79,108 +80,112 @@ const probes: ProbeSpec[] = [
 ];
 
 const STAT_PER_SCRAPE = 256;
-/** memory.stat as last read, per agent (its store) and cgroup path. */
-const statCaches = new WeakMap<MetricStore, Map<string, { readAt: number; st: MemoryStat }>>();
 
-// ---- cgroup first sight: bpf/src/memcg.bpf.c cgroup_seen -> the shared CgroupResolver ----
-const seenLayouts = new WeakMap<FamilyView, StructLayout | null>();
-/** Removed cgroups whose linger ended with no stats entry left to retire them: forgotten at
- * the next collection, once every family has decoded with them. */
-let pendingRetire: bigint[] = [];
+// ---- cgroup first sight: memcg.bpf.c cgroup_seen -> the shared CgroupResolver ----
+class CgroupFirstSight {
+  private readonly seenLayouts = new WeakMap<FamilyView, StructLayout | null>();
+  /** Removed cgroups whose linger ended with no stats entry left to retire them: forgotten at
+   * the next collection, once every family has decoded with them. */
+  private pendingRetire: bigint[] = [];
 
-function learnCgroups(ctx: CollectContext, fam: FamilyView): void {
-  const r = ctx.cgroups?.resolver;
-  const map = fam.maps.get('cgroup_seen');
-  if (!r || !map) return;
-  for (const id of pendingRetire) if (r.life(id, ctx.now, false) === 'expired') r.retire(id);
-  pendingRetire = [];
-  let lay = seenLayouts.get(fam);
-  if (lay === undefined) seenLayouts.set(fam, (lay = fam.btf.structLayout('cgroup_seen') ?? null));
-  if (!lay) return;
-  const off = (name: string): number => lay.fields.find((f) => f.name === name)!.offset;
-  const [oRemoved, oLen, oTrunc, oPath] = [off('removed_ns'), off('path_len'), off('truncated'), off('path')];
-  for (const [k, v] of map.entries()) {
-    const id = k.readBigUInt64LE(0);
-    const removed = v.readBigUInt64LE(oRemoved) !== 0n;
-    if (removed && r.life(id, ctx.now, false) === 'expired') {
-      map.delete(k); // its linger is over (the decoders retire its stats entries)
-      pendingRetire.push(id);
-      continue;
+  learn(ctx: CollectContext, fam: FamilyView): void {
+    const { seenLayouts } = this;
+    const r = ctx.cgroups?.resolver;
+    const map = fam.maps.get('cgroup_seen');
+    if (!r || !map) return;
+    for (const id of this.pendingRetire) if (r.life(id, ctx.now, false) === 'expired') r.retire(id);
+    this.pendingRetire = [];
+    let lay = seenLayouts.get(fam);
+    if (lay === undefined) seenLayouts.set(fam, (lay = fam.btf.structLayout('cgroup_seen') ?? null));
+    if (!lay) return;
+    const off = (name: string): number => lay.fields.find((f) => f.name === name)!.offset;
+    const [oRemoved, oLen, oTrunc, oPath] = [off('removed_ns'), off('path_len'), off('truncated'), off('path')];
+    for (const [k, v] of map.entries()) {
+      const id = k.readBigUInt64LE(0);
+      const removed = v.readBigUInt64LE(oRemoved) !== 0n;
+      if (removed && r.life(id, ctx.now, false) === 'expired') {
+        map.delete(k); // its linger is over (the decoders retire its stats entries)
+        this.pendingRetire.push(id);
+        continue;
+      }
+      const len = Math.min(v.readUInt32LE(oLen), v.length - oPath);
+      const path = len > 0 && v.readUInt32LE(oTrunc) === 0 ? v.toString('utf8', oPath, oPath + len) : undefined;
+      r.learn(id, path, removed, ctx.now);
     }
-    const len = Math.min(v.readUInt32LE(oLen), v.length - oPath);
-    const path = len > 0 && v.readUInt32LE(oTrunc) === 0 ? v.toString('utf8', oPath, oPath + len) : undefined;
-    r.learn(id, path, removed, ctx.now);
   }
 }
 
-export const memcgFamily: FamilySpec = {
-  name: family,
-  object: 'memcg.bpf.o',
-  probes,
-  sizes: { memcg_stats: 'perObject' },
-  watchMaps: ['cgroup_seen'],
-  setup(fam) {
-    const h = findMemoryHierarchy();
-    const id = h && memoryHierarchyId(h);
-    if (id === undefined) {
-      log('warn', 'memory hierarchy id not found in /proc/self/cgroup: cgroups are named by cgroupfs walks only', {});
-      return;
-    }
-    const k = Buffer.alloc(4);
-    const v = Buffer.alloc(4);
-    v.writeUInt32LE(id + 1);
-    fam.maps.get('cgroup_seen_cfg')!.update(k, v);
-  },
-  prepare: learnCgroups,
-  maps: [
-    {
-      map: 'memcg_stats',
-      labels: [{ label: 'cgroup', field: 'cgroup_id', decoder: 'cgroup' }],
-      fields: [
-        { field: 'wb_started_pages', metric: M.memcgWbStarted },
-        { field: 'wb_completed_pages', metric: M.memcgWbCompleted },
-        { field: 'wb_waits', metric: M.memcgWbWaits },
-        { field: 'uncharge_batch_slots', metric: M.memcgUnchargeBatchPages, sumField: 'uncharged_pages' },
-        { field: 'wb_wait_slots', metric: M.memcgWbWaitTime, sumField: 'wb_wait_sum_ns' },
-      ],
-    },
-  ],
-  // memory.stat of the cgroups the BPF side has seen (bounded by the cgroup budget). Reading
-  // it costs ~25 us a cgroup (the kernel formats ~40 counters): 50 ms a scrape at 2,000
-  // cgroups (bench/RESULTS.md), so each scrape re-reads only the cgroups new since the last
-  // one plus the oldest of the rest, STAT_PER_SCRAPE or an eighth of them, whichever is more:
-  // up to STAT_PER_SCRAPE cgroups every scrape reads them all, and at 2,000 a value is at most
-  // eight scrapes old (docs/metrics.md).
-  collect(ctx, store) {
-    const cg = ctx.cgroups;
-    if (!cg) return;
-    let cache = statCaches.get(store);
-    if (!cache) statCaches.set(store, (cache = new Map()));
-    const live = new Map<string, Series['labels']>();
-    for (const m of [M.memcgWbStarted, M.memcgWbWaits]) {
-      for (const s of store.each(m)) {
-        const path = s.labels.cgroup!;
-        if (path.startsWith('/') && !live.has(path)) live.set(path, s.labels); // skip "unknown" and "_other"
+export function create(_config: Config, _services: Services): FamilySpec {
+  const firstSight = new CgroupFirstSight();
+  /** memory.stat as last read, by cgroup path. */
+  const cache = new Map<string, { readAt: number; st: MemoryStat }>();
+  return {
+    name: family,
+    object: 'memcg.bpf.o',
+    probes,
+    sizes: { memcg_stats: 'perObject' },
+    watchMaps: ['cgroup_seen'],
+    setup(fam) {
+      const h = findMemoryHierarchy();
+      const id = h && memoryHierarchyId(h);
+      if (id === undefined) {
+        log('warn', 'memory hierarchy id not found in /proc/self/cgroup: cgroups are named by cgroupfs walks only', {});
+        return;
       }
-    }
-    for (const path of cache.keys()) if (!live.has(path)) cache.delete(path);
-    const due = [...live.keys()].sort((a, b) => (cache.get(a)?.readAt ?? -1) - (cache.get(b)?.readAt ?? -1));
-    const budget = Math.max(STAT_PER_SCRAPE, Math.ceil(due.length / 8));
-    for (const path of due.slice(0, budget)) {
-      const st = readMemoryStat(cg.hierarchy, path);
-      if (st) cache.set(path, { readAt: ctx.now, st });
-      else cache.delete(path); // removed since: its series go with the map entry
-    }
-    const dirty: Series[] = [];
-    const wb: Series[] = [];
-    for (const [path, labels] of live) {
-      const c = cache.get(path);
-      if (!c) continue;
-      // Same labels as the map series (cgroup plus its Kubernetes labels: catalog CG).
-      dirty.push({ labels, value: c.st.dirtyBytes });
-      wb.push({ labels, value: c.st.writebackBytes });
-    }
-    store.replace(M.memcgStatDirty, dirty);
-    store.replace(M.memcgStatWriteback, wb);
-  },
-};
+      const k = Buffer.alloc(4);
+      const v = Buffer.alloc(4);
+      v.writeUInt32LE(id + 1);
+      fam.maps.get('cgroup_seen_cfg')!.update(k, v);
+    },
+    prepare: (ctx, fam) => firstSight.learn(ctx, fam),
+    maps: [
+      {
+        map: 'memcg_stats',
+        labels: [{ label: 'cgroup', field: 'cgroup_id', decoder: 'cgroup' }],
+        fields: [
+          { field: 'wb_started_pages', metric: M.memcgWbStarted },
+          { field: 'wb_completed_pages', metric: M.memcgWbCompleted },
+          { field: 'wb_waits', metric: M.memcgWbWaits },
+          { field: 'uncharge_batch_slots', metric: M.memcgUnchargeBatchPages, sumField: 'uncharged_pages' },
+          { field: 'wb_wait_slots', metric: M.memcgWbWaitTime, sumField: 'wb_wait_sum_ns' },
+        ],
+      },
+    ],
+    // memory.stat of the cgroups the BPF side has seen (bounded by the cgroup budget). Reading
+    // it costs ~25 us a cgroup (the kernel formats ~40 counters): 50 ms a scrape at 2,000
+    // cgroups (bench/RESULTS.md), so each scrape re-reads only the cgroups new since the last
+    // one plus the oldest of the rest, STAT_PER_SCRAPE or an eighth of them, whichever is more:
+    // up to STAT_PER_SCRAPE cgroups every scrape reads them all, and at 2,000 a value is at most
+    // eight scrapes old (docs/metrics.md).
+    collect(ctx, store) {
+      const cg = ctx.cgroups;
+      if (!cg) return;
+      const live = new Map<string, Series['labels']>();
+      for (const m of [M.memcgWbStarted, M.memcgWbWaits]) {
+        for (const s of store.each(m)) {
+          const path = s.labels.cgroup!;
+          if (path.startsWith('/') && !live.has(path)) live.set(path, s.labels); // skip "unknown" and "_other"
+        }
+      }
+      for (const path of cache.keys()) if (!live.has(path)) cache.delete(path);
+      const due = [...live.keys()].sort((a, b) => (cache.get(a)?.readAt ?? -1) - (cache.get(b)?.readAt ?? -1));
+      const budget = Math.max(STAT_PER_SCRAPE, Math.ceil(due.length / 8));
+      for (const path of due.slice(0, budget)) {
+        const st = readMemoryStat(cg.hierarchy, path);
+        if (st) cache.set(path, { readAt: ctx.now, st });
+        else cache.delete(path); // removed since: its series go with the map entry
+      }
+      const dirty: Series[] = [];
+      const wb: Series[] = [];
+      for (const [path, labels] of live) {
+        const c = cache.get(path);
+        if (!c) continue;
+        // Same labels as the map series (cgroup plus its Kubernetes labels: catalog CG).
+        dirty.push({ labels, value: c.st.dirtyBytes });
+        wb.push({ labels, value: c.st.writebackBytes });
+      }
+      store.replace(M.memcgStatDirty, dirty);
+      store.replace(M.memcgStatWriteback, wb);
+    },
+  };
+}

@@ -1,14 +1,16 @@
 // memcg family, function tiers (seed 002): fentry then kprobe on the writeback and
 // uncharge functions, across kernel generations, with four in-kernel race indicators
-// (bpf/src/memcg_fn.bpf.c). On kernels that refuse fentry and lack kprobes (our CI hosts)
+// (memcg_fn.bpf.c). On kernels that refuse fentry and lack kprobes (our CI hosts)
 // the logic is exercised through BPF_PROG_TEST_RUN; in VMs it attaches for real.
-import { M } from '../catalog.js';
-import type { FamilySpec, ProbeSpec } from './model.js';
-import type { Decoder } from '../aggregate/collect.js';
+import { MEMCG_FN_METRICS as M } from './metrics.js';
+import type { Decoder, FamilySpec, ProbeSpec, Services } from '../../agent/model/family.js';
+import type { Config } from '../../agent/config.js';
 
-const family = 'memcg_fn';
+export const name = 'memcg_fn';
+export { MEMCG_FN_METRICS as metrics } from './metrics.js';
+const family = name;
 
-/** enum race_kind in bpf/src/memcg_fn.bpf.c, in order. How to read each: docs/metrics.md "Race indicators". */
+/** enum race_kind in memcg_fn.bpf.c, in order. How to read each: docs/metrics.md "Race indicators". */
 export const RACE_KINDS = [
   'uncharge_during_writeback_end',
   'uncharge_under_writeback',
@@ -82,58 +84,60 @@ const probes: ProbeSpec[] = [
 // state_counters indices (enum state_counter).
 const ST = { inserts: 0, removes: 1, reaped: 2, unpaired: 3 } as const;
 
-export const memcgFnFamily: FamilySpec = {
-  name: family,
-  object: 'memcg_fn.bpf.o',
-  probes,
-  sizes: { memcg_fn_stats: 'perObject', wb_folios: 'perFolio' },
-  maps: [
-    {
-      map: 'memcg_fn_stats',
-      labels: [{ label: 'cgroup', field: 'cgroup_id', decoder: 'cgroup' }],
-      fields: [
-        { field: 'wb_latency_slots', metric: M.memcgWbLatency, sumField: 'wb_latency_sum_ns' },
-        { field: 'wb_end_slots', metric: M.memcgWbEndDuration, sumField: 'wb_end_sum_ns' },
-        { field: 'uncharge_slots', metric: M.memcgUnchargeDuration, sumField: 'uncharge_sum_ns' },
-        { field: 'uncharged_folios', metric: M.memcgUnchargedFolios },
-      ],
+export function create(_config: Config, _services: Services): FamilySpec {
+  return {
+    name: family,
+    object: 'memcg_fn.bpf.o',
+    probes,
+    sizes: { memcg_fn_stats: 'perObject', wb_folios: 'perFolio' },
+    maps: [
+      {
+        map: 'memcg_fn_stats',
+        labels: [{ label: 'cgroup', field: 'cgroup_id', decoder: 'cgroup' }],
+        fields: [
+          { field: 'wb_latency_slots', metric: M.memcgWbLatency, sumField: 'wb_latency_sum_ns' },
+          { field: 'wb_end_slots', metric: M.memcgWbEndDuration, sumField: 'wb_end_sum_ns' },
+          { field: 'uncharge_slots', metric: M.memcgUnchargeDuration, sumField: 'uncharge_sum_ns' },
+          { field: 'uncharged_folios', metric: M.memcgUnchargedFolios },
+        ],
+      },
+      { map: 'race_counts', labels: [{ label: 'kind', field: 'key', decoder: raceKind }], fields: [{ field: 'value', metric: M.memcgRaceEvents }] },
+    ],
+    watchMaps: ['wb_folios'],
+    collect(_ctx, store, fam) {
+      const st = fam.maps.get('state_counters');
+      const folios = fam.maps.get('wb_folios');
+      if (!st || !folios) return;
+      const inserts = st.counter(ST.inserts);
+      const removes = st.counter(ST.removes);
+      // The LRU map evicts silently: what was inserted, not removed and is not there, was evicted.
+      store.set(M.memcgRaceStateEvictions, {}, Math.max(0, inserts - removes - folios.count()));
+      store.set(M.memcgRaceStateReaped, {}, st.counter(ST.reaped));
+      store.set(M.memcgWbUnpairedEnds, {}, st.counter(ST.unpaired));
     },
-    { map: 'race_counts', labels: [{ label: 'kind', field: 'key', decoder: raceKind }], fields: [{ field: 'value', metric: M.memcgRaceEvents }] },
-  ],
-  watchMaps: ['wb_folios'],
-  collect(_ctx, store, fam) {
-    const st = fam.maps.get('state_counters');
-    const folios = fam.maps.get('wb_folios');
-    if (!st || !folios) return;
-    const inserts = st.counter(ST.inserts);
-    const removes = st.counter(ST.removes);
-    // The LRU map evicts silently: what was inserted, not removed and is not there, was evicted.
-    store.set(M.memcgRaceStateEvictions, {}, Math.max(0, inserts - removes - folios.count()));
-    store.set(M.memcgRaceStateReaped, {}, st.counter(ST.reaped));
-    store.set(M.memcgWbUnpairedEnds, {}, st.counter(ST.unpaired));
-  },
-  events: {
-    map: 'events',
-    struct: 'memcg_race_event',
-    onEvents(events, ctx) {
-      // One clock read per batch: formatting a Date per event cost more than decoding it.
-      const time = new Date().toISOString();
-      for (const e of events) {
-        const record = {
-          kind: RACE_KINDS[e.kind as number] ?? `kind_${e.kind}`,
-          time,
-          cgroup: e.memcg_id ? ctx.resolveCgroup(Number(e.memcg_id)) : null,
-          start_cgroup: e.start_memcg_id ? ctx.resolveCgroup(Number(e.start_memcg_id)) : null,
-          since_paired_ns: Number(e.delta_ns),
-          folio: `0x${BigInt(e.folio ?? 0).toString(16)}`,
-          pid: e.pid,
-          comm: e.comm,
-          cpu: e.cpu,
-          other_cpu: e.other_cpu,
-          stack: Number(e.stack_id) >= 0 ? ctx.stack(Number(e.stack_id)) : [],
-        };
-        ctx.logRace(record);
-      }
+    events: {
+      map: 'events',
+      struct: 'memcg_race_event',
+      onEvents(events, ctx) {
+        // One clock read per batch: formatting a Date per event cost more than decoding it.
+        const time = new Date().toISOString();
+        for (const e of events) {
+          const record = {
+            kind: RACE_KINDS[e.kind as number] ?? `kind_${e.kind}`,
+            time,
+            cgroup: e.memcg_id ? ctx.resolveCgroup(Number(e.memcg_id)) : null,
+            start_cgroup: e.start_memcg_id ? ctx.resolveCgroup(Number(e.start_memcg_id)) : null,
+            since_paired_ns: Number(e.delta_ns),
+            folio: `0x${BigInt(e.folio ?? 0).toString(16)}`,
+            pid: e.pid,
+            comm: e.comm,
+            cpu: e.cpu,
+            other_cpu: e.other_cpu,
+            stack: Number(e.stack_id) >= 0 ? ctx.stack(Number(e.stack_id)) : [],
+          };
+          ctx.logRace(record);
+        }
+      },
     },
-  },
-};
+  };
+}

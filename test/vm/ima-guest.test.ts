@@ -18,7 +18,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import test, { type ExecutionContext } from 'ava';
 import { M } from '../../agent/catalog.js';
-import { FAMILIES } from '../../agent/probes/index.js';
+import { declaredFamilies } from '../../agent/families.js';
 import { parseExposition, pick, value, type Sample } from '../helpers/agent.js';
 import {
   GUEST_AGENT_SHELL,
@@ -43,7 +43,8 @@ const FSUUID = '6b1d3c1e-5a3f-4c57-9a0e-1d2c3b4a5f60';
 const IMA_PROBES = ['ima_check', 'ima_measure', 'ima_appraise', 'ima_log_entry', 'ima_cache_get', 'ima_cache_free'];
 const SERIES = ['6.1', '6.12'];
 // Only the ima family runs: every other probe is disabled, so the agent's log is about ima.
-const OTHERS_OFF = FAMILIES.filter((f) => f.name !== 'ima')
+const OTHERS_OFF = declaredFamilies()
+  .filter((f) => f.name !== 'ima')
   .flatMap((f) => f.probes)
   .map((p) => `--disable ${p.name}`)
   .join(' ');
