@@ -8,7 +8,7 @@ import { PROBE_NOT_ATTACHED, RINGBUF_DROPS } from '../agent/alerting/conditions.
 import { runbookUrl } from '../agent/alerting/index.js';
 import { FAMILY_MODULES } from '../families/index.js';
 import { JOB, series } from './promql.js';
-import { EVENT_WINDOW, increased, rate, shared, type AlertRule, type RecordingRule, type RuleGroup } from './lib.js';
+import { EVENT_WINDOW, increased, shared, type AlertRule, type RecordingRule, type RuleGroup } from './lib.js';
 import { RECORDING } from './recording.js';
 
 export type { AlertRule, RecordingRule, RuleGroup } from './lib.js';

@@ -7,7 +7,7 @@ import { nodeVar } from './vars.js';
 
 export { nodeVar };
 import { JOB, by, re, recorded, series } from '../alerts/promql.js';
-import { U, bars, dashboard, datasourceVar, graph, labelVar, single, tableOf } from './lib.js';
+import { U, bars, dashboard, datasourceVar, graph, single, tableOf } from './lib.js';
 
 const NODE = { instance: re('$node') };
 // `up` is Prometheus' own series for every target: the one name not from the catalog.

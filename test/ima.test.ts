@@ -118,7 +118,7 @@ interface Step {
   violation?: boolean;
 }
 
-/** struct ima_test_args in bpf/src/ima.bpf.c. */
+/** struct ima_test_args in families/ima/ima.bpf.c. */
 function encode(s: Step, cg: bigint): Buffer {
   const b = Buffer.alloc(80);
   b.writeUInt32LE(s.op, 0);

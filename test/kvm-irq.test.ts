@@ -211,7 +211,7 @@ for (const { tier, threadState } of RUNS)
 
 // ---- the handlers through BPF_PROG_TEST_RUN (logic, not attach) ----
 
-// struct irq_test_args, enum irq_test_op, enum irq_path, enum td_kind in bpf/src/kvm_irq.bpf.c.
+// struct irq_test_args, enum irq_test_op, enum irq_path, enum td_kind in families/kvm_irq/kvm_irq.bpf.c.
 const T = { INJECT: 0, TEARDOWN: 1, IOCTL_ENTER: 2, IOCTL_EXIT: 3, RUN_VM: 4, CREATE_VCPU: 5 } as const;
 const P = { SET_IRQ: 0, MSI: 1, IOAPIC: 2, PIC: 3, APIC_ACCEPT: 4, INJ_VIRQ: 5 } as const;
 const TD = { DEVICE_RELEASE: 0, DESTROY_DEVICES: 1, FREE_IRQ_ROUTING: 2 } as const;

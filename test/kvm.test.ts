@@ -92,7 +92,7 @@ for (const threadState of ['auto', 'hash'] as const)
 
 // ---- the handlers through BPF_PROG_TEST_RUN (logic, not attach) ----
 
-// struct kvm_test_args and enum kvm_test_op in bpf/src/kvm.bpf.c.
+// struct kvm_test_args and enum kvm_test_op in families/kvm/kvm.bpf.c.
 const T = {
   EXIT: 0,
   ENTRY: 1,

@@ -99,7 +99,7 @@ test('hvwatch probes (text and --json) list the kvmi probes as off, not failed',
 
 // ---- the handlers through BPF_PROG_TEST_RUN (logic, not attach) ----
 
-// struct kvmi_test_args and enum kvmi_test_op in bpf/src/kvmi.bpf.c.
+// struct kvmi_test_args and enum kvmi_test_op in families/kvmi/kvmi.bpf.c.
 const T = { EVENT_SEND: 0, EVENT_DONE: 1, EVENT_DONE_THREAD: 2, UNHOOK: 3, CMD_START: 4, CMD_REPLY: 5 } as const;
 interface Ev {
   tid?: number;
@@ -111,7 +111,7 @@ interface Ev {
   action?: number;
 }
 const CMD_ANY = 0xffffffff;
-// v10..v12 ids (agent/probes/kvmi-ids.ts).
+// v10..v12 ids (families/kvmi/ids.ts).
 const EV = { PAUSE: 1, BREAKPOINT: 5, CR: 7, MSR: 15, PF: 17 } as const;
 const CMD = { VM_READ_PHYSICAL: 12, VCPU_GET_REGISTERS: 7, VCPU_GET_XSAVE: 19 } as const;
 const ACT = { CONTINUE: 0, RETRY: 1, CRASH: 2 } as const;

@@ -81,7 +81,7 @@ probes:
 
 // ---- handler logic through BPF_PROG_TEST_RUN (the same functions the hooks call) ----
 
-// struct memcg_test_args in bpf/src/memcg.bpf.c.
+// struct memcg_test_args in families/memcg/memcg.bpf.c.
 function args(
   op: number,
   item: number,

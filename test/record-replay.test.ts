@@ -136,7 +136,7 @@ test('logic via test run: race events and latency histograms replay to the same 
   agent.start();
   const cg = createCgroup(`hvwatch-rr-fn-${process.pid}`);
   t.teardown(() => cg.remove());
-  // struct test args of bpf/src/memcg_fn.bpf.c, as in test/memcg-fn.test.ts.
+  // struct test args of families/memcg_fn/memcg_fn.bpf.c, as in test/memcg-fn.test.ts.
   const prog = src.live.families.find((f) => f.spec.name === 'memcg_fn')!.testProgram('test_memcg_fn');
   const run = (op: number, folio: bigint, now: bigint, o: { cpu?: number; memcg?: bigint } = {}): number => {
     const b = Buffer.alloc(64);

@@ -247,7 +247,7 @@ function ownLabels(metric: MetricDef, all: Readonly<Record<string, string>>): Re
 /** One map value as collectMap reads it: `cpus` copies `stride` bytes apart (per-CPU maps
  * in a batched read; 1 elsewhere) starting at byte `off` of `v`, with `w` the same bytes as
  * 32-bit words for the u64 fields (slots, counters), which are 8-byte aligned in the C
- * structs (bpf/src/*.bpf.c) and so in the value. */
+ * structs (families/<name>/<name>.bpf.c) and so in the value. */
 interface Value {
   v: Buffer;
   w: Uint32Array;

@@ -5,7 +5,7 @@ import { M, type MetricDef } from '../../agent/catalog.js';
 import { FLAG_RUN_PENDING } from './alerts.js';
 import { RECORDING } from '../../alerts/recording.js';
 import { by, heatmapQueries, quantile, re, recorded, series } from '../../alerts/promql.js';
-import { U, dashboard, datasourceVar, graph, heat, labelVar } from '../../dashboards/lib.js';
+import { U, dashboard, datasourceVar, graph, heat } from '../../dashboards/lib.js';
 import { nodeVar, vmVar } from '../../dashboards/vars.js';
 
 const NODE = { instance: re('$node') };

@@ -167,7 +167,7 @@ struct {
 
 /* The same per-thread context in task-local storage (5.11+): no key hashed, freed with the
  * thread. irq_ctx is the fallback tier; every probe of the family takes the same one
- * (Candidate.state in agent/probes/model.ts). */
+ * (Candidate.state in agent/model/family.ts). */
 struct {
 	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);

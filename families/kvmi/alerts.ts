@@ -2,7 +2,7 @@
 // family's metrics. alerts/rules.ts gathers every registered family's
 // group (families/<name>/alerts.ts) in registry order.
 import { M } from '../../agent/catalog.js';
-import { rate, type AlertRule, type RuleGroup } from '../../alerts/lib.js';
+import type { AlertRule, RuleGroup } from '../../alerts/lib.js';
 import { RECORDING } from '../../alerts/recording.js';
 
 /**

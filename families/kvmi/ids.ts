@@ -115,7 +115,7 @@ const COMMANDS: Record<KvmiAbi, Readonly<Record<number, string>>> = {
 
 /** KVMI_EVENT_ACTION_* (include/uapi/linux/kvmi.h, the same in v7..v12). */
 const ACTIONS: Readonly<Record<number, string>> = { 0: 'continue', 1: 'retry', 2: 'crash' };
-/** ACTION_UNREADABLE in bpf/src/kvmi.bpf.c: a reply came, its action could not be read. */
+/** ACTION_UNREADABLE in families/kvmi/kvmi.bpf.c: a reply came, its action could not be read. */
 const ACTION_UNREADABLE = 0xffffffff;
 
 /** KVM_E* (include/uapi/linux/kvm_para.h; KVM_EAGAIN, KVM_ENOENT, KVM_ENOMEM, KVM_EBUSY

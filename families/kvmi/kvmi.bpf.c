@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 /* kvmi family (seed 001): VM introspection (KVMI) events and commands, on kernels built from
  * the KVMI series (v7, Feb 2020 .. v12, Oct 2021; never merged upstream). Nothing here
- * attaches on other kernels: the agent checks BTF and kallsyms first (agent/probes/kvmi.ts).
+ * attaches on other kernels: the agent checks BTF and kallsyms first (families/kvmi/family.ts).
  *
  * Events. A vCPU thread sends an event and waits, paused, for the tool's reply inside one
  * call: kvmi_send_vcpu_event() (v10..v12) / kvmi_send_event() (v7..v9), both
@@ -78,7 +78,7 @@ struct kvm_introspection___kvmi {
 
 struct ev_key {
 	u32 tgid;
-	u32 event; /* event id as sent; the agent names it per KVMI ABI (agent/probes/kvmi-ids.ts) */
+	u32 event; /* event id as sent; the agent names it per KVMI ABI (families/kvmi/ids.ts) */
 };
 
 struct ev_stats {

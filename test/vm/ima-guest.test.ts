@@ -1,4 +1,4 @@
-// The ima family (agent/probes/ima.ts, bpf/src/ima.bpf.c) attached for real with fentry in Debian
+// The ima family (families/ima/family.ts, families/ima/ima.bpf.c) attached for real with fentry in Debian
 // 6.1 / 6.12 guests under QEMU (test/vm/harness.ts), no mocks. One boot per kernel, with
 // ima_appraise=fix on the command line: the script mounts securityfs, makes an ext4 file system
 // on a loop device with a fixed UUID, and writes one IMA policy that measures and appraises

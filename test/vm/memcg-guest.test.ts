@@ -1,4 +1,4 @@
-// The memcg function-tier probes (agent/probes/memcg-fn.ts, bpf/src/memcg_fn.bpf.c) attached for
+// The memcg function-tier probes (families/memcg_fn/family.ts, families/memcg_fn/memcg_fn.bpf.c) attached for
 // real with fentry in Debian 6.1 / 6.12 guests under QEMU (test/vm/harness.ts), no mocks: one boot
 // per kernel runs the agent (`bin/hvwatch run`) on the guest's loopback, a 32 MiB fsync'd write
 // and then a delete from a shell placed in a memory cgroup, and scrapes /metrics and /api/races.
