@@ -169,6 +169,7 @@ export class Agent {
     let suppressed = 0;
     const now = Date.now();
     const ctx: EventContext = {
+      family: fam,
       store: this.store,
       resolveCgroup: (id) => this.cgroups?.resolver.resolve(BigInt(id)) ?? UNKNOWN_CGROUP,
       stack: (id) => {

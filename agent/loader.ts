@@ -18,6 +18,7 @@ import {
 import { CHAIN_MAP_PREFIX, HookChains } from './hook-chain.js';
 import { Btf } from '../bpf/btf.js';
 import type { Kernel } from './kernel.js';
+import { checkEnums } from './aggregate/enums.js';
 import { log } from './log.js';
 import type { Candidate, FamilySpec, ProbeSpec } from './model/family.js';
 
@@ -266,16 +267,26 @@ export class Loader {
       owner.load(); // creates the maps only: every program is off
     } catch (e) {
       owner?.close();
-      const msg = e instanceof Error ? e.message : String(e);
-      this.familyErrors.push({ family: spec.name, error: msg });
-      log('error', 'probe family failed to load; its probes are off', { family: spec.name, error: msg });
-      for (const p of spec.probes) this.status.push(this.probeStatus(p, true, `family ${spec.name} failed: ${msg}`));
-      return undefined;
+      return this.familyFailed(spec, e);
     }
     const fam = new LoadedFamily(spec, owner, this.opts, this.kernel, this.hooks);
+    try {
+      checkEnums(fam.btf, spec.enums ?? []); // the enums it names values of are in its BTF
+    } catch (e) {
+      fam.destroy();
+      return this.familyFailed(spec, e);
+    }
     this.families.push(fam);
     for (const p of spec.probes) this.attachProbe(fam, p);
     return fam;
+  }
+
+  private familyFailed(spec: FamilySpec, e: unknown): undefined {
+    const msg = e instanceof Error ? e.message : String(e);
+    this.familyErrors.push({ family: spec.name, error: msg });
+    log('error', 'probe family failed to load; its probes are off', { family: spec.name, error: msg });
+    for (const p of spec.probes) this.status.push(this.probeStatus(p, true, `family ${spec.name} failed: ${msg}`));
+    return undefined;
   }
 
   private probeStatus(p: ProbeSpec, enabled: boolean, skipped?: string): ProbeStatus {

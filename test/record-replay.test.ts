@@ -182,7 +182,7 @@ test('logic via test run: race events and latency histograms replay to the same 
     re.races.map(({ time: _t, ...r }) => r),
     liveRaces,
   );
-  t.is(re.store.get(M.memcgRaceEvents, { kind: RACE_KINDS[2] })?.value, 1);
+  t.is(re.store.get(M.memcgRaceEvents, { kind: RACE_KINDS[2]! })?.value, 1);
   t.is(re.store.all(M.memcgWbLatency).find((s) => s.labels.cgroup === cg.path)?.hist?.count, 20);
   await re.stop();
 

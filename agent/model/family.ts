@@ -84,6 +84,18 @@ export interface EventContext {
   /** Append to the agent's bounded log of recent race events (GET /api/races) and log it,
    * rate-limited, at `level` (default warn; info for an indicator that is also normal life). */
   logRace: (record: Record<string, unknown>, level?: 'warn' | 'info') => void;
+  /** The family the events came from (its BTF names its enums: FamilySpec.enums). */
+  family: FamilyView;
+}
+
+/** A C enum of the family's object whose values label series or index counters, named by
+ * enumerator: each enumerator's name -> its label. The values are read from the object's
+ * BTF (the .bpf.c exports the enum with EXPORT_BTF_ENUM, bpf/src/hvwatch.h), never copied by
+ * position; a family whose enum or enumerator is missing there fails to load, with why
+ * (agent/aggregate/enums.ts). */
+export interface EnumDecl {
+  readonly enum: string;
+  readonly labels: Readonly<Record<string, string>>;
 }
 
 /** What one scrape's decoders and family hooks are given. */
@@ -206,6 +218,8 @@ export interface FamilySpec {
   /** Hook events one run of each of the object's SEC("tc") bench_* programs stands for
    * (bench/test-run-cost.ts divides by it; its comment in the .bpf.c says why). */
   benchEventsPerRun?: Readonly<Record<string, number>>;
+  /** The C enums the family names values of (checked against the object's BTF at load). */
+  enums?: readonly EnumDecl[];
   /** Once after load: write configuration into the family's BPF maps. */
   setup?: (fam: FamilyView, cfg: Config) => void;
 }

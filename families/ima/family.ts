@@ -5,19 +5,22 @@
 // that reason ("not present"), not failed.
 import fs from 'node:fs';
 import { IMA_METRICS as M } from './metrics.js';
-import type { Decoder, FamilySpec, KernelFacts, ProbeSpec, Services } from '../../agent/model/family.js';
+import type { Decoder, EnumDecl, FamilySpec, KernelFacts, ProbeSpec, Services } from '../../agent/model/family.js';
+import { enumLabels, labelsOf, type EnumLabels } from '../../agent/aggregate/enums.js';
 import type { Config } from '../../agent/config.js';
 
 export const name = 'ima';
 export { IMA_METRICS as metrics } from './metrics.js';
 const family = name;
 
-/** enum reuse_kind in ima.bpf.c, in order. docs/metrics.md "Race indicators" says how to read them. */
-export const REUSE_KINDS = ['after_free', 'live_state'] as const;
-/** enum ima_counter, as hvwatch_ima_state_events_total{kind} (index 0 and 1 are the cache's own metrics). */
-const IC = { allocs: 0, frees: 1, untrackedFrees: 2, unpaired: 3 } as const;
-
-const reuseKind: Decoder = (raw) => REUSE_KINDS[Number(raw)] ?? `kind_${raw}`;
+/** enum reuse_kind in ima.bpf.c, by enumerator. docs/metrics.md "Race indicators" says how to read them. */
+const REUSES = { enum: 'reuse_kind', labels: { REUSE_AFTER_FREE: 'after_free', REUSE_LIVE_STATE: 'live_state' } } as const satisfies EnumDecl;
+export const REUSE_KINDS = labelsOf(REUSES);
+/** enum ima_counter: the cache's allocations and frees, and hvwatch_ima_state_events_total{kind}. */
+const COUNTERS = {
+  enum: 'ima_counter',
+  labels: { IC_ALLOCS: 'allocs', IC_FREES: 'frees', IC_UNTRACKED_FREES: 'untracked_frees', IC_UNPAIRED: 'unpaired' },
+} as const satisfies EnumDecl;
 
 /** fentry (+fexit) on fn, then kprobe (+kretprobe), for each of `fns` in order. */
 function timedCandidates(fns: string[], progs: [string, string], kprogs: [string, string]): ProbeSpec['candidates'] {
@@ -149,6 +152,9 @@ export function detectIma(
 }
 
 export function create(_config: Config, services: Services): FamilySpec {
+  // Reuse kinds by the object's enum, resolved by prepare before the maps are decoded.
+  let reuses: EnumLabels | undefined;
+  const reuseKind: Decoder = (raw) => reuses?.label(raw, `kind_${raw}`) ?? `kind_${raw}`;
   return {
     name: family,
     object: 'ima.bpf.o',
@@ -172,24 +178,30 @@ export function create(_config: Config, services: Services): FamilySpec {
       { map: 'reuse_counts', labels: [{ label: 'kind', field: 'key', decoder: reuseKind }], fields: [{ field: 'value', metric: M.imaInodeReuse }] },
     ],
     watchMaps: ['ima_inodes'],
+    enums: [REUSES, COUNTERS],
+    prepare(_ctx, fam) {
+      reuses = enumLabels(fam.btf, REUSES);
+    },
     benchEventsPerRun: { bench_ima_cycle: 6 }, // check, get (alloc), hash, log entry, get (hit), free
     collect(_ctx, store, fam) {
       const c = fam.maps.get('ima_counters');
       if (!c) return;
-      const allocs = c.counter(IC.allocs);
-      const frees = c.counter(IC.frees);
-      store.set(M.imaCacheFrees, {}, frees + c.counter(IC.untrackedFrees));
+      const IC = enumLabels(fam.btf, COUNTERS);
+      const allocs = c.counter(IC.valueOf('allocs'));
+      const frees = c.counter(IC.valueOf('frees'));
+      store.set(M.imaCacheFrees, {}, frees + c.counter(IC.valueOf('untracked_frees')));
       store.set(M.imaCacheEntries, {}, Math.max(0, allocs - frees));
-      store.set(M.imaStateEvents, { kind: 'untracked_free' }, c.counter(IC.untrackedFrees));
-      store.set(M.imaStateEvents, { kind: 'unpaired' }, c.counter(IC.unpaired));
+      store.set(M.imaStateEvents, { kind: 'untracked_free' }, c.counter(IC.valueOf('untracked_frees')));
+      store.set(M.imaStateEvents, { kind: 'unpaired' }, c.counter(IC.valueOf('unpaired')));
     },
     events: {
       map: 'events',
       struct: 'ima_reuse_event',
       onEvents(events, ctx) {
         const time = new Date().toISOString(); // one clock read per batch (families/memcg_fn/family.ts)
+        const kinds = enumLabels(ctx.family.btf, REUSES);
         for (const e of events) {
-          const kind = REUSE_KINDS[e.kind as number] ?? `kind_${e.kind}`;
+          const kind = kinds.label(Number(e.kind), `kind_${e.kind}`);
           ctx.logRace(
             {
               kind,

@@ -57,6 +57,7 @@ enum reuse_kind {
 	REUSE_LIVE_STATE = 1,
 	REUSE_KINDS = 2,
 };
+EXPORT_BTF_ENUM(reuse_kind);
 
 /* After-free reuse is normal slab recycling: at most this many of its events per second
  * cross the ring buffer (all are counted); live-state reuse always crosses. */
@@ -122,6 +123,7 @@ enum ima_counter {
 	IC_UNPAIRED = 3,        /* an exit with no recorded entry (kretprobe tiers) */
 	IC_MAX = 4,
 };
+EXPORT_BTF_ENUM(ima_counter);
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

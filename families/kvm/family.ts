@@ -4,7 +4,8 @@
 import { existsSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { KVM_METRICS as M } from './metrics.js';
-import { inStateTiers, type Decoder, type FamilySpec, type ProbeSpec, type Services } from '../../agent/model/family.js';
+import { inStateTiers, type Decoder, type EnumDecl, type FamilySpec, type ProbeSpec, type Services } from '../../agent/model/family.js';
+import { enumLabels, type EnumLabels } from '../../agent/aggregate/enums.js';
 import type { Config } from '../../agent/config.js';
 import { ISA, SVM_EXIT_REASONS, VMX_EXIT_REASONS } from './reasons.js';
 
@@ -186,17 +187,24 @@ export function errnoName(err: number): string {
 const isaDecoder: Decoder = (raw) => ISA[Number(raw) as 1 | 2] ?? `isa${raw}`;
 const reasonDecoder: Decoder = (raw, _ctx, field) => exitReasonName(Number(field('isa')), Number(raw));
 const uexitDecoder: Decoder = (raw) => KVM_EXIT_NAMES[Number(raw)] ?? UEXIT_SPECIAL[Number(raw)] ?? `exit_${raw}`;
-const opDecoder: Decoder = (raw) => (raw === 1n ? 'get' : raw === 2n ? 'set' : `op${raw}`);
 const errDecoder: Decoder = (raw) => errnoName(Number(raw));
 
-// enum unpaired in kvm.bpf.c.
-const UNPAIRED = ['exit_entry', 'nested_l1', 'userspace'] as const;
+/** enum nstate_op in kvm.bpf.c: KVM_GET/SET_NESTED_STATE (the op label). */
+const NSTATE_OPS = { enum: 'nstate_op', labels: { OP_GET: 'get', OP_SET: 'set' } } as const satisfies EnumDecl;
+/** enum unpaired in kvm.bpf.c (the pairing label). */
+const UNPAIRED = {
+  enum: 'unpaired',
+  labels: { UNPAIRED_EXIT_ENTRY: 'exit_entry', UNPAIRED_NESTED_L1: 'nested_l1', UNPAIRED_USERSPACE: 'userspace' },
+} as const satisfies EnumDecl;
 
 export function create(_config: Config, services: Services): FamilySpec {
   // The consistency-check messages the BPF side interned, by hash (bounded: 512).
   const messages = new Map<bigint, string>();
   const messageDecoder: Decoder = (raw) => messages.get(raw) ?? `message_${raw.toString(16)}`;
   const VM = { label: 'vm', field: 'tgid', decoder: services.vms.decoder };
+  // Op names by the object's enum, resolved by prepare before the maps are decoded.
+  let ops: EnumLabels | undefined;
+  const opDecoder: Decoder = (raw) => ops?.label(raw, `op${raw}`) ?? `op${raw}`;
   return {
     name: family,
     object: 'kvm.bpf.o',
@@ -265,6 +273,7 @@ export function create(_config: Config, services: Services): FamilySpec {
       },
     ],
     watchMaps: ['hv_vm_seen', 'exit_pending', 'nested_pending', 'user_pending'],
+    enums: [NSTATE_OPS, UNPAIRED],
     // /sys/module/kvm exists when kvm is loaded or built in. Probes are attached at start:
     // an agent started before `modprobe kvm` needs a restart to see VMs.
     present: () => (existsSync('/sys/module/kvm') ? undefined : 'kvm is not loaded (no /sys/module/kvm)'),
@@ -276,6 +285,7 @@ export function create(_config: Config, services: Services): FamilySpec {
     },
     prepare(ctx, fam) {
       services.vms.learn(fam, ctx); // names at first sight (agent/services/vm-labels.ts)
+      ops = enumLabels(fam.btf, NSTATE_OPS);
       for (const [k, v] of fam.maps.get('vmenter_msgs')?.entries() ?? []) {
         const h = k.readBigUInt64LE(0);
         if (!messages.has(h)) messages.set(h, v.toString('latin1', 0, Math.max(0, v.indexOf(0))).replace(/[^\x20-\x7e]/g, '?'));
@@ -283,7 +293,7 @@ export function create(_config: Config, services: Services): FamilySpec {
     },
     collect(_ctx, store, fam) {
       const un = fam.maps.get('unpaired');
-      if (un) UNPAIRED.forEach((pairing, i) => store.set(M.kvmUnpaired, { pairing }, un.counter(i)));
+      if (un) for (const [i, pairing] of enumLabels(fam.btf, UNPAIRED).byValue) store.set(M.kvmUnpaired, { pairing }, un.counter(i));
     },
   };
 }

@@ -27,6 +27,7 @@ char LICENSE[] SEC("license") = "GPL";
 #define KVM_STATE_NESTED_RUN_PENDING 0x2
 
 enum nstate_op { OP_GET = 1, OP_SET = 2 };
+EXPORT_BTF_ENUM(nstate_op);
 
 /* kvm_userspace_exit with errno < 0 reports no exit reason: these stand in for it. */
 #define UEXIT_RESTART 0x10000 /* -EINTR: KVM_RUN interrupted by a signal */
@@ -174,6 +175,7 @@ struct {
 
 /* Pairings that could not be made: index = enum unpaired. */
 enum unpaired { UNPAIRED_EXIT_ENTRY = 0, UNPAIRED_NESTED_L1 = 1, UNPAIRED_USERSPACE = 2, UNPAIRED_MAX = 4 };
+EXPORT_BTF_ENUM(unpaired);
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

@@ -5,19 +5,33 @@
 // address from matching).
 import { existsSync } from 'node:fs';
 import { KVM_IRQ_METRICS as M } from './metrics.js';
-import { inStateTiers, type Decoder, type FamilySpec, type ProbeSpec, type Services } from '../../agent/model/family.js';
+import { inStateTiers, type Decoder, type EnumDecl, type FamilySpec, type ProbeSpec, type Services } from '../../agent/model/family.js';
+import { enumLabels, labelsOf } from '../../agent/aggregate/enums.js';
 import type { Config } from '../../agent/config.js';
 
 export const name = 'kvm_irq';
 export { KVM_IRQ_METRICS as metrics } from './metrics.js';
 const family = name;
 
-/** enum irq_path in kvm_irq.bpf.c, as label values (the kvm:kvm_<path> tracepoints). */
-export const IRQ_PATHS = ['set_irq', 'msi', 'ioapic', 'pic', 'apic_accept', 'inj_virq'] as const;
-/** enum td_kind. */
-export const TEARDOWN_KINDS = ['device_release', 'destroy_devices', 'free_irq_routing'] as const;
+/** enum irq_path in kvm_irq.bpf.c, as label values (the kvm:kvm_<path> tracepoints) and the
+ * suffixes of struct irq_vm_stats' inj_/after_ fields. */
+const PATHS = {
+  enum: 'irq_path',
+  labels: { P_SET_IRQ: 'set_irq', P_MSI: 'msi', P_IOAPIC: 'ioapic', P_PIC: 'pic', P_APIC_ACCEPT: 'apic_accept', P_INJ_VIRQ: 'inj_virq' },
+} as const satisfies EnumDecl;
+/** enum td_kind (its td_ fields). */
+const TEARDOWNS = {
+  enum: 'td_kind',
+  labels: { TD_DEVICE_RELEASE: 'device_release', TD_DESTROY_DEVICES: 'destroy_devices', TD_FREE_IRQ_ROUTING: 'free_irq_routing' },
+} as const satisfies EnumDecl;
 /** enum irq_counter: what the BPF side did not count as asked, and why (hvwatch_kvm_irq_state_events_total). */
-export const IRQ_COUNTERS = ['reaped', 'stale_context', 'unpaired', 'no_vm'] as const;
+const COUNTERS = {
+  enum: 'irq_counter',
+  labels: { C_REAPED: 'reaped', C_STALE_CONTEXT: 'stale_context', C_UNPAIRED: 'unpaired', C_NO_VM: 'no_vm' },
+} as const satisfies EnumDecl;
+export const IRQ_PATHS = labelsOf(PATHS);
+export const TEARDOWN_KINDS = labelsOf(TEARDOWNS);
+export const IRQ_COUNTERS = labelsOf(COUNTERS);
 
 // One probe per tracepoint: each exists on its own set of kernels (the PIC, IOAPIC and MSI
 // ones on x86 only), so one missing never takes the others down. tp_btf first (no record
@@ -110,11 +124,12 @@ export function create(_config: Config, services: Services): FamilySpec {
       },
     ],
     watchMaps: ['hv_vm_seen', 'irq_vm_state', 'irq_ctx', 'irq_deliv'],
+    enums: [PATHS, TEARDOWNS, COUNTERS],
     present: () => (existsSync('/sys/module/kvm') ? undefined : 'kvm is not loaded (no /sys/module/kvm)'),
     prepare: (ctx, fam) => services.vms.learn(fam, ctx), // names at first sight (agent/services/vm-labels.ts)
     collect(_ctx, store, fam) {
       const c = fam.maps.get('irq_counters');
-      if (c) IRQ_COUNTERS.forEach((kind, i) => store.set(M.kvmIrqStateEvents, { kind }, c.counter(i)));
+      if (c) for (const [i, kind] of enumLabels(fam.btf, COUNTERS).byValue) store.set(M.kvmIrqStateEvents, { kind }, c.counter(i));
     },
   };
 }

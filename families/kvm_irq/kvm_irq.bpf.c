@@ -56,6 +56,8 @@ char LICENSE[] SEC("license") = "GPL";
 
 enum irq_path { P_SET_IRQ = 0, P_MSI = 1, P_IOAPIC = 2, P_PIC = 3, P_APIC_ACCEPT = 4, P_INJ_VIRQ = 5, P_MAX = 6 };
 enum td_kind { TD_DEVICE_RELEASE = 0, TD_DESTROY_DEVICES = 1, TD_FREE_IRQ_ROUTING = 2, TD_MAX = 3 };
+EXPORT_BTF_ENUM(irq_path);
+EXPORT_BTF_ENUM(td_kind);
 
 /* ---- aggregates read by the agent: one entry per VMM tgid (0: no VM known) ---- */
 
@@ -100,6 +102,7 @@ enum irq_counter {
 	C_NO_VM = 3,         /* injections with no VM known (kernel thread or interrupt context) */
 	C_MAX = 4,
 };
+EXPORT_BTF_ENUM(irq_counter);
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

@@ -3,7 +3,8 @@
 // (kvmi.bpf.c). KVMI is not upstream: the family is present only on kernels built
 // from the KVMI series (v7..v12), and reports "not present" everywhere else.
 import { KVMI_METRICS as M } from './metrics.js';
-import type { Decoder, FamilySpec, KernelFacts, ProbeSpec, Services } from '../../agent/model/family.js';
+import type { Decoder, EnumDecl, FamilySpec, KernelFacts, ProbeSpec, Services } from '../../agent/model/family.js';
+import { enumLabels, labelsOf } from '../../agent/aggregate/enums.js';
 import type { Config } from '../../agent/config.js';
 import { actionName, commandName, eventName, resultName, type KvmiAbi } from './ids.js';
 import { log } from '../../agent/log.js';
@@ -155,8 +156,12 @@ export function detectKvmi(kernel: Pick<KernelFacts, 'btfNamesWithPrefix' | 'kal
 
 /* ---- labels ---- */
 
-/** enum unpaired in kvmi.bpf.c. */
-export const KVMI_UNPAIRED = ['event_stale', 'event_no_start', 'command'] as const;
+/** enum unpaired in kvmi.bpf.c (the pairing label). */
+const UNPAIRED = {
+  enum: 'unpaired',
+  labels: { UNPAIRED_EVENT_STALE: 'event_stale', UNPAIRED_EVENT_NO_START: 'event_no_start', UNPAIRED_COMMAND: 'command' },
+} as const satisfies EnumDecl;
+export const KVMI_UNPAIRED = labelsOf(UNPAIRED);
 
 export function create(_config: Config, services: Services): FamilySpec {
   // Ids are decoded by the ABI this kernel's symbols imply (set from detection at setup);
@@ -207,6 +212,7 @@ export function create(_config: Config, services: Services): FamilySpec {
       },
     ],
     watchMaps: ['hv_vm_seen', 'ev_pending', 'cmd_pending'],
+    enums: [UNPAIRED],
     presentMetric: M.kvmiPresent,
     present: () => detect().reason,
     setup() {
@@ -217,7 +223,7 @@ export function create(_config: Config, services: Services): FamilySpec {
     prepare: (ctx, fam) => services.vms.learn(fam, ctx), // names at first sight (agent/services/vm-labels.ts)
     collect(_ctx, store, fam) {
       const un = fam.maps.get('kvmi_unpaired');
-      if (un) KVMI_UNPAIRED.forEach((pairing, i) => store.set(M.kvmiUnpaired, { pairing }, un.counter(i)));
+      if (un) for (const [i, pairing] of enumLabels(fam.btf, UNPAIRED).byValue) store.set(M.kvmiUnpaired, { pairing }, un.counter(i));
     },
   };
 }

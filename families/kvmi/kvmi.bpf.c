@@ -163,6 +163,7 @@ enum unpaired {
 	UNPAIRED_COMMAND = 2,        /* a reply whose thread's dispatch was for another command */
 	UNPAIRED_MAX = 4,
 };
+EXPORT_BTF_ENUM(unpaired);
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

@@ -3,22 +3,25 @@
 // (memcg_fn.bpf.c). On kernels that refuse fentry and lack kprobes (our CI hosts)
 // the logic is exercised through BPF_PROG_TEST_RUN; in VMs it attaches for real.
 import { MEMCG_FN_METRICS as M } from './metrics.js';
-import type { Decoder, FamilySpec, ProbeSpec, Services } from '../../agent/model/family.js';
+import type { Decoder, EnumDecl, FamilySpec, ProbeSpec, Services } from '../../agent/model/family.js';
+import { enumLabels, labelsOf, type EnumLabels } from '../../agent/aggregate/enums.js';
 import type { Config } from '../../agent/config.js';
 
 export const name = 'memcg_fn';
 export { MEMCG_FN_METRICS as metrics } from './metrics.js';
 const family = name;
 
-/** enum race_kind in memcg_fn.bpf.c, in order. How to read each: docs/metrics.md "Race indicators". */
-export const RACE_KINDS = [
-  'uncharge_during_writeback_end',
-  'uncharge_under_writeback',
-  'memcg_cleared_under_writeback',
-  'writeback_end_zero_refcount',
-] as const;
-
-const raceKind: Decoder = (raw) => RACE_KINDS[Number(raw)] ?? `kind_${raw}`;
+/** enum race_kind in memcg_fn.bpf.c, by enumerator. How to read each: docs/metrics.md "Race indicators". */
+const RACES = {
+  enum: 'race_kind',
+  labels: {
+    RACE_UNCHARGE_DURING_WB_END: 'uncharge_during_writeback_end',
+    RACE_UNCHARGE_UNDER_WB: 'uncharge_under_writeback',
+    RACE_MEMCG_CLEARED_UNDER_WB: 'memcg_cleared_under_writeback',
+    RACE_WB_END_ZERO_REFCOUNT: 'writeback_end_zero_refcount',
+  },
+} as const satisfies EnumDecl;
+export const RACE_KINDS = labelsOf(RACES);
 
 // Symbols by kernel generation (mm/page-writeback.c, mm/memcontrol.c):
 //   __folio_start_writeback / __folio_end_writeback: v5.17+ (folio conversion, 5.16/5.17);
@@ -81,10 +84,16 @@ const probes: ProbeSpec[] = [
   },
 ];
 
-// state_counters indices (enum state_counter).
-const ST = { inserts: 0, removes: 1, reaped: 2, unpaired: 3 } as const;
+/** state_counters indices: enum state_counter. */
+const STATE = {
+  enum: 'state_counter',
+  labels: { ST_INSERTS: 'inserts', ST_REMOVES: 'removes', ST_REAPED: 'reaped', ST_UNPAIRED_END: 'unpaired' },
+} as const satisfies EnumDecl;
 
 export function create(_config: Config, _services: Services): FamilySpec {
+  // Race kinds by the object's enum, resolved by prepare before the maps are decoded.
+  let races: EnumLabels | undefined;
+  const raceKind: Decoder = (raw) => races?.label(raw, `kind_${raw}`) ?? `kind_${raw}`;
   return {
     name: family,
     object: 'memcg_fn.bpf.o',
@@ -104,16 +113,21 @@ export function create(_config: Config, _services: Services): FamilySpec {
       { map: 'race_counts', labels: [{ label: 'kind', field: 'key', decoder: raceKind }], fields: [{ field: 'value', metric: M.memcgRaceEvents }] },
     ],
     watchMaps: ['wb_folios'],
+    enums: [RACES, STATE],
+    prepare(_ctx, fam) {
+      races = enumLabels(fam.btf, RACES);
+    },
     collect(_ctx, store, fam) {
       const st = fam.maps.get('state_counters');
       const folios = fam.maps.get('wb_folios');
       if (!st || !folios) return;
-      const inserts = st.counter(ST.inserts);
-      const removes = st.counter(ST.removes);
+      const ST = enumLabels(fam.btf, STATE);
+      const inserts = st.counter(ST.valueOf('inserts'));
+      const removes = st.counter(ST.valueOf('removes'));
       // The LRU map evicts silently: what was inserted, not removed and is not there, was evicted.
       store.set(M.memcgRaceStateEvictions, {}, Math.max(0, inserts - removes - folios.count()));
-      store.set(M.memcgRaceStateReaped, {}, st.counter(ST.reaped));
-      store.set(M.memcgWbUnpairedEnds, {}, st.counter(ST.unpaired));
+      store.set(M.memcgRaceStateReaped, {}, st.counter(ST.valueOf('reaped')));
+      store.set(M.memcgWbUnpairedEnds, {}, st.counter(ST.valueOf('unpaired')));
     },
     events: {
       map: 'events',
@@ -121,9 +135,10 @@ export function create(_config: Config, _services: Services): FamilySpec {
       onEvents(events, ctx) {
         // One clock read per batch: formatting a Date per event cost more than decoding it.
         const time = new Date().toISOString();
+        const kinds = enumLabels(ctx.family.btf, RACES);
         for (const e of events) {
           const record = {
-            kind: RACE_KINDS[e.kind as number] ?? `kind_${e.kind}`,
+            kind: kinds.label(Number(e.kind), `kind_${e.kind}`),
             time,
             cgroup: e.memcg_id ? ctx.resolveCgroup(Number(e.memcg_id)) : null,
             start_cgroup: e.start_memcg_id ? ctx.resolveCgroup(Number(e.start_memcg_id)) : null,

@@ -26,6 +26,7 @@ enum race_kind {
 	RACE_WB_END_ZERO_REFCOUNT = 3,
 	RACE_KINDS = 4,
 };
+EXPORT_BTF_ENUM(race_kind);
 
 /* A writeback-end marker older than this lost its exit (a missed kretprobe, an aborted
  * trace): it is reaped instead of being taken as "still inside writeback end". */
@@ -83,6 +84,7 @@ enum state_counter {
 	ST_UNPAIRED_END = 3, /* writeback end with no recorded start (began before attach, or evicted) */
 	ST_MAX = 4,
 };
+EXPORT_BTF_ENUM(state_counter);
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
