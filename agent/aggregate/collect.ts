@@ -3,8 +3,8 @@
 import type { Btf, StructLayout } from '../../bpf/btf.js';
 import type { CollectContext, Decoder, FamilySpec, FamilyView, FieldExport, MapExport, MapView } from '../model/family.js';
 import { RETIRE_INTO_OTHER } from '../model/family.js';
-import type { MetricDef } from '../catalog.js';
-import { isPerObject, M } from '../catalog.js';
+import { isPerObject, type MetricDef } from '../model/metric.js';
+import { AGENT_METRICS as M } from '../agent-metrics.js';
 import { mergeInto, type Log2Histogram, type Log2Range } from './histogram.js';
 import type { MetricStore, Series } from '../export/store.js';
 import { OVERFLOW_VALUE } from './budget.js';
