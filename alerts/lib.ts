@@ -1,7 +1,7 @@
 // What the rules are made of, shared by alerts/rules.ts, alerts/recording.ts and every
 // family's alert group (families/<name>/alerts.ts): rule types and expression helpers.
 import type { MetricDef } from '../agent/model/metric.js';
-import type { AlertIdentity, Severity } from '../agent/alerting/conditions.js';
+import type { AlertIdentity, Severity } from '../agent/model/alert.js';
 import { by, quantile, series, TARGET_LABELS, type Matchers } from './promql.js';
 
 export interface RecordingRule {

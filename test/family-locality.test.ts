@@ -22,8 +22,6 @@ const CONSUMERS: Readonly<Record<string, string>> = {
   'kvm agent/check/thresholds.ts': '`hvwatch check` thresholds on chosen latency metrics',
   'kvmi agent/check/thresholds.ts': '`hvwatch check` thresholds on chosen latency metrics',
   'kvm_irq agent/check/thresholds.ts': '`hvwatch check` thresholds on chosen latency metrics',
-  'memcg_fn agent/alerting/conditions.ts': 'the in-process alerts (race indicators), the same as their rules',
-  'kvm_irq agent/alerting/conditions.ts': 'the in-process alerts (injection after teardown), the same as their rules',
   'kvm agent/top/model.ts': '`hvwatch top` shows VMs and their exits',
   'kvm agent/services/vm-labels.ts': 'the VM label service publishes hvwatch_kvm_vm_info, listed under kvm',
   'memcg alerts/recording.ts': 'recording rules span families (the fleet board ranks VMs and cgroups)',

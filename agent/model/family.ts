@@ -11,6 +11,7 @@
 import type { AttachKind, MapRead, ProgStats } from '../../bpf/libbpf.js';
 import type { Btf } from '../../bpf/btf.js';
 import type { MetricDef } from './metric.js';
+import type { Condition } from './alert.js';
 import type { MetricStore } from '../export/store.js';
 import type { DecodedEvent } from '../aggregate/events.js';
 import type { LabelBudget } from '../aggregate/budget.js';
@@ -187,6 +188,9 @@ export interface FamilyModule {
   /** The family's declarations for one agent. Cheap and side-effect free: what asks the
    * kernel runs in the spec's present() and setup(). */
   create(config: Config, services: Services): FamilySpec;
+  /** Alerts the agent also evaluates in process (agent/alerting), each the identity of the
+   * Prometheus rule of the same name in the family's alerts.ts. */
+  readonly conditions?: readonly Condition[];
 }
 
 export interface FamilySpec {

@@ -2,7 +2,7 @@
 // family's metrics. alerts/rules.ts gathers every registered family's
 // group (families/<name>/alerts.ts) in registry order.
 import { M } from '../../agent/catalog.js';
-import { IRQ_AFTER_TEARDOWN } from '../../agent/alerting/conditions.js';
+import { IRQ_AFTER_TEARDOWN } from './family.js';
 import { EVENT_WINDOW, increased, shared, type AlertRule, type RuleGroup } from '../../alerts/lib.js';
 
 const rules: AlertRule[] = [

@@ -8,6 +8,7 @@ import { KVM_IRQ_METRICS as M } from './metrics.js';
 import { inStateTiers, type Decoder, type EnumDecl, type FamilySpec, type ProbeSpec, type Services } from '../../agent/model/family.js';
 import { enumLabels, labelsOf } from '../../agent/aggregate/enums.js';
 import type { Config } from '../../agent/config.js';
+import type { Condition } from '../../agent/model/alert.js';
 
 export const name = 'kvm_irq';
 export { KVM_IRQ_METRICS as metrics } from './metrics.js';
@@ -32,6 +33,21 @@ const COUNTERS = {
 export const IRQ_PATHS = labelsOf(PATHS);
 export const TEARDOWN_KINDS = labelsOf(TEARDOWNS);
 export const IRQ_COUNTERS = labelsOf(COUNTERS);
+
+/** Raised in process too (agent/alerting), and the rule of the same name (families/kvm_irq/alerts.ts). */
+export const IRQ_AFTER_TEARDOWN: Condition = {
+  name: 'HvwatchKvmIrqAfterTeardown',
+  severity: 'critical',
+  metric: M.kvmIrqAfterTeardown,
+  kind: 'increase',
+  summary: (l) => `interrupt injected into VM ${l.vm} after its irqchip teardown began, on ${l.instance}`,
+  description: (l) =>
+    `hvwatch saw an interrupt injection (${l.path}) into VM ${l.vm} on ${l.instance} after that VM's irqchip or device teardown had begun. ` +
+    'An injection that reaches a destroyed irqchip is a use-after-free in the host kernel.',
+};
+
+/** The conditions the agent evaluates in process for this family. */
+export const conditions: readonly Condition[] = [IRQ_AFTER_TEARDOWN];
 
 // One probe per tracepoint: each exists on its own set of kernels (the PIC, IOAPIC and MSI
 // ones on x86 only), so one missing never takes the others down. tp_btf first (no record

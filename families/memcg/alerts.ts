@@ -2,7 +2,7 @@
 // family's metrics, and of the memcg_fn family it is shown with. alerts/rules.ts gathers every registered family's
 // group (families/<name>/alerts.ts) in registry order.
 import { M } from '../../agent/catalog.js';
-import { RACE } from '../../agent/alerting/conditions.js';
+import { RACE } from '../memcg_fn/family.js';
 import { EVENT_WINDOW, increased, shared, type AlertRule, type RuleGroup } from '../../alerts/lib.js';
 import { RECORDING } from '../../alerts/recording.js';
 

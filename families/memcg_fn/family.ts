@@ -6,6 +6,7 @@ import { MEMCG_FN_METRICS as M } from './metrics.js';
 import type { Decoder, EnumDecl, FamilySpec, ProbeSpec, Services } from '../../agent/model/family.js';
 import { enumLabels, labelsOf, type EnumLabels } from '../../agent/aggregate/enums.js';
 import type { Config } from '../../agent/config.js';
+import type { Condition } from '../../agent/model/alert.js';
 
 export const name = 'memcg_fn';
 export { MEMCG_FN_METRICS as metrics } from './metrics.js';
@@ -83,6 +84,22 @@ const probes: ProbeSpec[] = [
     ],
   },
 ];
+
+/** Raised in process too (agent/alerting), and the rule of the same name (families/memcg/alerts.ts). */
+export const RACE: Condition = {
+  name: 'HvwatchMemcgRaceIndicator',
+  severity: 'critical',
+  metric: M.memcgRaceEvents,
+  kind: 'increase',
+  summary: (l) => `memcg race indicator ${l.kind} on ${l.instance}`,
+  description: (l) =>
+    `hvwatch counted the memcg writeback/uncharge race indicator ${l.kind} on ${l.instance}. ` +
+    'This is the race class that ends in a NULL memcg dereference in writeback end. ' +
+    'The events, with both cgroups, pid, comm, CPU and kernel stack, are at GET /api/races on the node.',
+};
+
+/** The conditions the agent evaluates in process for this family. */
+export const conditions: readonly Condition[] = [RACE];
 
 /** state_counters indices: enum state_counter. */
 const STATE = {
