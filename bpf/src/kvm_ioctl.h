@@ -35,6 +35,25 @@ struct sys_exit_args {
 	s64 ret;
 };
 
+/* The ioctl the current thread is inside, from its user registers (bpf_task_pt_regs, v5.15+):
+ * a syscall's number stays in orig_ax and its arguments in di, si (x86-64 syscall ABI,
+ * arch/x86/entry/entry_64.S; syscall tracepoints fire for native syscalls only,
+ * ARCH_TRACE_IGNORE_COMPAT_SYSCALLS in arch/x86/include/asm/ftrace.h). __NR_ioctl is 16
+ * (arch/x86/entry/syscalls/syscall_64.tbl). So sys_exit_ioctl, whose record has no command,
+ * can drop an ioctl nobody watches before any map operation, and an injection can tell that
+ * its thread is inside KVM_RUN without a program on KVM_RUN's entry and exit. Returns the
+ * command, 0 when the thread is not in ioctl(). */
+#define NR_IOCTL_X86_64 16
+
+static __always_inline u32 current_ioctl(u64 *fd)
+{
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	if (regs->orig_ax != NR_IOCTL_X86_64)
+		return 0;
+	*fd = regs->di;
+	return (u32)regs->si;
+}
+
 /* ---- per-thread state of a vCPU thread ---- */
 
 /* The kvm family's pending halves (also the values of its hash-tier maps). */

@@ -7,8 +7,12 @@
  * arguments are GSIs, MSI words, vectors: include/trace/events/kvm.h and
  * arch/x86/kvm/trace.h, v6.18), so each injection is placed by its context:
  *   1. inside KVM_RUN (vCPU context: IPIs, the LAPIC timer, kvm_inj_virq): the vCPU fd's
- *      struct kvm_vcpu (file->private_data), hence its struct kvm and vCPU id, read at
- *      sys_enter_ioctl. A vCPU thread already inside KVM_RUN when the probe attached is
+ *      struct kvm_vcpu (file->private_data), hence its struct kvm and vCPU id. On the
+ *      task-storage tier it is found when an injection needs it: the thread's registers say
+ *      it is in ioctl(fd, KVM_RUN) (current_ioctl, kvm_ioctl.h), and the fd's resolution is
+ *      cached in the thread record, so KVM_RUN's entry and exit cost this family a few
+ *      compares. On the hash tier (kernels before bpf_task_pt_regs) it is read at
+ *      sys_enter_ioctl, and a vCPU thread already inside KVM_RUN when the probe attached is
  *      known from its next KVM_RUN on;
  *   2. inside KVM_IRQ_LINE, KVM_IRQ_LINE_STATUS or KVM_SIGNAL_MSI on a VM fd (seed 003's
  *      path): the struct kvm behind that fd, read at sys_enter_ioctl;
@@ -420,16 +424,22 @@ static __always_inline void ctx_vm(const struct irq_ctx *c, u32 tgid, struct who
 
 /* ---- kernel context: who is injecting ---- */
 
+static __always_inline void vcpu_now(struct irq_ctx *c, u32 tgid, struct who *w);
+
 static __always_inline void on_inject(bool ts, u32 path, u32 arg0, u32 arg1, u32 flags)
 {
 	u64 id = bpf_get_current_pid_tgid();
 	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
 	u32 tgid = (u32)(id >> 32);
 	struct who w = {};
-	if (BPF_CORE_READ(t, flags) & PF_KTHREAD)
+	if (BPF_CORE_READ(t, flags) & PF_KTHREAD) {
 		tgid = 0;
-	else
-		ctx_vm(ctx_slot(ts, (u32)id, false), tgid, &w);
+	} else {
+		struct irq_ctx *c = ctx_slot(ts, (u32)id, false);
+		ctx_vm(c, tgid, &w);
+		if (ts && !w.kvm)
+			vcpu_now(c, tgid, &w);
+	}
 	/* kvm_inj_virq runs on the vCPU: its id comes from KVM_RUN, not from the arguments. */
 	if (path == P_INJ_VIRQ) {
 		arg1 = arg0;
@@ -565,7 +575,28 @@ static __always_inline u64 run_vm(struct irq_ctx *cur, u32 tgid, u64 fd)
 	return run_cache(cur, fd, fd_gen, (u64)BPF_CORE_READ(v, kvm), BPF_CORE_READ(v, vcpu_id));
 }
 
-/* The command is filtered first, so any other ioctl costs a few compares. */
+/* Task-storage tier: the VM and vCPU of the KVM_RUN this thread is inside, if it is; c: the
+ * thread's context, NULL when it has none yet (then created, to cache the resolution). */
+static __always_inline void vcpu_now(struct irq_ctx *c, u32 tgid, struct who *w)
+{
+	u64 fd;
+	if (current_ioctl(&fd) != KVM_RUN_IOCTL)
+		return;
+	if (!c)
+		c = ctx_slot(true, 0, true);
+	if (!c)
+		return;
+	u64 kvm = run_vm(c, tgid, fd);
+	if (!kvm)
+		return;
+	c->tgid = tgid;
+	w->kvm = kvm;
+	w->vcpu_id = c->run_vcpu_id;
+	w->has_vcpu = true;
+}
+
+/* The command is filtered first, so any other ioctl costs a few compares. On the
+ * task-storage tier KVM_RUN is one of them: vcpu_now finds its VM when an injection needs it. */
 static __always_inline void irq_sys_enter(bool ts, struct sys_enter_ioctl_args *ctx)
 {
 	u32 cmd = ctx->cmd;
@@ -576,6 +607,8 @@ static __always_inline void irq_sys_enter(bool ts, struct sys_enter_ioctl_args *
 		bump_vcpu_fd_gen();
 		return;
 	}
+	if (ts && cmd == KVM_RUN_IOCTL)
+		return;
 	u64 id = bpf_get_current_pid_tgid();
 	u32 tgid = (u32)(id >> 32);
 	struct irq_ctx *cur = ctx_slot(ts, (u32)id, true);
@@ -590,10 +623,18 @@ static __always_inline void irq_sys_enter(bool ts, struct sys_enter_ioctl_args *
 	handle_ioctl_enter(cur, tgid, bpf_ktime_get_ns(), cmd, kvm, 0);
 }
 
-/* Every ioctl of the host ends here: a thread with no context open leaves after the slot
- * lookup and one load. */
+/* Every ioctl of the host ends here. On the task-storage tier any ioctl but the VM-fd ones
+ * this family opens a context for leaves on its command (current_ioctl) before any map
+ * operation; on the hash tier, a thread with no context open leaves after the slot lookup
+ * and one load. */
 static __always_inline void irq_sys_exit(bool ts, struct sys_exit_args *ctx)
 {
+	if (ts) {
+		u64 fd;
+		u32 cmd = current_ioctl(&fd);
+		if (cmd != KVM_IRQ_LINE_IOCTL && cmd != KVM_IRQ_LINE_STATUS_IOCTL && cmd != KVM_SIGNAL_MSI_IOCTL && cmd != KVM_CREATE_VM_IOCTL)
+			return;
+	}
 	struct irq_ctx *c = ctx_slot(ts, (u32)bpf_get_current_pid_tgid(), false);
 	if (!c || c->op == CTX_NONE)
 		return;
