@@ -813,14 +813,12 @@ HV_CHAINED_PROG("tracepoint/syscalls/sys_enter_ioctl", tp_sys_enter_ioctl_ts, st
 	handle_ioctl_enter_ts(task_state(cmd != KVM_RUN_IOCTL), (u32)(bpf_get_current_pid_tgid() >> 32), bpf_ktime_get_ns(), cmd, ctx->arg);
 }
 
-/* Every ioctl of the host ends here: any but the nested-state ones (their command is still in
- * the caller's registers, current_ioctl) leaves before any map operation. */
+/* Every ioctl of the host ends here: a thread with no nested-state ioctl in flight (nearly
+ * all) leaves after the record lookup and one load. Filtering on the command still in the
+ * caller's registers (current_ioctl) instead measured slower: 64 against 51 ns for the hook
+ * with kvm_irq's program, against a 34 ns floor (bench kernel part, interleaved runs). */
 HV_CHAINED_PROG("tracepoint/syscalls/sys_exit_ioctl", tp_sys_exit_ioctl_ts, struct sys_exit_args *, ctx)
 {
-	u64 fd;
-	u32 cmd = current_ioctl(&fd);
-	if (cmd != KVM_GET_NESTED_STATE_IOCTL && cmd != KVM_SET_NESTED_STATE_IOCTL)
-		return;
 	struct hv_kvm_thread *t = task_state(false);
 	if (!t || !t->ioctl.op)
 		return;

@@ -37,13 +37,18 @@ struct sys_exit_args {
 
 /* The ioctl the current thread is inside, from its user registers (bpf_task_pt_regs, v5.15+):
  * a syscall's number stays in orig_ax and its arguments in di, si (x86-64 syscall ABI,
- * arch/x86/entry/entry_64.S; syscall tracepoints fire for native syscalls only,
- * ARCH_TRACE_IGNORE_COMPAT_SYSCALLS in arch/x86/include/asm/ftrace.h). __NR_ioctl is 16
- * (arch/x86/entry/syscalls/syscall_64.tbl). So sys_exit_ioctl, whose record has no command,
- * can drop an ioctl nobody watches before any map operation, and an injection can tell that
+ * arch/x86/entry/entry_64.S); __NR_ioctl is 16 (arch/x86/entry/syscalls/syscall_64.tbl; a
+ * 32-bit VMM's ioctl is another number, so it is not matched). So an injection can tell that
  * its thread is inside KVM_RUN without a program on KVM_RUN's entry and exit. Returns the
- * command, 0 when the thread is not in ioctl(). */
+ * command, 0 when the thread is not in ioctl(). Only where have_task_regs(): a 5.11-5.14
+ * kernel has task storage but not this helper, and there the callers do what they did before
+ * (a CO-RE constant, so the verifier never sees the call it lacks). */
 #define NR_IOCTL_X86_64 16
+
+static __always_inline bool have_task_regs(void)
+{
+	return bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_task_pt_regs);
+}
 
 static __always_inline u32 current_ioctl(u64 *fd)
 {

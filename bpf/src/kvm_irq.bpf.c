@@ -11,7 +11,8 @@
  *      task-storage tier it is found when an injection needs it: the thread's registers say
  *      it is in ioctl(fd, KVM_RUN) (current_ioctl, kvm_ioctl.h), and the fd's resolution is
  *      cached in the thread record, so KVM_RUN's entry and exit cost this family a few
- *      compares. On the hash tier (kernels before bpf_task_pt_regs) it is read at
+ *      compares. On the hash tier, and on kernels without bpf_task_pt_regs (before 5.15),
+ *      it is read at
  *      sys_enter_ioctl, and a vCPU thread already inside KVM_RUN when the probe attached is
  *      known from its next KVM_RUN on;
  *   2. inside KVM_IRQ_LINE, KVM_IRQ_LINE_STATUS or KVM_SIGNAL_MSI on a VM fd (seed 003's
@@ -437,7 +438,7 @@ static __always_inline void on_inject(bool ts, u32 path, u32 arg0, u32 arg1, u32
 	} else {
 		struct irq_ctx *c = ctx_slot(ts, (u32)id, false);
 		ctx_vm(c, tgid, &w);
-		if (ts && !w.kvm)
+		if (ts && !w.kvm && have_task_regs())
 			vcpu_now(c, tgid, &w);
 	}
 	/* kvm_inj_virq runs on the vCPU: its id comes from KVM_RUN, not from the arguments. */
@@ -607,7 +608,7 @@ static __always_inline void irq_sys_enter(bool ts, struct sys_enter_ioctl_args *
 		bump_vcpu_fd_gen();
 		return;
 	}
-	if (ts && cmd == KVM_RUN_IOCTL)
+	if (ts && cmd == KVM_RUN_IOCTL && have_task_regs())
 		return;
 	u64 id = bpf_get_current_pid_tgid();
 	u32 tgid = (u32)(id >> 32);
@@ -623,18 +624,11 @@ static __always_inline void irq_sys_enter(bool ts, struct sys_enter_ioctl_args *
 	handle_ioctl_enter(cur, tgid, bpf_ktime_get_ns(), cmd, kvm, 0);
 }
 
-/* Every ioctl of the host ends here. On the task-storage tier any ioctl but the VM-fd ones
- * this family opens a context for leaves on its command (current_ioctl) before any map
- * operation; on the hash tier, a thread with no context open leaves after the slot lookup
- * and one load. */
+/* Every ioctl of the host ends here: a thread with no context open (on the task-storage
+ * tier, KVM_RUN too) leaves after the slot lookup and one load (cheaper than reading the
+ * command back from the registers, kvm.bpf.c's tp_sys_exit_ioctl_ts says by how much). */
 static __always_inline void irq_sys_exit(bool ts, struct sys_exit_args *ctx)
 {
-	if (ts) {
-		u64 fd;
-		u32 cmd = current_ioctl(&fd);
-		if (cmd != KVM_IRQ_LINE_IOCTL && cmd != KVM_IRQ_LINE_STATUS_IOCTL && cmd != KVM_SIGNAL_MSI_IOCTL && cmd != KVM_CREATE_VM_IOCTL)
-			return;
-	}
 	struct irq_ctx *c = ctx_slot(ts, (u32)bpf_get_current_pid_tgid(), false);
 	if (!c || c->op == CTX_NONE)
 		return;
