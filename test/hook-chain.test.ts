@@ -109,5 +109,5 @@ test.serial('the kvm and kvm_irq families keep their per-thread state in one sha
   const b = agent.family('kvm_irq')!.maps.get(name);
   t.truthy(a && b, 'both objects declare the record');
   t.not(a!.fd, b!.fd, 'each family holds its own fd');
-  t.is(mapId(a!.fd), mapId(b!.fd), 'the second family was given the first one\'s map, not a map of its own');
+  t.is(mapId(a!.fd), mapId(b!.fd), "the second family was given the first one's map, not a map of its own");
 });
