@@ -4,7 +4,9 @@
 import { readFileSync } from 'node:fs';
 import { enableRunTimeStats, libbpfVersion, releaseFreedMemory } from '../../bpf/libbpf.js';
 import { RingBufferReader } from '../../bpf/ringbuf.js';
-import { CgroupResolver, findMemoryHierarchy } from '../cgroups.js';
+import { CgroupResolver, MemoryStatCache, findMemoryHierarchy } from '../cgroups.js';
+import { vmLivenessJob } from '../probes/vm-label.js';
+import { HostRefresher } from './refresh.js';
 import { ensureTracefs, kernelRelease, useVmlinuxBtf } from '../kernel.js';
 import { Loader, type LoadOptions, type LoadedFamily, type ProbeStatus } from '../loader.js';
 import { log } from '../log.js';
@@ -27,7 +29,16 @@ export class LiveSource implements Source {
   ) {
     this.loader = new Loader(opts);
     const h = config.cgroups.root ? { version: findMemoryHierarchy()?.version ?? 2, mountPoint: config.cgroups.root } : findMemoryHierarchy();
-    this.host = { cgroups: h ? { hierarchy: h, resolver: new CgroupResolver(h) } : undefined };
+    const refresher = new HostRefresher();
+    refresher.add(vmLivenessJob());
+    let cgroups: HostView['cgroups'];
+    if (h) {
+      cgroups = { hierarchy: h, resolver: new CgroupResolver(h), memoryStats: new MemoryStatCache(h) };
+      refresher.add(cgroups.memoryStats as MemoryStatCache);
+      refresher.add(cgroups.resolver.aliveJob());
+      refresher.add(cgroups.resolver.walkJob());
+    }
+    this.host = { cgroups, refresher };
     if (!h) log('warn', 'no memory cgroup hierarchy mounted: cgroup labels will be "unknown"');
   }
 
@@ -66,6 +77,7 @@ export class LiveSource implements Source {
       if (fam && f.events) this.addEvents(fam, f.events.map, sink);
     }
     this.reader?.start();
+    this.host.refresher?.start();
     // Attach is over: the parsed kernel BTF served only the candidates' prechecks (a later
     // lookup reads it again), and libbpf's parsing left freed C heap behind.
     Btf.releaseCache();
@@ -101,6 +113,7 @@ export class LiveSource implements Source {
   }
 
   async stop(): Promise<void> {
+    this.host.refresher?.stop();
     await this.reader?.stop();
     this.reader = undefined;
     this.loader.destroy();
