@@ -149,6 +149,12 @@ test('a tick refreshes ceil(items x tick / interval) stalest items, capped, and 
   t.is(store.get(M.hostRefreshItems, { fact: 'memory_stat' })?.value, 25);
   t.true(store.get(M.hostRefreshAge, { fact: 'memory_stat' })!.value <= 1.0 + TICK_MS / 1000);
 
+  let runs = 0;
+  const periodic = new HostRefresher(() => 0);
+  periodic.every(1_000, () => runs++);
+  for (let n = 0; n <= 3_000; n += TICK_MS) periodic.tick(n);
+  t.is(runs, 3, 'a periodic hook (malloc_trim) runs once per its period');
+
   const slow = new HostRefresher();
   slow.add(mk(1_000, 2));
   for (let i = 0, n = 5_000; i < 40; i++) slow.tick((n += TICK_MS));

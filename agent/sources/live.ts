@@ -15,6 +15,8 @@ import type { FamilySpec } from '../probes/model.js';
 import type { Config } from '../config.js';
 import type { EventSink, FamilyView, HostView, Source } from './source.js';
 
+const TRIM_EVERY_MS = 10_000;
+
 export class LiveSource implements Source {
   readonly kind = 'live';
   readonly loader: Loader;
@@ -31,6 +33,11 @@ export class LiveSource implements Source {
     const h = config.cgroups.root ? { version: findMemoryHierarchy()?.version ?? 2, mountPoint: config.cgroups.root } : findMemoryHierarchy();
     const refresher = new HostRefresher();
     refresher.add(vmLivenessJob());
+    // Each scrape frees what it allocated outside the JS heap (batched-read buffers when a
+    // map shrinks, 64 KiB exposition chunks, libbpf's call buffers); glibc keeps those pages.
+    // Handing them back every 10 s costs 0.2-2 ms and took 5-12 MB off the RSS at 2,000
+    // cgroups x 200 VMs (in-process mallinfo2 before and after).
+    refresher.every(TRIM_EVERY_MS, releaseFreedMemory);
     let cgroups: HostView['cgroups'];
     if (h) {
       cgroups = { hierarchy: h, resolver: new CgroupResolver(h), memoryStats: new MemoryStatCache(h) };

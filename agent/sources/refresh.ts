@@ -101,8 +101,14 @@ export class HostRefresher {
   private readonly jobs: RefreshJob[] = [];
   private readonly behind = new Map<RefreshJob, number>();
   private timer: NodeJS.Timeout | undefined;
+  private readonly periodic: { ms: number; fn: () => void; last: number }[] = [];
 
   constructor(private readonly now: () => number = Date.now) {}
+
+  /** Also runs `fn` about every `ms` from the same timer (LiveSource: malloc_trim). */
+  every(ms: number, fn: () => void): void {
+    this.periodic.push({ ms, fn, last: this.now() });
+  }
 
   add(job: RefreshJob): void {
     if (this.jobs.includes(job)) return;
@@ -128,6 +134,11 @@ export class HostRefresher {
       j.refresh(Math.min(j.maxPerTick, Math.ceil((n * TICK_MS) / j.intervalMs)), now);
       const o = j.oldest();
       if (o !== undefined && now - o > 2 * j.intervalMs) this.behind.set(j, this.behind.get(j)! + 1);
+    }
+    for (const p of this.periodic) {
+      if (now - p.last < p.ms) continue;
+      p.last = now;
+      p.fn();
     }
   }
 
