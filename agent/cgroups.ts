@@ -451,14 +451,16 @@ export class CgroupResolver {
    */
   aliveJob(intervalMs = 10_000): RefreshJob {
     if (this.job) return this.job;
-    const checks = (this.aliveChecks ??= new RefreshOrder());
     return (this.job = {
       fact: 'cgroup_alive',
       intervalMs,
       maxPerTick: 128,
-      size: () => checks.size,
-      oldest: () => checks.oldest(),
+      running: (on) => void (this.aliveChecks = on ? new RefreshOrder() : undefined),
+      size: () => this.aliveChecks?.size ?? 0,
+      oldest: () => this.aliveChecks?.oldest(),
       refresh: (n, now) => {
+        const checks = this.aliveChecks;
+        if (!checks) return;
         for (const id of checks.stalest(n)) {
           const p = this.removedAt.has(id) ? undefined : (this.byId.get(id) ?? this.gone.get(id) ?? this.noted.get(id));
           if (p === undefined) checks.delete(id);
@@ -475,11 +477,15 @@ export class CgroupResolver {
    * and the ids that missed meanwhile and were not found are remembered as unknown.
    */
   walkJob(): RefreshJob {
-    this.walkJobOn = true;
     return (this.walkJobRef ??= {
       fact: 'cgroup_walk',
       intervalMs: this.rescanIntervalMs,
       maxPerTick: 1,
+      running: (on) => {
+        this.walkJobOn = on;
+        this.walk = undefined;
+        this.walkMisses.clear();
+      },
       size: () => (this.walk ? 1 : 0),
       oldest: () => undefined,
       refresh: () => {
@@ -620,9 +626,17 @@ export class MemoryStatCache implements MemoryStatSource, RefreshJob {
     private readonly now: () => number = Date.now,
   ) {}
 
+  /** Whether the refresher runs (RefreshJob.running); without it every get() reads. */
+  private background = false;
+
+  running(on: boolean): void {
+    this.background = on;
+  }
+
   get(cgPath: string): MemoryStat | undefined {
     let e = this.order.get(cgPath);
     if (!e) this.order.set(cgPath, (e = { st: readMemoryStat(this.hierarchy, cgPath) ?? null, asked: 0 }), this.now());
+    else if (!this.background) this.order.set(cgPath, ((e.st = readMemoryStat(this.hierarchy, cgPath) ?? null), e), this.now());
     e.asked = this.collection;
     return e.st ?? undefined;
   }

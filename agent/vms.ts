@@ -236,14 +236,16 @@ export class VmResolver {
    */
   livenessJob(intervalMs = 2_000): RefreshJob {
     if (this.job) return this.job;
-    const checks = (this.checks ??= new RefreshOrder());
     return (this.job = {
       fact: 'vmm_alive',
       intervalMs,
       maxPerTick: 64,
-      size: () => checks.size,
-      oldest: () => checks.oldest(),
+      running: (on) => void (this.checks = on ? new RefreshOrder() : undefined),
+      size: () => this.checks?.size ?? 0,
+      oldest: () => this.checks?.oldest(),
       refresh: (n, now) => {
+        const checks = this.checks;
+        if (!checks) return;
         // Gone ones too (null): a new process that reuses the pid is then seen. They leave
         // with forget() (the vm label's linger ended) or the bound.
         for (const pid of checks.stalest(n)) checks.set(pid, this.startTime(pid), now);

@@ -23,11 +23,16 @@ test('memory.stat of a real cgroup is read at first sight, then served as last r
   const cache = new MemoryStatCache(h, 10_000);
   const r = new HostRefresher();
   r.add(cache);
+  r.start(false);
   t.is(cache.get(cg.path)?.dirtyBytes, 0, 'a new cgroup has no dirty pages');
   dirtyWriteInCgroup(cg, 8, file);
   t.is(cache.get(cg.path)?.dirtyBytes, 0, 'served from the cache: no read on the collection path');
   r.tick(Date.now() + 1);
   t.true(cache.get(cg.path)!.dirtyBytes > 0, 'the tick re-read it');
+  fs.rmSync(file); // its dirty pages go with it
+  t.true(cache.get(cg.path)!.dirtyBytes > 0, 'still as last refreshed');
+  r.stop();
+  t.is(cache.get(cg.path)?.dirtyBytes, 0, 'with the refresher stopped every lookup reads');
   t.is(cache.get('/hvwatch-refresh-no-such-cgroup'), undefined, 'a missing cgroup reads as gone');
   cache.endCollection();
   t.is(cache.size(), 2);
@@ -44,6 +49,7 @@ test('a removed cgroup stays alive to isAlive until the background check sees it
   const job = res.aliveJob(10_000);
   const r = new HostRefresher();
   r.add(job);
+  r.start(false);
   t.is(res.resolve(cg.id), cg.path);
   t.true(res.isAlive(cg.id));
   t.is(job.size(), 1);
@@ -63,6 +69,7 @@ test('after the first walk, a lookup that misses starts a background walk, a few
   const job = res.walkJob();
   const r = new HostRefresher();
   r.add(job);
+  r.start(false);
   t.is(res.resolve(1n << 60n), undefined, 'the first walk is made at once');
   t.is(res.stats.rescans, 1);
   t.is(job.size(), 0);
@@ -101,6 +108,7 @@ test('a VMM that exits is named until the background check sees it gone, then re
   t.is(vms.livenessJob(), job, 'one job per resolver');
   const r = new HostRefresher();
   r.add(job);
+  r.start(false);
   t.deepEqual(vms.resolve(pid), { name: 'refresh-vm', source: 'qemu' });
   await new Promise<void>((resolve) => {
     child.once('exit', () => resolve());
@@ -138,6 +146,7 @@ test('a tick refreshes ceil(items x tick / interval) stalest items, capped, and 
   };
   const r = new HostRefresher();
   r.add(mk(25, 100));
+  r.start(false);
   r.tick(500);
   t.is(refreshed[0]!.length, Math.ceil((25 * TICK_MS) / 1_000), 'a share of the items per tick');
   let now = 500;
@@ -157,6 +166,7 @@ test('a tick refreshes ceil(items x tick / interval) stalest items, capped, and 
 
   const slow = new HostRefresher();
   slow.add(mk(1_000, 2));
+  slow.start(false);
   for (let i = 0, n = 5_000; i < 40; i++) slow.tick((n += TICK_MS));
   const s2 = new MetricStore();
   slow.publish(s2, 9_000);

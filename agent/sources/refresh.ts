@@ -33,6 +33,9 @@ export interface RefreshJob {
   refresh(n: number, now: number): void;
   /** When the stalest item was last refreshed (undefined when there is none). */
   oldest(): number | undefined;
+  /** The refresher started (true) or stopped (false). Caches are trusted only while it
+   * runs: before start() and after stop() every lookup reads the host as without it. */
+  running?(on: boolean): void;
 }
 
 /**
@@ -110,20 +113,28 @@ export class HostRefresher {
     this.periodic.push({ ms, fn, last: this.now() });
   }
 
+  private on = false;
+
   add(job: RefreshJob): void {
     if (this.jobs.includes(job)) return;
     this.jobs.push(job);
     this.behind.set(job, 0);
+    if (this.on) job.running?.(true);
   }
 
-  start(): void {
+  /** Starts the jobs; `timer` false leaves the ticks to the caller (tests). */
+  start(timer = true): void {
+    if (!this.on) for (const j of this.jobs) j.running?.(true);
+    this.on = true;
     // unref: the refresher never keeps the process alive on its own.
-    this.timer ??= setInterval(() => this.tick(), TICK_MS).unref();
+    if (timer) this.timer ??= setInterval(() => this.tick(), TICK_MS).unref();
   }
 
   stop(): void {
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;
+    if (this.on) for (const j of this.jobs) j.running?.(false);
+    this.on = false;
   }
 
   /** One tick (the timer's; tests call it directly). */
