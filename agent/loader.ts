@@ -88,6 +88,16 @@ function isSharedMap(name: string): boolean {
   return !name.includes('.'); // .rodata/.bss/.data are per-instance
 }
 
+/**
+ * Maps shared across families: the first family to load that declares one creates it, every
+ * later family's object is given the same map (bpf_map__reuse_fd) instead of its own. The
+ * per-thread record of the exit path (struct hv_kvm_thread, bpf/src/kvm_ioctl.h) is one: the
+ * kvm and kvm_irq programs on one exit then touch one task-storage allocation. Each object
+ * still declares the map itself, so it loads alone; a shared map the kernel refused for one
+ * family is declared again by the next, which creates its own.
+ */
+export const SHARED_MAP_PREFIX = 'hv_shared_';
+
 export class LoadedFamily {
   readonly maps = new Map<string, MapFd>();
   /** BTF type ids of each shared map's key and value, in the object's BTF. */
@@ -226,6 +236,8 @@ export class Loader {
   readonly hooks = new HookChains();
   /** Per family, where the probes chosen so far keep per-thread state (Candidate.state). */
   private readonly familyState = new Map<string, string>();
+  /** Maps named SHARED_MAP_PREFIX*, by name: the first family's, given to the later ones. */
+  private readonly sharedMaps = new Map<string, { family: string; map: MapFd }>();
 
   constructor(private readonly opts: LoadOptions) {}
 
@@ -250,6 +262,16 @@ export class Loader {
       // A map type this kernel lacks (task storage before 5.11) is left out: the candidates
       // using it fail to load and the next tier is taken, instead of the family failing.
       for (const m of owner.maps()) if (isSharedMap(m.name) && !mapTypeSupported(m.type)) m.setAutocreate(false);
+      for (const m of owner.maps()) {
+        const shared = m.name.startsWith(SHARED_MAP_PREFIX) ? this.sharedMaps.get(m.name) : undefined;
+        if (!shared) continue;
+        const a = shared.map;
+        if (a.type !== m.type || a.keySize !== m.keySize || a.valueSize !== m.valueSize)
+          throw new Error(
+            `shared map ${m.name}: ${spec.object} declares type ${m.type}, key ${m.keySize} B, value ${m.valueSize} B; family ${shared.family} created it with type ${a.type}, key ${a.keySize} B, value ${a.valueSize} B`,
+          );
+        m.reuseFd(a.fd);
+      }
       owner.load(); // creates the maps only: every program is off
     } catch (e) {
       owner?.close();
@@ -260,6 +282,8 @@ export class Loader {
       return undefined;
     }
     const fam = new LoadedFamily(spec, owner, this.opts, this.hooks);
+    for (const [name, map] of fam.maps)
+      if (name.startsWith(SHARED_MAP_PREFIX) && !this.sharedMaps.has(name)) this.sharedMaps.set(name, { family: spec.name, map });
     this.families.push(fam);
     for (const p of spec.probes) this.attachProbe(fam, p);
     return fam;

@@ -32,6 +32,19 @@ export const MISS_NOTES: Record<string, string> = {
     "private_data through probe reads, then vcpu->kvm and vcpu_id) and rewrites the thread's irq_ctx LRU entry, so every exit " +
     "to the VMM pays it; the kvm family's tp_sys_enter_ioctl runs on the same hook. Fix: resolve a thread's VM once and reuse it " +
     'while the fd and tgid match (task-local storage), and share one ioctl program with the kvm family.',
+  tp_sys_enter_ioctl_ts:
+    "on KVM_RUN (every exit to the VMM): the thread's record (one bpf_task_storage_get), a clock read and the per-VM, " +
+    "per-reason userspace-time histogram (one hash lookup); kvm_irq's program runs after it by tail call and returns on the " +
+    'command (it finds the VM when an injection needs it). Any other ioctl returns after the command compares. Fix: a ' +
+    'pointer-free per-VM slot index carried in the thread record, so the histogram is an array access.',
+  tp_sys_exit_ioctl_ts:
+    "each family's program looks up the thread's record and returns after one load unless it has an ioctl in flight " +
+    '(kvm: a nested-state one; kvm_irq: a VM-fd one or KVM_CREATE_VM; never KVM_RUN), with a tail call between them. ' +
+    "bpftrace's equivalent is one hash lookup and no tail call, so both sit near the floor.",
+  btf_kvm_userspace_exit_ts:
+    "the thread's record (bpf_task_storage_get), a clock read and a lookup-or-insert of the per-VM, per-reason counter; " +
+    'the pending half is written in place in the record. Fix: as tp_sys_enter_ioctl_ts (a per-VM slot index in the record).',
+  tp_kvm_userspace_exit_ts: "as btf_kvm_userspace_exit_ts, plus the classic tracepoint's record copy.",
   btf_kvm_userspace_exit:
     "a lookup-or-insert of the per-VM, per-reason counter plus an update of the thread's pending " +
     'half (two hash operations per exit). Fix: task-local storage for the pending half.',

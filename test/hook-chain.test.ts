@@ -6,10 +6,13 @@
 // kvm's attached one). A family whose probe is off leaves the hook to the other, attached.
 import test from 'ava';
 import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { Agent } from '../agent/agent.js';
 import { configSchema } from '../agent/config.js';
 import { M } from '../agent/catalog.js';
 import { allProbeNames } from '../agent/probes/index.js';
+import { SHARED_MAP_PREFIX } from '../agent/loader.js';
+import { TASK_STORAGE } from '../agent/probes/model.js';
 import { kvmUsable, startGuest } from './helpers/kvm.js';
 
 const skip = kvmUsable() ?? (spawnSync('bpftool', ['version']).status === 0 ? undefined : 'bpftool is not installed');
@@ -84,4 +87,27 @@ kvmTest("with the first family's probe off, the other family's program attaches 
   const here = attachedHere();
   t.is(here.get('sys_enter_ioctl'), 1);
   t.is(here.get('sys_exit_ioctl'), 1);
+});
+
+/** The kernel's id of the map behind a map fd (/proc/self/fdinfo, map_id: kernel/bpf/syscall.c). */
+function mapId(fd: number): number {
+  const m = /^map_id:\s*(\d+)$/m.exec(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'));
+  if (!m) throw new Error(`no map_id in /proc/self/fdinfo/${fd}`);
+  return Number(m[1]);
+}
+
+test.serial('the kvm and kvm_irq families keep their per-thread state in one shared task-storage map (one record per vCPU thread)', (t) => {
+  const agent = agentWith(t, [...IOCTL_PROBES, 'kvm_userspace_exit']);
+  const kvmIoctl = agent.status.find((s) => s.name === 'kvm_ioctl')!;
+  if (kvmIoctl.chosen?.state !== TASK_STORAGE) {
+    t.log(`skipped: kvm_ioctl is on the ${kvmIoctl.chosen?.state ?? 'no'} tier here (no task storage, or kvm not loaded)`);
+    t.pass();
+    return;
+  }
+  const name = `${SHARED_MAP_PREFIX}kvm_thread`;
+  const a = agent.family('kvm')!.maps.get(name);
+  const b = agent.family('kvm_irq')!.maps.get(name);
+  t.truthy(a && b, 'both objects declare the record');
+  t.not(a!.fd, b!.fd, 'each family holds its own fd');
+  t.is(mapId(a!.fd), mapId(b!.fd), "the second family was given the first one's map, not a map of its own");
 });

@@ -7,8 +7,13 @@
  * arguments are GSIs, MSI words, vectors: include/trace/events/kvm.h and
  * arch/x86/kvm/trace.h, v6.18), so each injection is placed by its context:
  *   1. inside KVM_RUN (vCPU context: IPIs, the LAPIC timer, kvm_inj_virq): the vCPU fd's
- *      struct kvm_vcpu (file->private_data), hence its struct kvm and vCPU id, read at
- *      sys_enter_ioctl. A vCPU thread already inside KVM_RUN when the probe attached is
+ *      struct kvm_vcpu (file->private_data), hence its struct kvm and vCPU id. On the
+ *      task-storage tier it is found when an injection needs it: the thread's registers say
+ *      it is in ioctl(fd, KVM_RUN) (current_ioctl, kvm_ioctl.h), and the fd's resolution is
+ *      cached in the thread record, so KVM_RUN's entry and exit cost this family a few
+ *      compares. On the hash tier, and on kernels without bpf_task_pt_regs (before 5.15),
+ *      it is read at
+ *      sys_enter_ioctl, and a vCPU thread already inside KVM_RUN when the probe attached is
  *      known from its next KVM_RUN on;
  *   2. inside KVM_IRQ_LINE, KVM_IRQ_LINE_STATUS or KVM_SIGNAL_MSI on a VM fd (seed 003's
  *      path): the struct kvm behind that fd, read at sys_enter_ioctl;
@@ -140,24 +145,8 @@ struct {
 
 enum ctx_op { CTX_NONE = 0, CTX_VM = 1, CTX_VCPU = 2, CTX_CREATE_VM = 3 };
 
-/* Per thread, from sys_enter_ioctl to sys_exit_ioctl (then op = CTX_NONE: a vCPU thread's
- * entry is rewritten in place at every KVM_RUN, cheaper than an LRU insert). */
-struct irq_ctx {
-	u64 kvm;
-	u64 gen; /* the VM's generation at ioctl entry; 0 if it had none yet */
-	u32 tgid;
-	u32 op;      /* enum ctx_op */
-	u32 vcpu_id; /* CTX_VCPU */
-	u32 _pad;
-	/* The VM and vCPU behind the thread's KVM_RUN fd, resolved at its first KVM_RUN and
-	 * reused while the fd, the tgid and the vCPU-fd generation (irq_fd_gen) match: resolving
-	 * walks the fd table, about two thirds of this program's cost on every exit to the VMM. */
-	u64 run_kvm; /* 0: nothing cached */
-	u64 run_fd_gen;
-	u32 run_fd;
-	u32 run_vcpu_id;
-};
-
+/* Per thread, from sys_enter_ioctl to sys_exit_ioctl: struct irq_ctx (kvm_ioctl.h). A vCPU
+ * thread's entry is rewritten in place at every KVM_RUN, cheaper than an LRU insert. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 4096);
@@ -166,14 +155,10 @@ struct {
 } irq_ctx SEC(".maps");
 
 /* The same per-thread context in task-local storage (5.11+): no key hashed, freed with the
- * thread. irq_ctx is the fallback tier; every probe of the family takes the same one
+ * thread; the irq part of the record shared with the kvm family (struct hv_kvm_thread).
+ * irq_ctx is the fallback tier; every probe of the family takes the same one
  * (Candidate.state in agent/probes/model.ts). */
-struct {
-	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct irq_ctx);
-} irq_task SEC(".maps");
+HV_KVM_THREAD_MAP();
 
 /* [0]: bumped at every KVM_CREATE_VCPU. A vCPU fd comes only from KVM_CREATE_VCPU, so an fd
  * number closed and reused for another vCPU (another VM) bumps it in between, and a cached
@@ -322,10 +307,11 @@ static __always_inline void handle_vm_created(u32 tgid, u64 now, u64 kvm)
 static __always_inline struct irq_ctx *ctx_slot(bool ts, u32 tid, bool create)
 {
 	if (ts) {
-		struct irq_ctx *c = bpf_task_storage_get(&irq_task, bpf_get_current_task_btf(), 0, create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
-		if (!c && create)
+		struct hv_kvm_thread *t =
+		        bpf_task_storage_get(&hv_shared_kvm_thread, bpf_get_current_task_btf(), 0, create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
+		if (!t && create)
 			count_error(&hv_errors, HV_ERR_MAP_FULL);
-		return c;
+		return t ? &t->irq : 0;
 	}
 	struct irq_ctx *c = bpf_map_lookup_elem(&irq_ctx, &tid);
 	if (c || !create)
@@ -368,6 +354,16 @@ static __always_inline u64 run_cache(struct irq_ctx *cur, u32 fd, u64 fd_gen, u6
 	return kvm;
 }
 
+/* Inside KVM_RUN of the cached vCPU: two stores, no map operation and no clock. Its VM
+ * carries no generation: while a vCPU fd is in KVM_RUN it holds a reference on its struct
+ * kvm (kvm_vm_ioctl_create_vcpu's kvm_get_kvm, dropped in kvm_vcpu_release;
+ * virt/kvm/kvm_main.c, v6.18), so that pointer cannot name another VM until the ioctl ends. */
+static __always_inline void enter_vcpu(struct irq_ctx *cur, u32 tgid)
+{
+	cur->op = CTX_VCPU;
+	cur->tgid = tgid;
+}
+
 /* kvm: the struct kvm behind the ioctl's fd (for KVM_RUN: the vCPU's), vcpu_id for KVM_RUN.
  * cur: the thread's context slot (kept: its KVM_RUN cache fields). */
 static __always_inline void handle_ioctl_enter(struct irq_ctx *cur, u32 tgid, u64 now, u32 cmd, u64 kvm, u32 vcpu_id)
@@ -383,12 +379,17 @@ static __always_inline void handle_ioctl_enter(struct irq_ctx *cur, u32 tgid, u6
 	}
 	if (!kvm)
 		return;
+	if (cmd == KVM_RUN_IOCTL) {
+		/* Not through the fd table (the test programs): a cache entry no fd matches. */
+		run_cache(cur, (u32)-1, vcpu_fd_gen(), kvm, vcpu_id);
+		enter_vcpu(cur, tgid);
+		return;
+	}
 	struct irq_vm_state *s = live_state(kvm, now);
-	cur->op = cmd == KVM_RUN_IOCTL ? CTX_VCPU : CTX_VM;
+	cur->op = CTX_VM;
 	cur->tgid = tgid;
 	cur->kvm = kvm;
 	cur->gen = s ? s->gen : 0;
-	cur->vcpu_id = vcpu_id;
 }
 
 static __always_inline void handle_ioctl_exit(struct irq_ctx *c, u64 now, s64 ret, u64 new_kvm)
@@ -412,13 +413,19 @@ static __always_inline void ctx_vm(const struct irq_ctx *c, u32 tgid, struct who
 {
 	if (!c || (c->op != CTX_VM && c->op != CTX_VCPU) || c->tgid != tgid)
 		return;
-	w->kvm = c->kvm;
-	w->gen = c->gen;
-	w->vcpu_id = c->vcpu_id;
-	w->has_vcpu = c->op == CTX_VCPU;
+	if (c->op == CTX_VCPU) {
+		w->kvm = c->run_kvm;
+		w->vcpu_id = c->run_vcpu_id;
+		w->has_vcpu = true;
+	} else {
+		w->kvm = c->kvm;
+		w->gen = c->gen;
+	}
 }
 
 /* ---- kernel context: who is injecting ---- */
+
+static __always_inline void vcpu_now(struct irq_ctx *c, u32 tgid, struct who *w);
 
 static __always_inline void on_inject(bool ts, u32 path, u32 arg0, u32 arg1, u32 flags)
 {
@@ -426,10 +433,14 @@ static __always_inline void on_inject(bool ts, u32 path, u32 arg0, u32 arg1, u32
 	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
 	u32 tgid = (u32)(id >> 32);
 	struct who w = {};
-	if (BPF_CORE_READ(t, flags) & PF_KTHREAD)
+	if (BPF_CORE_READ(t, flags) & PF_KTHREAD) {
 		tgid = 0;
-	else
-		ctx_vm(ctx_slot(ts, (u32)id, false), tgid, &w);
+	} else {
+		struct irq_ctx *c = ctx_slot(ts, (u32)id, false);
+		ctx_vm(c, tgid, &w);
+		if (ts && !w.kvm && have_task_regs())
+			vcpu_now(c, tgid, &w);
+	}
 	/* kvm_inj_virq runs on the vCPU: its id comes from KVM_RUN, not from the arguments. */
 	if (path == P_INJ_VIRQ) {
 		arg1 = arg0;
@@ -554,21 +565,39 @@ INJ_VIRQ_PROGRAMS(_ts, true)
 
 /* The VM and vCPU behind KVM_RUN's fd: from the thread's cache, else from the fd table (and
  * cached). A vCPU fd's private_data is its struct kvm_vcpu (virt/kvm/kvm_main.c, v6.18). */
-static __always_inline u64 run_vm(struct irq_ctx *cur, u32 tgid, u64 fd, u32 *vcpu_id)
+static __always_inline u64 run_vm(struct irq_ctx *cur, u32 tgid, u64 fd)
 {
 	u64 fd_gen = vcpu_fd_gen();
-	if (run_cached(cur, tgid, fd, fd_gen)) {
-		*vcpu_id = cur->run_vcpu_id;
+	if (run_cached(cur, tgid, fd, fd_gen))
 		return cur->run_kvm;
-	}
 	struct kvm_vcpu *v = (struct kvm_vcpu *)fd_private(fd);
 	if (!v)
 		return 0;
-	*vcpu_id = BPF_CORE_READ(v, vcpu_id);
-	return run_cache(cur, fd, fd_gen, (u64)BPF_CORE_READ(v, kvm), *vcpu_id);
+	return run_cache(cur, fd, fd_gen, (u64)BPF_CORE_READ(v, kvm), BPF_CORE_READ(v, vcpu_id));
 }
 
-/* The command is filtered first, so any other ioctl costs a few compares. */
+/* Task-storage tier: the VM and vCPU of the KVM_RUN this thread is inside, if it is; c: the
+ * thread's context, NULL when it has none yet (then created, to cache the resolution). */
+static __always_inline void vcpu_now(struct irq_ctx *c, u32 tgid, struct who *w)
+{
+	u64 fd;
+	if (current_ioctl(&fd) != KVM_RUN_IOCTL)
+		return;
+	if (!c)
+		c = ctx_slot(true, 0, true);
+	if (!c)
+		return;
+	u64 kvm = run_vm(c, tgid, fd);
+	if (!kvm)
+		return;
+	c->tgid = tgid;
+	w->kvm = kvm;
+	w->vcpu_id = c->run_vcpu_id;
+	w->has_vcpu = true;
+}
+
+/* The command is filtered first, so any other ioctl costs a few compares. On the
+ * task-storage tier KVM_RUN is one of them: vcpu_now finds its VM when an injection needs it. */
 static __always_inline void irq_sys_enter(bool ts, struct sys_enter_ioctl_args *ctx)
 {
 	u32 cmd = ctx->cmd;
@@ -579,28 +608,35 @@ static __always_inline void irq_sys_enter(bool ts, struct sys_enter_ioctl_args *
 		bump_vcpu_fd_gen();
 		return;
 	}
+	if (ts && cmd == KVM_RUN_IOCTL && have_task_regs())
+		return;
 	u64 id = bpf_get_current_pid_tgid();
 	u32 tgid = (u32)(id >> 32);
 	struct irq_ctx *cur = ctx_slot(ts, (u32)id, true);
 	if (!cur)
 		return;
-	u64 kvm = 0;
-	u32 vcpu_id = 0;
-	if (cmd == KVM_RUN_IOCTL)
-		kvm = run_vm(cur, tgid, ctx->fd, &vcpu_id);
-	else if (cmd != KVM_CREATE_VM_IOCTL)
-		kvm = fd_private(ctx->fd);
-	handle_ioctl_enter(cur, tgid, bpf_ktime_get_ns(), cmd, kvm, vcpu_id);
+	if (cmd == KVM_RUN_IOCTL) {
+		if (run_vm(cur, tgid, ctx->fd))
+			enter_vcpu(cur, tgid);
+		return;
+	}
+	u64 kvm = cmd == KVM_CREATE_VM_IOCTL ? 0 : fd_private(ctx->fd);
+	handle_ioctl_enter(cur, tgid, bpf_ktime_get_ns(), cmd, kvm, 0);
 }
 
-/* Every ioctl of the host ends here: a thread with no context open leaves after the slot
- * lookup and one load. */
+/* Every ioctl of the host ends here: a thread with no context open (on the task-storage
+ * tier, KVM_RUN too) leaves after the slot lookup and one load (cheaper than reading the
+ * command back from the registers, kvm.bpf.c's tp_sys_exit_ioctl_ts says by how much). */
 static __always_inline void irq_sys_exit(bool ts, struct sys_exit_args *ctx)
 {
 	struct irq_ctx *c = ctx_slot(ts, (u32)bpf_get_current_pid_tgid(), false);
 	if (!c || c->op == CTX_NONE)
 		return;
-	handle_ioctl_exit(c, bpf_ktime_get_ns(), ctx->ret, c->op == CTX_CREATE_VM && ctx->ret >= 0 ? fd_private(ctx->ret) : 0);
+	if (c->op != CTX_CREATE_VM) {
+		c->op = CTX_NONE; /* KVM_RUN and the VM-fd ioctls: nothing to finish, no clock */
+		return;
+	}
+	handle_ioctl_exit(c, bpf_ktime_get_ns(), ctx->ret, ctx->ret >= 0 ? fd_private(ctx->ret) : 0);
 }
 
 /* The kvm family watches these hooks too: the programs are chained (hook_chain.h). */
@@ -738,8 +774,9 @@ int test_kvm_irq(struct irq_test_args *ctx)
 			return -1;
 		u64 fd_gen = vcpu_fd_gen();
 		bool hit = run_cached(cur, a.tgid, a.path, fd_gen);
-		u64 kvm = hit ? cur->run_kvm : run_cache(cur, a.path, fd_gen, a.kvm, a.arg1);
-		handle_ioctl_enter(cur, a.tgid, a.now, KVM_RUN_IOCTL, kvm, cur->run_vcpu_id);
+		if (!hit)
+			run_cache(cur, a.path, fd_gen, a.kvm, a.arg1);
+		enter_vcpu(cur, a.tgid);
 		return hit;
 	}
 	case T_CREATE_VCPU: bump_vcpu_fd_gen(); break;
