@@ -8,7 +8,7 @@ import { LabelBudget } from './aggregate/budget.js';
 import { checkDecoders, collectMap, UNKNOWN_CGROUP, type CollectContext } from './aggregate/collect.js';
 import { initFixedSeries } from './aggregate/initial.js';
 import { decodeStack } from './symbols.js';
-import type { CgroupResolver, MemoryHierarchy } from './cgroups.js';
+import type { CgroupResolver, MemoryHierarchy, MemoryStatSource } from './cgroups.js';
 import type { Loader, LoadedFamily, ProbeStatus } from './loader.js';
 import { FAMILIES } from './probes/index.js';
 import { HASH_MAP, type EventContext, type FamilySpec, type ProbeSpec } from './probes/model.js';
@@ -82,7 +82,7 @@ export function liveSource(config: Config, families: readonly FamilySpec[] = FAM
 export class Agent {
   readonly store = new MetricStore();
   readonly budget: LabelBudget;
-  readonly cgroups: { resolver: CgroupResolver; hierarchy: MemoryHierarchy } | undefined;
+  readonly cgroups: { resolver: CgroupResolver; hierarchy: MemoryHierarchy; memoryStats: MemoryStatSource } | undefined;
   /** Where maps, events and host facts come from: live BPF, a recorder over it, or a trace. */
   readonly source: Source;
   private readonly eventDecoders = new Map<string, (record: Buffer) => DecodedEvent>();
@@ -268,6 +268,7 @@ export class Agent {
     this.store.sweep(); // series the maps no longer have (their entries were deleted)
     this.collectProgramStats();
     this.store.set(M.bpfStatsEnabled, {}, this.source.bpfStatsOn() ? 1 : 0);
+    this.source.host.refresher?.publish(this.store, Date.now());
     this.source.endCollect?.(clock);
     this.store.set(M.collectSeconds, {}, Number(process.hrtime.bigint() - t0) / 1e9);
   }

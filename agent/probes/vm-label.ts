@@ -13,9 +13,10 @@ import { M } from '../catalog.js';
 import { VmResolver, parseVmIdentity, pidIdentity, type VmIdentity } from '../vms.js';
 import { RETIRE_INTO_OTHER, type CollectContext, type Decoder } from '../aggregate/collect.js';
 import { OVERFLOW_VALUE } from '../aggregate/budget.js';
-import type { MetricStore, Series } from '../export/store.js';
+import { seriesKey, type MetricStore } from '../export/store.js';
 import type { FamilyView, MapView } from '../sources/source.js';
 import type { StructLayout } from '../../bpf/btf.js';
+import type { RefreshJob } from '../sources/refresh.js';
 
 interface Vm {
   /** The label value: the VM's name, or "_other" past the cardinality budget. */
@@ -44,6 +45,12 @@ export function useVmIdentity(wrap: (fromProc: ResolveVm) => ResolveVm): () => v
     identity = prev;
   };
 }
+/** The background check that the VMMs named so far are still the same processes
+ * (agent/sources/refresh.ts): the vm label's /proc reads off the scrape path. */
+export function vmLivenessJob(): RefreshJob {
+  return vms.livenessJob();
+}
+
 /** By tgid: every VM named so far and not yet dropped. */
 const known = new Map<number, Vm>();
 /** By tgid, for the current collection: each VM is resolved once however many keys carry it. */
@@ -85,6 +92,10 @@ function resolve(pid: number, ctx: CollectContext): Vm | null {
     // A pid-only answer (argv unreadable, or rewritten) loses to the name seen at first sight.
     const best = id.source === 'pid' && first?.identity ? first.identity : id;
     if (prev && prev.id !== best.name) ctx.budget.release('vm', prev.id); // the pid was reused
+    if (prev && prev.id === best.name && prev.source === best.source && prev.goneAt === undefined) {
+      prev.name = ctx.budget.admit('vm', best.name); // the same VM as before: no new object per scrape
+      return prev;
+    }
     const vm = { name: ctx.budget.admit('vm', best.name), id: best.name, source: best.source };
     known.set(pid, vm);
     return vm;
@@ -124,6 +135,8 @@ const NS_PER_TICK = 10_000_000n;
 const SWEEP_GRACE_MS = 60_000;
 
 function retire(pid: number): void {
+  vms.forget(pid);
+  infoSeries.delete(pid);
   firstSight.delete(pid);
   const k = Buffer.alloc(4);
   k.writeUInt32LE(pid);
@@ -179,7 +192,21 @@ export function learnVms(fam: FamilyView): void {
  * family calls it after its maps, so the last one publishes the complete set. */
 export function publishVmInfo(ctx: CollectContext, store: MetricStore): void {
   begin(ctx);
-  const info: Series[] = [];
-  for (const [pid, vm] of seen) if (vm && vm.name !== RETIRE_INTO_OTHER) info.push({ labels: { vm: vm.name, pid: String(pid), source: vm.source }, value: 1 });
-  store.replace(M.kvmVmInfo, info);
+  // In place, with each VM's labels and store key kept while its name stands (a new label
+  // object and key per VM and family at every scrape was most of what the vm label cost).
+  seen.forEach((vm, pid) => {
+    if (!vm || vm.name === RETIRE_INTO_OTHER) return;
+    let inf = infoSeries.get(pid);
+    if (!inf || inf.labels.vm !== vm.name || inf.labels.source !== vm.source) {
+      const labels = { vm: vm.name, pid: String(pid), source: vm.source };
+      infoSeries.set(pid, (inf = { labels, key: seriesKey(M.kvmVmInfo, labels) }));
+    }
+    const s = store.visit(M.kvmVmInfo, inf.key);
+    if (s) s.value = 1;
+    else store.adopt(M.kvmVmInfo, inf.key, { labels: inf.labels, value: 1 });
+  });
+  store.collected(M.kvmVmInfo); // VMs not seen in this collection go at its end
 }
+
+/** By tgid: the labels and store key of the VM's hvwatch_kvm_vm_info series. */
+const infoSeries = new Map<number, { labels: Readonly<Record<string, string>>; key: string }>();

@@ -3,9 +3,10 @@
 // live eBPF maps and a recorded trace go through the same aggregation code.
 import type { Btf } from '../../bpf/btf.js';
 import type { MapRead, ProgStats } from '../../bpf/libbpf.js';
-import type { CgroupResolver, MemoryHierarchy } from '../cgroups.js';
+import type { CgroupResolver, MemoryHierarchy, MemoryStatSource } from '../cgroups.js';
 import type { LoadedFamily, ProbeStatus } from '../loader.js';
 import type { FamilySpec } from '../probes/model.js';
+import type { HostRefresher } from './refresh.js';
 
 /** What the pipeline calls on a map: the public surface of bpf/libbpf.ts MapFd. */
 export interface MapView {
@@ -49,7 +50,9 @@ export function asLoaded(f: FamilyView): LoadedFamily {
 /** The host facts the decoders read (cgroup id -> path, memory.stat): live cgroupfs, or
  * the tables a trace carries. VM identities go through agent/sources/host.ts. */
 export interface HostView {
-  cgroups: { resolver: CgroupResolver; hierarchy: MemoryHierarchy } | undefined;
+  /** Keeps host facts fresh off the scrape path (live sources only; agent/sources/refresh.ts). */
+  refresher?: HostRefresher;
+  cgroups: { resolver: CgroupResolver; hierarchy: MemoryHierarchy; memoryStats: MemoryStatSource } | undefined;
 }
 
 export interface CollectClock {
