@@ -90,6 +90,28 @@ export const AGENT_METRICS = {
     ['family', 'stage'],
     "Steps of a probe family's collection that threw, by family and stage (prepare, map, collect, events); the family's other steps, the other families and the agent's own metrics are still exported, and the error is logged (rate-limited).",
   ),
+  hostRefreshBehind: def(
+    'agent',
+    'hvwatch_host_refresh_behind_total',
+    'counter',
+    ['fact'],
+    'Background refresher ticks (every 100 ms) after which a host fact (fact: memory_stat, cgroup_alive, vmm_alive) was still older than twice its refresh interval: the per-tick budget or a blocked event loop kept it from keeping up, and scrapes serve older values. fact=cgroup_walk is the cgroupfs walk, which has no age.',
+  ),
+  hostRefreshAge: def(
+    'agent',
+    'hvwatch_host_refresh_age_seconds',
+    'gauge',
+    ['fact'],
+    'Age of the oldest cached host fact a scrape serves (memory_stat: every 10 s, cgroup_alive: 10 s, vmm_alive: 2 s), refreshed in the background off the scrape path.',
+    'seconds',
+  ),
+  hostRefreshItems: def(
+    'agent',
+    'hvwatch_host_refresh_items',
+    'gauge',
+    ['fact'],
+    'Host facts the background refresher keeps fresh (cgroups, VMM processes); for fact=cgroup_walk, 1 while a background cgroupfs walk is under way.',
+  ),
   collectSeconds: def('agent', 'hvwatch_collect_duration_seconds', 'gauge', [], 'Time the last scrape spent reading BPF maps and cgroupfs.', 'seconds'),
   recordBytes: def('agent', 'hvwatch_record_written_bytes', 'gauge', [], 'Bytes written so far to the trace file by `hvwatch record`.', 'bytes'),
   recordDropped: def(

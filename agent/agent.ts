@@ -7,7 +7,7 @@ import { MetricStore } from './export/store.js';
 import { LabelBudget } from './aggregate/budget.js';
 import { checkDecoders, collectMap, UNKNOWN_CGROUP } from './aggregate/collect.js';
 import { initFixedSeries } from './aggregate/initial.js';
-import type { CgroupResolver, MemoryHierarchy } from './cgroups.js';
+import type { CgroupResolver, MemoryHierarchy, MemoryStatSource } from './cgroups.js';
 import type { Loader, LoadedFamily, ProbeStatus } from './loader.js';
 import { FAMILY_MODULES, createFamilies } from './families.js';
 import { HASH_MAP, type CollectContext, type EventContext, type FamilyModule, type FamilySpec, type ProbeSpec } from './model/family.js';
@@ -95,7 +95,7 @@ export class Agent {
   readonly services: AgentServices;
   /** The families, each created for this agent from its module. */
   readonly families: readonly FamilySpec[];
-  readonly cgroups: { resolver: CgroupResolver; hierarchy: MemoryHierarchy } | undefined;
+  readonly cgroups: { resolver: CgroupResolver; hierarchy: MemoryHierarchy; memoryStats: MemoryStatSource } | undefined;
   /** Where maps, events and host facts come from: live BPF, a recorder over it, or a trace. */
   readonly source: Source;
   private readonly eventDecoders = new Map<string, (record: Buffer) => DecodedEvent>();
@@ -289,6 +289,7 @@ export class Agent {
     this.store.sweep(); // series the maps no longer have (their entries were deleted)
     this.collectProgramStats();
     this.store.set(M.bpfStatsEnabled, {}, this.source.bpfStatsOn() ? 1 : 0);
+    this.source.host.refresher?.publish(this.store, Date.now());
     this.source.endCollect?.(clock);
     this.store.set(M.collectSeconds, {}, Number(process.hrtime.bigint() - t0) / 1e9);
   }

@@ -14,6 +14,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { NO_KUBE_LABELS, type KubeLabeler, type KubeLabels } from './k8s.js';
+import { RefreshOrder, type RefreshJob } from './sources/refresh.js';
 
 export interface MemoryHierarchy {
   version: 1 | 2;
@@ -140,41 +141,59 @@ function errCode(e: unknown): string | undefined {
  * unreadable ones (e.g. EACCES) are skipped as well.
  */
 export function walkHierarchy(h: MemoryHierarchy): WalkResult {
-  const t0 = performance.now();
-  const byId = new Map<bigint, string>();
-  const base = h.mountPoint.replace(/\/+$/, '') || '/';
+  const w = new HierarchyWalk(h);
+  w.step(Infinity);
+  return { byId: w.byId, durationMs: w.durationMs };
+}
+
+/** A walk of the hierarchy that can be done a few directories at a time (the background
+ * refresher's: agent/sources/refresh.ts); durationMs counts the time spent stepping. */
+export class HierarchyWalk {
+  readonly byId = new Map<bigint, string>();
+  durationMs = 0;
   // Stack of [absolute dir, cgroup path].
-  const stack: [string, string][] = [[base, '/']];
-  while (stack.length > 0) {
-    const [abs, rel] = stack.pop()!;
-    let st: fs.BigIntStats | undefined;
-    try {
-      st = fs.statSync(abs, { bigint: true, throwIfNoEntry: false });
-    } catch {
-      st = undefined; // ENOTDIR etc.: vanished/replaced
-    }
-    if (!st || !st.isDirectory()) continue;
-    byId.set(st.ino, rel);
-    // kernfs reports nlink = 2 + number of subdirectories, so nlink == 2 is a leaf
-    // cgroup: skip its readdir (most cgroups are leaves, and readdir of a v1
-    // memcg's ~30 control files is the dominant cost of a walk).
-    if (st.nlink === 2n) continue;
-    let ents: fs.Dirent[];
-    try {
-      ents = fs.readdirSync(abs, { withFileTypes: true });
-    } catch (e) {
-      const c = errCode(e);
-      if (c === 'ENOENT' || c === 'ENOTDIR' || c === 'EACCES' || c === 'EPERM' || c === 'ENODEV') continue;
-      throw e;
-    }
-    for (const d of ents) {
-      // kernfs fills d_type, so this filters out the (many) control files without a stat.
-      if (!d.isDirectory()) continue;
-      const childAbs = abs === '/' ? '/' + d.name : abs + '/' + d.name;
-      stack.push([childAbs, rel === '/' ? '/' + d.name : rel + '/' + d.name]);
-    }
+  private readonly stack: [string, string][];
+
+  constructor(h: MemoryHierarchy) {
+    this.stack = [[h.mountPoint.replace(/\/+$/, '') || '/', '/']];
   }
-  return { byId, durationMs: performance.now() - t0 };
+
+  /** Visits up to `maxDirs` directories; true once the walk is complete. */
+  step(maxDirs: number): boolean {
+    const t0 = performance.now();
+    const { byId, stack } = this;
+    for (let n = 0; n < maxDirs && stack.length > 0; n++) {
+      const [abs, rel] = stack.pop()!;
+      let st: fs.BigIntStats | undefined;
+      try {
+        st = fs.statSync(abs, { bigint: true, throwIfNoEntry: false });
+      } catch {
+        st = undefined; // ENOTDIR etc.: vanished/replaced
+      }
+      if (!st || !st.isDirectory()) continue;
+      byId.set(st.ino, rel);
+      // kernfs reports nlink = 2 + number of subdirectories, so nlink == 2 is a leaf
+      // cgroup: skip its readdir (most cgroups are leaves, and readdir of a v1
+      // memcg's ~30 control files is the dominant cost of a walk).
+      if (st.nlink === 2n) continue;
+      let ents: fs.Dirent[];
+      try {
+        ents = fs.readdirSync(abs, { withFileTypes: true });
+      } catch (e) {
+        const c = errCode(e);
+        if (c === 'ENOENT' || c === 'ENOTDIR' || c === 'EACCES' || c === 'EPERM' || c === 'ENODEV') continue;
+        throw e;
+      }
+      for (const d of ents) {
+        // kernfs fills d_type, so this filters out the (many) control files without a stat.
+        if (!d.isDirectory()) continue;
+        const childAbs = abs === '/' ? '/' + d.name : abs + '/' + d.name;
+        stack.push([childAbs, rel === '/' ? '/' + d.name : rel + '/' + d.name]);
+      }
+    }
+    this.durationMs += performance.now() - t0;
+    return stack.length === 0;
+  }
 }
 
 export interface CgroupResolverOptions {
@@ -208,6 +227,8 @@ export interface CgroupResolverStats {
  * remembered for negativeTtlMs, so a flood of unknown ids (e.g. pages still
  * charged to deleted, "dying" memcgs) costs no extra walks.
  */
+/** Directories a background walk step visits (~12 us each: ~3 ms of a 100 ms tick). */
+const WALK_DIRS_PER_TICK = 256;
 /** Bound of CgroupResolver.gone: removed cgroups awaiting their liveness check (~10 s). */
 const MAX_GONE = 65536;
 /** Bound of the first-sight paths and removal times kept for removed cgroups (oldest first). */
@@ -235,6 +256,15 @@ export class CgroupResolver {
   /** When each removed cgroup was first known removed: the start of its linger. */
   private readonly removedAt = new Map<bigint, number>();
   private lingerMs = 60_000;
+  /** Background liveness results by id (aliveJob), stalest first. */
+  private aliveChecks: RefreshOrder<bigint, boolean> | undefined;
+  /** The background walk under way (walkJob), when it started, and the ids that missed. */
+  private walk: HierarchyWalk | undefined;
+  private walkStartedAt = 0;
+  private readonly walkMisses = new Set<bigint>();
+  private walkJobOn = false;
+  private walkJobRef: RefreshJob | undefined;
+  private job: RefreshJob | undefined;
   private lastRescanAt = -Infinity;
   private _lastWalk: { durationMs: number; cgroups: number } | undefined;
   private readonly _stats: CgroupResolverStats = { hits: 0, misses: 0, unresolved: 0, rescans: 0 };
@@ -282,6 +312,11 @@ export class CgroupResolver {
     if (removed) this.markRemoved(id, now);
   }
 
+  /** Whether the last walk found the cgroup (learn() then has no use for its path). */
+  walked(id: bigint): boolean {
+    return this.byId.has(id);
+  }
+
   private markRemoved(id: bigint, now: number): void {
     if (this.removedAt.has(id)) return;
     const p = this.byId.get(id) ?? this.gone.get(id);
@@ -312,6 +347,7 @@ export class CgroupResolver {
 
   /** Forgets a cgroup whose linger ended (its series are removed). */
   retire(id: bigint): void {
+    this.aliveChecks?.delete(id);
     this.byId.delete(id);
     this.gone.delete(id);
     this.noted.delete(id);
@@ -334,9 +370,21 @@ export class CgroupResolver {
       }
       this.negative.delete(id);
     }
-    if (now - this.lastRescanAt < this.rescanIntervalMs) {
-      // Rate-limited: not confirmed absent by a walk, so no negative entry; a
-      // later lookup retries once the interval has passed.
+    if (now - this.lastRescanAt < this.rescanIntervalMs || this.walk) {
+      // Rate-limited (or a background walk is under way): not confirmed absent by a walk,
+      // so no negative entry; a later lookup retries once the interval has passed.
+      if (this.walk && this.walkMisses.size < this.maxNegative) this.walkMisses.add(id);
+      this._stats.unresolved++;
+      return undefined;
+    }
+    if (this.walkJobOn && this.lastRescanAt !== -Infinity) {
+      // A walk costs ~12 us a cgroup (74 ms at 6,000): on a scrape it was the p99 tail
+      // (ids of dying memcgs come back every negativeTtlMs). The first walk is made here;
+      // later ones in the background, a few hundred directories a tick (walkJob), and the
+      // id stays unresolved until it ends, as when rate-limited.
+      this.walk = new HierarchyWalk(this.hierarchy);
+      this.walkStartedAt = now;
+      this.walkMisses.add(id);
       this._stats.unresolved++;
       return undefined;
     }
@@ -369,13 +417,15 @@ export class CgroupResolver {
     if (this.removedAt.has(id)) return false;
     const p = this.byId.get(id) ?? this.gone.get(id) ?? this.noted.get(id);
     if (p === undefined) return false;
-    let st: fs.BigIntStats | undefined;
-    try {
-      st = fs.statSync(cgroupDir(this.hierarchy, p), { bigint: true, throwIfNoEntry: false });
-    } catch {
-      st = undefined;
+    // Alive at the background job's last check (at most an interval old): no stat here. A
+    // failed check is confirmed by the stat below, at the collection, so a removal is
+    // marked when a collection asks, as without the job (record/replay stay exact).
+    if (this.aliveChecks?.get(id) === true) return true;
+    if (this.statAlive(id, p)) {
+      this.aliveChecks?.set(id, true, this.now());
+      return true;
     }
-    if (st && st.isDirectory() && st.ino === id) return true;
+    this.aliveChecks?.delete(id);
     // Removed: the path stays resolvable until the linger ends (retire).
     this.markRemoved(id, this.now());
     if (!this.noted.has(id)) this.noted.set(id, p);
@@ -384,10 +434,80 @@ export class CgroupResolver {
     return false;
   }
 
+  private statAlive(id: bigint, p: string): boolean {
+    let st: fs.BigIntStats | undefined;
+    try {
+      st = fs.statSync(cgroupDir(this.hierarchy, p), { bigint: true, throwIfNoEntry: false });
+    } catch {
+      st = undefined;
+    }
+    return !!st && st.isDirectory() && st.ino === id;
+  }
+
+  /**
+   * The liveness checks as a background job (agent/sources/refresh.ts): each cgroup a
+   * collection checked is stat'ed again about every intervalMs, and isAlive answers from
+   * its last result. Without it (tests, replays) isAlive stats on every call.
+   */
+  aliveJob(intervalMs = 10_000): RefreshJob {
+    if (this.job) return this.job;
+    return (this.job = {
+      fact: 'cgroup_alive',
+      intervalMs,
+      maxPerTick: 128,
+      running: (on) => void (this.aliveChecks = on ? new RefreshOrder() : undefined),
+      size: () => this.aliveChecks?.size ?? 0,
+      oldest: () => this.aliveChecks?.oldest(),
+      refresh: (n, now) => {
+        const checks = this.aliveChecks;
+        if (!checks) return;
+        for (const id of checks.stalest(n)) {
+          const p = this.removedAt.has(id) ? undefined : (this.byId.get(id) ?? this.gone.get(id) ?? this.noted.get(id));
+          if (p === undefined) checks.delete(id);
+          else checks.set(id, this.statAlive(id, p), now);
+        }
+        checks.bound(MAX_NOTED);
+      },
+    });
+  }
+
+  /**
+   * Walks the hierarchy in the background when a lookup missed (agent/sources/refresh.ts):
+   * WALK_DIRS_PER_TICK directories a tick; at its end the cache is replaced as by rescan()
+   * and the ids that missed meanwhile and were not found are remembered as unknown.
+   */
+  walkJob(): RefreshJob {
+    return (this.walkJobRef ??= {
+      fact: 'cgroup_walk',
+      intervalMs: this.rescanIntervalMs,
+      maxPerTick: 1,
+      running: (on) => {
+        this.walkJobOn = on;
+        this.walk = undefined;
+        this.walkMisses.clear();
+      },
+      size: () => (this.walk ? 1 : 0),
+      oldest: () => undefined,
+      refresh: () => {
+        const w = this.walk;
+        if (!w || !w.step(WALK_DIRS_PER_TICK)) return;
+        this.walk = undefined;
+        this.applyWalk(w.byId, w.durationMs, this.walkStartedAt);
+        const now = this.now();
+        for (const id of this.walkMisses) if (!this.byId.has(id) && !this.noted.has(id)) this.rememberUnknown(id, now);
+        this.walkMisses.clear();
+      },
+    });
+  }
+
   /** Walk the tree now (ignoring the rate limit) and replace the cache with its result. */
   rescan(): void {
     const now = this.now();
     const { byId, durationMs } = walkHierarchy(this.hierarchy);
+    this.applyWalk(byId, durationMs, now);
+  }
+
+  private applyWalk(byId: Map<bigint, string>, durationMs: number, now: number): void {
     for (const [id, path] of this.byId) if (!byId.has(id)) this.gone.set(id, path);
     for (const id of byId.keys()) this.gone.delete(id);
     for (const id of this.gone.keys()) {
@@ -457,6 +577,11 @@ export function parseMemoryStat(text: string, version: 1 | 2): MemoryStat {
   return { dirtyBytes, writebackBytes };
 }
 
+/** The two memory.stat lines parseMemoryStat reads, as a trace carries them. */
+export function formatMemoryStat(st: MemoryStat, version: 1 | 2): string {
+  return version === 1 ? `dirty ${st.dirtyBytes}\nwriteback ${st.writebackBytes}\n` : `file_dirty ${st.dirtyBytes}\nfile_writeback ${st.writebackBytes}\n`;
+}
+
 /** Read <cgroup>/memory.stat; undefined if the cgroup (or the file) is gone. */
 export function readMemoryStat(h: MemoryHierarchy, cgPath: string): MemoryStat | undefined {
   let text: string;
@@ -469,4 +594,71 @@ export function readMemoryStat(h: MemoryHierarchy, cgPath: string): MemoryStat |
     throw e;
   }
   return parseMemoryStat(text, h.version);
+}
+
+/** memory.stat as a collection reads it: live, the background refresher's cache
+ * (MemoryStatCache); replayed, a trace's tables (agent/sources/host.ts). */
+export interface MemoryStatSource {
+  /** The cgroup's memory.stat (undefined when unreadable: the cgroup is gone). */
+  get(cgPath: string): MemoryStat | undefined;
+  /** Ends a collection: cgroups it did not ask for are forgotten. */
+  endCollection(): void;
+}
+
+/** Most cgroups one refresher tick reads (~28 us each: ~1.8 ms of a 100 ms tick at most). */
+const STAT_MAX_PER_TICK = 64;
+
+/**
+ * memory.stat of the cgroups a collection asks for, re-read in the background every
+ * intervalMs (agent/sources/refresh.ts): a scrape reads only the cgroups it has never asked
+ * for (first sight), every other value is at most one interval (plus a tick) old.
+ */
+export class MemoryStatCache implements MemoryStatSource, RefreshJob {
+  readonly fact = 'memory_stat';
+  readonly maxPerTick = STAT_MAX_PER_TICK;
+  /** Each cgroup's last read (null: unreadable) and the collection that last asked for it. */
+  private readonly order = new RefreshOrder<string, { st: MemoryStat | null; asked: number }>();
+  private collection = 0;
+
+  constructor(
+    private readonly hierarchy: MemoryHierarchy,
+    readonly intervalMs = 10_000,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  /** Whether the refresher runs (RefreshJob.running); without it every get() reads. */
+  private background = false;
+
+  running(on: boolean): void {
+    this.background = on;
+  }
+
+  get(cgPath: string): MemoryStat | undefined {
+    let e = this.order.get(cgPath);
+    if (!e) this.order.set(cgPath, (e = { st: readMemoryStat(this.hierarchy, cgPath) ?? null, asked: 0 }), this.now());
+    else if (!this.background) this.order.set(cgPath, ((e.st = readMemoryStat(this.hierarchy, cgPath) ?? null), e), this.now());
+    e.asked = this.collection;
+    return e.st ?? undefined;
+  }
+
+  endCollection(): void {
+    for (const p of this.order.keys()) if (this.order.get(p)!.asked !== this.collection) this.order.delete(p);
+    this.collection++;
+  }
+
+  size(): number {
+    return this.order.size;
+  }
+
+  refresh(n: number, now: number): void {
+    for (const p of this.order.stalest(n)) {
+      const e = this.order.get(p)!;
+      e.st = readMemoryStat(this.hierarchy, p) ?? null;
+      this.order.set(p, e, now);
+    }
+  }
+
+  oldest(): number | undefined {
+    return this.order.oldest();
+  }
 }

@@ -49,13 +49,14 @@ const TEXT_SHRINK_WHY =
   'the wire, not the samples stored.';
 
 const P99_WHY =
-  'What a collection still does at this scale (in-process profile, docs/cost.md): memory.stat reads (~7 ms: the new cgroups and the ' +
-  'oldest eighth), /proc/PID/stat reads proving each VMM is the same process (~4 ms), the batched map syscalls (~6 ms); unchanged map entries and ' +
-  "protobuf series are reused, not recomputed. The rest of p99 is V8 GC and, on this shared 2-CPU machine, other jobs (compare the baseline's p99 " +
-  'across runs). Fix: move the memory.stat refresh and the VMM liveness checks onto a bounded background timer that record/replay also captures.';
+  'A collection now reads only BPF maps and cached host facts: memory.stat, the cgroup and VMM liveness checks and the cgroupfs walks after the ' +
+  'first are refreshed by a bounded background timer (agent/sources/refresh.ts, hvwatch_host_refresh_*), and a scrape allocates ~3 MB (was ' +
+  '~7 MB: in-process heap sampling, docs/cost.md). What is left of p99 over p50 is V8 GC and, on this shared 2-CPU machine, other jobs ' +
+  "(compare the baseline's p99 across runs; CPU ms per scrape is the steadier measure).";
 const RSS_WHY =
-  "bin/hvwatch runs Node with MALLOC_ARENA_MAX=1 and --max-semi-space-size=1 (~-45 MB idle). What is left: ~42 MB of the node binary's own " +
-  'pages, the live JS heap (~12 MB idle, ~31 MB at this scale), V8 and malloc pages held between GCs; the peak (VmHWM) includes the scale-up, when ' +
+  "bin/hvwatch runs Node with MALLOC_ARENA_MAX=1 and --max-semi-space-size=1 (~-45 MB idle), and the agent hands freed malloc pages back every 10 s. What is left: ~43 MB of the node binary's own " +
+  'pages, the live JS heap (~21 MB at this scale after GC: the batched-read buffers ~7.5 MB, of which memcg_stats per CPU 5.6 MB; series, labels and ' +
+  'cached protobuf bytes), malloc in use (~31 MB at scale) and V8 pages held between GCs; the peak (VmHWM) includes the scale-up, when ' +
   '2,000 cgroups and 200 VMs are first resolved. Run to run ±20 MB here.';
 
 const pct = (r: number): string => (Number.isFinite(r) ? `${r >= 1 ? '+' : ''}${((r - 1) * 100).toFixed(1)} %` : 'n/a');

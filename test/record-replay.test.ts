@@ -17,6 +17,7 @@ import { Agent, liveSource } from '../agent/agent.js';
 import { configSchema } from '../agent/config.js';
 import { allProbeNames } from '../agent/families.js';
 import { RecordingSource } from '../agent/sources/recording.js';
+import { HostRefresher } from '../agent/sources/refresh.js';
 import { replayAgent } from '../agent/commands/common.js';
 import { RACE_KINDS } from '../families/memcg_fn/family.js';
 import { setLogLevel } from '../agent/log.js';
@@ -66,7 +67,8 @@ class Proc {
 }
 
 // Self-metrics that legitimately differ between the recording agent and a replay.
-const DIFFER = new Set([M.collectSeconds.name, M.recordBytes.name, M.recordDropped.name]);
+// The background refresher's own metrics are the live host's (a replay runs no refresher).
+const DIFFER = new Set([M.collectSeconds.name, M.recordBytes.name, M.recordDropped.name, ...HostRefresher.metrics.map((m) => m.name)]);
 
 function byFamily(samples: Sample[]): Map<string, string[]> {
   const out = new Map<string, string[]>();

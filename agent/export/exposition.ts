@@ -1,8 +1,8 @@
 // The /metrics writer: Prometheus text 0.0.4, OpenMetrics 1.0 text, and the delimited
 // protobuf format that carries native histograms, all written straight from the
 // MetricStore. It is a generator of chunks, so a scrape is streamed rather than built whole,
-// and each series' label text (or protobuf label pairs) is rendered once in its life and
-// cached on the series object (export/store.ts keeps series objects across scrapes).
+// and each series' label text (or protobuf bytes) is rendered once in its life (while its
+// value is unchanged) and cached on the series object (export/store.ts keeps series objects across scrapes).
 //
 // prom-client is not on this path any more: at 2,000 cgroups x 200 VMs it built one object
 // per sample and one string per label set per scrape (bench/RESULTS.md). The agent's own
@@ -94,15 +94,16 @@ function labelText(def: MetricDef, s: Series): string {
   return (c.text = t);
 }
 
+// Not cached: they are needed only when a series' bytes are re-encoded (seriesBytes), and
+// kept per series they were the largest part of the live heap at fleet scale (an array and
+// an object per label for each of ~11,000 series, ~2.5 MB).
 function labelPairs(def: MetricDef, s: Series): { name: string; value: string }[] {
-  const c = (s.cache ??= {});
-  if (c.pb) return c.pb;
   const pairs: { name: string; value: string }[] = [];
   for (const l of def.labels) {
     const v = s.labels[l];
     if (v !== undefined && v !== '') pairs.push({ name: l, value: v });
   }
-  return (c.pb = pairs);
+  return pairs;
 }
 
 /** OpenMetrics names a counter family without `_total`; its samples keep it. */

@@ -15,7 +15,7 @@ import type { Condition } from './alert.js';
 import type { MetricStore } from '../export/store.js';
 import type { DecodedEvent } from '../aggregate/events.js';
 import type { LabelBudget } from '../aggregate/budget.js';
-import type { CgroupResolver, MemoryHierarchy } from '../cgroups.js';
+import type { CgroupResolver, MemoryHierarchy, MemoryStatSource } from '../cgroups.js';
 import type { Config } from '../config.js';
 
 export type { AttachKind };
@@ -103,7 +103,7 @@ export interface EnumDecl {
 export interface CollectContext {
   store: MetricStore;
   budget: LabelBudget;
-  cgroups?: { resolver: CgroupResolver; hierarchy: MemoryHierarchy };
+  cgroups?: { resolver: CgroupResolver; hierarchy: MemoryHierarchy; memoryStats: MemoryStatSource };
   now: number;
   /** Check whether labelled objects still exist (throttled: it costs a stat per cgroup). */
   gc: boolean;

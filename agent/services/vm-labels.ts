@@ -14,7 +14,8 @@ import { def } from '../model/metric.js';
 import { RETIRE_INTO_OTHER, type CollectContext, type Decoder, type FamilyView, type MapView, type VmLabels } from '../model/family.js';
 import { VmResolver, parseVmIdentity, pidIdentity, type VmIdentity } from '../vms.js';
 import { OVERFLOW_VALUE } from '../aggregate/budget.js';
-import type { MetricStore, Series } from '../export/store.js';
+import { seriesKey, type MetricStore } from '../export/store.js';
+import type { RefreshJob } from '../sources/refresh.js';
 import type { StructLayout } from '../../bpf/btf.js';
 
 /** Published by this service; the kvm family lists it among its metrics (families/kvm/metrics.ts). */
@@ -73,6 +74,8 @@ export class VmLabelService implements VmLabels {
   /** Every family's hv_vm_seen map: an exited VM's record is deleted from all of them. */
   private readonly seenMaps = new Set<MapView>();
   private readonly seenLayouts = new WeakMap<FamilyView, StructLayout | null>();
+  /** By tgid: the labels and store key of the VM's hvwatch_kvm_vm_info series. */
+  private readonly infoSeries = new Map<number, { labels: Readonly<Record<string, string>>; key: string }>();
 
   /**
    * `lingerMs`: how long a VM's series stay after its VMM exits (config kvm.exitedVmSeconds).
@@ -93,6 +96,12 @@ export class VmLabelService implements VmLabels {
     return () => {
       this.identity = prev;
     };
+  }
+
+  /** The background check that the VMMs named so far are still the same processes
+   * (agent/sources/refresh.ts): the vm label's /proc reads off the scrape path. */
+  livenessJob(): RefreshJob {
+    return this.vms.livenessJob();
   }
 
   private begin(ctx: CollectContext): void {
@@ -121,6 +130,10 @@ export class VmLabelService implements VmLabels {
       // A pid-only answer (argv unreadable, or rewritten) loses to the name seen at first sight.
       const best = id.source === 'pid' && first?.identity ? first.identity : id;
       if (prev && prev.id !== best.name) ctx.budget.release('vm', prev.id); // the pid was reused
+      if (prev && prev.id === best.name && prev.source === best.source && prev.goneAt === undefined) {
+        prev.name = ctx.budget.admit('vm', best.name); // the same VM as before: no new object per scrape
+        return prev;
+      }
       const vm = { name: ctx.budget.admit('vm', best.name), id: best.name, source: best.source };
       this.known.set(pid, vm);
       return vm;
@@ -141,6 +154,8 @@ export class VmLabelService implements VmLabels {
   }
 
   private retire(pid: number): void {
+    this.vms.forget(pid);
+    this.infoSeries.delete(pid);
     this.firstSight.delete(pid);
     const k = Buffer.alloc(4);
     k.writeUInt32LE(pid);
@@ -193,9 +208,19 @@ export class VmLabelService implements VmLabels {
   publish(ctx: CollectContext, store: MetricStore): void {
     this.begin(ctx);
     if (!this.used) return;
-    const info: Series[] = [];
-    for (const [pid, vm] of this.seen)
-      if (vm && vm.name !== RETIRE_INTO_OTHER) info.push({ labels: { vm: vm.name, pid: String(pid), source: vm.source }, value: 1 });
-    store.replace(VM_INFO, info);
+    // In place, with each VM's labels and store key kept while its name stands (a new label
+    // object and key per VM at every scrape was most of what the vm label cost).
+    this.seen.forEach((vm, pid) => {
+      if (!vm || vm.name === RETIRE_INTO_OTHER) return;
+      let inf = this.infoSeries.get(pid);
+      if (!inf || inf.labels.vm !== vm.name || inf.labels.source !== vm.source) {
+        const labels = { vm: vm.name, pid: String(pid), source: vm.source };
+        this.infoSeries.set(pid, (inf = { labels, key: seriesKey(VM_INFO, labels) }));
+      }
+      const s = store.visit(VM_INFO, inf.key);
+      if (s) s.value = 1;
+      else store.adopt(VM_INFO, inf.key, { labels: inf.labels, value: 1 });
+    });
+    store.collected(VM_INFO); // VMs not seen in this collection go at its end
   }
 }

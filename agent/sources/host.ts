@@ -6,13 +6,21 @@
 // snapshot or events that used it; replay answers the same lookups from the tables.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { CgroupResolver, cgroupDir, type CgroupResolverStats, type MemoryHierarchy } from '../cgroups.js';
+import {
+  CgroupResolver,
+  cgroupDir,
+  formatMemoryStat,
+  parseMemoryStat,
+  type CgroupResolverStats,
+  type MemoryHierarchy,
+  type MemoryStatSource,
+} from '../cgroups.js';
 import type { VmIdentity } from '../vms.js';
 import type { VmLabelService } from '../services/vm-labels.js';
 import { NO_KUBE_LABELS, type KubeLabels } from '../k8s.js';
 
-/** Per-cgroup files a family's collect hook reads (families/memcg/family.ts: memory.stat). */
-export const CGROUP_FILES = ['memory.stat'] as const;
+/** The per-cgroup file a trace carries (families/memcg/family.ts reads it). */
+const MEMORY_STAT = 'memory.stat';
 
 export interface IdentDelta {
   /** cgroup id (decimal) -> path, or null when it resolved to nothing. */
@@ -202,25 +210,28 @@ export class HostFiles {
   }
 }
 
-/** Copies each resolved cgroup's files from the live hierarchy into `files`, noting them;
- * `done` holds the paths already copied in this collection. */
-export function captureCgroupFiles(live: MemoryHierarchy, tables: HostTables, files: HostFiles, done: Set<string>): void {
-  for (const p of tables.cg.values()) {
-    if (p === null || done.has(p)) continue;
-    done.add(p);
-    for (const f of CGROUP_FILES) {
-      let content: string | null;
-      try {
-        content = fs.readFileSync(path.join(cgroupDir(live, p), f), 'utf8');
-      } catch {
-        content = null;
-      }
-      const k = `${p}\0${f}`;
-      if (tables.files.has(k) && tables.files.get(k) === content) continue;
-      tables.noteFile(p, f, content);
-      files.write(p, f, content);
-    }
-  }
+/** memory.stat as a recording's collection was served it, noted for the trace: the two
+ * lines the agent reads (formatMemoryStat), which a replay parses back the same way. */
+export function tapMemoryStats(src: MemoryStatSource, tables: HostTables, version: 1 | 2): MemoryStatSource {
+  return {
+    endCollection: () => src.endCollection(),
+    get: (p) => {
+      const st = src.get(p);
+      tables.noteFile(p, MEMORY_STAT, st ? formatMemoryStat(st, version) : null);
+      return st;
+    },
+  };
+}
+
+/** memory.stat from a trace's tables (its last noted content for the path). */
+export function tableMemoryStats(tables: HostTables, version: 1 | 2): MemoryStatSource {
+  return {
+    endCollection: () => {},
+    get: (p) => {
+      const c = tables.files.get(`${p}\0${MEMORY_STAT}`);
+      return c === undefined || c === null ? undefined : parseMemoryStat(c, version);
+    },
+  };
 }
 
 /** VM identities as the recording saw them (the vm label's lookup, agent/services/vm-labels.ts). */

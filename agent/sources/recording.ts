@@ -10,7 +10,7 @@ import type { TraceHeader, TraceMapMeta } from '../record/format.js';
 import { TraceWriter, type SnapshotMapOut } from '../record/writer.js';
 import { hostname } from 'node:os';
 import { deflateRawSync } from 'node:zlib';
-import { HostFiles, HostTables, TappingCgroupResolver, captureCgroupFiles, tapVms } from './host.js';
+import { HostFiles, HostTables, TappingCgroupResolver, tapMemoryStats, tapVms } from './host.js';
 import type { LiveSource } from './live.js';
 import { SnapshotMap } from './snapshot-map.js';
 import type { CollectClock, EventSink, FamilyView, HostView, MapView, ProgramView, Source } from './source.js';
@@ -93,7 +93,6 @@ export class RecordingSource implements Source {
   private writer: TraceWriter | undefined;
   private restoreVms: (() => void) | undefined;
   private snapshot: SnapshotMapOut[] = [];
-  private captured = new Set<string>();
   private store: MetricStore | undefined;
   private stopped = false;
   private lastBpfStats = false;
@@ -108,9 +107,16 @@ export class RecordingSource implements Source {
     const cg = live.host.cgroups;
     if (cg) {
       this.files = new HostFiles(cg.hierarchy.version);
-      this.host = { cgroups: { resolver: new TappingCgroupResolver(cg.hierarchy, this.tables), hierarchy: this.files.hierarchy } };
+      const resolver = new TappingCgroupResolver(cg.hierarchy, this.tables);
+      // The live resolver is not the one asked here: this one's checks and walks are the jobs.
+      live.host.refresher?.add(resolver.aliveJob());
+      live.host.refresher?.add(resolver.walkJob());
+      this.host = {
+        refresher: live.host.refresher,
+        cgroups: { resolver, hierarchy: this.files.hierarchy, memoryStats: tapMemoryStats(cg.memoryStats, this.tables, cg.hierarchy.version) },
+      };
     } else {
-      this.host = { cgroups: undefined };
+      this.host = { cgroups: undefined, refresher: live.host.refresher };
     }
   }
 
@@ -249,7 +255,6 @@ export class RecordingSource implements Source {
 
   beginCollect(clock: CollectClock): CollectClock {
     this.snapshot = [];
-    this.captured = new Set();
     for (const rf of this.fams) {
       const maps = new Map<string, MapView>();
       rf.metas.forEach((meta, mi) => {
@@ -267,11 +272,6 @@ export class RecordingSource implements Source {
       rf.view.maps = maps;
     }
     return clock;
-  }
-
-  beforeFamilyCollect(): void {
-    const live = this.live.host.cgroups?.hierarchy;
-    if (live && this.files) captureCgroupFiles(live, this.tables, this.files, this.captured);
   }
 
   endCollect(clock: CollectClock): void {

@@ -8,7 +8,7 @@ import type { ProbeStatus } from '../loader.js';
 import type { Trace } from '../record/reader.js';
 import type { SnapshotMeta, TraceRecord } from '../record/format.js';
 import { log } from '../log.js';
-import { HostFiles, HostTables, TableCgroupResolver, serveVms } from './host.js';
+import { HostFiles, HostTables, TableCgroupResolver, serveVms, tableMemoryStats } from './host.js';
 import { SnapshotMap } from './snapshot-map.js';
 import type { CollectClock, EventSink, FamilyView, HostView, MapView, Source } from './source.js';
 
@@ -45,7 +45,13 @@ export class ReplaySource implements Source {
     this.build = { kernel: h.kernel, libbpf: h.libbpf };
     if (h.cgroupVersion !== null) {
       this.files = new HostFiles(h.cgroupVersion);
-      this.host = { cgroups: { resolver: new TableCgroupResolver(this.files.hierarchy, this.tables), hierarchy: this.files.hierarchy } };
+      this.host = {
+        cgroups: {
+          resolver: new TableCgroupResolver(this.files.hierarchy, this.tables),
+          hierarchy: this.files.hierarchy,
+          memoryStats: tableMemoryStats(this.tables, h.cgroupVersion),
+        },
+      };
     } else {
       this.host = { cgroups: undefined };
     }
@@ -91,7 +97,6 @@ export class ReplaySource implements Source {
     switch (r.type) {
       case 'ident':
         this.tables.apply(r.delta);
-        for (const [p, f, c] of r.delta.files ?? []) this.files?.write(p, f, c);
         break;
       case 'events': {
         const rf = this.byIndex.get(r.family);

@@ -1,9 +1,10 @@
 // One source interface, two sources (live BPF, a recorded trace: docs/ARCHITECTURE.md). The agent's pipeline (collectMap,
 // each family's prepare/collect, ring-buffer decode + onEvents) reads only these views, so
 // live eBPF maps and a recorded trace go through the same aggregation code.
-import type { CgroupResolver, MemoryHierarchy } from '../cgroups.js';
+import type { CgroupResolver, MemoryHierarchy, MemoryStatSource } from '../cgroups.js';
 import type { ProbeStatus } from '../loader.js';
 import type { FamilyView, MapView } from '../model/family.js';
+import type { HostRefresher } from './refresh.js';
 
 // The views the pipeline reads are declared with the model (agent/model/family.ts), below
 // the loader, the collector and the sources.
@@ -12,7 +13,9 @@ export type { FamilyView, MapView, ProgramView } from '../model/family.js';
 /** The host facts the decoders read (cgroup id -> path, memory.stat): live cgroupfs, or
  * the tables a trace carries. VM identities go through agent/sources/host.ts. */
 export interface HostView {
-  cgroups: { resolver: CgroupResolver; hierarchy: MemoryHierarchy } | undefined;
+  /** Keeps host facts fresh off the scrape path (live sources only; agent/sources/refresh.ts). */
+  refresher?: HostRefresher;
+  cgroups: { resolver: CgroupResolver; hierarchy: MemoryHierarchy; memoryStats: MemoryStatSource } | undefined;
 }
 
 export interface CollectClock {

@@ -2,9 +2,10 @@
 // on this kernel; the function-level tiers (fentry/kprobe on __folio_end_writeback, the
 // uncharge functions) are in the memcg_fn family and carry the race indicators (memcg.bpf.c).
 import { MEMCG_METRICS as M } from './metrics.js';
-import { findMemoryHierarchy, memoryHierarchyId, readMemoryStat, type MemoryStat } from '../../agent/cgroups.js';
-import type { CollectContext, FamilySpec, FamilyView, ProbeSpec, Services } from '../../agent/model/family.js';
-import type { Series } from '../../agent/export/store.js';
+import { isPerObject, type MetricDef } from '../../agent/model/metric.js';
+import { findMemoryHierarchy, memoryHierarchyId } from '../../agent/cgroups.js';
+import type { CollectContext, FamilySpec, FamilyView, MapView, ProbeSpec, Services } from '../../agent/model/family.js';
+import { seriesKey, type Series } from '../../agent/export/store.js';
 import type { StructLayout } from '../../bpf/btf.js';
 import type { Config } from '../../agent/config.js';
 import { log } from '../../agent/log.js';
@@ -79,7 +80,9 @@ const probes: ProbeSpec[] = [
   },
 ];
 
-const STAT_PER_SCRAPE = 256;
+// The memory.stat gauges carry the map series' labels, so they share their store keys.
+const sameLabels = (a: MetricDef, b: MetricDef): boolean => a.labels.length === b.labels.length && a.labels.every((l, i) => l === b.labels[i]);
+const STAT_KEYS_SHARED = [M.memcgWbWaits, M.memcgStatDirty, M.memcgStatWriteback].every((d) => sameLabels(d, M.memcgWbStarted));
 
 // ---- cgroup first sight: memcg.bpf.c cgroup_seen -> the shared CgroupResolver ----
 class CgroupFirstSight {
@@ -100,25 +103,48 @@ class CgroupFirstSight {
     if (!lay) return;
     const off = (name: string): number => lay.fields.find((f) => f.name === name)!.offset;
     const [oRemoved, oLen, oTrunc, oPath] = [off('removed_ns'), off('path_len'), off('truncated'), off('path')];
-    for (const [k, v] of map.entries()) {
-      const id = k.readBigUInt64LE(0);
-      const removed = v.readBigUInt64LE(oRemoved) !== 0n;
+    // One batched read, decoded in place (a Buffer pair per record, at every scrape, was a
+    // fifth of what a collection allocated at 2,000 cgroups); the path string only when the
+    // resolver does not know the cgroup from a walk.
+    const all = readWhole(map);
+    const vlen = map.valueSize;
+    for (let i = 0; i < all.count; i++) {
+      const ko = i * all.keySize;
+      const vo = i * all.valueStride;
+      const v = all.values;
+      const id = all.keys.readBigUInt64LE(ko);
+      const removed = v.readUInt32LE(vo + oRemoved) !== 0 || v.readUInt32LE(vo + oRemoved + 4) !== 0;
       if (removed && r.life(id, ctx.now, false) === 'expired') {
-        map.delete(k); // its linger is over (the decoders retire its stats entries)
+        map.delete(all.keys.subarray(ko, ko + all.keySize)); // its linger is over (the decoders retire its stats entries)
         this.pendingRetire.push(id);
         continue;
       }
-      const len = Math.min(v.readUInt32LE(oLen), v.length - oPath);
-      const path = len > 0 && v.readUInt32LE(oTrunc) === 0 ? v.toString('utf8', oPath, oPath + len) : undefined;
+      let path: string | undefined;
+      if (!r.walked(id)) {
+        const len = Math.min(v.readUInt32LE(vo + oLen), vlen - oPath);
+        path = len > 0 && v.readUInt32LE(vo + oTrunc) === 0 ? v.toString('utf8', vo + oPath, vo + oPath + len) : undefined;
+      }
       r.learn(id, path, removed, ctx.now);
     }
   }
 }
 
+/** A map's entries as one contiguous read: batched on a live map, else (recorded, replayed
+ * maps) its entries copied together. */
+function readWhole(map: MapView): { count: number; keys: Buffer; values: Buffer; keySize: number; valueStride: number } {
+  if (map.readAll && !map.percpu) return map.readAll();
+  const es = [...map.entries()];
+  return {
+    count: es.length,
+    keys: Buffer.concat(es.map(([k]) => k)),
+    values: Buffer.concat(es.map(([, v]) => v)),
+    keySize: map.keySize,
+    valueStride: map.valueSize,
+  };
+}
+
 export function create(_config: Config, _services: Services): FamilySpec {
   const firstSight = new CgroupFirstSight();
-  /** memory.stat as last read, by cgroup path. */
-  const cache = new Map<string, { readAt: number; st: MemoryStat }>();
   return {
     name: family,
     object: 'memcg.bpf.o',
@@ -152,40 +178,34 @@ export function create(_config: Config, _services: Services): FamilySpec {
       },
     ],
     // memory.stat of the cgroups the BPF side has seen (bounded by the cgroup budget). Reading
-    // it costs ~25 us a cgroup (the kernel formats ~40 counters): 50 ms a scrape at 2,000
-    // cgroups (bench/RESULTS.md), so each scrape re-reads only the cgroups new since the last
-    // one plus the oldest of the rest, STAT_PER_SCRAPE or an eighth of them, whichever is more:
-    // up to STAT_PER_SCRAPE cgroups every scrape reads them all, and at 2,000 a value is at most
-    // eight scrapes old (docs/metrics.md).
+    // it costs ~28 us a cgroup (the kernel formats ~40 counters): 56 ms at 2,000 cgroups, so a
+    // scrape reads only cgroups it has never asked for; the others come from the background
+    // refresher (agent/sources/refresh.ts), each re-read about every 10 s (docs/metrics.md).
     collect(ctx, store) {
       const cg = ctx.cgroups;
       if (!cg) return;
-      const live = new Map<string, Series['labels']>();
-      for (const m of [M.memcgWbStarted, M.memcgWbWaits]) {
-        for (const s of store.each(m)) {
-          const path = s.labels.cgroup!;
-          if (path.startsWith('/') && !live.has(path)) live.set(path, s.labels); // skip "unknown" and "_other"
-        }
-      }
-      for (const path of cache.keys()) if (!live.has(path)) cache.delete(path);
-      const due = [...live.keys()].sort((a, b) => (cache.get(a)?.readAt ?? -1) - (cache.get(b)?.readAt ?? -1));
-      const budget = Math.max(STAT_PER_SCRAPE, Math.ceil(due.length / 8));
-      for (const path of due.slice(0, budget)) {
-        const st = readMemoryStat(cg.hierarchy, path);
-        if (st) cache.set(path, { readAt: ctx.now, st });
-        else cache.delete(path); // removed since: its series go with the map entry
-      }
-      const dirty: Series[] = [];
-      const wb: Series[] = [];
-      for (const [path, labels] of live) {
-        const c = cache.get(path);
-        if (!c) continue;
+      const stats = cg.memoryStats;
+      // In place, keyed like the map series (no per-scrape Series objects or key strings).
+      const put = (def: MetricDef, k: string, labels: Series['labels'], v: number): void => {
+        const x = store.visit(def, k);
+        if (x) x.value = v;
+        else if (v !== 0 || !isPerObject(def)) store.adopt(def, k, { labels, value: v });
+      };
+      const each = (s: Series, key: string): void => {
+        const path = s.labels.cgroup!;
+        if (!path.startsWith('/')) return; // skip "unknown" and "_other"
+        const st = stats.get(path);
+        if (!st) return; // removed since: its series go with the map entry
         // Same labels as the map series (cgroup plus its Kubernetes labels: catalog CG).
-        dirty.push({ labels, value: c.st.dirtyBytes });
-        wb.push({ labels, value: c.st.writebackBytes });
-      }
-      store.replace(M.memcgStatDirty, dirty);
-      store.replace(M.memcgStatWriteback, wb);
+        const k = STAT_KEYS_SHARED ? key : seriesKey(M.memcgStatDirty, s.labels);
+        put(M.memcgStatDirty, k, s.labels, st.dirtyBytes);
+        put(M.memcgStatWriteback, k, s.labels, st.writebackBytes);
+      };
+      store.forEachKeyed(M.memcgWbStarted, each);
+      store.forEachKeyed(M.memcgWbWaits, each);
+      stats.endCollection();
+      store.collected(M.memcgStatDirty);
+      store.collected(M.memcgStatWriteback);
     },
   };
 }

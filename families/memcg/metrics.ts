@@ -47,7 +47,7 @@ export const MEMCG_METRICS = {
     'hvwatch_memcg_stat_dirty_bytes',
     'gauge',
     CG,
-    'Dirty page cache of the cgroup, from memory.stat (re-read per scrape for new cgroups and the oldest eighth, at least 256).',
+    'Dirty page cache of the cgroup, from memory.stat (read at first sight, then re-read in the background about every 10 s).',
     'bytes',
   ),
   memcgStatWriteback: def(
@@ -55,7 +55,7 @@ export const MEMCG_METRICS = {
     'hvwatch_memcg_stat_writeback_bytes',
     'gauge',
     CG,
-    'Page cache under writeback in the cgroup, from memory.stat (re-read per scrape for new cgroups and the oldest eighth, at least 256).',
+    'Page cache under writeback in the cgroup, from memory.stat (read at first sight, then re-read in the background about every 10 s).',
     'bytes',
   ),
 } as const satisfies Record<string, MetricDef>;
