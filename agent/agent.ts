@@ -5,19 +5,19 @@ import { compileDecoder, type DecodedEvent } from './aggregate/events.js';
 import { M } from './catalog.js';
 import { MetricStore } from './export/store.js';
 import { LabelBudget } from './aggregate/budget.js';
-import { checkDecoders, collectMap, UNKNOWN_CGROUP, type CollectContext } from './aggregate/collect.js';
+import { checkDecoders, collectMap, UNKNOWN_CGROUP } from './aggregate/collect.js';
 import { initFixedSeries } from './aggregate/initial.js';
-import { decodeStack } from './symbols.js';
 import type { CgroupResolver, MemoryHierarchy, MemoryStatSource } from './cgroups.js';
 import type { Loader, LoadedFamily, ProbeStatus } from './loader.js';
-import { FAMILIES } from './probes/index.js';
-import { HASH_MAP, type EventContext, type FamilySpec, type ProbeSpec } from './probes/model.js';
+import { FAMILY_MODULES, createFamilies } from './families.js';
+import { HASH_MAP, type CollectContext, type EventContext, type FamilyModule, type FamilySpec, type ProbeSpec } from './model/family.js';
+import { AgentServices } from './services/index.js';
 import type { Config } from './config.js';
 import { log, logEnabled } from './log.js';
 import { LogLimiter } from './log-limit.js';
 import { kubeLabelerFor } from './k8s.js';
 import { LiveSource } from './sources/live.js';
-import { asLoaded, type FamilyView, type MapView, type Source } from './sources/source.js';
+import type { FamilyView, MapView, Source } from './sources/source.js';
 
 export const VERSION: string = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
@@ -68,20 +68,33 @@ function candidatesFor(cfg: Config, p: ProbeSpec): ProbeSpec['candidates'] {
 }
 
 /** This kernel's BPF, loaded as the config says (also what `hvwatch record` wraps). */
-export function liveSource(config: Config, families: readonly FamilySpec[] = FAMILIES): LiveSource {
-  return new LiveSource(config, families, {
-    enabled: (p) => probeEnabled(config, p),
-    candidates: (p) => candidatesFor(config, p),
-    hotAllowed: (p) => hotOptedIn(config, p),
-    mapSizes: { perObject: config.bpf.mapEntries, perFolio: config.bpf.raceStateEntries },
-    btfCustomPath: config.bpf.btfPath,
-    stateAllowed: (state) => config.bpf.threadState === 'auto' || state === HASH_MAP,
-  });
+export function liveSource(config: Config, families: readonly FamilySpec[], services: AgentServices): LiveSource {
+  return new LiveSource(
+    config,
+    families,
+    {
+      enabled: (p) => probeEnabled(config, p),
+      candidates: (p) => candidatesFor(config, p),
+      hotAllowed: (p) => hotOptedIn(config, p),
+      mapSizes: { perObject: config.bpf.mapEntries, perFolio: config.bpf.raceStateEntries },
+      btfCustomPath: config.bpf.btfPath,
+      stateAllowed: (state) => config.bpf.threadState === 'auto' || state === HASH_MAP,
+    },
+    services,
+  );
 }
+
+/** Where an agent's maps, events and host facts come from, made from its families and
+ * services: a recorder around liveSource (`hvwatch record`), a trace (`hvwatch replay`). */
+export type SourceFactory = (families: readonly FamilySpec[], services: AgentServices) => Source;
 
 export class Agent {
   readonly store = new MetricStore();
   readonly budget: LabelBudget;
+  /** This agent's services, handed to each family's create() (agent/services/index.ts). */
+  readonly services: AgentServices;
+  /** The families, each created for this agent from its module. */
+  readonly families: readonly FamilySpec[];
   readonly cgroups: { resolver: CgroupResolver; hierarchy: MemoryHierarchy; memoryStats: MemoryStatSource } | undefined;
   /** Where maps, events and host facts come from: live BPF, a recorder over it, or a trace. */
   readonly source: Source;
@@ -96,14 +109,16 @@ export class Agent {
 
   constructor(
     readonly config: Config,
-    readonly families: readonly FamilySpec[] = FAMILIES,
-    source?: Source,
+    modules: readonly FamilyModule[] = FAMILY_MODULES,
+    source?: SourceFactory,
   ) {
+    this.services = new AgentServices(config);
+    const families = (this.families = createFamilies(config, this.services, modules));
     for (const f of families) checkDecoders(f); // an unknown decoder name is an error here, before any load
     this.budget = new LabelBudget({ cgroup: config.cardinality.cgroups, vm: config.cardinality.vms }, (label) =>
       this.store.inc(M.cardinalityDropped, { label }),
     );
-    this.source = source ?? liveSource(config, families);
+    this.source = source ? source(families, this.services) : liveSource(config, families, this.services);
     this.cgroups = this.source.host.cgroups;
     this.cgroups?.resolver.setKubeLabeler(kubeLabelerFor(config.cgroups)); // namespace/pod/container (agent/k8s.ts)
     this.cgroups?.resolver.setLinger(config.cgroups.removedSeconds); // README "Series lifecycle"
@@ -142,6 +157,7 @@ export class Agent {
     for (const fam of this.source.families) for (const stage of COLLECT_STAGES) this.store.inc(M.collectErrors, { family: fam.spec.name, stage }, 0);
     this.publishProbeStatus();
     this.store.set(M.buildInfo, { version: VERSION, kernel: this.source.build.kernel, libbpf: this.source.build.libbpf }, 1);
+    this.services.started();
     this.ready = true;
   }
 
@@ -153,13 +169,14 @@ export class Agent {
     let suppressed = 0;
     const now = Date.now();
     const ctx: EventContext = {
+      family: fam,
       store: this.store,
       resolveCgroup: (id) => this.cgroups?.resolver.resolve(BigInt(id)) ?? UNKNOWN_CGROUP,
       stack: (id) => {
         const k = Buffer.alloc(4);
         k.writeUInt32LE(id);
         const raw = maps.get('stacks')?.lookupRaw(k);
-        return raw ? decodeStack(raw) : [];
+        return raw ? this.services.symbols.decodeStack(raw) : [];
       },
       logRace: (record, level = 'warn') => {
         this.races.push(record);
@@ -190,9 +207,9 @@ export class Agent {
     return this.source.status as ProbeStatus[];
   }
 
+  /** A loaded family of the live loader (tests and benches run its programs). */
   family(name: string): LoadedFamily | undefined {
-    const f = this.source.families.find((x) => x.spec.name === name);
-    return f && asLoaded(f);
+    return this.loader.families.find((x) => x.spec.name === name);
   }
 
   private publishProbeStatus(): void {
@@ -231,8 +248,7 @@ export class Agent {
     if (gc) this.lastGc = now;
     const ctx: CollectContext = { store: this.store, budget: this.budget, cgroups: this.cgroups, now, gc };
     this.store.beginCollection();
-    for (const view of this.source.families) {
-      const fam = asLoaded(view);
+    for (const fam of this.source.families) {
       // Each step of each family is isolated: one that throws is counted and logged, and
       // the family's other steps, the other families and the self-metrics still export.
       try {
@@ -248,7 +264,7 @@ export class Agent {
         }
       }
       try {
-        this.source.beforeFamilyCollect?.(view);
+        this.source.beforeFamilyCollect?.(fam);
         fam.spec.collect?.(ctx, this.store, fam);
       } catch (err) {
         this.collectFailed(fam.spec.name, 'collect', err);
@@ -264,6 +280,11 @@ export class Agent {
       } catch (err) {
         this.collectFailed(fam.spec.name, 'map', err, { map: 'hv_errors/watched maps' });
       }
+    }
+    try {
+      this.services.afterCollect(ctx, this.store); // what spans families (hvwatch_kvm_vm_info)
+    } catch (err) {
+      this.collectFailed('agent', 'collect', err);
     }
     this.store.sweep(); // series the maps no longer have (their entries were deleted)
     this.collectProgramStats();

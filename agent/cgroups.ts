@@ -294,7 +294,7 @@ export class CgroupResolver {
   }
 
   /**
-   * What the BPF side saw when a cgroup was made or removed (bpf/src/memcg.bpf.c
+   * What the BPF side saw when a cgroup was made or removed (families/memcg/memcg.bpf.c
    * cgroup_seen): its path while it existed, so ids of cgroups gone before any scrape or
    * walk still resolve, and its removal without a stat. `path` undefined: not readable or
    * truncated (the walk's path, if any, is kept).

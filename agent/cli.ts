@@ -9,7 +9,7 @@ import { ConfigError, loadConfig, parseListen, type Config } from './config.js';
 import { btfProblem, missingCapability } from './preflight.js';
 import { serveAgent } from './export/server.js';
 import { log, setLogLevel } from './log.js';
-import { allProbeNames, FAMILIES } from './probes/index.js';
+import { allProbeNames, allProbes } from './families.js';
 import { formatProbeReport } from './report.js';
 import { top } from './top/main.js';
 import { isCommand, runCommand } from './commands/index.js';
@@ -18,7 +18,6 @@ import { InProcessAlerting } from './alerting/index.js';
 import { M } from './catalog.js';
 import { WebConfigError } from './export/webconfig.js';
 import { dropCapabilities, privilegedThreads } from './privileges.js';
-import { hasKernelSymbol } from './symbols.js';
 
 const USAGE = `usage: hvwatch [run|probes|top|check|record|replay|version] [options]
   run                 attach probes and serve /metrics (default)
@@ -97,7 +96,7 @@ function parse(argv: string[]): { cmd: string; cfg: Config; json: boolean; stric
     if (n !== 'all' && !known.has(n)) throw new ConfigError(`${v.config}: key probes: unknown probe ${n} (known: ${[...known].join(', ')})`);
   }
   for (const [name, cands] of Object.entries(cfg.probes.attach)) {
-    const spec = FAMILIES.flatMap((f) => f.probes).find((p) => p.name === name)!;
+    const spec = allProbes().find((p) => p.name === name)!;
     cands.forEach((c, i) => {
       if (!spec.candidates.some((d) => d.attach === c.attach)) {
         throw new ConfigError(
@@ -179,7 +178,7 @@ async function applyPrivileges(cfg: Config, agent: Agent): Promise<void> {
     agent.store.set(M.privilegedThreads, {}, privilegedThreads());
     return;
   }
-  const r = await dropCapabilities({ user: cfg.privileges.user, warm: () => hasKernelSymbol('') });
+  const r = await dropCapabilities({ user: cfg.privileges.user, warm: () => agent.services.symbols.has('') });
   agent.store.set(M.capabilitiesDropped, {}, r.dropped ? 1 : 0);
   agent.store.set(M.privilegedThreads, {}, r.privilegedThreads);
   if (r.dropped)

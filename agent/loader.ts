@@ -17,11 +17,12 @@ import {
 } from '../bpf/libbpf.js';
 import { CHAIN_MAP_PREFIX, HookChains } from './hook-chain.js';
 import { Btf } from '../bpf/btf.js';
-import { kernelAtLeast, precheck } from './kernel.js';
+import type { Kernel } from './kernel.js';
+import { checkEnums } from './aggregate/enums.js';
 import { log } from './log.js';
-import type { Candidate, FamilySpec, ProbeSpec } from './probes/model.js';
+import type { Candidate, FamilySpec, ProbeSpec } from './model/family.js';
 
-/**
+/*
  * Per-CPU stats maps allocate entries on first use rather than all max_entries at load:
  * preallocated, they cost max_entries x value size x possible CPUs whatever the host runs
  * (93 MB of map memory for the default set with --hot all on 2 CPUs, 20 MB without
@@ -29,16 +30,27 @@ import type { Candidate, FamilySpec, ProbeSpec } from './probes/model.js';
  * allocator (kernel/bpf/memalloc.c) is safe in tracing context, while before it the
  * verifier WARN_ONCEs on a kprobe/tracepoint program using such a map
  * (check_map_prog_compatibility, kernel/bpf/verifier.c v5.10), a panic with panic_on_warn.
- * A failed allocation is a failed insert, counted like a full map.
+ * A failed allocation is a failed insert, counted like a full map. (Loader.lazyPercpuMaps)
  */
-const LAZY_PERCPU_MAPS = kernelAtLeast(6, 1);
 
 export const BPF_BUILD_DIR = fileURLToPath(new URL('../../bpf/build/', import.meta.url));
+
+/** Why a candidate was not taken: typed, so the loader decides on this and never on the
+ * wording of `error` (which is what `hvwatch probes` shows). */
+export type CandidateFailure =
+  /** A hot candidate of a probe that is not opted in (probes.hot): never tried. */
+  | 'hot_not_opted_in'
+  /** The precheck found its hook absent from this kernel (function, tracepoint, symbol). */
+  | 'hook_missing'
+  /** The precheck passed (or could not tell) and the load or attach failed. */
+  | 'load_failed';
 
 export interface CandidateResult {
   attach: string;
   target: string;
   ok: boolean;
+  /** Set when !ok. */
+  reason?: CandidateFailure;
   error?: string;
   /** The verifier's (or libbpf's) last lines, when a load failed. */
   log?: string[];
@@ -63,9 +75,6 @@ export interface ProbeStatus {
    * probe none of whose hooks exist): not a failure. */
   absent?: boolean;
 }
-
-/** Candidate results that failed the precheck: the hook is not in this kernel. */
-const hookMissing = new WeakSet<CandidateResult>();
 
 export interface LoadOptions {
   enabled: (p: ProbeSpec) => { on: true } | { on: false; why: string };
@@ -113,6 +122,7 @@ export class LoadedFamily {
     readonly spec: FamilySpec,
     private readonly owner: BpfObject,
     private readonly opts: LoadOptions,
+    private readonly kernel: Kernel,
     private readonly hooks = new HookChains(),
   ) {
     for (const m of owner.maps()) {
@@ -151,16 +161,12 @@ export class LoadedFamily {
 
   tryCandidate(probe: ProbeSpec, c: Candidate): CandidateResult {
     const res: CandidateResult = { attach: c.attach, target: c.target, ok: false, ...(c.state ? { state: c.state } : {}) };
-    if (c.programs.length === 0) return { ...res, error: `probe ${probe.name} has no program for the ${c.attach} tier` };
+    if (c.programs.length === 0) return { ...res, reason: 'load_failed', error: `probe ${probe.name} has no program for the ${c.attach} tier` };
     const targetOf = (prog: string): string => c.targets?.[prog] ?? c.target;
     const hooks = new Map(c.programs.map((n) => [`${this.kindOf(n, c.attach)} ${targetOf(n)}`, { attach: this.kindOf(n, c.attach), target: targetOf(n) }]));
     for (const h of hooks.values()) {
-      const why = precheck({ ...c, ...h });
-      if (why) {
-        const r = { ...res, error: why };
-        hookMissing.add(r);
-        return r;
-      }
+      const why = this.kernel.precheck({ ...c, ...h });
+      if (why) return { ...res, reason: 'hook_missing', error: why };
     }
     let inst: BpfObject | undefined;
     const links: BpfLink[] = [];
@@ -200,7 +206,7 @@ export class LoadedFamily {
       for (const l of links) l.destroy();
       inst?.close();
       const err = e instanceof BpfError ? e : new BpfError(String(e), 0);
-      return { ...res, error: err.message, log: err.verifierTail() };
+      return { ...res, reason: 'load_failed', error: err.message, log: err.verifierTail() };
     }
   }
 
@@ -239,7 +245,15 @@ export class Loader {
   /** Maps named SHARED_MAP_PREFIX*, by name: the first family's, given to the later ones. */
   private readonly sharedMaps = new Map<string, { family: string; map: MapFd }>();
 
-  constructor(private readonly opts: LoadOptions) {}
+  /** Whether per-CPU hashes are created without preallocation (the comment at the top). */
+  private readonly lazyPercpuMaps: boolean;
+
+  constructor(
+    private readonly opts: LoadOptions,
+    private readonly kernel: Kernel,
+  ) {
+    this.lazyPercpuMaps = kernel.atLeast(6, 1);
+  }
 
   loadFamily(spec: FamilySpec): LoadedFamily | undefined {
     const absent = spec.present?.();
@@ -256,7 +270,7 @@ export class Loader {
         const n = this.opts.mapSizes?.[kind];
         if (n) owner.map(map).setMaxEntries(n);
       }
-      if (LAZY_PERCPU_MAPS) {
+      if (this.lazyPercpuMaps) {
         for (const m of owner.maps()) if (m.type === BPF_MAP_TYPE_PERCPU_HASH) m.setFlags(m.flags | BPF_F_NO_PREALLOC);
       }
       // A map type this kernel lacks (task storage before 5.11) is left out: the candidates
@@ -275,18 +289,28 @@ export class Loader {
       owner.load(); // creates the maps only: every program is off
     } catch (e) {
       owner?.close();
-      const msg = e instanceof Error ? e.message : String(e);
-      this.familyErrors.push({ family: spec.name, error: msg });
-      log('error', 'probe family failed to load; its probes are off', { family: spec.name, error: msg });
-      for (const p of spec.probes) this.status.push(this.probeStatus(p, true, `family ${spec.name} failed: ${msg}`));
-      return undefined;
+      return this.familyFailed(spec, e);
     }
-    const fam = new LoadedFamily(spec, owner, this.opts, this.hooks);
+    const fam = new LoadedFamily(spec, owner, this.opts, this.kernel, this.hooks);
+    try {
+      checkEnums(fam.btf, spec.enums ?? []); // the enums it names values of are in its BTF
+    } catch (e) {
+      fam.destroy();
+      return this.familyFailed(spec, e);
+    }
     for (const [name, map] of fam.maps)
       if (name.startsWith(SHARED_MAP_PREFIX) && !this.sharedMaps.has(name)) this.sharedMaps.set(name, { family: spec.name, map });
     this.families.push(fam);
     for (const p of spec.probes) this.attachProbe(fam, p);
     return fam;
+  }
+
+  private familyFailed(spec: FamilySpec, e: unknown): undefined {
+    const msg = e instanceof Error ? e.message : String(e);
+    this.familyErrors.push({ family: spec.name, error: msg });
+    log('error', 'probe family failed to load; its probes are off', { family: spec.name, error: msg });
+    for (const p of spec.probes) this.status.push(this.probeStatus(p, true, `family ${spec.name} failed: ${msg}`));
+    return undefined;
   }
 
   private probeStatus(p: ProbeSpec, enabled: boolean, skipped?: string): ProbeStatus {
@@ -317,9 +341,9 @@ export class Loader {
       (c) => !c.state || ((state === undefined || c.state === state) && (this.opts.stateAllowed?.(c.state) ?? true)),
     );
     for (const c of cands) {
-      const r =
+      const r: CandidateResult =
         c.hot && !this.opts.hotAllowed?.(p)
-          ? { attach: c.attach, target: c.target, ok: false, error: `hot, not opted in (--hot ${p.name}): ${c.hot}` }
+          ? { attach: c.attach, target: c.target, ok: false, reason: 'hot_not_opted_in', error: `hot, not opted in (--hot ${p.name}): ${c.hot}` }
           : fam.tryCandidate(p, c);
       st.candidates.push(r);
       if (r.ok) {
@@ -328,7 +352,7 @@ export class Loader {
         break;
       }
     }
-    const hotSkipped = st.candidates.find((r) => r.error?.startsWith('hot, not opted in'));
+    const hotSkipped = st.candidates.find((r) => r.reason === 'hot_not_opted_in');
     if (st.chosen) {
       log('info', 'probe attached', { probe: p.name, attach: st.chosen.attach, target: st.chosen.target });
     } else if (hotSkipped) {
@@ -336,7 +360,7 @@ export class Loader {
       st.enabled = false;
       st.skipped = `only hot candidates attach on this kernel; ${hotSkipped.error}`;
       log('info', 'probe off: only hot candidates left', { probe: p.name, hot: hotSkipped.error });
-    } else if (p.optional && st.candidates.length > 0 && st.candidates.every((r) => hookMissing.has(r))) {
+    } else if (p.optional && st.candidates.length > 0 && st.candidates.every((r) => r.reason === 'hook_missing')) {
       st.enabled = false;
       st.absent = true;
       st.skipped = `not present in this kernel: ${st.candidates.map((c) => c.error).join('; ')}`;

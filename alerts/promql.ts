@@ -1,7 +1,7 @@
 // Builds PromQL selectors from catalog entries, so rules and panels never spell a metric
 // name: a renamed metric breaks the build, and a label the metric does not carry throws
 // when the artifacts are generated (test/promql-catalog.test.ts checks the output again).
-import type { MetricDef } from '../agent/catalog.js';
+import type { MetricDef } from '../agent/model/metric.js';
 
 /** Labels Prometheus adds to every scraped series. */
 export const TARGET_LABELS = ['instance', 'job'] as const;

@@ -1,6 +1,6 @@
 // bpftrace as the peer: for each hvwatch program a one-liner on the same tracepoint that keeps
 // the same aggregate (same keys, counters and log2 histograms as the BPF maps of
-// bpf/src/*.bpf.c), run as one bpftrace process; its programs are read through the kernel's
+// families/*/*.bpf.c), run as one bpftrace process; its programs are read through the kernel's
 // run-time accounting exactly like hvwatch's.
 import * as fs from 'node:fs';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
@@ -59,7 +59,7 @@ const EQUIVALENTS: Record<string, (c: Consts) => string> = {
 };
 
 /** hvwatch names a program `<tier prefix>_<what>[_ts]`: btf_, tp_, raw_ (or none); `_ts`
- * for its task-storage variant (agent/probes/model.ts inStateTiers). */
+ * for its task-storage variant (agent/model/family.ts inStateTiers). */
 function equivalentKey(program: string): string {
   return program.replace(/^(btf|tp|raw)_/, '').replace(/_ts$/, '');
 }

@@ -16,7 +16,7 @@ import { Agent } from '../agent/agent.js';
 import { configSchema } from '../agent/config.js';
 import { M } from '../agent/catalog.js';
 import { findMemoryHierarchy } from '../agent/cgroups.js';
-import { allProbeNames } from '../agent/probes/index.js';
+import { allProbeNames } from '../agent/families.js';
 import { median, progress } from './common.js';
 import { GUEST } from './kvm.js';
 
@@ -140,7 +140,7 @@ function firstSightNs(a: Agent): number {
   if (!prog) return 0;
   const args = (times: number): Buffer => {
     const b = Buffer.alloc(112);
-    b.writeUInt32LE(13, 0); // T_FIRST_SIGHT in bpf/src/kvm.bpf.c
+    b.writeUInt32LE(13, 0); // T_FIRST_SIGHT in families/kvm/kvm.bpf.c
     b.writeUInt32LE(times, 28);
     return b;
   };

@@ -10,7 +10,7 @@
 import { enableRunTimeStats, type ProgStats } from '../bpf/libbpf.js';
 import { Agent } from '../agent/agent.js';
 import { configSchema, type Config } from '../agent/config.js';
-import { FAMILIES } from '../agent/probes/index.js';
+import { declaredFamilies } from '../agent/families.js';
 import { describeLoad, progress, runLoad, type ChurnLoad, type Load, type LoadKind, type Scratch } from './common.js';
 import { attachedPrograms, Floor, hookId, type AttachedProgram, type Hook } from './hooks.js';
 import { Bpftrace, bpftraceConsts, bpftraceFor, bpftraceVersion } from './bpftrace.js';
@@ -70,7 +70,7 @@ interface ConfigSpec {
 /** The three configurations; the classic-tracepoint one is built from the probe specs. */
 function configs(): ConfigSpec[] {
   const attach: Record<string, { attach: 'tracepoint'; target: string }[]> = {};
-  for (const f of FAMILIES) {
+  for (const f of declaredFamilies()) {
     for (const p of f.probes) {
       const c = p.candidates.find((x) => x.attach === 'tracepoint');
       if (c) attach[p.name] = [{ attach: 'tracepoint', target: c.target }];

@@ -1,7 +1,7 @@
 // Why a program costs what it does, and what would bring it down: analysis of the
 // measured results (bench/RESULTS.md), kept next to the harness so each run prints it.
 // Keyed by program name; shown for programs that miss a target. Facts about the programs
-// come from bpf/src/*.bpf.c.
+// come from families/*/*.bpf.c.
 
 const ON_FLOOR =
   'returns after one compare on almost every event (the item is not NR_WRITEBACK / PGPGOUT), ' +

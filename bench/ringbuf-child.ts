@@ -10,7 +10,7 @@ import { Agent } from '../agent/agent.js';
 import type { LiveSource } from '../agent/sources/live.js';
 import { configSchema } from '../agent/config.js';
 import { M } from '../agent/catalog.js';
-import { allProbeNames } from '../agent/probes/index.js';
+import { allProbeNames } from '../agent/families.js';
 import { procCpuMs } from './common.js';
 
 const koffi = createRequire(import.meta.url)('koffi') as typeof import('koffi');

@@ -7,7 +7,7 @@
 import * as path from 'node:path';
 import { BpfObject, type BpfProgram } from '../bpf/libbpf.js';
 import { BPF_BUILD_DIR } from '../agent/loader.js';
-import { FAMILIES } from '../agent/probes/index.js';
+import { declaredFamilies } from '../agent/families.js';
 import { median, progress, type Scratch } from './common.js';
 import { Floor } from './hooks.js';
 
@@ -46,7 +46,7 @@ export function testRunCost(scratch: Scratch, quick: boolean): TestRunResult {
   const uncovered: TestRunResult['uncovered'] = [];
   const floor = Floor.create(scratch.dir, [], false);
   try {
-    for (const fam of FAMILIES) {
+    for (const fam of declaredFamilies()) {
       let obj: BpfObject | undefined;
       try {
         obj = BpfObject.open(path.join(BPF_BUILD_DIR, fam.object));

@@ -2,17 +2,17 @@
 // and which VMs and cgroups stand out. Top-N panels read the recording rules, so they
 // stay cheap across a fleet.
 import { M } from '../agent/catalog.js';
-import { RECORDING } from '../alerts/rules.js';
+import { RECORDING } from '../alerts/recording.js';
+import { nodeVar } from './vars.js';
+
+export { nodeVar };
 import { JOB, by, re, recorded, series } from '../alerts/promql.js';
-import { U, bars, dashboard, datasourceVar, graph, labelVar, single, tableOf } from './lib.js';
+import { U, bars, dashboard, datasourceVar, graph, single, tableOf } from './lib.js';
 
 const NODE = { instance: re('$node') };
 // `up` is Prometheus' own series for every target: the one name not from the catalog.
 const UP = `up{job="${JOB}"}`;
 const UP_NODE = `up{job="${JOB}", instance=~"$node"}`;
-
-export const nodeVar = (): ReturnType<typeof labelVar> =>
-  labelVar('node', 'Node', `label_values(${series(M.buildInfo)}, instance)`, 'Agents (scrape targets) to show; every node runs one.');
 
 export const fleet = () =>
   dashboard({

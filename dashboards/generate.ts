@@ -10,21 +10,35 @@ import { renderRulesFile } from '../alerts/render.js';
 import { allPanels, dashboardExpressions, type DashboardJson } from './expressions.js';
 import { renderDashboardsReadme } from './summary.js';
 import { renderPreview } from './preview.js';
+import { existsSync } from 'node:fs';
+import { FAMILY_MODULES } from '../families/index.js';
 import { fleet } from './fleet.js';
-import { memcg } from './memcg.js';
-import { kvm } from './kvm.js';
-import { introspection } from './introspection.js';
-import { ima } from './ima.js';
 
-/** File name -> dashboard. */
+type Board = () => unknown;
+
+/** Each registered family's boards (families/<name>/dashboard.ts, optional), in registry order. */
+async function familyBoards(): Promise<[string, Board][]> {
+  const out: [string, Board][] = [];
+  for (const f of FAMILY_MODULES) {
+    const file = new URL(`../families/${f.name}/dashboard.js`, import.meta.url);
+    if (!existsSync(file)) continue;
+    const mod = (await import(file.href)) as { boards?: Record<string, Board> };
+    if (!mod.boards) throw new Error(`families/${f.name}/dashboard.ts exports no boards`);
+    out.push(...Object.entries(mod.boards));
+  }
+  return out;
+}
+
+const FAMILY_BOARDS = await familyBoards();
+
+/** File name -> dashboard: the fleet overview, then the families' boards. */
 export function buildDashboards(): Map<string, DashboardJson> {
-  return new Map<string, DashboardJson>([
-    ['fleet.json', fleet() as DashboardJson],
-    ['memcg.json', memcg() as DashboardJson],
-    ['kvm.json', kvm() as DashboardJson],
-    ['introspection.json', introspection() as DashboardJson],
-    ['ima.json', ima() as DashboardJson],
-  ]);
+  const all = new Map<string, DashboardJson>([['fleet.json', fleet() as DashboardJson]]);
+  for (const [file, board] of FAMILY_BOARDS) {
+    if (all.has(file)) throw new Error(`dashboards: ${file} is built twice`);
+    all.set(file, board() as DashboardJson);
+  }
+  return all;
 }
 
 /** Where the provisioning file tells Grafana to look for the JSON files. */

@@ -12,7 +12,8 @@ import { MetricStore } from '../agent/export/store.js';
 import { InProcessAlerting, alertingConfigSchema, type AlertingConfig, type PostableAlert } from '../agent/alerting/index.js';
 import { AlertmanagerSender } from '../agent/alerting/alertmanager.js';
 import { Evaluator } from '../agent/alerting/evaluator.js';
-import { RACE, PROBE_NOT_ATTACHED } from '../agent/alerting/conditions.js';
+import { PROBE_NOT_ATTACHED } from '../agent/alerting/conditions.js';
+import { RACE } from '../families/memcg_fn/family.js';
 import { until } from './helpers/agent.js';
 import { amAlerts, startAlertmanager, type Service } from './helpers/prometheus.js';
 

@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { AgentProcess, pick, until, value, writeConfig, type Sample } from './helpers/agent.js';
 import { createCgroup, memoryHierarchy } from './helpers/memcg.js';
 import { KVM_GUEST, kvmUsable } from './helpers/kvm.js';
-import { allProbeNames } from '../agent/probes/index.js';
+import { allProbeNames } from '../agent/families.js';
 import { M } from '../agent/catalog.js';
 
 const CAP = 100;

@@ -9,9 +9,9 @@ import type { AddressInfo } from 'node:net';
 import { Agent } from '../agent/agent.js';
 import { configSchema } from '../agent/config.js';
 import { M } from '../agent/catalog.js';
-import { FAMILIES } from '../agent/probes/index.js';
+import { declaredFamilies, FAMILY_MODULES, moduleOf } from '../agent/families.js';
 import { checkDecoders } from '../agent/aggregate/collect.js';
-import type { FamilySpec } from '../agent/probes/model.js';
+import type { FamilySpec } from '../agent/model/family.js';
 import type { Source } from '../agent/sources/source.js';
 import { buildApp, listen } from '../agent/export/server.js';
 import { parseExposition, pick, value } from './helpers/agent.js';
@@ -37,15 +37,15 @@ async function stderrOf<T>(fn: () => Promise<T>): Promise<{ result: T; lines: st
 (skip ? test.skip : test.serial)(
   `a family whose collect throws is counted and logged (rate-limited); its maps, the later families and the self-metrics still export${skip ? ` (skipped: ${skip})` : ''}`,
   async (t) => {
-    const first = FAMILIES[0]!;
+    const first = FAMILY_MODULES[0];
     t.is(first.name, 'memcg', 'the failing family comes before kvm, so "the families after it" is tested');
-    const failing: FamilySpec = {
-      ...first,
+    const failing = moduleOf((config, services) => ({
+      ...first.create(config, services),
       collect: () => {
         throw new Error('injected failure in memcg collect');
       },
-    };
-    const agent = new Agent(configSchema.parse({}), [failing, ...FAMILIES.slice(1)]);
+    }));
+    const agent = new Agent(configSchema.parse({}), [failing, ...FAMILY_MODULES.slice(1)]);
     agent.start();
     t.teardown(() => agent.stop());
     const server = await listen(buildApp(agent), '127.0.0.1', 0);
@@ -99,7 +99,7 @@ async function stderrOf<T>(fn: () => Promise<T>): Promise<{ result: T; lines: st
 );
 
 test('a family naming an unknown label decoder is refused when the agent is built, before any BPF is loaded', (t) => {
-  const base = FAMILIES.find((f) => f.name === 'memcg')!;
+  const base = declaredFamilies().find((f) => f.name === 'memcg')!;
   const withDecoder = (decoder: string): FamilySpec => ({
     ...base,
     maps: base.maps.map((e, i) => (i === 0 ? { ...e, labels: e.labels.map((l, j) => (j === 0 ? { ...l, decoder } : l)) } : e)),
@@ -115,10 +115,10 @@ test('a family naming an unknown label decoder is refused when the agent is buil
     // the source given here records every property read.
     const touched: string[] = [];
     const source = new Proxy({}, { get: (_o, k) => void touched.push(String(k)) }) as Source;
-    const e = t.throws(() => new Agent(configSchema.parse({}), [withDecoder(bad)], source));
+    const e = t.throws(() => new Agent(configSchema.parse({}), [moduleOf(withDecoder(bad))], () => source));
     t.regex(e!.message, /unknown label decoder/);
     t.deepEqual(touched, []);
   }
   t.notThrows(() => checkDecoders(withDecoder('number')));
-  for (const f of FAMILIES) t.notThrows(() => checkDecoders(f), f.name);
+  for (const f of declaredFamilies()) t.notThrows(() => checkDecoders(f), f.name);
 });

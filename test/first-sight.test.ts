@@ -9,7 +9,7 @@ import { AgentProcess, ROOT, pick, value, writeConfig } from './helpers/agent.js
 import { kvmUsable, runGuest } from './helpers/kvm.js';
 import { createCgroup, fsyncWriteInCgroup } from './helpers/memcg.js';
 import { M } from '../agent/catalog.js';
-import { allProbeNames } from '../agent/probes/index.js';
+import { allProbeNames } from '../agent/families.js';
 
 const IRQ_GUEST = join(ROOT, 'test/helpers/build/kvm-irq-guest');
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

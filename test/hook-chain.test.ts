@@ -10,9 +10,9 @@ import { readFileSync } from 'node:fs';
 import { Agent } from '../agent/agent.js';
 import { configSchema } from '../agent/config.js';
 import { M } from '../agent/catalog.js';
-import { allProbeNames } from '../agent/probes/index.js';
+import { allProbeNames } from '../agent/families.js';
 import { SHARED_MAP_PREFIX } from '../agent/loader.js';
-import { TASK_STORAGE } from '../agent/probes/model.js';
+import { TASK_STORAGE } from '../agent/model/family.js';
 import { kvmUsable, startGuest } from './helpers/kvm.js';
 
 const skip = kvmUsable() ?? (spawnSync('bpftool', ['version']).status === 0 ? undefined : 'bpftool is not installed');

@@ -8,7 +8,7 @@ import * as net from 'node:net';
 import bcrypt from 'bcryptjs';
 import { AgentProcess, freePort, HVWATCH, parseExposition, until, value, writeConfig } from './helpers/agent.js';
 import { spawn } from 'node:child_process';
-import { allProbeNames } from '../agent/probes/index.js';
+import { allProbeNames } from '../agent/families.js';
 import { M } from '../agent/catalog.js';
 
 const WEB = `probes:

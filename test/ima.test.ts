@@ -11,7 +11,10 @@ import { Agent } from '../agent/agent.js';
 import { configSchema } from '../agent/config.js';
 import { M } from '../agent/catalog.js';
 import { folded } from '../agent/aggregate/histogram.js';
-import { detectIma, devName, imaFamily, REUSE_KINDS } from '../agent/probes/ima.js';
+import * as IMA from '../families/ima/family.js';
+import { detectIma, devName, REUSE_KINDS } from '../families/ima/family.js';
+import { moduleOf } from '../agent/families.js';
+import { AgentServices } from '../agent/services/index.js';
 import { AgentProcess, pick, value } from './helpers/agent.js';
 import { createCgroup } from './helpers/memcg.js';
 import { setLogLevel } from '../agent/log.js';
@@ -19,12 +22,15 @@ import { trampolineMaxArgs } from '../agent/kernel.js';
 
 setLogLevel('error'); // reuse events are logged: expected here, noise in the test log
 
+const CFG = configSchema.parse({});
+const SERVICES = new AgentServices(CFG);
+const imaFamily = IMA.create(CFG, SERVICES);
 const IMA_PROBES = imaFamily.probes.map((p) => p.name);
 
 // ---- detection ----
 
 test('detection on this kernel: IMA not built (no ima_file_check in BTF or kallsyms), so the family is not present, with that reason', (t) => {
-  const d = detectIma();
+  const d = detectIma(SERVICES.kernel);
   t.false(d.built);
   t.regex(d.reason!, /^IMA is not built into this kernel \(CONFIG_IMA off\): no ima_file_check or ima_bprm_check in its BTF or \/proc\/kallsyms$/);
   t.is(imaFamily.present!(), d.reason);
@@ -34,25 +40,25 @@ test('detection: built and active, built but not among the active LSMs (6.9+), b
   const names = { btf: new Set(['ima_file_check']), kallsyms: new Set<string>() };
   const root = fs.mkdtempSync(path.join(os.tmpdir(), 'hvwatch-secfs-'));
   t.teardown(() => fs.rmSync(root, { recursive: true, force: true }));
-  t.deepEqual(detectIma(root, names), { built: true, active: undefined }, 'empty: securityfs not mounted, cannot tell, so attach');
+  t.deepEqual(detectIma(SERVICES.kernel, root, names), { built: true, active: undefined }, 'empty: securityfs not mounted, cannot tell, so attach');
   fs.writeFileSync(path.join(root, 'lsm'), 'lockdown,capability,landlock,yama,apparmor,bpf\n');
-  const off = detectIma(root, names, true);
+  const off = detectIma(SERVICES.kernel, root, names, true);
   t.false(off.active);
   t.is(
     off.reason,
     `IMA is built into this kernel but off: not among the active LSMs (/sys/kernel/security/lsm: lockdown,capability,landlock,yama,apparmor,bpf), so it never initialized (no ${root}/ima)`,
   );
   fs.writeFileSync(path.join(root, 'lsm'), 'lockdown,capability,ima,evm\n');
-  t.regex(detectIma(root, names, true).reason!, /^IMA is built into this kernel but off: securityfs is mounted but it never initialized/);
+  t.regex(detectIma(SERVICES.kernel, root, names, true).reason!, /^IMA is built into this kernel but off: securityfs is mounted but it never initialized/);
   fs.writeFileSync(path.join(root, 'lsm'), 'lockdown,capability,yama,apparmor\n');
   t.regex(
-    detectIma(root, names, false).reason!,
+    detectIma(SERVICES.kernel, root, names, false).reason!,
     /^IMA is built into this kernel but off: securityfs is mounted but it never initialized/,
     'before 6.9 IMA is no LSM: the list says nothing',
   );
   fs.mkdirSync(path.join(root, 'ima'));
-  t.deepEqual(detectIma(root, names), { built: true, active: true });
-  t.is(detectIma(root, { btf: new Set(), kallsyms: new Set(['ima_bprm_check']) }).built, true, 'kallsyms alone is enough');
+  t.deepEqual(detectIma(SERVICES.kernel, root, names), { built: true, active: true });
+  t.is(detectIma(SERVICES.kernel, root, { btf: new Set(), kallsyms: new Set(['ima_bprm_check']) }).built, true, 'kallsyms alone is enough');
 });
 
 test('a running agent on this kernel: hvwatch_ima_present 0, the ima probes off with the reason, no failure series, only info lines', async (t) => {
@@ -112,7 +118,7 @@ interface Step {
   violation?: boolean;
 }
 
-/** struct ima_test_args in bpf/src/ima.bpf.c. */
+/** struct ima_test_args in families/ima/ima.bpf.c. */
 function encode(s: Step, cg: bigint): Buffer {
   const b = Buffer.alloc(80);
   b.writeUInt32LE(s.op, 0);
@@ -134,7 +140,7 @@ function encode(s: Step, cg: bigint): Buffer {
  * probes disabled: its maps and test program are real, nothing is attached. */
 function logicAgent(t: import('ava').ExecutionContext, name: string) {
   const cg = createCgroup(`hvwatch-ima-${name}-${process.pid}`);
-  const agent = new Agent(configSchema.parse({ probes: { disable: IMA_PROBES } }), [{ ...imaFamily, present: () => undefined }]);
+  const agent = new Agent(configSchema.parse({ probes: { disable: IMA_PROBES } }), [moduleOf((c, s) => ({ ...IMA.create(c, s), present: () => undefined }))]);
   agent.start();
   t.teardown(async () => {
     await agent.stop();

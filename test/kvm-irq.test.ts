@@ -12,12 +12,12 @@ import { accessSync, constants, existsSync, mkdirSync, readFileSync, rmdirSync, 
 import { join } from 'node:path';
 import { Agent } from '../agent/agent.js';
 import { configSchema } from '../agent/config.js';
-import { allProbeNames } from '../agent/probes/index.js';
-import { IRQ_COUNTERS, IRQ_PATHS, TEARDOWN_KINDS } from '../agent/probes/kvm-irq.js';
+import { allProbeNames } from '../agent/families.js';
+import { IRQ_COUNTERS, IRQ_PATHS, TEARDOWN_KINDS } from '../families/kvm_irq/family.js';
 import { tracefsRoot } from '../agent/kernel.js';
 import { M } from '../agent/catalog.js';
 import type { ProbeStatus } from '../agent/loader.js';
-import { HASH_MAP, TASK_STORAGE } from '../agent/probes/model.js';
+import { HASH_MAP, TASK_STORAGE } from '../agent/model/family.js';
 import { AgentProcess, ROOT, pick, until, value, writeConfig } from './helpers/agent.js';
 import { kvmUsable } from './helpers/kvm.js';
 
@@ -211,7 +211,7 @@ for (const { tier, threadState } of RUNS)
 
 // ---- the handlers through BPF_PROG_TEST_RUN (logic, not attach) ----
 
-// struct irq_test_args, enum irq_test_op, enum irq_path, enum td_kind in bpf/src/kvm_irq.bpf.c.
+// struct irq_test_args, enum irq_test_op, enum irq_path, enum td_kind in families/kvm_irq/kvm_irq.bpf.c.
 const T = { INJECT: 0, TEARDOWN: 1, IOCTL_ENTER: 2, IOCTL_EXIT: 3, RUN_VM: 4, CREATE_VCPU: 5 } as const;
 const P = { SET_IRQ: 0, MSI: 1, IOAPIC: 2, PIC: 3, APIC_ACCEPT: 4, INJ_VIRQ: 5 } as const;
 const TD = { DEVICE_RELEASE: 0, DESTROY_DEVICES: 1, FREE_IRQ_ROUTING: 2 } as const;

@@ -6,11 +6,11 @@
 import test from 'ava';
 import { Agent } from '../agent/agent.js';
 import { configSchema } from '../agent/config.js';
-import { allProbeNames } from '../agent/probes/index.js';
-import { exitReasonName, errnoName } from '../agent/probes/kvm.js';
+import { allProbeNames } from '../agent/families.js';
+import { exitReasonName, errnoName } from '../families/kvm/family.js';
 import { M } from '../agent/catalog.js';
 import type { ProbeStatus } from '../agent/loader.js';
-import { HASH_MAP, TASK_STORAGE } from '../agent/probes/model.js';
+import { HASH_MAP, TASK_STORAGE } from '../agent/model/family.js';
 import { AgentProcess, pick, until, value, writeConfig } from './helpers/agent.js';
 import { kvmUsable, startGuest } from './helpers/kvm.js';
 
@@ -92,7 +92,7 @@ for (const threadState of ['auto', 'hash'] as const)
 
 // ---- the handlers through BPF_PROG_TEST_RUN (logic, not attach) ----
 
-// struct kvm_test_args and enum kvm_test_op in bpf/src/kvm.bpf.c.
+// struct kvm_test_args and enum kvm_test_op in families/kvm/kvm.bpf.c.
 const T = {
   EXIT: 0,
   ENTRY: 1,

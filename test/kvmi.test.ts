@@ -9,16 +9,22 @@ import { Agent } from '../agent/agent.js';
 import { configSchema } from '../agent/config.js';
 import { M } from '../agent/catalog.js';
 import { buildApp, listen } from '../agent/export/server.js';
-import { detectKvmi, kvmiAbiOf, kvmiFamily } from '../agent/probes/kvmi.js';
-import { actionName, commandName, eventName, resultName } from '../agent/probes/kvmi-ids.js';
+import * as KVMI from '../families/kvmi/family.js';
+import { detectKvmi, kvmiAbiOf } from '../families/kvmi/family.js';
+import { moduleOf } from '../agent/families.js';
+import { AgentServices } from '../agent/services/index.js';
+import { actionName, commandName, eventName, resultName } from '../families/kvmi/ids.js';
 import { AgentProcess, parseExposition, pick, runCli, value } from './helpers/agent.js';
 
+const CFG = configSchema.parse({});
+const SERVICES = new AgentServices(CFG);
+const kvmiFamily = KVMI.create(CFG, SERVICES);
 const KVMI_PROBES = kvmiFamily.probes.map((p) => p.name);
 
 // ---- detection, for real ----
 
 test('detection on this kernel: no KVMI functions in BTF or kallsyms, so not present, with the reason', (t) => {
-  const d = detectKvmi();
+  const d = detectKvmi(SERVICES.kernel);
   t.false(d.present);
   t.deepEqual(d.found, []);
   t.is(d.abi, undefined);
@@ -93,7 +99,7 @@ test('hvwatch probes (text and --json) list the kvmi probes as off, not failed',
 
 // ---- the handlers through BPF_PROG_TEST_RUN (logic, not attach) ----
 
-// struct kvmi_test_args and enum kvmi_test_op in bpf/src/kvmi.bpf.c.
+// struct kvmi_test_args and enum kvmi_test_op in families/kvmi/kvmi.bpf.c.
 const T = { EVENT_SEND: 0, EVENT_DONE: 1, EVENT_DONE_THREAD: 2, UNHOOK: 3, CMD_START: 4, CMD_REPLY: 5 } as const;
 interface Ev {
   tid?: number;
@@ -105,7 +111,7 @@ interface Ev {
   action?: number;
 }
 const CMD_ANY = 0xffffffff;
-// v10..v12 ids (agent/probes/kvmi-ids.ts).
+// v10..v12 ids (families/kvmi/ids.ts).
 const EV = { PAUSE: 1, BREAKPOINT: 5, CR: 7, MSR: 15, PF: 17 } as const;
 const CMD = { VM_READ_PHYSICAL: 12, VCPU_GET_REGISTERS: 7, VCPU_GET_XSAVE: 19 } as const;
 const ACT = { CONTINUE: 0, RETRY: 1, CRASH: 2 } as const;
@@ -127,7 +133,7 @@ function encode(op: number, e: Ev): Buffer {
 /** An in-process agent with only the kvmi family, forced on (this kernel has no KVMI), all
  * its probes disabled: its maps and test program are real, nothing is attached. */
 function logicAgent(t: import('ava').ExecutionContext) {
-  const agent = new Agent(configSchema.parse({ probes: { disable: KVMI_PROBES } }), [{ ...kvmiFamily, present: () => undefined }]);
+  const agent = new Agent(configSchema.parse({ probes: { disable: KVMI_PROBES } }), [moduleOf((c, s) => ({ ...KVMI.create(c, s), present: () => undefined }))]);
   agent.start();
   t.teardown(() => agent.stop());
   const fam = agent.family('kvmi')!;

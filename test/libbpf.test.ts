@@ -142,17 +142,18 @@ test('ring buffer: records the kernel cannot reserve are counted, none vanish un
 
 test("a family's ring buffer feeds the agent: events counted per family and decoded by BTF", async (t) => {
   const { Agent } = await import('../agent/agent.js');
+  const { moduleOf } = await import('../agent/families.js');
   const { configSchema } = await import('../agent/config.js');
   const { M } = await import('../agent/catalog.js');
   const got: Record<string, unknown>[] = [];
   const agent = new Agent(configSchema.parse({}), [
-    {
+    moduleOf({
       name: 'selftest',
       object: 'selftest.bpf.o',
       probes: [],
       maps: [],
       events: { map: 'events', struct: 'selftest_event', onEvents: (evs) => void got.push(...evs) },
-    },
+    }),
   ]);
   agent.start();
   t.teardown(() => agent.stop());

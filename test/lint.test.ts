@@ -1,6 +1,6 @@
 // Lint and format run in CI through the suite: ESLint with typescript-eslint
 // (eslint.config.js), Prettier for TypeScript (.prettierrc.json) and clang-format for
-// bpf/src (.clang-format). `npm run lint` runs the same three; `npm run format` rewrites
+// bpf/src and families/*/ (.clang-format). `npm run lint` runs the same three; `npm run format` rewrites
 // what the two format checks would refuse. Each check is also shown to bite on a bad input,
 // so a config that silently matches nothing cannot pass.
 import test from 'ava';
@@ -35,13 +35,20 @@ test('prettier: every TypeScript file is formatted (npm run format rewrites them
   t.is(bad.stdout, "const a = { b: 1, c: '2' };\n", 'the repository config (single quotes, semicolons) is the one applied');
 });
 
-test('clang-format: bpf/src/*.c and *.h follow .clang-format (npm run format rewrites them)', (t) => {
+test('clang-format: bpf/src/*.c and *.h and the BPF sources of each family folder follow .clang-format (npm run format rewrites them)', (t) => {
   const which = run('clang-format', ['--version']);
   t.is(which.status, 0, 'clang-format is missing: scripts/setup.sh installs it (scripts/debian-packages.txt)');
-  const files = readdirSync(join(ROOT, 'bpf/src'))
-    .filter((f) => /\.(c|h)$/.test(f))
-    .map((f) => `bpf/src/${f}`);
-  t.true(files.length >= 8);
+  const cSources = (dir: string): string[] =>
+    readdirSync(join(ROOT, dir))
+      .filter((f) => /\.(c|h)$/.test(f))
+      .map((f) => `${dir}/${f}`);
+  const families = readdirSync(join(ROOT, 'families'), { withFileTypes: true }).filter((d) => d.isDirectory());
+  const files = [...cSources('bpf/src'), ...families.flatMap((d) => cSources(`families/${d.name}`))];
+  t.true(files.length >= 12);
+  t.true(
+    families.every((d) => files.includes(`families/${d.name}/${d.name}.bpf.c`)),
+    'every family folder has its <name>.bpf.c',
+  );
   const r = run('clang-format', ['--dry-run', '-Werror', ...files]);
   t.is(r.status, 0, `run \`npm run format\`:\n${r.stderr.split('\n').slice(0, 30).join('\n')}`);
   const bad = run('clang-format', ['--assume-filename', join(ROOT, 'bpf/src/x.bpf.c')], 'int f(void) {\n  if (a) { b(); }\n  return 0;\n}\n');

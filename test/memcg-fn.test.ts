@@ -6,7 +6,7 @@ import type { Agent } from '../agent/agent.js';
 import { mapsOnlyAgent } from './helpers/agent.js';
 import { M } from '../agent/catalog.js';
 import { folded } from '../agent/aggregate/histogram.js';
-import { RACE_KINDS } from '../agent/probes/memcg-fn.js';
+import { RACE_KINDS } from '../families/memcg_fn/family.js';
 import { createCgroup, type TestCgroup } from './helpers/memcg.js';
 import type { BpfProgram } from '../bpf/libbpf.js';
 import { setLogLevel } from '../agent/log.js';

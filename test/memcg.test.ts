@@ -5,7 +5,7 @@ import { AgentProcess, mapsOnlyAgent, pick, runCli, until, value, writeConfig } 
 import { createCgroup, fsyncWriteInCgroup } from './helpers/memcg.js';
 import { M } from '../agent/catalog.js';
 import { folded } from '../agent/aggregate/histogram.js';
-import { FAMILIES } from '../agent/probes/index.js';
+import { declaredFamilies } from '../agent/families.js';
 
 test("memcg tracepoint probes count a 50 MiB fsync'd write under its cgroup path; every page started completes", async (t) => {
   const agent = await AgentProcess.start(['--hot', 'memcg_writeback', '--hot', 'memcg_uncharge']);
@@ -81,7 +81,7 @@ probes:
 
 // ---- handler logic through BPF_PROG_TEST_RUN (the same functions the hooks call) ----
 
-// struct memcg_test_args in bpf/src/memcg.bpf.c.
+// struct memcg_test_args in families/memcg/memcg.bpf.c.
 function args(
   op: number,
   item: number,
@@ -264,7 +264,8 @@ probes:
   // The function tiers cannot attach on these hosts (no kprobes, fentry refused): --strict
   // passes once only probes that can attach are enabled.
   const fnTiers = new Set(['fentry', 'fexit', 'kprobe', 'kretprobe']);
-  const fn = FAMILIES.flatMap((f) => f.probes)
+  const fn = declaredFamilies()
+    .flatMap((f) => f.probes)
     .filter((p) => p.candidates.every((c) => fnTiers.has(c.attach)))
     .map((p) => p.name);
   t.true(fn.includes('memcg_uncharge_fn') && fn.includes('kvm_irq_device_release'), fn.join(' '));

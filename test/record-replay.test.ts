@@ -15,11 +15,11 @@ import { M, metricByName } from '../agent/catalog.js';
 import { readTrace } from '../agent/record/reader.js';
 import { Agent, liveSource } from '../agent/agent.js';
 import { configSchema } from '../agent/config.js';
-import { FAMILIES, allProbeNames } from '../agent/probes/index.js';
+import { allProbeNames } from '../agent/families.js';
 import { RecordingSource } from '../agent/sources/recording.js';
 import { HostRefresher } from '../agent/sources/refresh.js';
 import { replayAgent } from '../agent/commands/common.js';
-import { RACE_KINDS } from '../agent/probes/memcg-fn.js';
+import { RACE_KINDS } from '../families/memcg_fn/family.js';
 import { setLogLevel } from '../agent/log.js';
 
 setLogLevel('error');
@@ -131,13 +131,14 @@ test('a recorded real memcg workload replays to the same /metrics as were served
 test('logic via test run: race events and latency histograms replay to the same store and /api/races; --max-bytes drops and counts', async (t) => {
   const file = join(dir, 'races.trace');
   const cfg = configSchema.parse({ probes: { disable: allProbeNames() } });
-  const src = new RecordingSource(liveSource(cfg), cfg, { file, intervalMs: 1000 });
-  const agent = new Agent(cfg, FAMILIES, src);
+  const agent = new Agent(cfg, undefined, (families, services) => new RecordingSource(liveSource(cfg, families, services), cfg, { file, intervalMs: 1000 }));
+  const src = agent.source;
+  if (!(src instanceof RecordingSource)) throw new Error('not a recording agent');
   src.attachStore(agent.store);
   agent.start();
   const cg = createCgroup(`hvwatch-rr-fn-${process.pid}`);
   t.teardown(() => cg.remove());
-  // struct test args of bpf/src/memcg_fn.bpf.c, as in test/memcg-fn.test.ts.
+  // struct test args of families/memcg_fn/memcg_fn.bpf.c, as in test/memcg-fn.test.ts.
   const prog = src.live.families.find((f) => f.spec.name === 'memcg_fn')!.testProgram('test_memcg_fn');
   const run = (op: number, folio: bigint, now: bigint, o: { cpu?: number; memcg?: bigint } = {}): number => {
     const b = Buffer.alloc(64);
@@ -183,15 +184,20 @@ test('logic via test run: race events and latency histograms replay to the same 
     re.races.map(({ time: _t, ...r }) => r),
     liveRaces,
   );
-  t.is(re.store.get(M.memcgRaceEvents, { kind: RACE_KINDS[2] })?.value, 1);
+  t.is(re.store.get(M.memcgRaceEvents, { kind: RACE_KINDS[2]! })?.value, 1);
   t.is(re.store.all(M.memcgWbLatency).find((s) => s.labels.cgroup === cg.path)?.hist?.count, 20);
   await re.stop();
 
   // The same recording bounded: the header and one snapshot fit, the rest is dropped and counted.
   const small = join(dir, 'small.trace');
   const maxBytes = trace.records[0]!.offset + 4096;
-  const src2 = new RecordingSource(liveSource(cfg), cfg, { file: small, intervalMs: 1000, maxBytes });
-  const a2 = new Agent(cfg, FAMILIES, src2);
+  const a2 = new Agent(
+    cfg,
+    undefined,
+    (families, services) => new RecordingSource(liveSource(cfg, families, services), cfg, { file: small, intervalMs: 1000, maxBytes }),
+  );
+  const src2 = a2.source;
+  if (!(src2 instanceof RecordingSource)) throw new Error('not a recording agent');
   src2.attachStore(a2.store);
   a2.start();
   for (let i = 0; i < 30; i++) await a2.collect();

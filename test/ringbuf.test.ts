@@ -228,12 +228,13 @@ test('log limiter: a burst, then the refill rate; what it holds back is counted 
 
 test('a storm of race events: every one reaches /api/races data, the log lines past the burst are counted in hvwatch_log_lines_suppressed_total', async (t) => {
   const { Agent } = await import('../agent/agent.js');
+  const { moduleOf } = await import('../agent/families.js');
   const { configSchema } = await import('../agent/config.js');
   const { M } = await import('../agent/catalog.js');
   const { logEnabled } = await import('../agent/log.js');
   let events = 0;
   const agent = new Agent(configSchema.parse({}), [
-    {
+    moduleOf({
       name: 'selftest',
       object: 'selftest.bpf.o',
       probes: [],
@@ -248,7 +249,7 @@ test('a storm of race events: every one reaches /api/races data, the log lines p
           }
         },
       },
-    },
+    }),
   ]);
   agent.start();
   t.teardown(() => agent.stop());

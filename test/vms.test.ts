@@ -286,7 +286,7 @@ if (kvmSkip) {
 }
 
 test('a first-sight record (hv_vm_seen cmdline bytes) parses like /proc/PID/cmdline; a truncated one loses its partial last word', async (t) => {
-  const { argvOfRecord } = await import('../agent/probes/vm-label.js');
+  const { argvOfRecord } = await import('../agent/services/vm-labels.js');
   const full = Buffer.from('qemu-system-x86_64\0-name\0guest=web01,debug-threads=on\0-m\x00512\0', 'utf8');
   t.deepEqual(argvOfRecord(full, false), ['qemu-system-x86_64', '-name', 'guest=web01,debug-threads=on', '-m', '512']);
   t.deepEqual(parseVmIdentity(argvOfRecord(full, false)), { name: 'web01', source: 'qemu' });

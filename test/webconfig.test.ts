@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import bcrypt from 'bcryptjs';
 import { AgentProcess, freePort, HVWATCH, parseExposition, runCli, until, value, writeConfig } from './helpers/agent.js';
-import { allProbeNames } from '../agent/probes/index.js';
+import { allProbeNames } from '../agent/families.js';
 import { M } from '../agent/catalog.js';
 import { AuthCache, parseWebConfig, WebConfigError } from '../agent/export/webconfig.js';
 

@@ -1,37 +1,18 @@
 // Maps -> metrics, driven by each family's MapExport declarations and the object's BTF:
 // keys and values are decoded by field name, so the C structs are the one source of truth.
 import type { Btf, StructLayout } from '../../bpf/btf.js';
-import type { LoadedFamily } from '../loader.js';
-import type { FamilySpec, FieldExport, MapExport } from '../probes/model.js';
-import type { MapFd } from '../../bpf/libbpf.js';
-import type { MapView } from '../sources/source.js';
-import type { MetricDef } from '../catalog.js';
-import { isPerObject, M } from '../catalog.js';
+import type { CollectContext, Decoder, FamilySpec, FamilyView, FieldExport, MapExport, MapView } from '../model/family.js';
+import { RETIRE_INTO_OTHER } from '../model/family.js';
+import { isPerObject, type MetricDef } from '../model/metric.js';
+import { AGENT_METRICS as M } from '../agent-metrics.js';
 import { mergeInto, type Log2Histogram, type Log2Range } from './histogram.js';
 import type { MetricStore, Series } from '../export/store.js';
-import { OVERFLOW_VALUE, type LabelBudget } from './budget.js';
-import type { CgroupResolver, MemoryHierarchy, MemoryStatSource } from '../cgroups.js';
+import { OVERFLOW_VALUE } from './budget.js';
 import { NO_KUBE_LABELS, type KubeLabels } from '../k8s.js';
 
-export interface CollectContext {
-  store: MetricStore;
-  budget: LabelBudget;
-  cgroups?: { resolver: CgroupResolver; hierarchy: MemoryHierarchy; memoryStats: MemoryStatSource };
-  now: number;
-  /** Check whether labelled objects still exist (throttled: it costs a stat per cgroup). */
-  gc: boolean;
-}
-
-/** A decoded key label, or null when the object behind the key is gone (drop the entry).
- * `field` reads another field of the same key (an exit reason's name depends on its ISA). */
-export type Decoder = (raw: bigint, ctx: CollectContext, field: (name: string) => bigint) => string | null;
+export { RETIRE_INTO_OTHER, type CollectContext, type Decoder };
 
 export const UNKNOWN_CGROUP = 'unknown';
-
-/** What a decoder returns for an object past its linger whose counts were folded into
- * "_other": the entry is deleted like for null, but its final counts stay in the "_other"
- * series, which outlives any one object and so must never go backwards. */
-export const RETIRE_INTO_OTHER = '\u0000retire:_other';
 
 /** namespace/pod/container of a decoded cgroup label ('' when none: agent/k8s.ts). */
 export function cgroupLabels(ctx: CollectContext, cgPath: string): KubeLabels {
@@ -120,7 +101,7 @@ function layoutOf(btf: Btf, id: number, scalarName: string, map: string): Struct
   throw new Error(`map ${map}: ${scalarName} type is neither a named struct nor an integer in the object's BTF`);
 }
 
-function resolve(fam: LoadedFamily, e: MapExport, map: MapFd): Decoded {
+function resolve(fam: FamilyView, e: MapExport, map: MapView): Decoded {
   const ids = fam.typeIds.get(e.map);
   if (!ids) throw new Error(`family ${fam.spec.name} has no map ${e.map}`);
   const key = layoutOf(fam.btf, ids.key, 'key', e.map);
@@ -164,7 +145,17 @@ export function checkDecoders(spec: FamilySpec): void {
   }
 }
 
-const layoutCache = new WeakMap<MapExport, Decoded>();
+/** Field layouts, by the BTF they were resolved against (a live object's, or a replayed
+ * trace's) and then by map export: a spec met again with another object's BTF resolves again. */
+const layoutCache = new WeakMap<Btf, WeakMap<MapExport, Decoded>>();
+
+function layoutFor(fam: FamilyView, e: MapExport, map: MapView): Decoded {
+  let byExport = layoutCache.get(fam.btf);
+  if (!byExport) layoutCache.set(fam.btf, (byExport = new WeakMap()));
+  let lay = byExport.get(e);
+  if (!lay) byExport.set(e, (lay = resolve(fam, e, map)));
+  return lay;
+}
 
 /**
  * What the last collection made of one map entry, by its raw key: the decoded key labels,
@@ -260,7 +251,7 @@ function ownLabels(metric: MetricDef, all: Readonly<Record<string, string>>): Re
 /** One map value as collectMap reads it: `cpus` copies `stride` bytes apart (per-CPU maps
  * in a batched read; 1 elsewhere) starting at byte `off` of `v`, with `w` the same bytes as
  * 32-bit words for the u64 fields (slots, counters), which are 8-byte aligned in the C
- * structs (bpf/src/*.bpf.c) and so in the value. */
+ * structs (families/<name>/<name>.bpf.c) and so in the value. */
 interface Value {
   v: Buffer;
   w: Uint32Array;
@@ -360,11 +351,10 @@ function readEntries(map: MapView): { count: number; keys: Buffer; keySize: numb
   };
 }
 
-export function collectMap(fam: LoadedFamily, e: MapExport, ctx: CollectContext): void {
+export function collectMap(fam: FamilyView, e: MapExport, ctx: CollectContext): void {
   const map = fam.maps.get(e.map);
   if (!map) return;
-  let lay = layoutCache.get(e);
-  if (!lay) layoutCache.set(e, (lay = resolve(fam, e, map)));
+  const lay = layoutFor(fam, e, map);
   const mapLabels = lay.labels.map((l) => l.label);
   const targets = new Map<MetricDef, Target>();
   const targetOf = (metric: MetricDef, fixed: boolean): Target => {

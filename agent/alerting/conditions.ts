@@ -1,41 +1,13 @@
-// The conditions the agent evaluates in process. Their names, severities and texts are
-// also what alerts/rules.ts uses for the Prometheus rules of the same name, so an alert
-// raised by the agent and the one raised by Prometheus read the same and, with the same
-// labels, are one alert in Alertmanager.
-import { M, type MetricDef } from '../catalog.js';
+// The conditions the agent evaluates in process: each registered family's (its family.ts
+// `conditions`) and the agent's own below. Their names, severities and texts are also what
+// the Prometheus rules of the same name use (alerts/rules.ts, families/<name>/alerts.ts), so
+// an alert raised by the agent and the one raised by Prometheus read the same and, with the
+// same labels, are one alert in Alertmanager.
+import { AGENT_METRICS as M } from '../agent-metrics.js';
+import { FAMILY_MODULES } from '../../families/index.js';
+import type { Condition } from '../model/alert.js';
 
-export type Severity = 'critical' | 'warning' | 'info';
-
-type Text = (labels: Readonly<Record<string, string>>) => string;
-
-export interface AlertIdentity {
-  readonly name: string;
-  readonly severity: Severity;
-  readonly summary: Text;
-  readonly description: Text;
-}
-
-export interface Condition extends AlertIdentity {
-  readonly metric: MetricDef;
-  /**
-   * increase: fires when a series' value rose since the last evaluation and stays firing
-   *           for holdSeconds after the last rise (a counter's events are instants);
-   * zero:     fires while a series' value is 0 (a state).
-   */
-  readonly kind: 'increase' | 'zero';
-}
-
-export const RACE: Condition = {
-  name: 'HvwatchMemcgRaceIndicator',
-  severity: 'critical',
-  metric: M.memcgRaceEvents,
-  kind: 'increase',
-  summary: (l) => `memcg race indicator ${l.kind} on ${l.instance}`,
-  description: (l) =>
-    `hvwatch counted the memcg writeback/uncharge race indicator ${l.kind} on ${l.instance}. ` +
-    'This is the race class that ends in a NULL memcg dereference in writeback end. ' +
-    'The events, with both cgroups, pid, comm, CPU and kernel stack, are at GET /api/races on the node.',
-};
+export type { AlertIdentity, Condition, Severity } from '../model/alert.js';
 
 export const PROBE_NOT_ATTACHED: Condition = {
   name: 'HvwatchProbeNotAttached',
@@ -59,16 +31,10 @@ export const RINGBUF_DROPS: Condition = {
     'Counters stay right (they are kept in the kernel) but event details (GET /api/races, logs) are missing.',
 };
 
-export const IRQ_AFTER_TEARDOWN: Condition = {
-  name: 'HvwatchKvmIrqAfterTeardown',
-  severity: 'critical',
-  metric: M.kvmIrqAfterTeardown,
-  kind: 'increase',
-  summary: (l) => `interrupt injected into VM ${l.vm} after its irqchip teardown began, on ${l.instance}`,
-  description: (l) =>
-    `hvwatch saw an interrupt injection (${l.path}) into VM ${l.vm} on ${l.instance} after that VM's irqchip or device teardown had begun. ` +
-    'An injection that reaches a destroyed irqchip is a use-after-free in the host kernel.',
-};
-
-/** What the agent evaluates in process: the host-local conditions that should not wait for a scrape. */
-export const IN_PROCESS_CONDITIONS: readonly Condition[] = [RACE, IRQ_AFTER_TEARDOWN, PROBE_NOT_ATTACHED, RINGBUF_DROPS];
+/** What the agent evaluates in process: the host-local conditions that should not wait for a
+ * scrape, the families' (in registry order) first. */
+export const IN_PROCESS_CONDITIONS: readonly Condition[] = [
+  ...FAMILY_MODULES.flatMap((f): readonly Condition[] => ('conditions' in f ? f.conditions : [])),
+  PROBE_NOT_ATTACHED,
+  RINGBUF_DROPS,
+];

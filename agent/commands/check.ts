@@ -8,7 +8,7 @@ import { parseArgs } from 'node:util';
 import { Agent, VERSION } from '../agent.js';
 import { ALL_METRICS, metricByName } from '../catalog.js';
 import type { MetricStore } from '../export/store.js';
-import { allProbeNames } from '../probes/index.js';
+import { allProbeNames } from '../families.js';
 import { compare, loadBaseline, summarize, writeBaseline } from '../check/baseline.js';
 import { formatJson, formatJunit, formatSummary, workloadFailed, type CheckReport, type WorkloadResult } from '../check/report.js';
 import {

@@ -8,7 +8,7 @@ import { serveAgent } from '../export/server.js';
 import { WebConfigError } from '../export/webconfig.js';
 import { log, setLogLevel } from '../log.js';
 import { btfProblem, missingCapability } from '../preflight.js';
-import { FAMILIES, allProbeNames } from '../probes/index.js';
+import { allProbeNames } from '../families.js';
 import { readTrace, type Trace } from '../record/reader.js';
 import { TraceError } from '../record/format.js';
 import { ReplaySource } from '../sources/replay.js';
@@ -122,8 +122,10 @@ export function openTrace(file: string, partial: boolean): Trace {
 /** A replaying agent with the recording's cardinality budget, so labels fold the same way. */
 export function replayAgent(trace: Trace): { agent: Agent; source: ReplaySource } {
   const cfg = configSchema.parse({ cardinality: trace.header.cardinality });
-  const source = new ReplaySource(trace, FAMILIES);
-  return { agent: new Agent(cfg, FAMILIES, source), source };
+  const agent = new Agent(cfg, undefined, (families, services) => new ReplaySource(trace, families, services));
+  const source = agent.source;
+  if (!(source instanceof ReplaySource)) throw new Error('replay: the agent made no replay source');
+  return { agent, source };
 }
 
 /** Snapshot index for --at: 0-based, negative counts from the end. */

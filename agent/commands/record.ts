@@ -5,7 +5,6 @@ import { spawn } from 'node:child_process';
 import { parseArgs } from 'node:util';
 import { Agent, liveSource } from '../agent.js';
 import { log } from '../log.js';
-import { FAMILIES } from '../probes/index.js';
 import { RecordingSource } from '../sources/recording.js';
 import { CommandError, RUN_OPTIONS, RUN_OPTIONS_HELP, parseBytes, parseSeconds, preflight, runConfig, serve, untilSignal } from './common.js';
 
@@ -55,8 +54,13 @@ export async function recordCommand(argv: string[]): Promise<number> {
   const cfg = runConfig(v);
   preflight(cfg);
 
-  const rec = new RecordingSource(liveSource(cfg), cfg, { file, maxBytes, intervalMs, compress: !v['no-compress'] });
-  const agent = new Agent(cfg, FAMILIES, rec);
+  const agent = new Agent(
+    cfg,
+    undefined,
+    (families, services) => new RecordingSource(liveSource(cfg, families, services), cfg, { file, maxBytes, intervalMs, compress: !v['no-compress'] }),
+  );
+  const rec = agent.source;
+  if (!(rec instanceof RecordingSource)) throw new Error('record: the agent made no recording source');
   rec.attachStore(agent.store);
   const server = await serve(agent, cfg);
   try {

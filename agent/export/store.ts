@@ -6,7 +6,7 @@
 // scrape to scrape (MetricStore.visit/adopt, then sweep() drops what a collection did not see), so
 // what the writer caches on it (its rendered labels) is computed once per series, not once
 // per scrape.
-import { isPerObject, type MetricDef } from '../catalog.js';
+import { isPerObject, type MetricDef } from '../model/metric.js';
 import type { Log2Histogram } from '../aggregate/histogram.js';
 
 export type Labels = Readonly<Record<string, string>>;

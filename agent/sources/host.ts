@@ -16,10 +16,10 @@ import {
   type MemoryStatSource,
 } from '../cgroups.js';
 import type { VmIdentity } from '../vms.js';
-import { useVmIdentity } from '../probes/vm-label.js';
+import type { VmLabelService } from '../services/vm-labels.js';
 import { NO_KUBE_LABELS, type KubeLabels } from '../k8s.js';
 
-/** The per-cgroup file a trace carries (agent/probes/memcg.ts reads it). */
+/** The per-cgroup file a trace carries (families/memcg/family.ts reads it). */
 const MEMORY_STAT = 'memory.stat';
 
 export interface IdentDelta {
@@ -234,15 +234,15 @@ export function tableMemoryStats(tables: HostTables, version: 1 | 2): MemoryStat
   };
 }
 
-/** VM identities as the recording saw them (the vm label's lookup, agent/probes/vm-label.ts). */
-export function tapVms(tables: HostTables): () => void {
-  return useVmIdentity((fromProc) => (pid) => {
+/** VM identities as the recording saw them (the vm label's lookup, agent/services/vm-labels.ts). */
+export function tapVms(tables: HostTables, vms: Pick<VmLabelService, 'useIdentity'>): () => void {
+  return vms.useIdentity((fromProc) => (pid) => {
     const id = fromProc(pid);
     tables.noteVm(pid, id);
     return id;
   });
 }
 
-export function serveVms(tables: HostTables): () => void {
-  return useVmIdentity(() => (pid) => tables.vm.get(pid) ?? null);
+export function serveVms(tables: HostTables, vms: Pick<VmLabelService, 'useIdentity'>): () => void {
+  return vms.useIdentity(() => (pid) => tables.vm.get(pid) ?? null);
 }

@@ -5,15 +5,15 @@ import { readFileSync } from 'node:fs';
 import { enableRunTimeStats, libbpfVersion, releaseFreedMemory } from '../../bpf/libbpf.js';
 import { RingBufferReader } from '../../bpf/ringbuf.js';
 import { CgroupResolver, MemoryStatCache, findMemoryHierarchy } from '../cgroups.js';
-import { vmLivenessJob } from '../probes/vm-label.js';
 import { HostRefresher } from './refresh.js';
-import { ensureTracefs, kernelRelease, useVmlinuxBtf } from '../kernel.js';
+import { ensureTracefs } from '../kernel.js';
 import { Loader, type LoadOptions, type LoadedFamily, type ProbeStatus } from '../loader.js';
 import { log } from '../log.js';
 import { Btf } from '../../bpf/btf.js';
-import type { FamilySpec } from '../probes/model.js';
+import type { FamilySpec } from '../model/family.js';
+import type { AgentServices } from '../services/index.js';
 import type { Config } from '../config.js';
-import type { EventSink, FamilyView, HostView, Source } from './source.js';
+import type { EventSink, HostView, Source } from './source.js';
 
 const TRIM_EVERY_MS = 10_000;
 
@@ -28,11 +28,12 @@ export class LiveSource implements Source {
     private readonly config: Config,
     private readonly specs: readonly FamilySpec[],
     opts: LoadOptions,
+    readonly services: AgentServices,
   ) {
-    this.loader = new Loader(opts);
+    this.loader = new Loader(opts, services.kernel);
     const h = config.cgroups.root ? { version: findMemoryHierarchy()?.version ?? 2, mountPoint: config.cgroups.root } : findMemoryHierarchy();
     const refresher = new HostRefresher();
-    refresher.add(vmLivenessJob());
+    refresher.add(services.vms.livenessJob());
     // Each scrape frees what it allocated outside the JS heap (batched-read buffers when a
     // map shrinks, 64 KiB exposition chunks, libbpf's call buffers); glibc keeps those pages.
     // Handing them back every 10 s costs 0.2-2 ms and took 5-12 MB off the RSS at 2,000
@@ -58,12 +59,11 @@ export class LiveSource implements Source {
   }
 
   get build(): { kernel: string; libbpf: string } {
-    return { kernel: kernelRelease(), libbpf: libbpfVersion };
+    return { kernel: this.services.kernel.release, libbpf: libbpfVersion };
   }
 
   start(sink: EventSink): void {
     const cfg = this.config;
-    if (cfg.bpf.btfPath) useVmlinuxBtf(cfg.bpf.btfPath);
     if (!ensureTracefs()) log('warn', 'tracefs not mounted and mount failed: tracepoint candidates will not attach');
     if (cfg.bpf.stats) {
       try {
@@ -98,7 +98,7 @@ export class LiveSource implements Source {
       log('error', "ring buffer reader failed; this family's events are no longer read", { family: fam.spec.name, error: message });
     try {
       this.reader ??= new RingBufferReader();
-      this.reader.add(map.fd, (records) => sink(fam as FamilyView, records, fam.maps), { onError });
+      this.reader.add(map.fd, (records) => sink(fam, records, fam.maps), { onError });
     } catch (e) {
       onError((e as Error).message);
     }

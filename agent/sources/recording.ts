@@ -144,7 +144,7 @@ export class RecordingSource implements Source {
   }
 
   start(sink: EventSink): void {
-    this.restoreVms = tapVms(this.tables);
+    this.restoreVms = tapVms(this.tables, this.live.services.vms);
     this.live.start((fam, records, maps) => this.onEvents(sink, fam, records, maps));
     const families: TraceHeader['families'] = [];
     this.live.families.forEach((live, index) => {

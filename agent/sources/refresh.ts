@@ -14,7 +14,8 @@
 // before (CgroupResolver.isAlive, the vm label's identity, the memcg family's memory.stat
 // source), which `hvwatch record` taps into the trace's ident records before each snapshot:
 // a replay serves exactly what the live collection served, with no timer of its own.
-import { M, type MetricDef } from '../catalog.js';
+import { AGENT_METRICS as M } from '../agent-metrics.js';
+import type { MetricDef } from '../model/metric.js';
 import type { MetricStore } from '../export/store.js';
 
 /** How often the refresher wakes. */

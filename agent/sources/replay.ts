@@ -2,7 +2,8 @@
 // snapshot record becomes the families' maps for one collection (with the recorded clock),
 // events records go through the same decode + onEvents, ident records answer the label
 // decoders (cgroup paths, memory.stat, VM identities) as the recording host did.
-import type { FamilySpec } from '../probes/model.js';
+import type { FamilySpec } from '../model/family.js';
+import type { AgentServices } from '../services/index.js';
 import type { ProbeStatus } from '../loader.js';
 import type { Trace } from '../record/reader.js';
 import type { SnapshotMeta, TraceRecord } from '../record/format.js';
@@ -37,6 +38,7 @@ export class ReplaySource implements Source {
   constructor(
     readonly trace: Trace,
     specs: readonly FamilySpec[],
+    private readonly services: Pick<AgentServices, 'vms'>,
   ) {
     const h = trace.header;
     this.status = h.probes.map((p) => ({ ...p, candidates: p.candidates.map((c) => ({ ...c })) }));
@@ -87,7 +89,7 @@ export class ReplaySource implements Source {
 
   start(sink: EventSink): void {
     this.sink = sink;
-    this.restoreVms = serveVms(this.tables);
+    this.restoreVms = serveVms(this.tables, this.services.vms);
   }
 
   /** Applies one record; resolves once a snapshot's collection (via `collect`) is done. */

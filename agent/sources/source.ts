@@ -1,51 +1,14 @@
 // One source interface, two sources (live BPF, a recorded trace: docs/ARCHITECTURE.md). The agent's pipeline (collectMap,
 // each family's prepare/collect, ring-buffer decode + onEvents) reads only these views, so
 // live eBPF maps and a recorded trace go through the same aggregation code.
-import type { Btf } from '../../bpf/btf.js';
-import type { MapRead, ProgStats } from '../../bpf/libbpf.js';
 import type { CgroupResolver, MemoryHierarchy, MemoryStatSource } from '../cgroups.js';
-import type { LoadedFamily, ProbeStatus } from '../loader.js';
-import type { FamilySpec } from '../probes/model.js';
+import type { ProbeStatus } from '../loader.js';
+import type { FamilyView, MapView } from '../model/family.js';
 import type { HostRefresher } from './refresh.js';
 
-/** What the pipeline calls on a map: the public surface of bpf/libbpf.ts MapFd. */
-export interface MapView {
-  readonly name: string;
-  readonly keySize: number;
-  readonly valueSize: number;
-  readonly maxEntries: number;
-  readonly percpu: boolean;
-  keys(): Buffer[];
-  entries(): Iterable<[Buffer, Buffer]>;
-  lookup(key: Buffer): Buffer | undefined;
-  lookupRaw(key: Buffer): Buffer | undefined;
-  count(): number;
-  counter(i: number): number;
-  delete(key: Buffer): boolean;
-  update(key: Buffer, value: Buffer, flags?: number): void;
-  /** The whole map in one batched read (live maps: bpf/libbpf.ts MapFd.readAll). */
-  readAll?(): MapRead;
-}
-
-export interface ProgramView {
-  readonly name: string;
-  stats(): ProgStats;
-}
-
-/** A family as the pipeline sees it: its spec, its maps, and the BTF that decodes them. */
-export interface FamilyView {
-  readonly spec: FamilySpec;
-  readonly maps: ReadonlyMap<string, MapView>;
-  readonly typeIds: ReadonlyMap<string, { key: number; value: number }>;
-  readonly btf: Btf;
-  readonly programs: readonly { probe: string; program: ProgramView }[];
-}
-
-/** FamilySpec hooks and collectMap are typed against loader.ts's LoadedFamily, a class;
- * they use only the FamilyView part of it, so any FamilyView is passed through this cast. */
-export function asLoaded(f: FamilyView): LoadedFamily {
-  return f as unknown as LoadedFamily;
-}
+// The views the pipeline reads are declared with the model (agent/model/family.ts), below
+// the loader, the collector and the sources.
+export type { FamilyView, MapView, ProgramView } from '../model/family.js';
 
 /** The host facts the decoders read (cgroup id -> path, memory.stat): live cgroupfs, or
  * the tables a trace carries. VM identities go through agent/sources/host.ts. */

@@ -171,4 +171,11 @@ static __always_inline void *lookup_or_init_vm(void *map, const void *key, const
  * gets a pointer in .bss through this macro. */
 #define EXPORT_BTF_TYPE(type, name) type *__btf_export_##name __attribute__((unused))
 
+/* Enums whose values label series or index counters: the agent reads each enumerator's value
+ * from the object's BTF by name (FamilySpec.enums, agent/model/family.ts) instead of copying
+ * the values by position, and a family whose enum or enumerator is missing fails to load.
+ * The pointer that makes clang emit the enum's BTF lives in a section libbpf neither maps nor
+ * loads, so no instance gains a .bss map for it. */
+#define EXPORT_BTF_ENUM(name) enum name *__btf_enum_##name __attribute__((unused, section(".hv.btf")))
+
 #endif

@@ -139,7 +139,7 @@ export async function until<T>(fn: () => Promise<T | undefined>, timeoutMs: numb
 export async function mapsOnlyAgent(bpf: Record<string, number> = {}): Promise<import('../../agent/agent.js').Agent> {
   const { Agent } = await import('../../agent/agent.js');
   const { configSchema } = await import('../../agent/config.js');
-  const { allProbeNames } = await import('../../agent/probes/index.js');
+  const { allProbeNames } = await import('../../agent/families.js');
   const a = new Agent(configSchema.parse({ probes: { disable: allProbeNames() }, bpf }));
   a.start();
   return a;

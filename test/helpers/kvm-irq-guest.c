@@ -42,7 +42,7 @@
 #define PROG "kvm-irq-guest"
 #include "kvm-util.h"
 
-// The ioctl numbers bpf/src/kvm_irq.bpf.c filters on; the headers must agree.
+// The ioctl numbers families/kvm_irq/kvm_irq.bpf.c filters on; the headers must agree.
 _Static_assert(KVM_IRQ_LINE == 0x4008AE61u, "KVM_IRQ_LINE");
 _Static_assert(KVM_IRQ_LINE_STATUS == 0xC008AE67u, "KVM_IRQ_LINE_STATUS");
 _Static_assert(KVM_SIGNAL_MSI == 0x4020AEA5u, "KVM_SIGNAL_MSI");

@@ -10,8 +10,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import test from 'ava';
-import { FAMILIES } from '../../agent/probes/index.js';
-import type { Candidate, ProbeSpec } from '../../agent/probes/model.js';
+import { declaredFamilies } from '../../agent/families.js';
+import type { Candidate, ProbeSpec } from '../../agent/model/family.js';
 import {
   describeRun,
   kernelMatrix,
@@ -30,7 +30,7 @@ const MATRIX_DOC = path.join(ROOT, 'docs/kernel-matrix.md');
 const START = '<!-- kernel-matrix:start -->';
 const END = '<!-- kernel-matrix:end -->';
 const GUEST_TIMEOUT_MS = 150_000;
-const PROBES: ProbeSpec[] = FAMILIES.flatMap((f) => f.probes);
+const PROBES: ProbeSpec[] = declaredFamilies().flatMap((f) => f.probes);
 
 // ---- decided at module load: a missing tool, kernel package, build or privilege skips, never passes ----
 const commonReason = hostToolsReason(ROOT, [['bpftool', 'the oracle needs it; apt-get install bpftool']]);

@@ -1,4 +1,4 @@
-// The ima family (agent/probes/ima.ts, bpf/src/ima.bpf.c) attached for real with fentry in Debian
+// The ima family (families/ima/family.ts, families/ima/ima.bpf.c) attached for real with fentry in Debian
 // 6.1 / 6.12 guests under QEMU (test/vm/harness.ts), no mocks. One boot per kernel, with
 // ima_appraise=fix on the command line: the script mounts securityfs, makes an ext4 file system
 // on a loop device with a fixed UUID, and writes one IMA policy that measures and appraises
@@ -18,7 +18,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import test, { type ExecutionContext } from 'ava';
 import { M } from '../../agent/catalog.js';
-import { FAMILIES } from '../../agent/probes/index.js';
+import { declaredFamilies } from '../../agent/families.js';
 import { parseExposition, pick, value, type Sample } from '../helpers/agent.js';
 import {
   GUEST_AGENT_SHELL,
@@ -43,7 +43,8 @@ const FSUUID = '6b1d3c1e-5a3f-4c57-9a0e-1d2c3b4a5f60';
 const IMA_PROBES = ['ima_check', 'ima_measure', 'ima_appraise', 'ima_log_entry', 'ima_cache_get', 'ima_cache_free'];
 const SERIES = ['6.1', '6.12'];
 // Only the ima family runs: every other probe is disabled, so the agent's log is about ima.
-const OTHERS_OFF = FAMILIES.filter((f) => f.name !== 'ima')
+const OTHERS_OFF = declaredFamilies()
+  .filter((f) => f.name !== 'ima')
   .flatMap((f) => f.probes)
   .map((p) => `--disable ${p.name}`)
   .join(' ');

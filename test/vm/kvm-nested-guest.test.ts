@@ -1,5 +1,5 @@
-// Real nested VM-exits, for real, no mocks: the kvm probe family (agent/probes/kvm.ts,
-// bpf/src/kvm.bpf.c) inside Debian 6.1 / 6.12 guests under QEMU TCG (test/vm/harness.ts) with
+// Real nested VM-exits, for real, no mocks: the kvm probe family (families/kvm/family.ts,
+// families/kvm/kvm.bpf.c) inside Debian 6.1 / 6.12 guests under QEMU TCG (test/vm/harness.ts) with
 // `kvm_amd nested=1`, so the guest kernel is an L0 hypervisor running L1 VMs that run L2 guests.
 // One boot per kernel: the agent (`bin/hvwatch run`, default probes) on the guest's loopback, then
 // the nested workload, then /metrics and /api/probes scraped inside the guest and checked here.

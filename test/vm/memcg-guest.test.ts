@@ -1,4 +1,4 @@
-// The memcg function-tier probes (agent/probes/memcg-fn.ts, bpf/src/memcg_fn.bpf.c) attached for
+// The memcg function-tier probes (families/memcg_fn/family.ts, families/memcg_fn/memcg_fn.bpf.c) attached for
 // real with fentry in Debian 6.1 / 6.12 guests under QEMU (test/vm/harness.ts), no mocks: one boot
 // per kernel runs the agent (`bin/hvwatch run`) on the guest's loopback, a 32 MiB fsync'd write
 // and then a delete from a shell placed in a memory cgroup, and scrapes /metrics and /api/races.
@@ -13,8 +13,8 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import test, { type ExecutionContext } from 'ava';
 import { M } from '../../agent/catalog.js';
-import { RACE_KINDS } from '../../agent/probes/memcg-fn.js';
-import { FAMILIES } from '../../agent/probes/index.js';
+import { RACE_KINDS } from '../../families/memcg_fn/family.js';
+import { declaredFamilies } from '../../agent/families.js';
 import { parseExposition, pick, value, type Sample } from '../helpers/agent.js';
 import {
   GUEST_AGENT_SHELL,
@@ -40,7 +40,8 @@ const FN_PROBES = ['memcg_writeback_start_fn', 'memcg_writeback_end_fn', 'memcg_
 const SERIES = ['6.1', '6.12'];
 // kvm is not loaded in this guest (test/vm/kvm-nested-guest.test.ts covers it): its probes are
 // off here, so that any warning the agent logs is about the memcg probes under test.
-const KVM_OFF = FAMILIES.find((f) => f.name === 'kvm')!
+const KVM_OFF = declaredFamilies()
+  .find((f) => f.name === 'kvm')!
   .probes.map((p) => `--disable ${p.name}`)
   .join(' ');
 

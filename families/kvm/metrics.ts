@@ -1,0 +1,113 @@
+// The kvm family's metrics: exits, nested virtualization, nested-state save/restore. agent/catalog.ts gathers every
+// registered family's block into the one catalog; docs/metrics.md is generated from it.
+import { def, hist, NS, type MetricDef } from '../../agent/model/metric.js';
+import { VM_INFO } from '../../agent/services/vm-labels.js';
+
+export const KVM_METRICS = {
+  kvmVmInfo: VM_INFO,
+  kvmExits: def('kvm', 'hvwatch_kvm_exits_total', 'counter', ['vm', 'isa', 'reason'], 'VM-exits (kvm:kvm_exit) per VM, ISA (vmx/svm) and exit reason.'),
+  kvmExitHandling: hist(
+    'kvm',
+    'hvwatch_kvm_exit_handling_seconds',
+    ['vm', 'isa', 'reason'],
+    "Time from a VM-exit to the same vCPU's next VM-entry (kvm_exit to kvm_entry), per exit reason.",
+    'seconds',
+    NS(8, 34),
+  ),
+  kvmVcpuExits: def('kvm', 'hvwatch_kvm_vcpu_exits_total', 'counter', ['vm', 'vcpu'], 'VM-exits per vCPU (only with kvm.vcpuLabel: true in the config).'),
+  kvmUserspaceExits: def(
+    'kvm',
+    'hvwatch_kvm_userspace_exits_total',
+    'counter',
+    ['vm', 'reason'],
+    'Returns from KVM_RUN to the VMM (kvm:kvm_userspace_exit) per VM and KVM_EXIT_* reason ("restart"/"error" when KVM_RUN failed).',
+  ),
+  kvmUserspaceTime: hist(
+    'kvm',
+    'hvwatch_kvm_userspace_seconds',
+    ['vm', 'reason'],
+    'Time the VMM spent in userspace after a KVM_RUN return until its next KVM_RUN, per exit reason.',
+    'seconds',
+    NS(8, 34),
+  ),
+  kvmPio: def('kvm', 'hvwatch_kvm_pio_total', 'counter', ['vm', 'direction'], 'Port I/O exits (kvm:kvm_pio) per VM and direction (in/out).'),
+  kvmMmio: def(
+    'kvm',
+    'hvwatch_kvm_mmio_total',
+    'counter',
+    ['vm', 'type'],
+    'MMIO accesses handled by KVM (kvm:kvm_mmio) per VM and type (read, write, unsatisfied_read).',
+  ),
+  kvmEmulated: def(
+    'kvm',
+    'hvwatch_kvm_emulated_instructions_total',
+    'counter',
+    ['vm', 'result'],
+    'Instructions emulated by KVM (kvm:kvm_emulate_insn) per VM and result (ok, failed).',
+  ),
+  kvmNestedExits: def(
+    'kvm',
+    'hvwatch_kvm_nested_exits_total',
+    'counter',
+    ['vm', 'isa', 'reason', 'handler'],
+    'VM-exits of an L2 guest per VM and reason; handler="l0" when the host handled it, "l1" when it was reflected to the L1 hypervisor.',
+  ),
+  kvmNestedL1Handling: hist(
+    'kvm',
+    'hvwatch_kvm_nested_l1_handling_seconds',
+    ['vm', 'isa', 'reason'],
+    "Time the L1 hypervisor took to handle a reflected exit: from kvm_nested_vmexit_inject to that vCPU's next kvm_nested_vmenter.",
+    'seconds',
+    NS(8, 34),
+  ),
+  kvmNestedVmenters: def(
+    'kvm',
+    'hvwatch_kvm_nested_vmenters_total',
+    'counter',
+    ['vm'],
+    'Nested VM-entries (VMRUN/VMLAUNCH/VMRESUME by L1 emulated by KVM, kvm:kvm_nested_vmenter) per VM.',
+  ),
+  kvmNestedVmenterFailures: def(
+    'kvm',
+    'hvwatch_kvm_nested_vmenter_failures_total',
+    'counter',
+    ['vm', 'message'],
+    'Failed nested VM-entry consistency checks (kvm:kvm_nested_vmenter_failed) per VM and kernel message.',
+  ),
+  kvmNestedIntrExits: def(
+    'kvm',
+    'hvwatch_kvm_nested_intr_exits_total',
+    'counter',
+    ['vm'],
+    'Exits from L2 to L1 caused by a pending interrupt (kvm:kvm_nested_intr_vmexit) per VM.',
+  ),
+  kvmNestedStateOps: def(
+    'kvm',
+    'hvwatch_kvm_nested_state_ops_total',
+    'counter',
+    ['vm', 'op', 'result'],
+    'KVM_GET_NESTED_STATE (op="get") and KVM_SET_NESTED_STATE (op="set") ioctls per VM and result ("ok" or the errno name).',
+  ),
+  kvmNestedStateOpTime: hist(
+    'kvm',
+    'hvwatch_kvm_nested_state_op_seconds',
+    ['vm', 'op'],
+    'Time inside KVM_GET_NESTED_STATE / KVM_SET_NESTED_STATE ioctls per VM.',
+    'seconds',
+    NS(6, 30),
+  ),
+  kvmNestedStateSaves: def(
+    'kvm',
+    'hvwatch_kvm_nested_state_saves_total',
+    'counter',
+    ['vm', 'flag'],
+    'Successful KVM_GET_NESTED_STATE saves per VM whose flags had GUEST_MODE or RUN_PENDING set: the saves that are risky to restore elsewhere.',
+  ),
+  kvmUnpaired: def(
+    'kvm',
+    'hvwatch_kvm_unpaired_events_total',
+    'counter',
+    ['pairing'],
+    'Paired events whose opening half was missing or belonged to another VM (exit_entry, nested_l1, userspace), so no latency was recorded.',
+  ),
+} as const satisfies Record<string, MetricDef>;
