@@ -14,7 +14,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { NO_KUBE_LABELS, type KubeLabeler, type KubeLabels } from './k8s.js';
-import { RefreshOrder, type RefreshJob } from './sources/refresh.js';
+import { FORGET, KeyChecks, RefreshOrder, type RefreshJob } from './sources/refresh.js';
 
 export interface MemoryHierarchy {
   version: 1 | 2;
@@ -256,15 +256,14 @@ export class CgroupResolver {
   /** When each removed cgroup was first known removed: the start of its linger. */
   private readonly removedAt = new Map<bigint, number>();
   private lingerMs = 60_000;
-  /** Background liveness results by id (aliveJob), stalest first. */
-  private aliveChecks: RefreshOrder<bigint, boolean> | undefined;
+  /** Background liveness checks by id (aliveJob). */
+  private alive: KeyChecks<bigint, boolean> | undefined;
   /** The background walk under way (walkJob), when it started, and the ids that missed. */
   private walk: HierarchyWalk | undefined;
   private walkStartedAt = 0;
   private readonly walkMisses = new Set<bigint>();
   private walkJobOn = false;
   private walkJobRef: RefreshJob | undefined;
-  private job: RefreshJob | undefined;
   private lastRescanAt = -Infinity;
   private _lastWalk: { durationMs: number; cgroups: number } | undefined;
   private readonly _stats: CgroupResolverStats = { hits: 0, misses: 0, unresolved: 0, rescans: 0 };
@@ -347,7 +346,7 @@ export class CgroupResolver {
 
   /** Forgets a cgroup whose linger ended (its series are removed). */
   retire(id: bigint): void {
-    this.aliveChecks?.delete(id);
+    this.alive?.checks?.delete(id);
     this.byId.delete(id);
     this.gone.delete(id);
     this.noted.delete(id);
@@ -420,12 +419,12 @@ export class CgroupResolver {
     // Alive at the background job's last check (at most an interval old): no stat here. A
     // failed check is confirmed by the stat below, at the collection, so a removal is
     // marked when a collection asks, as without the job (record/replay stay exact).
-    if (this.aliveChecks?.get(id) === true) return true;
+    if (this.alive?.checks?.get(id) === true) return true;
     if (this.statAlive(id, p)) {
-      this.aliveChecks?.set(id, true, this.now());
+      this.alive?.checks?.set(id, true, this.now());
       return true;
     }
-    this.aliveChecks?.delete(id);
+    this.alive?.checks?.delete(id);
     // Removed: the path stays resolvable until the linger ends (retire).
     this.markRemoved(id, this.now());
     if (!this.noted.has(id)) this.noted.set(id, p);
@@ -450,25 +449,16 @@ export class CgroupResolver {
    * its last result. Without it (tests, replays) isAlive stats on every call.
    */
   aliveJob(intervalMs = 10_000): RefreshJob {
-    if (this.job) return this.job;
-    return (this.job = {
-      fact: 'cgroup_alive',
+    return (this.alive ??= new KeyChecks(
+      'cgroup_alive',
       intervalMs,
-      maxPerTick: 128,
-      running: (on) => void (this.aliveChecks = on ? new RefreshOrder() : undefined),
-      size: () => this.aliveChecks?.size ?? 0,
-      oldest: () => this.aliveChecks?.oldest(),
-      refresh: (n, now) => {
-        const checks = this.aliveChecks;
-        if (!checks) return;
-        for (const id of checks.stalest(n)) {
-          const p = this.removedAt.has(id) ? undefined : (this.byId.get(id) ?? this.gone.get(id) ?? this.noted.get(id));
-          if (p === undefined) checks.delete(id);
-          else checks.set(id, this.statAlive(id, p), now);
-        }
-        checks.bound(MAX_NOTED);
+      128,
+      (id) => {
+        const p = this.removedAt.has(id) ? undefined : (this.byId.get(id) ?? this.gone.get(id) ?? this.noted.get(id));
+        return p === undefined ? FORGET : this.statAlive(id, p);
       },
-    });
+      MAX_NOTED,
+    ));
   }
 
   /**
@@ -634,9 +624,9 @@ export class MemoryStatCache implements MemoryStatSource, RefreshJob {
   }
 
   get(cgPath: string): MemoryStat | undefined {
+    // First sight, or no refresher to keep it fresh: read now.
     let e = this.order.get(cgPath);
-    if (!e) this.order.set(cgPath, (e = { st: readMemoryStat(this.hierarchy, cgPath) ?? null, asked: 0 }), this.now());
-    else if (!this.background) this.order.set(cgPath, ((e.st = readMemoryStat(this.hierarchy, cgPath) ?? null), e), this.now());
+    if (!e || !this.background) this.order.set(cgPath, (e = { st: readMemoryStat(this.hierarchy, cgPath) ?? null, asked: 0 }), this.now());
     e.asked = this.collection;
     return e.st ?? undefined;
   }

@@ -9,7 +9,7 @@ import { ConfigError, loadConfig, parseListen, type Config } from './config.js';
 import { btfProblem, missingCapability } from './preflight.js';
 import { serveAgent } from './export/server.js';
 import { log, setLogLevel } from './log.js';
-import { allProbeNames, allProbes } from './families.js';
+import { allProbes } from './families.js';
 import { formatProbeReport } from './report.js';
 import { top } from './top/main.js';
 import { isCommand, runCommand } from './commands/index.js';
@@ -88,7 +88,8 @@ function parse(argv: string[]): { cmd: string; cfg: Config; json: boolean; stric
   const cfg = loadConfig(v.config);
   if (v.listen !== undefined) cfg.listen = v.listen;
   parseListen(cfg.listen);
-  const known = new Set(allProbeNames());
+  const probes = allProbes(); // each call makes every family's declarations
+  const known = new Set(probes.map((p) => p.name));
   for (const n of [...(v.hot ?? []), ...(v.disable ?? [])]) {
     if (n !== 'all' && !known.has(n)) throw new UsageError(`unknown probe ${n} (known: ${[...known].join(', ')})`);
   }
@@ -96,7 +97,7 @@ function parse(argv: string[]): { cmd: string; cfg: Config; json: boolean; stric
     if (n !== 'all' && !known.has(n)) throw new ConfigError(`${v.config}: key probes: unknown probe ${n} (known: ${[...known].join(', ')})`);
   }
   for (const [name, cands] of Object.entries(cfg.probes.attach)) {
-    const spec = allProbes().find((p) => p.name === name)!;
+    const spec = probes.find((p) => p.name === name)!;
     cands.forEach((c, i) => {
       if (!spec.candidates.some((d) => d.attach === c.attach)) {
         throw new ConfigError(

@@ -14,7 +14,7 @@
 // check: a reused identifier must never inherit its predecessor's state).
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { RefreshOrder, type RefreshJob } from './sources/refresh.js';
+import { KeyChecks, type RefreshJob } from './sources/refresh.js';
 
 export type VmSource = 'qemu' | 'libvirt' | 'firecracker' | 'cloud-hypervisor' | 'pid';
 
@@ -185,9 +185,8 @@ export class VmResolver {
   private readonly procRoot: string;
   private readonly maxEntries: number;
   private readonly cache = new Map<number, Entry>();
-  /** pid -> start time at the background job's last check (null: gone), stalest first. */
-  private checks: RefreshOrder<number, number | null> | undefined;
-  private job: RefreshJob | undefined;
+  /** pid -> start time at the background job's last check (null: gone): livenessJob. */
+  private job: KeyChecks<number, number | null> | undefined;
 
   constructor(opts: VmResolverOptions = {}) {
     this.procRoot = opts.procRoot ?? (process.env.HVWATCH_PROC_ROOT || '/proc');
@@ -211,19 +210,20 @@ export class VmResolver {
     // Checked in the background (livenessJob) at most an interval ago: same start time as
     // the cached identity, so no /proc read here. A pid the check found gone or reused goes
     // through the reads below, which confirm it.
-    const bg = this.checks?.get(pid);
+    const checks = this.job?.checks;
+    const bg = checks?.get(pid);
     if (bg === null) return null; // gone at the last check (an exited VM lingers: no read per scrape)
     if (bg !== undefined) {
       const hit = this.cache.get(pid);
       if (hit?.startTime === bg) return hit.identity;
     }
     const id = this.resolveNow(pid);
-    if (this.checks) {
+    if (checks) {
       const hit = id && this.cache.get(pid);
-      if (id === null) this.checks.set(pid, null, Date.now());
-      else if (hit) this.checks.set(pid, hit.startTime, Date.now());
-      else this.checks.delete(pid); // named by pid only: asked again next time
-      this.checks.bound(this.maxEntries);
+      if (id === null) checks.set(pid, null, Date.now());
+      else if (hit) checks.set(pid, hit.startTime, Date.now());
+      else checks.delete(pid); // named by pid only: asked again next time
+      checks.bound(this.maxEntries);
     }
     return id;
   }
@@ -235,22 +235,9 @@ export class VmResolver {
    * gone one answers null without a read until forget().
    */
   livenessJob(intervalMs = 2_000): RefreshJob {
-    if (this.job) return this.job;
-    return (this.job = {
-      fact: 'vmm_alive',
-      intervalMs,
-      maxPerTick: 64,
-      running: (on) => void (this.checks = on ? new RefreshOrder() : undefined),
-      size: () => this.checks?.size ?? 0,
-      oldest: () => this.checks?.oldest(),
-      refresh: (n, now) => {
-        const checks = this.checks;
-        if (!checks) return;
-        // Gone ones too (null): a new process that reuses the pid is then seen. They leave
-        // with forget() (the vm label's linger ended) or the bound.
-        for (const pid of checks.stalest(n)) checks.set(pid, this.startTime(pid), now);
-      },
-    });
+    // Gone ones too (null): a new process that reuses the pid is then seen. They leave with
+    // forget() (the vm label's linger ended) or resolve()'s bound.
+    return (this.job ??= new KeyChecks('vmm_alive', intervalMs, 64, (pid) => this.startTime(pid)));
   }
 
   private resolveNow(pid: number): VmIdentity | null {
@@ -300,7 +287,7 @@ export class VmResolver {
   }
 
   forget(pid: number): void {
-    this.checks?.delete(pid);
+    this.job?.checks?.delete(pid);
     this.cache.delete(pid);
   }
 

@@ -101,6 +101,52 @@ export class RefreshOrder<K, V> {
   }
 }
 
+/** What a KeyChecks check returns for a key it no longer tracks. */
+export const FORGET: unique symbol = Symbol('forget');
+
+/**
+ * A job that re-checks a set of keys (cgroups' liveness, VMM processes): the owner records a
+ * key's result as it answers a lookup (checks.set), the job re-checks the stalest ones each
+ * tick. `checks` exists only while the refresher runs (RefreshJob.running), so an owner
+ * without a refresher reads the host at every lookup.
+ */
+export class KeyChecks<K, V> implements RefreshJob {
+  /** Each key's last result, stalest first; undefined while the refresher is not running. */
+  checks: RefreshOrder<K, V> | undefined;
+
+  constructor(
+    readonly fact: string,
+    readonly intervalMs: number,
+    readonly maxPerTick: number,
+    private readonly check: (k: K) => V | typeof FORGET,
+    /** Bound applied after each refresh (stalest dropped first). */
+    private readonly max = Infinity,
+  ) {}
+
+  running(on: boolean): void {
+    this.checks = on ? new RefreshOrder() : undefined;
+  }
+
+  size(): number {
+    return this.checks?.size ?? 0;
+  }
+
+  oldest(): number | undefined {
+    return this.checks?.oldest();
+  }
+
+  refresh(n: number, now: number): void {
+    const checks = this.checks;
+    if (!checks) return;
+    for (const k of checks.stalest(n)) {
+      const v = this.check(k);
+      if (v === FORGET) checks.delete(k);
+      else checks.set(k, v, now);
+    }
+    checks.bound(this.max);
+  }
+}
+
 export class HostRefresher {
   private readonly jobs: RefreshJob[] = [];
   private readonly behind = new Map<RefreshJob, number>();
