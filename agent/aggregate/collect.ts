@@ -325,9 +325,6 @@ function anySlot(e: Value, f: Field): boolean {
   return false;
 }
 
-/** Every entry of a map: one batched read into contiguous buffers where the map can
- * (bpf/libbpf.ts readAll; per-CPU values stay per CPU and are summed field by field here),
- * else entry by entry (replayed and recorded maps, already folded). */
 /** Every entry of a map as one contiguous read: `count` keys of `keySize` bytes in `keys`,
  * the values as `val` with `off` stepping by `valueStride`. Live maps come in one batched read
  * (bpf/libbpf.ts readAll; per-CPU values stay per CPU and are summed field by field here);
