@@ -1,7 +1,7 @@
 // Runs the real agent (bin/hvwatch) as a child process and scrapes it over HTTP.
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createServer } from 'node:net';
-import { writeFileSync, mkdtempSync } from 'node:fs';
+import { writeFileSync, mkdtempSync, readdirSync, readlinkSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -25,6 +25,10 @@ export function writeConfig(yaml: string): string {
   const f = join(dir, 'config.yaml');
   writeFileSync(f, yaml);
   return f;
+}
+
+function bpftool(...args: string[]): { status: number | null; stdout: string; stderr: string } {
+  return spawnSync('bpftool', args, { encoding: 'utf8' });
 }
 
 export interface Sample {
@@ -99,14 +103,35 @@ export class AgentProcess {
     return r.text();
   }
 
+  /** Whether this agent's own BPF map `name` holds the u64 key. The map is found through the
+   * process's fds (fdinfo map_id), not by name host-wide: other agents on the machine (tests
+   * running in parallel) have maps of the same name with their own entries. */
+  holdsMapKey(name: string, key: bigint): boolean {
+    const ids = readdirSync(`/proc/${this.proc.pid}/fd`).flatMap((fd) => {
+      try {
+        if (readlinkSync(`/proc/${this.proc.pid}/fd/${fd}`) !== 'anon_inode:bpf-map') return [];
+        const m = /^map_id:\s+(\d+)$/m.exec(readFileSync(`/proc/${this.proc.pid}/fdinfo/${fd}`, 'utf8'));
+        return m ? [m[1]!] : [];
+      } catch {
+        return []; /* an fd closed while we looked */
+      }
+    });
+    const named = [...new Set(ids)].filter((id) => (JSON.parse(bpftool('-j', 'map', 'show', 'id', id).stdout) as { name?: string }).name === name);
+    if (named.length !== 1) throw new Error(`agent ${this.proc.pid} holds ${named.length} maps named ${name}`);
+    const hex = [...Array(8).keys()].map((i) => ((key >> BigInt(8 * i)) & 0xffn).toString(16).padStart(2, '0'));
+    const r = bpftool('map', 'lookup', 'id', named[0]!, 'key', 'hex', ...hex);
+    if (r.status === 0) return true;
+    if (/Not found/.test(r.stdout + r.stderr)) return false;
+    throw new Error(`bpftool map lookup id ${named[0]}: ${r.stderr}`);
+  }
+
   async stop(signal: NodeJS.Signals = 'SIGTERM'): Promise<number | null> {
     if (this.proc.exitCode === null) this.proc.kill(signal);
     return this.exited;
   }
 }
 
-/** Runs the CLI to completion (for exit-status tests). */
-/** Resolves on 'close', not 'exit': 'exit' can fire before the pipes are drained, which
+/** Runs the CLI to completion (for exit-status tests). Resolves on 'close', not 'exit': 'exit' can fire before the pipes are drained, which
  * cut a JSON report short once in CI. */
 export function runCli(
   args: string[],
