@@ -111,6 +111,8 @@ export const configSchema = z
         headersTimeout: z.number().positive().max(3600).default(10),
         /** Seconds for a whole request to arrive, and for the agent to answer it. */
         requestTimeout: z.number().positive().max(3600).default(30),
+        /** gzip /metrics when the scraper's Accept-Encoding admits it (Prometheus always does). */
+        compression: z.boolean().default(true),
         /** Bytes of request line plus headers; larger requests get 431. */
         maxHeaderBytes: z
           .number()

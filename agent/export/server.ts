@@ -3,6 +3,8 @@
 // refused early.
 import express from 'express';
 import type { Server } from 'node:http';
+import type { Writable } from 'node:stream';
+import { acceptsGzip, gzipStream } from './compression.js';
 import type { Agent } from '../agent.js';
 import { CONTENT_TYPES, exposition, negotiate } from './exposition.js';
 import { log } from '../log.js';
@@ -11,7 +13,12 @@ import { WebConfigSource } from './webconfig.js';
 import { parseListen, type Config } from '../config.js';
 import { ALL_METRICS, M } from '../catalog.js';
 
-export function buildApp(agent: Agent): express.Express {
+export interface AppOptions {
+  /** gzip /metrics for scrapers that accept it (the `web.compression` config). */
+  compression: boolean;
+}
+
+export function buildApp(agent: Agent, opts: AppOptions = { compression: true }): express.Express {
   const app = express();
   app.disable('x-powered-by');
   app.disable('etag');
@@ -34,15 +41,23 @@ export function buildApp(agent: Agent): express.Express {
       return;
     }
     const format = negotiate(req.get('accept'));
+    const gzip = opts.compression && acceptsGzip(req.get('accept-encoding'));
     // res.write/end, not res.send: express would re-serialize the content type's parameters.
-    res.status(200).set('Content-Type', CONTENT_TYPES[format]);
+    res.status(200).set('Content-Type', CONTENT_TYPES[format]).set('Vary', 'Accept-Encoding');
+    if (gzip) res.set('Content-Encoding', 'gzip');
+    const sink: Writable = gzip ? gzipStream() : res;
+    if (sink !== res) {
+      sink.pipe(res);
+      sink.on('error', (e) => res.destroy(e));
+      res.on('close', () => sink.destroy());
+    }
     try {
       // Streamed: the exposition is never held whole, and a slow reader is waited for.
       for (const chunk of exposition(format, ALL_METRICS, agent.store)) {
-        if (!res.write(chunk) && !res.destroyed) await drained(res);
+        if (!sink.write(chunk) && !res.destroyed) await drained(sink, res);
         if (res.destroyed) return;
       }
-      res.end();
+      sink.end();
     } catch (e) {
       // Headers are out: the only honest signal left is a cut connection.
       log('error', 'writing the exposition failed', { error: (e as Error).message, format });
@@ -60,15 +75,15 @@ export function buildApp(agent: Agent): express.Express {
   return app;
 }
 
-/** Resolves when the socket takes more, or is gone (a scraper that hung up mid-body). */
-function drained(res: express.Response): Promise<void> {
+/** Resolves when the sink takes more, or the socket is gone (a scraper that hung up mid-body). */
+function drained(sink: Writable, res: express.Response): Promise<void> {
   return new Promise((resolve) => {
     const done = (): void => {
-      res.off('drain', done);
+      sink.off('drain', done);
       res.off('close', done);
       resolve();
     };
-    res.on('drain', done);
+    sink.on('drain', done);
     res.on('close', done);
   });
 }
@@ -102,7 +117,7 @@ export async function serveAgent(agent: Agent, cfg: Config): Promise<Server> {
   const { host, port } = parseListen(cfg.listen);
   const web = openWebConfig(cfg, agent);
   for (const reason of REJECT_REASONS) agent.store.inc(M.httpRejected, { reason }, 0);
-  const server = await listen(buildApp(agent), host, port, {
+  const server = await listen(buildApp(agent, { compression: cfg.web.compression }), host, port, {
     web,
     maxRequests: cfg.web.maxRequests,
     maxConnections: cfg.web.maxConnections,
